@@ -1,0 +1,507 @@
+"""Typed experiment config: one YAML file plus dotted command-line overrides.
+
+Precedence is command line > YAML file > defaults (here). Every section rejects unknown keys, and
+every field documents itself (the docstring under a field is its description). Presets (model
+shapes, curricula) live as YAML files under ``experiments/`` and are selected by name.
+
+    cfg = load_config("experiments/runs/pulse.yaml", ["train.max_tokens=2e6", "precision.mode=bf16"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from yxanul.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def experiments_dir() -> Path:
+    """Folder holding presets (``models/``, ``curricula/``), runs and sweeps.
+
+    ``YXANUL_EXPERIMENTS_DIR`` overrides; otherwise the ``experiments/`` folder of this checkout.
+    """
+    env = os.environ.get("YXANUL_EXPERIMENTS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "experiments"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` and ``2e6`` as numbers (YAML 1.1 wants a dot: ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML with :class:`_Loader` (safe; numbers like 1e-3 are floats)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+
+
+_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+
+
+def parse_count(value: Any) -> Any:
+    """Accept token counts as ``2000000``, ``2e6``, ``"2e6"``, ``"2M"``, ``"1.5B"``, ``"2_000_000"``."""
+    if isinstance(value, bool):
+        return value  # let pydantic reject it
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"expected a whole number of tokens, got {value}")
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().replace("_", "").lower()
+        scale = 1.0
+        if text and text[-1] in _SUFFIXES:
+            scale, text = _SUFFIXES[text[-1]], text[:-1]
+        try:
+            number = float(text) * scale
+        except ValueError:
+            raise ValueError(f"expected a token count like 2000000, 2e6 or 2M, got {value!r}") from None
+        if not number.is_integer():
+            raise ValueError(f"expected a whole number of tokens, got {value!r}")
+        return int(number)
+    return value
+
+
+Count = Annotated[int, BeforeValidator(parse_count), Field(ge=0)]
+"""A non-negative integer count (tokens, steps) that also accepts ``2e6`` / ``"2M"`` spellings."""
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and (n & (n - 1)) == 0
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+def _load_preset(kind: str, name: str) -> dict[str, Any]:
+    path = experiments_dir() / kind / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (experiments_dir() / kind).glob("*.yaml"))
+        raise ValueError(f"unknown {kind} preset {name!r} (no {path}); available: {', '.join(available)}")
+    data = yaml_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"preset file {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sections
+
+
+class RunConfig(_Section):
+    name: str = "yxanul"
+    """Run name. A run started again with the same name and storage path resumes from its latest checkpoint."""
+    seed: int = 0
+    """Seed for initialisation, data order and dropout; two runs with the same seed see the same tokens."""
+    storage_path: str = "./outputs/ray"
+    """Where Ray Train keeps checkpoints and run state (a local folder, or s3://... on a cluster)."""
+
+
+class DataConfig(_Section):
+    sources: list[str] = ["builtin:wiki-en", "builtin:python-code"]
+    """Training text: parquet files, directories, globs, pyarrow-filesystem URIs (s3://...), or builtin:NAME."""
+    validation_sources: dict[str, list[str]] = {
+        "math": ["builtin:gsm8k-test"],
+        "code": ["builtin:humaneval"],
+    }
+    """Extra validation-only text per domain name (in addition to the held-out slice of `sources`)."""
+    validation_fraction: float = Field(0.02, ge=0.0, lt=1.0)
+    """Fraction of training documents held out for validation, chosen by a stable hash of the document id."""
+    output_dir: str = "./outputs/data/default"
+    """Prepared dataset folder: manifest.json, bucket=<len>/ and validation/<domain>/."""
+    text_column: str = "text"
+    """Column holding the document text in parquet sources."""
+    id_column: str | None = None
+    """Column holding a stable document id (hash of the text when unset); drives the train/validation split."""
+    mode: Literal["decompose", "packed"] = "decompose"
+    """decompose: power-of-two chunks into length buckets (curricula); packed: concatenate + EOS + cut to seq_len."""
+    min_bucket: int = 8
+    """Shortest bucket length (a power of two); shorter leftovers are packed together into this bucket."""
+    max_bucket: int = 2048
+    """Longest bucket length (a power of two); longer documents fill chunks of this length first."""
+    seq_len: int = Field(2048, gt=1)
+    """Row length in packed mode."""
+    on_bad_file: Literal["error", "skip"] = "error"
+    """What to do with an unreadable parquet file: stop with an error, or skip it and count it in the manifest."""
+    max_documents: int | None = Field(None, gt=0)
+    """Read at most this many documents per source (quick runs); None reads everything."""
+    cache_dir: str = "~/.cache/yxanul"
+    """Where built-in corpora are materialised as parquet, once."""
+
+    @model_validator(mode="after")
+    def _check_buckets(self) -> DataConfig:
+        for key in ("min_bucket", "max_bucket"):
+            value = getattr(self, key)
+            if not _is_power_of_two(value):
+                raise ValueError(f"data.{key} must be a power of two, got {value}")
+        if self.min_bucket > self.max_bucket:
+            raise ValueError(
+                f"data.min_bucket ({self.min_bucket}) is larger than data.max_bucket ({self.max_bucket})"
+            )
+        return self
+
+
+class TokenizerConfig(_Section):
+    path: str = "./outputs/tokenizer/bpe-8k/tokenizer.json"
+    """A tokenizer.json file, or a Hugging Face hub id (org/name) when online. jobs.tokenizer writes here."""
+    kind: Literal["bpe", "superbpe"] = "bpe"
+    """What jobs.tokenizer trains: byte-level BPE, or SuperBPE (superword merges after `transition`)."""
+    vocab_size: int = Field(8192, ge=260)
+    """Vocabulary size of a trained tokenizer, special tokens included."""
+    transition: int | None = Field(None, gt=0)
+    """SuperBPE: vocabulary size at which stage 1 (words) stops and stage 2 (superwords) begins."""
+    train_sample_bytes: Count = 20_000_000
+    """Bytes of text sampled from data.sources to train the tokenizer."""
+
+
+class ModelConfig(_Section):
+    preset: str | None = "tiny"
+    """Shape preset from experiments/models/<preset>.yaml; keys given here override the preset's."""
+    vocab_size: int | None = Field(None, gt=0)
+    """Tokenizer vocabulary size; None takes it from the tokenizer. Padded to a multiple of 128 in the model."""
+    hidden: int = Field(128, gt=0)
+    """Model width."""
+    n_layers: int = Field(2, gt=0)
+    """Number of transformer blocks."""
+    n_heads: int = Field(4, gt=0)
+    """Query heads."""
+    n_kv_heads: int = Field(2, gt=0)
+    """Key/value heads (grouped-query attention); must divide n_heads."""
+    ffn_hidden: int = Field(344, gt=0)
+    """SwiGLU inner width."""
+    embed_rank: int = Field(0, ge=0)
+    """Factorized embedding rank r (vocab x r, then r x hidden); 0 means a plain vocab x hidden embedding."""
+    rope_theta: float = Field(10000.0, gt=0)
+    """RoPE base."""
+    context: int = Field(2048, gt=0)
+    """Longest training sequence length."""
+    max_positions: int = Field(4096, gt=0)
+    """Longest sequence the RoPE tables cover (may exceed the training context)."""
+    norm_eps: float = Field(1e-6, gt=0)
+    """RMSNorm epsilon."""
+    tie_embeddings: bool = False
+    """Share the output head with the token embedding (only with embed_rank=0)."""
+    init_std: float = Field(0.02, gt=0)
+    """Standard deviation of the normal initialisation of linear and embedding weights."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset"):
+            merged = _load_preset("models", str(data["preset"]))
+            merged.pop("preset", None)
+            merged.update(data)
+            return merged
+        return data
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> ModelConfig:
+        if self.hidden % self.n_heads:
+            raise ValueError(f"model.hidden ({self.hidden}) must be divisible by model.n_heads ({self.n_heads})")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads ({self.n_kv_heads})"
+            )
+        if (self.hidden // self.n_heads) % 2:
+            raise ValueError(f"head dim hidden/n_heads = {self.hidden // self.n_heads} must be even for RoPE")
+        if self.tie_embeddings and self.embed_rank:
+            raise ValueError("model.tie_embeddings needs a plain embedding: set model.embed_rank=0")
+        if self.max_positions < self.context:
+            raise ValueError(f"model.max_positions ({self.max_positions}) is below model.context ({self.context})")
+        return self
+
+
+class PrecisionConfig(_Section):
+    mode: Literal["fp32", "bf16", "fp8"] = "fp32"
+    """fp32 (CPU tests), bf16 autocast, or fp8 (Transformer Engine on compute capability >= 8.9)."""
+    recipe: Literal["delayed", "current", "block", "mxfp8"] = "delayed"
+    """FP8 scaling recipe: delayed (DelayedScaling, HYBRID), current, block (>= 9.0), mxfp8 (>= 10.0)."""
+    fp8_layers: list[Literal["attention", "mlp", "head"]] = ["attention", "mlp"]
+    """Which linear layers run in FP8; embeddings and norms always stay in high precision."""
+
+    @model_validator(mode="after")
+    def _check_layers(self) -> PrecisionConfig:
+        if self.mode == "fp8" and not self.fp8_layers:
+            raise ValueError("precision.mode=fp8 with an empty precision.fp8_layers would train in BF16; name layers or use bf16")
+        return self
+
+
+class StageConfig(_Section):
+    until_tokens: Count
+    """This stage runs until the run has seen this many tokens."""
+    seq_len: int = Field(gt=1)
+    """Sequence length of this stage."""
+    buckets: list[int] | None = None
+    """Decomposed-dataset buckets this stage samples from (default: the bucket equal to seq_len)."""
+    lr_scale: float = Field(1.0, gt=0)
+    """Multiplier on the learning rate during this stage."""
+
+
+class CurriculumConfig(_Section):
+    preset: str | None = None
+    """Curriculum preset from experiments/curricula/<preset>.yaml."""
+    stages: list[StageConfig] = [StageConfig(until_tokens=10**15, seq_len=256)]
+    """Stages in order; the last one runs to train.max_tokens."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            data = {"preset": data}
+        if isinstance(data, dict) and data.get("preset"):
+            merged = _load_preset("curricula", str(data["preset"]))
+            merged.pop("preset", None)
+            merged.update(data)
+            return merged
+        return data
+
+
+class OptimConfig(_Section):
+    lr: float = Field(3e-3, gt=0)
+    """Peak learning rate (AdamW)."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Final learning rate as a fraction of the peak."""
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    """Warmup then cosine decay, or warmup-stable-decay; both as functions of tokens seen."""
+    warmup_tokens: Count = 0
+    """Linear warmup length in tokens."""
+    decay_fraction: float = Field(0.2, gt=0, le=1)
+    """wsd: fraction of train.max_tokens spent in the final decay."""
+    weight_decay: float = Field(0.1, ge=0)
+    """AdamW decoupled weight decay (not applied to norms, biases or embeddings)."""
+    beta1: float = Field(0.9, ge=0, lt=1)
+    """AdamW beta1."""
+    beta2: float = Field(0.95, ge=0, lt=1)
+    """AdamW beta2."""
+    eps: float = Field(1e-8, gt=0)
+    """AdamW epsilon."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+
+
+class TrainConfig(_Section):
+    max_tokens: Count = 1_000_000
+    """Stop after this many training tokens."""
+    tokens_per_step: Count = 16384
+    """Tokens per optimizer step, over all workers; constant across curriculum stages."""
+    max_tokens_per_microbatch: Count = 16384
+    """Per-worker memory budget: micro-batch size x seq_len never exceeds this."""
+    on_nan: Literal["stop", "skip"] = "stop"
+    """A NaN/inf loss stops the run with the step and stage named, or skips that optimizer step."""
+
+
+class EvalConfig(_Section):
+    every_tokens: Count = 250_000
+    """Validate every this many training tokens (and at the end); 0 validates only at the end."""
+    seq_len: int = Field(256, gt=1)
+    """Sequence length used for validation."""
+    max_tokens_per_domain: Count = 65536
+    """Validation tokens per domain (the same tokens every time)."""
+
+
+class LogConfig(_Section):
+    every_steps: int = Field(10, gt=0)
+    """Log metrics (and sync the device) every this many optimizer steps."""
+
+
+class CheckpointConfig(_Section):
+    every_tokens: Count = 0
+    """Checkpoint every this many tokens (and at the end); 0 checkpoints only at the end."""
+    keep_last: int = Field(2, gt=0)
+    """Checkpoints kept."""
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    """Log to MLflow (rank 0 only)."""
+    uri: str | None = None
+    """MLflow tracking URI; None uses $MLFLOW_TRACKING_URI, else the local store sqlite:///outputs/mlflow.db."""
+    experiment: str = "yxanul"
+    """MLflow experiment name."""
+    log_model: bool = False
+    """Log the final model (Hugging Face format) as an artifact."""
+
+
+class ScalingConfig(_Section):
+    num_workers: int = Field(1, gt=0)
+    """Ray Train workers (one per GPU when use_gpu)."""
+    use_gpu: bool = False
+    """Train on GPUs (NCCL) instead of CPUs (gloo)."""
+    accelerator_type: str | None = None
+    """Ray accelerator type to request, e.g. H100, A100, L40S, L4 (passed to ScalingConfig)."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    """Logical CPUs reserved per worker."""
+    max_failures: int = Field(0, ge=-1)
+    """Restarts from the latest checkpoint after a worker failure (-1: unlimited)."""
+
+
+class ExperimentConfig(_Section):
+    """A whole training run. Jobs that need only part of it read only that part."""
+
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    precision: PrecisionConfig = PrecisionConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    scaling: ScalingConfig = ScalingConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict (what YAML, hashing and MLflow params use)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat_params(self) -> dict[str, str]:
+        """Dotted key -> string value, for MLflow params."""
+        return {key: json.dumps(value) if not isinstance(value, str) else value
+                for key, value in _flatten(self.to_dict()).items()}
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON of the resolved config (first 16 hex digits)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+_OVERRIDE = re.compile(r"^([A-Za-z_][\w\-]*(?:\.[A-Za-z_][\w\-]*)*)=(.*)$", re.S)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"a.b=1e6"`` -> (["a", "b"], value). Values are parsed as YAML (lists, numbers, booleans)."""
+    match = _OVERRIDE.match(text)
+    if not match:
+        raise ConfigError(f"bad override {text!r}: expected dotted.key=value, e.g. train.max_tokens=2e6")
+    key, raw = match.groups()
+    try:
+        value = yaml_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted overrides to a nested dict (copying along the way), creating sections as needed."""
+    tree = json.loads(json.dumps(tree))  # deep copy of plain data
+    for text in overrides:
+        path, value = parse_override(text)
+        node = tree
+        for part in path[:-1]:
+            child = node.get(part)
+            if isinstance(child, str) and part == "curriculum":
+                child = {"preset": child}  # curriculum: NAME is shorthand for curriculum.preset: NAME
+            if not isinstance(child, dict):
+                child = {}
+            node[part] = child
+            node = child
+        node[path[-1]] = value
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (run, data, model, ...), got {type(data).__name__}")
+    return data
+
+
+def format_validation_error(exc: ValidationError, source: str, overridden: set[str] = frozenset()) -> str:
+    """One readable line per problem: the dotted key, where it came from, what is wrong."""
+    problems = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"] if not str(part).startswith("function-")]
+        key = ".".join(loc) or "(top level)"
+        if any(key == o or key.startswith(o + ".") for o in overridden):
+            origin = "on the command line"
+        elif any(o.startswith(key + ".") for o in overridden):
+            origin = f"in {source} or on the command line"
+        else:
+            origin = f"in {source}"
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown key {key!r} {origin}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            value = err.get("input")
+            if isinstance(value, dict):
+                # A section-level validator: its message already names the keys involved.
+                problems.append(f"{msg} ({origin})")
+            else:
+                shown = "" if repr(value) in msg else f" (got {value!r})"
+                problems.append(f"{key} {origin}: {msg}{shown}")
+    return "; ".join(problems)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                model: type[BaseModel] = ExperimentConfig) -> Any:
+    """Load ``path`` (YAML; None for defaults), apply dotted ``overrides``, validate into ``model``."""
+    overrides = list(overrides or [])
+    tree = read_yaml(path) if path is not None else {}
+    tree = apply_overrides(tree, overrides)
+    source = str(path) if path is not None else "the defaults"
+    try:
+        return model.model_validate(tree)
+    except ValidationError as exc:
+        overridden = {".".join(parse_override(o)[0]) for o in overrides}
+        raise ConfigError(format_validation_error(exc, source, overridden)) from None
+
+
+def human_count(n: float) -> str:
+    """12_345_678 -> '12.3M' (for plans and summaries)."""
+    if n == 0 or not math.isfinite(n):
+        return str(n)
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:g}"
