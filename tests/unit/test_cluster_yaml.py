@@ -1,0 +1,342 @@
+"""cluster.yaml and k8s/raycluster.yaml, checked offline with Ray's own schema and functions.
+
+Ray 2.60 has no `ray up --dry-run`. What runs here without a cloud account: the autoscaler's JSON
+schema (ray/autoscaler/ray-schema.json), Ray's `prepare_config` (merges the AWS defaults, checks
+the docker section, fills per-type min/max) and `validate_config`, and the autoscaler's own
+bin-packing planner (`get_nodes_for`) deciding which node type a Ray Train worker bundle launches.
+What needs AWS (AMI lookup, subnets, security group and IAM checks, instance-type resource
+detection) is not run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterable
+from functools import partial
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from yxanul.accelerators import SPECS, cluster_config_accelerator_types, fp8_capable_types, placement_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER_YAML = ROOT / "cluster.yaml"
+KUBERAY_YAML = ROOT / "k8s" / "raycluster.yaml"
+
+# AWS instance facts (aws.amazon.com/ec2/instance-types): GPU model, GPU count, vCPUs.
+AWS_INSTANCES = {
+    "p5.48xlarge": ("H100", 8, 192),
+    "p4d.24xlarge": ("A100", 8, 96),
+    "g6e.12xlarge": ("L40S", 4, 48),
+    "g6.12xlarge": ("L4", 4, 48),
+    "m7i.8xlarge": (None, 0, 32),
+    "m7i.2xlarge": (None, 0, 8),
+}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+@pytest.fixture(scope="module")
+def prepared(cluster) -> dict:
+    from ray.autoscaler._private.util import prepare_config
+
+    return prepare_config(copy.deepcopy(cluster))
+
+
+def _node_types(cfg: dict) -> dict:
+    return cfg["available_node_types"]
+
+
+def _accelerator_of(settings: dict) -> str | None:
+    types = [k.split(":", 1)[1] for k in settings.get("resources", {}) if k.startswith("accelerator_type:")]
+    assert len(types) <= 1, f"one accelerator type per node type, got {types}"
+    return types[0] if types else None
+
+
+# --- Ray's own checks ------------------------------------------------------------------------------
+
+def test_matches_the_schema_shipped_in_ray(cluster):
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(cluster, schema)
+
+
+def test_schema_check_is_real():
+    # The same validation rejects what Ray rejects: fractional resources, unknown keys.
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    bad = yaml.safe_load(CLUSTER_YAML.read_text())
+    bad["available_node_types"]["gpu.l4"]["resources"]["GPU"] = 0.5
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    bad = yaml.safe_load(CLUSTER_YAML.read_text())
+    bad["available_node_types"]["gpu.l4"]["gpus"] = 4
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def test_ray_prepare_and_validate_config(prepared):
+    from ray.autoscaler._private.util import validate_config
+
+    validate_config(prepared)  # raises on any problem
+    assert prepared["head_node_type"] == "head"
+    # prepare_config merged the common setup into both head and worker setup, in order.
+    assert prepared["worker_setup_commands"][-1].startswith("pip install --no-cache-dir -c /tmp/torch-constraint.txt -e")
+    assert "boto3" in prepared["head_setup_commands"][-1]
+    assert _node_types(prepared)["head"]["max_workers"] == 0
+
+
+# --- node types ------------------------------------------------------------------------------------
+
+def test_gpu_node_types_expose_their_accelerator(cluster):
+    by_accelerator = {}
+    for name, settings in _node_types(cluster).items():
+        instance = settings["node_config"]["InstanceType"]
+        assert instance in AWS_INSTANCES, f"{name}: add {instance} to AWS_INSTANCES with its GPU facts"
+        gpu_model, gpus, vcpus = AWS_INSTANCES[instance]
+        resources = settings["resources"]
+        assert resources.get("GPU", 0) == gpus, f"{name}: {instance} has {gpus} GPUs"
+        assert resources.get("CPU", 0) <= vcpus, f"{name}: {instance} has {vcpus} vCPUs"
+        assert _accelerator_of(settings) == gpu_model, f"{name}: {instance} carries {gpu_model}"
+        if gpu_model:
+            assert resources[f"accelerator_type:{gpu_model}"] == 1  # Ray's convention: 1 per node
+            assert gpu_model in SPECS
+            by_accelerator[gpu_model] = name
+    assert set(by_accelerator) == {"H100", "A100", "L40S", "L4"}
+    assert cluster_config_accelerator_types(cluster) == ["A100", "H100", "L4", "L40S"]
+
+
+def test_worker_counts(cluster):
+    types = _node_types(cluster)
+    workers = {n: s for n, s in types.items() if n != cluster["head_node_type"]}
+    for name, settings in workers.items():
+        assert 0 <= settings["min_workers"] <= settings["max_workers"], name
+    assert sum(s["max_workers"] for s in workers.values()) <= cluster["max_workers"]
+    assert types["head"]["resources"] == {"CPU": 0}  # no training or data tasks on the head
+    assert cluster["idle_timeout_minutes"] > 0
+
+
+def test_fp8_and_bf16_trials_can_be_placed_on_this_cluster(cluster):
+    available = cluster_config_accelerator_types(cluster)
+    assert set(available) & set(fp8_capable_types())
+    assert placement_for("fp8", "H100", available) == (True, "precision.mode=fp8 runs on H100")
+    assert placement_for("fp8", "L40S", available)[0] and placement_for("fp8", "L4", available)[0]
+    ok, reason = placement_for("fp8", "A100", available)
+    assert not ok and "A100 has compute capability 8.0" in reason
+    ok, reason = placement_for("fp8", None, available)  # mixed cluster: FP8 trials must be pinned
+    assert not ok and "could land on A100" in reason
+    assert placement_for("bf16", None, available)[0]
+
+
+# --- what the autoscaler would launch --------------------------------------------------------------
+
+def _plan(prepared: dict, bundles: list[dict]) -> tuple[dict, list]:
+    """Node types Ray's autoscaler planner launches for these bundles, from an empty cluster."""
+    from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
+    from ray.autoscaler._private.resource_demand_scheduler import _default_utilization_scorer, get_nodes_for
+
+    scorer = partial(_default_utilization_scorer, node_availability_summary=NodeAvailabilitySummary({}))
+    to_add, residual = get_nodes_for(
+        _node_types(prepared), {prepared["head_node_type"]: 1}, prepared["head_node_type"],
+        prepared["max_workers"], bundles, scorer,
+    )
+    return dict(to_add), residual
+
+
+def _train_bundles(num_workers: int, accelerator_type: str | None, cpus_per_worker: float = 1.0) -> list[dict]:
+    """Per-worker resource bundles exactly as Ray Train's ScalingConfig builds them."""
+    import ray.train
+
+    scaling = ray.train.ScalingConfig(num_workers=num_workers, use_gpu=True, accelerator_type=accelerator_type,
+                                      resources_per_worker={"CPU": cpus_per_worker, "GPU": 1})
+    return [dict(scaling._resources_per_worker_not_none) for _ in range(num_workers)]
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "num_workers", "expected"),
+    [
+        ("H100", 1, {"gpu.h100": 1}),
+        ("H100", 8, {"gpu.h100": 1}),
+        ("A100", 4, {"gpu.a100": 1}),
+        ("L40S", 1, {"gpu.l40s": 1}),
+        ("L40S", 8, {"gpu.l40s": 2}),
+        ("L4", 4, {"gpu.l4": 1}),
+    ],
+)
+def test_train_workers_launch_their_accelerator_node_type(prepared, accelerator, num_workers, expected):
+    to_add, residual = _plan(prepared, _train_bundles(num_workers, accelerator))
+    assert (to_add, residual) == (expected, [])
+
+
+def test_unavailable_requests_stay_unfulfilled(prepared):
+    to_add, residual = _plan(prepared, _train_bundles(1, "B200"))
+    assert to_add == {} and len(residual) == 1
+    to_add, residual = _plan(prepared, _train_bundles(16, "H100"))  # max one p5 node
+    assert to_add == {"gpu.h100": 1} and len(residual) == 8
+
+
+def test_cpu_work_does_not_launch_gpu_nodes(prepared):
+    to_add, residual = _plan(prepared, [{"CPU": 1}] * 40)  # e.g. jobs.prepare tokenize tasks
+    assert residual == [] and set(to_add) == {"cpu"}
+
+
+# --- experiments reference only node types that exist ----------------------------------------------
+
+def referenced_accelerator_types(tree: object) -> set[str]:
+    """Every accelerator type an experiment or sweep YAML asks for, in whatever shape it is written:
+    ``scaling: {accelerator_type: X}``, a dotted ``scaling.accelerator_type: X`` override (also as a
+    ``k=v`` string), an axis ``{key: scaling.accelerator_type, values: [...]}``, lists of them."""
+    found: set[str] = set()
+
+    def add(value: object) -> None:
+        if isinstance(value, str):
+            found.add(value)
+        elif isinstance(value, list):
+            for item in value:
+                add(item)
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            key = node.get("key")
+            if isinstance(key, str) and key.split(".")[-1] == "accelerator_type":
+                add(node.get("values"))
+            for k, v in node.items():
+                if str(k).split(".")[-1] == "accelerator_type":
+                    add(v)
+                walk(v)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, str):
+            m = re.fullmatch(r"\s*[\w.]*accelerator_type\s*=\s*(\S+)\s*", node)
+            if m:
+                found.add(m.group(1))
+
+    walk(tree)
+    return found
+
+
+def missing_node_types(paths: Iterable[Path], cluster_types: Iterable[str]) -> dict[str, list[str]]:
+    """{file: [accelerator types it references that no node type of the cluster provides]}."""
+    available = set(cluster_types)
+    missing = {}
+    for path in paths:
+        wanted = referenced_accelerator_types(yaml.safe_load(path.read_text()))
+        if wanted - available:
+            missing[str(path)] = sorted(wanted - available)
+    return missing
+
+
+def _experiment_files() -> list[Path]:
+    return sorted([*ROOT.glob("experiments/runs/*.yaml"), *ROOT.glob("experiments/sweeps/*.yaml")])
+
+
+def test_experiments_only_reference_existing_node_types(cluster):
+    assert missing_node_types(_experiment_files(), cluster_config_accelerator_types(cluster)) == {}
+
+
+def test_the_reference_check_finds_every_shape_and_flags_missing_types(tmp_path, cluster):
+    run = tmp_path / "run.yaml"
+    run.write_text("precision: {mode: fp8}\nscaling: {num_workers: 2, use_gpu: true, accelerator_type: L4}\n")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        "base:\n  overrides:\n    scaling.accelerator_type: H100\n    precision.mode: fp8\n"
+        "axes:\n  hardware:\n    key: scaling.accelerator_type\n    values: [L40S, B200]\n"
+        "  arms:\n    variants:\n      small: {scaling.accelerator_type: L4, model.preset: tiny}\n"
+        "extra_overrides: ['scaling.accelerator_type=A10', 'train.max_tokens=2e6']\n"
+    )
+    assert referenced_accelerator_types(yaml.safe_load(run.read_text())) == {"L4"}
+    assert referenced_accelerator_types(yaml.safe_load(sweep.read_text())) == {"H100", "L40S", "B200", "L4", "A10"}
+    types = cluster_config_accelerator_types(cluster)
+    assert missing_node_types([run, sweep], types) == {str(sweep): ["A10", "B200"]}
+    assert missing_node_types([run], types) == {}
+
+
+def test_experiment_files_parse():
+    for path in _experiment_files():
+        assert isinstance(yaml.safe_load(path.read_text()), dict), path
+
+
+# --- security: what must never be in the file ------------------------------------------------------
+
+def test_no_credentials_and_ssh_only_ingress(cluster):
+    text = CLUSTER_YAML.read_text()
+    assert not re.search(r"AKIA[0-9A-Z]{16}", text)  # AWS access key ids
+
+    def keys(node: object) -> set[str]:
+        if isinstance(node, dict):
+            return {str(k).lower() for k in node} | set().union(*(keys(v) for v in node.values()))
+        if isinstance(node, list):
+            return set().union(*(keys(v) for v in node)) if node else set()
+        return set()
+
+    # provider.aws_credentials is a real Ray option: credentials must come from the environment.
+    secret_keys = {"aws_credentials", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+                   "password", "token"}
+    assert not keys(cluster) & secret_keys
+    assert "ssh_private_key" not in cluster["auth"]  # Ray generates and keeps its own key pair
+    # Ray's auto-created security group opens SSH to 0.0.0.0/0; every node type brings its own.
+    assert "security_group" not in cluster["provider"]
+    for name, settings in _node_types(cluster).items():
+        assert settings["node_config"].get("SecurityGroupIds"), name
+    assert "0.0.0.0/0" not in json.dumps(cluster)  # no world-open CIDR anywhere in the settings
+    # Token-less Ray is only acceptable because it is set explicitly and identically everywhere.
+    for cmd in (cluster["head_start_ray_commands"][1], cluster["worker_start_ray_commands"][1]):
+        assert "RAY_AUTH_MODE=disabled" in cmd and "MLFLOW_TRACKING_URI=" in cmd
+
+
+def test_mlflow_on_the_head_and_shared_storage(cluster):
+    from ray.autoscaler._private.docker import docker_start_cmds
+
+    mlflow_cmd = next(c for c in cluster["head_start_ray_commands"] if "mlflow server" in c)
+    assert "--backend-store-uri sqlite:////mlflow/mlflow.db" in mlflow_cmd
+    assert "--artifacts-destination s3://" in mlflow_cmd
+    assert "/efs/yxanul/mlflow-backup.db" in mlflow_cmd  # restored on a fresh head
+    # The container command Ray builds for the head: host networking (so MLflow and the dashboard
+    # are on the head's own interfaces, reachable through SSH forwarding), EFS and the MLflow dir.
+    docker = cluster["docker"]
+    run = docker_start_cmds("ubuntu", docker["image"], cluster["file_mounts"], docker["container_name"],
+                            docker["run_options"] + docker["head_run_options"], cluster["cluster_name"],
+                            "/root", "docker")
+    assert "--net=host" in run and "-v /efs:/efs" in run and "-v /home/ubuntu/mlflow:/mlflow" in run
+    assert any("mount -t nfs4" in c and " /efs" in c for c in cluster["initialization_commands"])
+
+
+# --- KubeRay -------------------------------------------------------------------------------------
+
+def test_kuberay_cluster_has_the_same_gpu_groups(cluster):
+    docs = [d for d in yaml.safe_load_all(KUBERAY_YAML.read_text()) if d]
+    ray_clusters = [d for d in docs if d.get("kind") == "RayCluster"]
+    assert len(ray_clusters) == 1
+    spec = ray_clusters[0]["spec"]
+    assert spec["enableInTreeAutoscaling"] is True
+    assert spec["rayVersion"] == "2.60.0"
+    head_params = spec["headGroupSpec"]["rayStartParams"]
+    assert head_params.get("num-cpus") == "0"
+    groups = {}
+    for group in spec["workerGroupSpecs"]:
+        assert 0 <= group["minReplicas"] <= group["maxReplicas"], group["groupName"]
+        # KubeRay passes the value to `ray start --resources` through a shell: a quoted JSON string.
+        resources = json.loads(group["rayStartParams"].get("resources", '"{}"'))
+        resources = json.loads(resources) if isinstance(resources, str) else resources
+        container = group["template"]["spec"]["containers"][0]
+        gpus = int(container["resources"]["limits"].get("nvidia.com/gpu", 0))
+        accel = [k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:")]
+        groups[group["groupName"]] = (accel[0] if accel else None, gpus)
+        if accel:
+            assert resources[f"accelerator_type:{accel[0]}"] == 1
+            assert gpus > 0
+    yaml_types = {
+        _accelerator_of(s): s["resources"].get("GPU", 0)
+        for n, s in _node_types(cluster).items() if n != cluster["head_node_type"]
+    }
+    assert {a: g for a, g in groups.values()} == yaml_types
