@@ -1,0 +1,125 @@
+"""Throughput accounting: FLOPs per token, tokens/s, MFU against the card's BF16 and FP8 peaks,
+peak memory.
+
+FLOPs per trained token follow the PaLM / nanoGPT convention: ``6 * N_matmul`` (forward + backward
+of every weight matrix that does a matmul: attention, MLP, head, the factorized embedding's
+projection; lookups are free) ``+ 12 * n_layers * hidden * seq_len`` (attention scores and values,
+causal masking not discounted). For yxanul-270m at seq_len 2048 this is 1.926 GFLOP/token, so the
+989 TFLOP/s dense BF16 peak of an H100 SXM is 514k tokens/s.
+
+MFU is reported against both the BF16 and the FP8 dense peak of the card
+(:mod:`yxanul.accelerators`): an FP8 run's ``mfu_fp8`` says how much of the FP8 tensor-core rate
+it used, its ``mfu_bf16`` how it compares with the BF16 ceiling.
+
+Nothing here syncs the device except :meth:`ThroughputMeter.read`, called at the logging interval.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from yxanul.accelerators import AcceleratorSpec, spec_for_device_name
+from yxanul.config import ModelConfig
+from yxanul.model import padded_vocab_size, resolve_vocab_size
+
+__all__ = ["ThroughputMeter", "Throughput", "device_spec", "flops_per_token", "mfu", "peak_memory_gib",
+           "reset_peak_memory"]
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, vocab_size: int | None = None) -> float:
+    """Training FLOPs (forward + backward) per token at ``seq_len`` (see the module docstring)."""
+    vocab = padded_vocab_size(resolve_vocab_size(cfg, vocab_size))
+    h, hd = cfg.hidden, cfg.hidden // cfg.n_heads
+    per_layer = h * (cfg.n_heads + 2 * cfg.n_kv_heads) * hd + cfg.n_heads * hd * h + 3 * h * cfg.ffn_hidden
+    matmul_params = cfg.n_layers * per_layer + vocab * h + cfg.embed_rank * h
+    return 6.0 * matmul_params + 12.0 * cfg.n_layers * h * seq_len
+
+
+def mfu(tokens_per_s: float, flops_per_tok: float, peak_tflops: float | None) -> float | None:
+    """Model FLOPs utilisation in [0, 1]; None when the peak is unknown (CPU, a card without FP8)."""
+    if not peak_tflops:
+        return None
+    return tokens_per_s * flops_per_tok / (peak_tflops * 1e12)
+
+
+def device_spec(device: torch.device | str | None = None) -> AcceleratorSpec | None:
+    """The capability-table entry of the CUDA device this process uses; None on CPU or an unknown card."""
+    if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
+        return None
+    return spec_for_device_name(torch.cuda.get_device_name(device))
+
+
+def reset_peak_memory(device: torch.device | str | None = None) -> None:
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device | str | None = None) -> float | None:
+    """Peak memory allocated by tensors since the last reset, GiB; None on CPU."""
+    if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+@dataclass(frozen=True)
+class Throughput:
+    tokens_per_s: float
+    mfu_bf16: float | None
+    mfu_fp8: float | None
+    peak_mem_gib: float | None
+    elapsed_s: float
+    """Training wall-clock so far (paused time excluded)."""
+
+
+class ThroughputMeter:
+    """Tokens/s and MFU over the time the clock runs; :meth:`pause` during validation.
+
+    ``add(tokens)`` is free (no sync). ``read()`` synchronizes the device once (a deliberate sync:
+    the work queued so far must be finished for the clock to mean anything) and reports the rate
+    since the previous ``read()``.
+    """
+
+    def __init__(self, flops_per_tok: float, device: torch.device | str | None = None) -> None:
+        self.flops_per_tok = flops_per_tok
+        self.device = torch.device(device) if device is not None else None
+        self.spec = device_spec(self.device)
+        self._elapsed = 0.0
+        self._window_elapsed = 0.0
+        self._window_tokens = 0
+        self._started: float | None = None
+
+    def _sync(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        if self._started is None:
+            self._sync()
+            self._started = time.perf_counter()
+
+    def pause(self) -> None:
+        if self._started is not None:
+            self._sync()
+            now = time.perf_counter()
+            self._window_elapsed += now - self._started
+            self._elapsed += now - self._started
+            self._started = None
+
+    def add(self, tokens: int) -> None:
+        self._window_tokens += tokens
+
+    def read(self) -> Throughput:
+        running = self._started is not None
+        self.pause()
+        rate = self._window_tokens / self._window_elapsed if self._window_elapsed > 0 else 0.0
+        bf16 = self.spec.bf16_tflops if self.spec else None
+        fp8 = self.spec.fp8_tflops if self.spec else None
+        out = Throughput(rate, mfu(rate, self.flops_per_tok, bf16), mfu(rate, self.flops_per_tok, fp8),
+                         peak_memory_gib(self.device), self._elapsed)
+        self._window_tokens, self._window_elapsed = 0, 0.0
+        if running:
+            self.start()
+        return out

@@ -1,0 +1,435 @@
+"""The Yxanul decoder: one single-device, precision-agnostic model.
+
+Decoder-only transformer: factorized token embedding (vocab x r, then r x hidden; r=0 is a plain
+embedding), pre-norm blocks of grouped-query causal attention with RoPE and a SwiGLU MLP, RMSNorm
+(eps 1e-6), final norm, and an output head (untied, or tied to a plain embedding). Shapes follow
+Hugging Face ``LlamaForCausalLM`` exactly (rotate-half RoPE, RMSNorm in fp32), so weights export to
+it (:mod:`yxanul.export`) and a test checks the logits match.
+
+The vocabulary is padded up to a multiple of 128 (FP8 GEMMs need dims divisible by 16; tensor cores
+like multiples of 128). Padded logits are set to -inf in :meth:`Yxanul.forward` and excluded from
+the loss, so they never win.
+
+Precision is not this module's business: :mod:`yxanul.precision` swaps the linear layers named by
+:meth:`Yxanul.linear_names` and owns the autocast context. The loss lives here too:
+:func:`cross_entropy` is chunked over tokens, so the fp32 copy of a 200k-wide logit row exists for
+one chunk at a time, never for the whole micro-batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from yxanul.config import ModelConfig
+from yxanul.errors import ConfigError
+
+__all__ = [
+    "IGNORE_INDEX",
+    "VOCAB_MULTIPLE",
+    "ParameterCount",
+    "RMSNorm",
+    "Yxanul",
+    "bits_per_byte",
+    "cross_entropy",
+    "next_token_targets",
+    "padded_vocab_size",
+    "parameter_count",
+    "resolve_vocab_size",
+]
+
+VOCAB_MULTIPLE = 128
+"""The embedding and head have ``padded_vocab_size(vocab)`` rows, a multiple of this."""
+IGNORE_INDEX = -100
+"""Target value that contributes nothing to the loss (the last position of every sequence)."""
+LINEAR_GROUPS = ("attention", "mlp", "head")
+"""Groups of linear layers that :mod:`yxanul.precision` can run in FP8 (``precision.fp8_layers``)."""
+
+
+def padded_vocab_size(vocab_size: int, multiple: int = VOCAB_MULTIPLE) -> int:
+    """``vocab_size`` rounded up to a multiple of ``multiple`` (200005 -> 200064)."""
+    return -(-vocab_size // multiple) * multiple
+
+
+def resolve_vocab_size(cfg: ModelConfig, vocab_size: int | None = None) -> int:
+    """The tokenizer vocabulary the model is built for: ``vocab_size`` if given, else ``model.vocab_size``."""
+    if vocab_size is not None and cfg.vocab_size is not None and vocab_size != cfg.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={cfg.vocab_size} disagrees with the tokenizer's vocabulary of {vocab_size}; "
+            "remove model.vocab_size or use the matching tokenizer"
+        )
+    resolved = vocab_size if vocab_size is not None else cfg.vocab_size
+    if resolved is None:
+        raise ConfigError("model.vocab_size is not set and no tokenizer vocabulary was given; set model.vocab_size=N")
+    return int(resolved)
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """Exact parameter counts of a model shape (padded vocabulary included)."""
+
+    total: int
+    embedding: int
+    """Token embedding (and its r x hidden projection when factorized)."""
+    blocks: int
+    """All transformer blocks (attention, MLP, norms)."""
+    head: int
+    """Output head (0 when tied to the embedding)."""
+    final_norm: int
+
+    @property
+    def non_embedding(self) -> int:
+        """Everything but the token embedding (the head counts, as it is a full matmul)."""
+        return self.total - self.embedding
+
+
+def parameter_count(cfg: ModelConfig, vocab_size: int | None = None) -> ParameterCount:
+    """Exact number of parameters of ``Yxanul(cfg, vocab_size)``, computed without building it."""
+    vocab = padded_vocab_size(resolve_vocab_size(cfg, vocab_size))
+    h, hd = cfg.hidden, cfg.hidden // cfg.n_heads
+    embedding = vocab * cfg.embed_rank + cfg.embed_rank * h if cfg.embed_rank else vocab * h
+    attn = h * (cfg.n_heads + 2 * cfg.n_kv_heads) * hd + cfg.n_heads * hd * h
+    mlp = h * 2 * cfg.ffn_hidden + cfg.ffn_hidden * h
+    blocks = cfg.n_layers * (attn + mlp + 2 * h)
+    head = 0 if cfg.tie_embeddings else vocab * h
+    total = embedding + blocks + head + h
+    return ParameterCount(total=total, embedding=embedding, blocks=blocks, head=head, final_norm=h)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layers
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32 whatever the input dtype (as Hugging Face Llama does)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def _rope_tables(positions: int, head_dim: int, theta: float, device: torch.device | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (positions, head_dim) in fp32, rotate-half layout."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    t = torch.arange(positions, dtype=torch.int64, device=device).float()
+    freqs = torch.outer(t, inv_freq)  # (T, hd/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
+    return emb.cos(), emb.sin()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, heads, T, hd) by position; cos/sin are (T, hd), cast to x's dtype (as HF does)."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + _rotate_half(x) * sin
+
+
+class CausalSelfAttention(nn.Module):
+    """RoPE + grouped-query causal scaled-dot-product attention on a fused (B, T, q|k|v) input.
+
+    No parameters: the projections live in :class:`Attention`, so this whole module can be compiled
+    even when the projections are Transformer Engine modules.
+    """
+
+    def __init__(self, n_heads: int, n_kv_heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+
+    def forward(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, t, _ = qkv.shape
+        nh, nkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = qkv.split((nh * hd, nkv * hd, nkv * hd), dim=-1)
+        q = q.view(b, t, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(b, t, nkv, hd).transpose(1, 2)  # (B, nkv, T, hd)
+        v = v.view(b, t, nkv, hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if nkv != nh:  # repeat each KV head for its group of query heads (as HF's repeat_kv)
+            group = nh // nkv
+            k = k[:, :, None].expand(b, nkv, group, t, hd).reshape(b, nh, t, hd)
+            v = v[:, :, None].expand(b, nkv, group, t, hd).reshape(b, nh, t, hd)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # flash / cuDNN kernels on GPU
+        return y.transpose(1, 2).reshape(b, t, nh * hd)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hd = cfg.hidden // cfg.n_heads
+        self.qkv = nn.Linear(cfg.hidden, (cfg.n_heads + 2 * cfg.n_kv_heads) * hd, bias=False)
+        self.core = CausalSelfAttention(cfg.n_heads, cfg.n_kv_heads, hd)
+        self.proj = nn.Linear(cfg.n_heads * hd, cfg.hidden, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.core(self.qkv(x), cos, sin))
+
+
+class SwiGLU(nn.Module):
+    """silu(gate) * up on the fused (..., 2 * ffn) output of the gate|up projection."""
+
+    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.hidden, 2 * cfg.ffn_hidden, bias=False)
+        self.act = SwiGLU()
+        self.down = nn.Linear(cfg.ffn_hidden, cfg.hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.gate_up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Embedding(nn.Module):
+    """Token embedding, factorized (vocab x r, then r x hidden) when ``rank`` > 0."""
+
+    def __init__(self, vocab: int, hidden: int, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+        self.tok = nn.Embedding(vocab, rank or hidden)
+        self.proj = nn.Linear(rank, hidden, bias=False) if rank else None
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.tok(tokens)
+        return self.proj(x) if self.proj is not None else x
+
+    def full_weight(self) -> torch.Tensor:
+        """The (vocab, hidden) matrix this embedding is equivalent to (factors multiplied out)."""
+        if self.proj is None:
+            return self.tok.weight
+        return self.tok.weight @ self.proj.weight.t()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model
+
+
+class Yxanul(nn.Module):
+    """The decoder. ``Yxanul(cfg, vocab_size)(tokens (B, T)) -> logits (B, T, padded_vocab)``."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = resolve_vocab_size(cfg, vocab_size)
+        self.padded_vocab = padded_vocab_size(self.vocab_size)
+        self.head_dim = cfg.hidden // cfg.n_heads
+        self.embed = Embedding(self.padded_vocab, cfg.hidden, cfg.embed_rank)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden, self.padded_vocab, bias=False)
+        cos, sin = _rope_tables(cfg.max_positions, self.head_dim, cfg.rope_theta)
+        # Not in the state dict: derived from the config, identical in every checkpoint.
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2 n_layers);
+        the factorized embedding's factors scaled so their product has std init_std; padded
+        vocabulary rows zero."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        for block in self.blocks:
+            block.attn.proj.weight.mul_(1 / math.sqrt(2 * self.cfg.n_layers))
+            block.mlp.down.weight.mul_(1 / math.sqrt(2 * self.cfg.n_layers))
+        if self.embed.proj is not None:
+            nn.init.normal_(self.embed.tok.weight, std=1.0)
+            nn.init.normal_(self.embed.proj.weight, std=std / math.sqrt(self.cfg.embed_rank))
+        else:
+            nn.init.normal_(self.embed.tok.weight, std=std)
+        self.embed.tok.weight[self.vocab_size:].zero_()
+        if self.head is not None:
+            self.head.weight[self.vocab_size:].zero_()
+
+    def linear_names(self, group: str) -> list[str]:
+        """Qualified names of the ``nn.Linear`` modules in a precision group (attention, mlp, head).
+
+        The factorized embedding's projection is in no group: embeddings stay in high precision.
+        The head of a tied model is the embedding matrix, not a module, so its list is empty.
+        """
+        if group == "attention":
+            return [f"blocks.{i}.attn.{n}" for i in range(len(self.blocks)) for n in ("qkv", "proj")]
+        if group == "mlp":
+            return [f"blocks.{i}.mlp.{n}" for i in range(len(self.blocks)) for n in ("gate_up", "down")]
+        if group == "head":
+            return [] if self.head is None else ["head"]
+        raise ConfigError(f"unknown linear group {group!r}; expected one of {', '.join(LINEAR_GROUPS)}")
+
+    def rope(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for positions 0..seq_len-1; beyond model.max_positions they are computed on the fly."""
+        if seq_len <= self.rope_cos.shape[0]:
+            return self.rope_cos[:seq_len], self.rope_sin[:seq_len]
+        return _rope_tables(seq_len, self.head_dim, self.cfg.rope_theta, self.rope_cos.device)
+
+    def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, hidden) after the final norm."""
+        cos, sin = self.rope(tokens.shape[1])
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return self.final_norm(x)
+
+    def forward(self, tokens: torch.Tensor, mask_padding: bool = True) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, padded_vocab) logits.
+
+        With ``mask_padding`` the padded columns are -inf (an out-of-place copy of the logits); the
+        training loss passes False and excludes those columns itself (:func:`cross_entropy`).
+        """
+        h = self.hidden_states(tokens)
+        logits = self.head(h) if self.head is not None else F.linear(h, self.embed.tok.weight)
+        if mask_padding and self.padded_vocab != self.vocab_size:
+            pad = torch.arange(self.padded_vocab, device=logits.device) >= self.vocab_size
+            logits = logits.masked_fill(pad, float("-inf"))
+        return logits
+
+    def num_parameters(self) -> int:
+        """Parameters actually held (shared ones counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loss
+
+
+def next_token_targets(tokens: torch.Tensor) -> torch.Tensor:
+    """Targets for a (B, L) batch fed whole to the model: position t predicts token t+1; the last
+    position has no target (IGNORE_INDEX). So a sequence of L tokens gives L-1 predictions."""
+    targets = torch.full_like(tokens, IGNORE_INDEX, dtype=torch.long)
+    targets[:, :-1] = tokens[:, 1:]
+    return targets
+
+
+_DEFAULT_CHUNK_TOKENS = 2048
+
+
+def _ce_forward_chunk(logits: torch.Tensor, targets: torch.Tensor, vocab: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, V_padded) logits of any dtype, (n,) targets -> (lse (n,) fp32, summed loss) for one chunk;
+    columns >= vocab are excluded."""
+    x = logits.float()
+    if vocab < x.shape[1]:
+        x = x.masked_fill(torch.arange(x.shape[1], device=x.device) >= vocab, float("-inf"))
+    lse = torch.logsumexp(x, dim=-1)
+    valid = targets != IGNORE_INDEX
+    picked = x.gather(1, targets.clamp(min=0)[:, None]).squeeze(1)
+    return lse, torch.where(valid, lse - picked, 0.0).sum()
+
+
+def _ce_backward_chunk(logits: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor,
+                       scale: torch.Tensor, vocab: int) -> torch.Tensor:
+    """d(loss_sum)/d(logits) * scale for one chunk: softmax - onehot; zero on ignored rows and on
+    padded columns."""
+    x = logits.float()
+    cols = torch.arange(x.shape[1], device=x.device)
+    probs = torch.where(cols < vocab, torch.exp(x - lse[:, None]), 0.0)
+    valid = targets != IGNORE_INDEX
+    grad = probs - (cols == targets.clamp(min=0)[:, None]).to(probs.dtype)
+    return (grad * (valid[:, None].to(probs.dtype) * scale)).to(logits.dtype)
+
+
+_compiled_chunks: dict[str, Callable[..., object]] = {}
+
+
+def _chunk_fns(device: torch.device) -> tuple[Callable[..., object], Callable[..., object]]:
+    """Eager on CPU; on CUDA, compiled so each chunk is one or two fused passes over the bf16 logits
+    instead of an fp32 copy plus several elementwise kernels."""
+    if device.type != "cuda":
+        return _ce_forward_chunk, _ce_backward_chunk
+    if not _compiled_chunks:
+        _compiled_chunks["fwd"] = torch.compile(_ce_forward_chunk, dynamic=False)
+        _compiled_chunks["bwd"] = torch.compile(_ce_backward_chunk, dynamic=False)
+    return _compiled_chunks["fwd"], _compiled_chunks["bwd"]
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Summed next-token loss over (N, V_padded) logits, computed ``chunk`` rows at a time.
+
+    Saves only the input logits (which exist anyway) and one fp32 log-sum-exp per row; the fp32
+    upcast, softmax and gradient exist for one chunk at a time.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, vocab: int, chunk: int  # type: ignore[override]
+                ) -> torch.Tensor:
+        fwd, _ = _chunk_fns(logits.device)
+        lses, total = [], logits.new_zeros((), dtype=torch.float32)
+        for start in range(0, logits.shape[0], chunk):
+            lse, loss = fwd(logits[start:start + chunk], targets[start:start + chunk], vocab)
+            lses.append(lse)
+            total = total + loss
+        ctx.save_for_backward(logits, targets, torch.cat(lses))
+        ctx.vocab, ctx.chunk = vocab, chunk
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        logits, targets, lse = ctx.saved_tensors
+        _, bwd = _chunk_fns(logits.device)
+        grad = torch.empty_like(logits)
+        scale = grad_out.float()
+        for start in range(0, logits.shape[0], ctx.chunk):
+            sl = slice(start, start + ctx.chunk)
+            grad[sl] = bwd(logits[sl], targets[sl], lse[sl], scale, ctx.vocab)
+        return grad, None, None, None
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None, *,
+                  reduction: str = "sum", chunk_tokens: int = _DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
+    """Next-token cross-entropy in nats, chunked over tokens: the same value and gradient as
+    ``F.cross_entropy`` on fp32 logits, without an fp32 copy of all logits.
+
+    ``logits`` (..., V_padded) in any dtype, ``targets`` (...) with IGNORE_INDEX where there is no
+    target. Only the first ``vocab_size`` columns take part (the padding is excluded).
+    ``reduction``: ``"sum"`` (divide by the token count yourself, e.g. over gradient-accumulation
+    micro-batches) or ``"mean"`` over non-ignored targets.
+    """
+    vocab = logits.shape[-1] if vocab_size is None else int(vocab_size)
+    flat = logits.reshape(-1, logits.shape[-1])
+    total = _ChunkedCrossEntropy.apply(flat, targets.reshape(-1).long(), vocab, int(chunk_tokens))
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
+def bits_per_byte(nats_per_token: float | torch.Tensor, bytes_per_token: float) -> float | torch.Tensor:
+    """Convert a loss in nats per token to bits per UTF-8 byte (tokenizer-independent)."""
+    return nats_per_token / (math.log(2) * bytes_per_token)

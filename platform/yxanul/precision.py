@@ -1,0 +1,332 @@
+"""The one place that knows about fp32, bf16 and FP8 (Transformer Engine).
+
+    precision = Precision(cfg.precision, device)   # checks support up front, raises PrecisionError
+    model = precision.apply(Yxanul(cfg.model, vocab).to(device))  # FP8: swaps the chosen linears
+    with precision.autocast():
+        logits = model(tokens)
+
+- ``fp32``: no autocast (CPU tests, references).
+- ``bf16``: ``torch.autocast(dtype=bfloat16)``; weights, gradients and optimizer state stay fp32.
+- ``fp8``: the linear layers named by ``precision.fp8_layers`` (attention, mlp, head) become
+  ``transformer_engine.pytorch.Linear`` (fp32 master weights, copied over), and the forward runs
+  under ``torch.autocast(bf16)`` plus ``te.autocast(recipe=...)``. Embeddings, norms, attention
+  softmax and the loss stay in bf16/fp32.
+
+FP8 fails loudly: no CUDA, compute capability below 8.9, Transformer Engine not installed, a recipe
+the card cannot run, or a GEMM dimension FP8 cannot take all raise :class:`PrecisionError` with what
+is needed. Nothing ever falls back to BF16 silently.
+
+Checkpoints are portable across precisions: :func:`split_state_dict` separates TE's FP8 scaling
+state (``*._extra_state``) from the weights, and :func:`load_model_state` loads weights saved by a
+BF16 or FP8 model into either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from yxanul.config import PrecisionConfig
+from yxanul.errors import PrecisionError
+
+__all__ = [
+    "EXTRA_STATE_SUFFIX",
+    "Precision",
+    "build_recipe",
+    "compile_model",
+    "fp8_modules",
+    "is_te_module",
+    "load_model_state",
+    "split_state_dict",
+]
+
+EXTRA_STATE_SUFFIX = "_extra_state"
+"""State-dict keys of Transformer Engine's FP8 scaling state end with this."""
+
+_GPU_INSTALL = "install Transformer Engine with `pip install .[gpu]` (transformer-engine[pytorch]==2.20.2) on the GPU machine"
+
+
+def _import_te() -> Any:
+    try:
+        import transformer_engine.pytorch as te
+    except ImportError as exc:
+        raise PrecisionError(
+            f"precision.mode=fp8 needs NVIDIA Transformer Engine, which is not importable here ({exc}); "
+            f"{_GPU_INSTALL}, or use precision.mode=bf16"
+        ) from None
+    return te
+
+
+def is_te_module(module: nn.Module) -> bool:
+    """True for Transformer Engine modules (their class lives in the transformer_engine package)."""
+    return type(module).__module__.startswith("transformer_engine")
+
+
+def fp8_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Qualified name -> Transformer Engine module, for every TE module in ``model``."""
+    return {name: m for name, m in model.named_modules() if is_te_module(m)}
+
+
+def build_recipe(name: str) -> Any:
+    """The Transformer Engine recipe object for ``precision.recipe``."""
+    from transformer_engine.common import recipe as te_recipe
+
+    if name == "delayed":
+        return te_recipe.DelayedScaling(fp8_format=te_recipe.Format.HYBRID)
+    if name == "current":
+        return te_recipe.Float8CurrentScaling()
+    if name == "block":
+        return te_recipe.Float8BlockScaling()
+    if name == "mxfp8":
+        return te_recipe.MXFP8BlockScaling()
+    raise PrecisionError(f"unknown precision.recipe {name!r}; expected delayed, current, block or mxfp8")
+
+
+def _cuda_version() -> tuple[int, int] | None:
+    if not torch.version.cuda:
+        return None
+    major, minor = torch.version.cuda.split(".")[:2]
+    return int(major), int(minor)
+
+
+def _resolve_mode(mode: str, device: torch.device) -> str:
+    if mode != "auto":
+        return mode
+    from yxanul.accelerators import resolve_auto_precision
+
+    if device.type != "cuda":
+        return "fp32"
+    return resolve_auto_precision(torch.cuda.get_device_name(device))
+
+
+class Precision:
+    """Precision policy for one process: support check, layer swap, autocast.
+
+    Constructing it checks support (raises :class:`PrecisionError`); nothing is swapped until
+    :meth:`apply`.
+    """
+
+    def __init__(self, cfg: PrecisionConfig, device: torch.device | str | None = None) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device) if device is not None else (
+            torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        self.mode: str = _resolve_mode(cfg.mode, self.device)
+        self.recipe_name: str | None = cfg.recipe if self.mode == "fp8" else None
+        self.fp8_layers: tuple[str, ...] = tuple(cfg.fp8_layers) if self.mode == "fp8" else ()
+        self.recipe: Any = None
+        self._te: Any = None
+        self.check()
+        if self.mode == "fp8":
+            self._te = _import_te()
+            self.recipe = build_recipe(cfg.recipe)
+
+    # -- support -------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise PrecisionError unless this mode (and recipe) can run on ``self.device``."""
+        if self.mode == "fp32":
+            return
+        if self.mode == "bf16":
+            if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+                raise PrecisionError(
+                    f"precision.mode=bf16 needs a GPU with BF16 support (compute capability >= 8.0); "
+                    f"{torch.cuda.get_device_name(self.device)} has none; use precision.mode=fp32"
+                )
+            return
+        if self.mode != "fp8":
+            raise PrecisionError(f"unknown precision.mode {self.mode!r}; expected fp32, bf16 or fp8")
+        if self.device.type != "cuda" or not torch.cuda.is_available():
+            raise PrecisionError(
+                "precision.mode=fp8 needs a CUDA GPU with compute capability >= 8.9 (H100, H200, L40S, L4, "
+                f"RTX 4090, B200) and Transformer Engine; this process has {self._describe_device()}. "
+                "Use precision.mode=bf16 (GPU) or fp32 (CPU), or run on an FP8-capable GPU"
+            )
+        from yxanul.accelerators import fp8_recipes_for_capability
+
+        cc = torch.cuda.get_device_capability(self.device)
+        name = torch.cuda.get_device_name(self.device)
+        if cc < (8, 9):
+            raise PrecisionError(
+                f"precision.mode=fp8 needs compute capability >= 8.9; {name} has {cc[0]}.{cc[1]}. "
+                "Use precision.mode=bf16 on this card, or an FP8-capable GPU (H100, H200, L40S, L4, B200)"
+            )
+        allowed = fp8_recipes_for_capability(cc, _cuda_version())
+        if self.cfg.recipe not in allowed:
+            raise PrecisionError(
+                f"precision.recipe={self.cfg.recipe} cannot run on {name} (compute capability {cc[0]}.{cc[1]}, "
+                f"CUDA {torch.version.cuda}); this card supports: {', '.join(allowed)}"
+            )
+        te = _import_te()
+        checks = {
+            "delayed": te.is_fp8_available, "current": te.is_fp8_available,
+            "block": te.is_fp8_block_scaling_available, "mxfp8": te.is_mxfp8_available,
+        }
+        ok, reason = checks[self.cfg.recipe](return_reason=True)
+        if not ok:
+            raise PrecisionError(f"Transformer Engine refuses precision.recipe={self.cfg.recipe} on {name}: {reason}")
+
+    def _describe_device(self) -> str:
+        if not torch.cuda.is_available():
+            return "no CUDA device (torch.cuda.is_available() is False)"
+        return f"device {self.device}"
+
+    # -- model ---------------------------------------------------------------------------------
+
+    @property
+    def gemm_multiple(self) -> int:
+        """FP8 GEMM dimensions must be divisible by this (16; 32 for MXFP8)."""
+        return 32 if self.recipe_name == "mxfp8" else 16
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """FP8: replace the linears of ``precision.fp8_layers`` by ``te.Linear`` (weights copied, fp32
+        master weights). Other modes leave the model as it is. Returns the same model object."""
+        if self.mode != "fp8":
+            return model
+        te = self._te
+        names: list[str] = []
+        for group in self.fp8_layers:
+            group_names = model.linear_names(group)  # type: ignore[operator]
+            if group == "head" and not group_names:
+                raise PrecisionError(
+                    "precision.fp8_layers includes 'head' but model.tie_embeddings=true: a tied head is the "
+                    "embedding matrix, which stays in high precision; remove 'head' or untie the head"
+                )
+            names.extend(group_names)
+        bad = []
+        for name in names:
+            lin = model.get_submodule(name)
+            if lin.in_features % self.gemm_multiple or lin.out_features % self.gemm_multiple:
+                bad.append(f"{name} ({lin.in_features} -> {lin.out_features})")
+        if bad:
+            raise PrecisionError(
+                f"FP8 GEMMs need every dimension divisible by {self.gemm_multiple}, but {', '.join(bad[:4])}"
+                f"{' ...' if len(bad) > 4 else ''} are not; change model.hidden / model.ffn_hidden / "
+                "model.n_heads, or leave those layers out of precision.fp8_layers"
+            )
+        for name in names:
+            old = model.get_submodule(name)
+            if is_te_module(old):
+                continue
+            new = te.Linear(old.in_features, old.out_features, bias=old.bias is not None,
+                            params_dtype=torch.float32, device=old.weight.device)
+            with torch.no_grad():
+                new.weight.copy_(old.weight)
+                if old.bias is not None:
+                    new.bias.copy_(old.bias)
+            model.set_submodule(name, new)
+        return model
+
+    def check_batch(self, tokens_per_microbatch: int) -> None:
+        """FP8 GEMMs take the token dimension as a GEMM dimension: it must be divisible by 16."""
+        if self.mode == "fp8" and tokens_per_microbatch % self.gemm_multiple:
+            raise PrecisionError(
+                f"precision.mode=fp8: a micro-batch of {tokens_per_microbatch} tokens is not divisible by "
+                f"{self.gemm_multiple} (FP8 GEMM requirement); use a micro-batch size x seq_len that is"
+            )
+
+    # -- execution -----------------------------------------------------------------------------
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """dtype of matmul inputs under :meth:`autocast` (None for fp32)."""
+        return None if self.mode == "fp32" else torch.bfloat16
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """Context for the forward pass (and the loss); backward runs outside it."""
+        if self.mode == "fp32":
+            yield
+            return
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            if self.mode == "fp8":
+                with self._te.autocast(enabled=True, recipe=self.recipe):
+                    yield
+            else:
+                yield
+
+    def describe(self) -> str:
+        """E.g. ``fp8 (current; attention,mlp)`` or ``bf16``."""
+        if self.mode == "fp8":
+            return f"fp8 ({self.recipe_name}; {','.join(self.fp8_layers)})"
+        return self.mode
+
+
+# ---------------------------------------------------------------------------------------------------
+# Compilation
+
+
+def compile_model(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
+    """Compile ``model`` region by region, in place, around Transformer Engine modules.
+
+    Each top-level child of the model's ``blocks`` without TE modules is compiled whole (one graph,
+    reused for every block); a block holding TE modules has its TE-free children (norms, RoPE +
+    attention core, SwiGLU) compiled instead, so TE runs eagerly (DelayedScaling raises under
+    torch.compile). The final norm is compiled too. State-dict keys do not change.
+    """
+    def compile_region(module: nn.Module) -> None:
+        if not any(is_te_module(m) for m in module.modules()):
+            module.compile(**compile_kwargs)
+            return
+        for child in module.children():
+            compile_region(child)
+
+    for block in getattr(model, "blocks", []):
+        compile_region(block)
+    final_norm = getattr(model, "final_norm", None)
+    if final_norm is not None:
+        final_norm.compile(**compile_kwargs)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def split_state_dict(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(weights, fp8_state): the model weights, loadable by any precision, and TE's FP8 scaling
+    state (``*._extra_state``), meaningful only to an FP8 model with the same layers."""
+    weights = {k: v for k, v in state.items() if not k.endswith(EXTRA_STATE_SUFFIX)}
+    fp8_state = {k: v for k, v in state.items() if k.endswith(EXTRA_STATE_SUFFIX)}
+    return weights, fp8_state
+
+
+def load_model_state(model: nn.Module, weights: Mapping[str, Any],
+                     fp8_state: Mapping[str, Any] | None = None) -> None:
+    """Load weights saved by a model of any precision into ``model`` (BF16 or FP8).
+
+    Weights must match exactly (every parameter present, no unknown key). TE's FP8 scaling state
+    in ``weights`` is ignored; pass it as ``fp8_state`` to restore it into an FP8 model with the
+    same TE layers (keys the model lacks are ignored: a BF16 model has no scaling state; an FP8
+    model given none starts its scaling afresh).
+    """
+    weights, stray = split_state_dict(weights)
+    own_keys = set(model.state_dict().keys())
+    missing = sorted(k for k in own_keys if k not in weights and not k.endswith(EXTRA_STATE_SUFFIX))
+    unexpected = sorted(k for k in weights if k not in own_keys)
+    if missing or unexpected:
+        raise PrecisionError(
+            "checkpoint does not fit this model: "
+            + (f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}" if missing else "")
+            + ("; " if missing and unexpected else "")
+            + (f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}" if unexpected else "")
+            + " (was it saved from another model shape? compare model.* in both configs)"
+        )
+    restore = {k: v for k, v in (fp8_state or {}).items() if k in own_keys}
+    try:
+        result = model.load_state_dict({**weights, **restore}, strict=False)
+    except RuntimeError as exc:
+        if "NVTE_ALLOW_UNSAFE_PICKLE_EXTRA_STATE" not in str(exc):
+            raise
+        raise PrecisionError(
+            "the checkpoint's FP8 scaling state is delayed-scaling metadata, which Transformer Engine stores "
+            "as a pickle and refuses to load by default; if the checkpoint is yours, set "
+            "NVTE_ALLOW_UNSAFE_PICKLE_EXTRA_STATE=1, or load only the weights (scaling restarts), or train with "
+            "precision.recipe=current"
+        ) from None
+    leftover = [k for k in result.missing_keys if not k.endswith(EXTRA_STATE_SUFFIX)]
+    if leftover or result.unexpected_keys:  # cannot happen after the checks above
+        raise PrecisionError(f"checkpoint load failed: missing {leftover}, unexpected {result.unexpected_keys}")

@@ -1,0 +1,156 @@
+"""The Yxanul model: shapes, exact parameter counts, RoPE, GQA, causality, padding, HF equivalence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from yxanul.config import ModelConfig, experiments_dir
+from yxanul.errors import ConfigError
+from yxanul.export import hf_config, to_hf_state_dict
+from yxanul.model import Yxanul, _rope_tables, apply_rope, padded_vocab_size, parameter_count
+
+VOCAB = 1000  # padded to 1024
+
+
+def cfg(**kw) -> ModelConfig:
+    base = dict(preset="tiny", vocab_size=VOCAB)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def test_shapes_and_padded_vocab():
+    torch.manual_seed(0)
+    model = Yxanul(cfg())
+    assert model.padded_vocab == 1024 and padded_vocab_size(200005) == 200064
+    logits = model(torch.randint(0, VOCAB, (3, 17)))
+    assert logits.shape == (3, 17, 1024)
+    assert torch.isinf(logits[..., VOCAB:]).all() and (logits[..., VOCAB:] < 0).all()
+    assert torch.isfinite(logits[..., :VOCAB]).all()
+    assert (logits.argmax(-1) < VOCAB).all()  # padded logits never win
+    raw = model(torch.randint(0, VOCAB, (1, 5)), mask_padding=False)
+    assert torch.isfinite(raw).all()
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (experiments_dir() / "models").glob("*.yaml")))
+def test_parameter_count_is_exact_for_every_preset(preset):
+    c = ModelConfig(preset=preset) if preset != "tiny" else ModelConfig(preset=preset, vocab_size=VOCAB)
+    with torch.device("meta"):
+        model = Yxanul(c)
+    assert model.num_parameters() == parameter_count(c).total
+
+
+def test_parameter_count_of_the_270m_preset():
+    count = parameter_count(ModelConfig(preset="yxanul-270m"))
+    assert count.total == 273_329_792
+    assert count.embedding == 200064 * 128 + 128 * 640
+    assert count.head == 200064 * 640
+
+
+def test_tied_head_shares_the_embedding():
+    c = cfg(tie_embeddings=True, embed_rank=0)
+    model = Yxanul(c)
+    assert model.head is None
+    assert model.num_parameters() == parameter_count(c).total
+    assert parameter_count(c).head == 0
+
+
+def test_vocab_size_must_be_known_and_consistent():
+    with pytest.raises(ConfigError, match="model.vocab_size is not set"):
+        Yxanul(ModelConfig(preset="tiny"))
+    with pytest.raises(ConfigError, match="disagrees"):
+        Yxanul(cfg(), vocab_size=999)
+    assert Yxanul(ModelConfig(preset="tiny"), vocab_size=500).vocab_size == 500
+
+
+def test_rope_rotates_pairs_by_position_times_frequency():
+    hd, theta = 8, 10000.0
+    cos, sin = _rope_tables(16, hd, theta)
+    x = torch.randn(1, 1, 16, hd)
+    y = apply_rope(x, cos, sin)
+    # Reference: complex rotation of (x[i], x[i + hd/2]) by angle pos * theta^(-2i/hd).
+    for pos in (0, 3, 15):
+        for i in range(hd // 2):
+            angle = pos * theta ** (-2 * i / hd)
+            z = complex(x[0, 0, pos, i], x[0, 0, pos, i + hd // 2]) * complex(math.cos(angle), math.sin(angle))
+            assert y[0, 0, pos, i].item() == pytest.approx(z.real, abs=1e-5)
+            assert y[0, 0, pos, i + hd // 2].item() == pytest.approx(z.imag, abs=1e-5)
+    # Scores depend only on the relative position.
+    q, k = torch.randn(hd), torch.randn(hd)
+    def score(pq, pk):
+        qs = apply_rope(q.expand(1, 1, 16, hd), cos, sin)[0, 0, pq]
+        ks = apply_rope(k.expand(1, 1, 16, hd), cos, sin)[0, 0, pk]
+        return (qs @ ks).item()
+    assert score(5, 2) == pytest.approx(score(12, 9), abs=1e-4)
+
+
+def test_positions_beyond_the_training_length_and_the_table():
+    torch.manual_seed(0)
+    model = Yxanul(cfg())  # context 256, max_positions 512
+    cos, sin = model.rope(700)  # beyond the table: computed on the fly
+    table_cos, _ = model.rope(512)
+    assert cos.shape == (700, model.head_dim)
+    assert torch.allclose(cos[:512], table_cos, atol=1e-6)
+    logits = model(torch.randint(0, VOCAB, (1, 600)))
+    assert torch.isfinite(logits[..., :VOCAB]).all()
+
+
+def test_causal_future_tokens_do_not_change_past_logits():
+    torch.manual_seed(0)
+    model = Yxanul(cfg())
+    x = torch.randint(0, VOCAB, (2, 20))
+    y = x.clone()
+    y[:, 12:] = torch.randint(0, VOCAB, (2, 8))
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    assert torch.allclose(a[:, :12], b[:, :12], atol=1e-6)
+    assert not torch.allclose(a[:, 12:, :VOCAB], b[:, 12:, :VOCAB])
+
+
+def test_gqa_equals_full_attention_with_repeated_kv_heads():
+    torch.manual_seed(0)
+    gqa = Yxanul(cfg(n_heads=4, n_kv_heads=2))
+    mha = Yxanul(cfg(n_heads=4, n_kv_heads=4))
+    sd = gqa.state_dict()
+    hd, nh, nkv = 16, 4, 2
+    for i in range(len(gqa.blocks)):
+        w = sd[f"blocks.{i}.attn.qkv.weight"]
+        q, k, v = w.split((nh * hd, nkv * hd, nkv * hd))
+        rep = lambda t: t.view(nkv, hd, -1).repeat_interleave(nh // nkv, dim=0).reshape(nh * hd, -1)  # noqa: E731
+        sd[f"blocks.{i}.attn.qkv.weight"] = torch.cat([q, rep(k), rep(v)])
+    mha.load_state_dict(sd)
+    x = torch.randint(0, VOCAB, (2, 33))
+    with torch.no_grad():
+        assert torch.allclose(gqa(x), mha(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [dict(embed_rank=16), dict(embed_rank=0), dict(embed_rank=0, tie_embeddings=True),
+                                   dict(n_kv_heads=1, rope_theta=500.0)])
+def test_logits_match_hf_llama_in_fp32(shape):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    c = cfg(**shape)
+    model = Yxanul(c).eval()
+    with torch.no_grad():  # random norms so the test sees them
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.uniform_(0.5, 1.5)
+    hf = LlamaForCausalLM(hf_config(c, VOCAB)).eval()
+    hf.load_state_dict(to_hf_state_dict(model), strict=True)
+    x = torch.randint(0, VOCAB, (2, 300))  # beyond context=256
+    with torch.no_grad():
+        ours, theirs = model(x)[..., :VOCAB], hf(x).logits
+    assert theirs.shape == (2, 300, VOCAB)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_factorized_embedding_multiplies_out():
+    torch.manual_seed(0)
+    model = Yxanul(cfg(embed_rank=8))
+    tokens = torch.tensor([[1, 5, 999]])
+    full = model.embed.full_weight()
+    assert full.shape == (1024, 64)
+    assert torch.allclose(model.embed(tokens), full[tokens], atol=1e-6)
