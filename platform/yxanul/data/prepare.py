@@ -1,0 +1,515 @@
+"""The prepare pipeline: parquet text -> tokenized, decomposed (or packed) dataset + manifest.
+
+Ray Data does the reading, cleaning and tokenizing (an actor pool, one tokenizer per actor); the
+driver consumes the ordered stream and writes part files per bucket, so the output is deterministic
+(``preserve_order``) and leftovers are packed across the whole stream, not per block. Everything is
+written into a temporary sibling of ``data.output_dir`` that is renamed into place after
+``manifest.json`` (written last) is complete: a failed run leaves no manifest and never touches a
+previous complete dataset.
+
+    plan = make_plan(cfg)            # resolve sources, tokenizer, hash (no Ray)
+    manifest = run(plan)             # or None when the dataset is already up to date
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from yxanul.config import ExperimentConfig
+from yxanul.corpora import Source, is_uri, resolve_sources
+from yxanul.data.decompose import Packer, bucket_lengths
+from yxanul.errors import DataError, YxanulError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_MAX_RETRIES = 8
+
+
+@dataclass
+class Plan:
+    """Everything ``run`` needs, resolved up front (no Ray yet)."""
+
+    cfg: ExperimentConfig
+    config_path: str | None
+    train: list[Source]
+    validation: list[Source]
+    output_dir: Path
+    tokenizer_path: str
+    tokenizer_sha256: str | None = None
+    config_hash: str | None = None
+    bad_files: dict[str, str] = field(default_factory=dict)
+    """Unreadable local parquet files skipped under on_bad_file=skip -> reason."""
+
+    @property
+    def sources(self) -> list[tuple[Source, bool]]:
+        """(source, is_validation_only) in stream order; the index is the ``source`` column."""
+        return [(s, False) for s in self.train] + [(s, True) for s in self.validation]
+
+    @property
+    def buckets(self) -> list[int]:
+        d = self.cfg.data
+        return bucket_lengths(d.min_bucket, d.max_bucket) if d.mode == "decompose" else [d.seq_len]
+
+    def is_up_to_date(self) -> bool:
+        manifest = read_manifest(self.output_dir)
+        return manifest is not None and manifest.get("config_hash") == self.config_hash
+
+
+def read_manifest(output_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The manifest of a complete prepared dataset, or None when there is none."""
+    path = Path(output_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _is_file_path(spec: str) -> bool:
+    """A tokenizer.path that names a file (rather than a hub id org/name)."""
+    return spec.endswith(".json") or spec.startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(spec))
+
+
+def make_plan(cfg: ExperimentConfig, config_path: str | None = None, *, dry_run: bool = False) -> Plan:
+    """Resolve sources and the tokenizer, check inputs, compute the config hash. Raises on bad input."""
+    data = cfg.data
+    if is_uri(data.output_dir):
+        raise DataError(f"data.output_dir={data.output_dir!r}: write the prepared dataset to a local or "
+                        "shared-filesystem path (training reads it from there)")
+    for domain in data.validation_sources:
+        if not domain or not all(c.isalnum() or c in "-_" for c in domain):
+            raise DataError(f"data.validation_sources key {domain!r} is not a valid domain name "
+                            "(letters, digits, - and _)")
+    train, validation = resolve_sources(data, materialise_builtin=not dry_run)
+    plan = Plan(cfg, config_path, train, validation, Path(data.output_dir).expanduser(), cfg.tokenizer.path)
+    tok_path = Path(cfg.tokenizer.path).expanduser()
+    if _is_file_path(cfg.tokenizer.path):
+        if tok_path.is_dir():
+            tok_path = tok_path / "tokenizer.json"
+        if tok_path.is_file():
+            from yxanul.tokenizer import tokenizer_sha256
+
+            plan.tokenizer_path = str(tok_path)
+            plan.tokenizer_sha256 = tokenizer_sha256(tok_path)
+        elif not dry_run:
+            raise DataError(
+                f"tokenizer.path {cfg.tokenizer.path} does not exist: train it first with "
+                f"`python -m jobs.tokenizer {config_path or 'CONFIG'}` (same config), or point "
+                "tokenizer.path at an existing tokenizer.json"
+            )
+    if dry_run:
+        return plan
+    if plan.tokenizer_sha256 is None:  # a hub id: hash its serialized form
+        from yxanul.tokenizer import load_tokenizer
+
+        plan.tokenizer_sha256 = hashlib.sha256(load_tokenizer(cfg.tokenizer.path).to_str().encode()).hexdigest()
+    _check_local_files(plan)
+    plan.config_hash = _config_hash(plan)
+    return plan
+
+
+def _config_hash(plan: Plan) -> str:
+    """What decides the dataset's content: data settings, tokenizer bytes, input files (size, mtime)."""
+    data = plan.cfg.data.model_dump(mode="json")
+    for key in ("output_dir", "cache_dir", "tokenize_actors"):
+        data.pop(key, None)
+    inputs = []
+    for source, _ in plan.sources:
+        if source.uri is not None:
+            inputs.append([source.spec, source.uri])
+        for path in source.files:
+            st = os.stat(path)
+            inputs.append([source.spec, os.path.abspath(path), st.st_size, st.st_mtime_ns])
+    blob = json.dumps({"format_version": FORMAT_VERSION, "data": data, "tokenizer": plan.tokenizer_sha256,
+                       "inputs": inputs, "bad_files": sorted(plan.bad_files)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _check_local_files(plan: Plan) -> None:
+    """Footer, column and type of every local parquet file, before any Ray work."""
+    import pyarrow.parquet as pq
+
+    from yxanul.data.normalize import is_text_type
+
+    data = plan.cfg.data
+    for source, _ in plan.sources:
+        columns = [source.text_column] + ([data.id_column] if data.id_column else [])
+        for path in source.files:
+            try:
+                schema = pq.read_schema(path)
+            except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for corrupt or truncated files
+                _bad_file(plan, path, _first_line(exc))
+                continue
+            for column in columns:
+                if column not in schema.names:
+                    key = "data.text_column" if column == source.text_column else "data.id_column"
+                    raise DataError(f"{path} has no column {column!r} ({key}); its columns: "
+                                    f"{', '.join(schema.names) or '(none)'}")
+            dtype = schema.field(source.text_column).type
+            if not is_text_type(dtype):
+                raise DataError(f"{path}: column {source.text_column!r} has type {dtype}, not text; set "
+                                "data.text_column to the column holding the document text")
+
+
+def _bad_file(plan: Plan, path: str, reason: str) -> None:
+    if plan.cfg.data.on_bad_file == "error":
+        raise DataError(f"{path} is not a readable parquet file ({reason}); fix or remove it, or set "
+                        "data.on_bad_file=skip to skip unreadable files")
+    plan.bad_files[path] = reason
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running
+
+
+def split_key_column(source: Source, id_column: str | None) -> str | None:
+    """Column whose value decides the train/validation split: data.id_column, a built-in corpus's
+    ``id``, or None (the text itself) -- the same rule as the tokenizer's training sample."""
+    return id_column or ("id" if source.builtin else None)
+
+
+def _ensure_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False)
+
+
+def build_dataset(plan: Plan, eos_id: int, sources: list[tuple[Source, bool]] | None = None):
+    """The Ray Data pipeline up to tokenization (a lazy ``ray.data.Dataset``)."""
+    import ray
+    import ray.data
+
+    from yxanul.data.normalize import normalize_batch
+    from yxanul.data.tokenize import TokenizeBatch
+
+    data = plan.cfg.data
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # deterministic output: same config -> same bytes
+    # Small blocks: the actor pool is fed one block per call, so a 5 MB source read as one block
+    # would keep a single actor busy while the others idle.
+    ctx.target_max_block_size = _BLOCK_BYTES
+    parts = []
+    for index, (source, is_val) in enumerate(sources if sources is not None else plan.sources):
+        paths = [p for p in source.paths if p not in plan.bad_files]
+        if not paths:
+            continue
+        id_column = split_key_column(source, data.id_column)
+        columns = [source.text_column] + ([id_column] if id_column else [])
+        try:
+            ds = ray.data.read_parquet(paths, file_extensions=None if source.uri is None else ["parquet"])
+            ds = ds.select_columns(columns)  # pushed down into the read
+        except YxanulError:
+            raise
+        except Exception as exc:
+            raise DataError(f"cannot read data.sources entry {source.spec!r}: {_first_line(exc)}") from None
+        if data.max_documents:
+            ds = ds.limit(data.max_documents)
+        ds = ds.map_batches(normalize_batch, batch_format="pyarrow", batch_size=None, fn_kwargs=dict(
+            source_index=index, spec=source.spec, text_column=source.text_column, id_column=id_column,
+            validation_fraction=data.validation_fraction, validation=is_val))
+        parts.append(ds)
+    if not parts:
+        raise DataError("no readable input: every source file was skipped as unreadable")
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    actors = data.tokenize_actors or max(1, int(cpus))
+    # Fractional CPUs: actors must never take every CPU, or the read tasks feeding them cannot run
+    # (a silent deadlock on 2-CPU machines).
+    num_cpus = min(1.0, 0.5 * cpus / actors)
+    decompose = (data.min_bucket, data.max_bucket) if data.mode == "decompose" else None
+    return ds.map_batches(TokenizeBatch, batch_format="pyarrow", batch_size=_BATCH_ROWS,
+                          compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=num_cpus,
+                          fn_constructor_kwargs=dict(tokenizer=plan.tokenizer_path, eos_id=eos_id,
+                                                     decompose=decompose))
+
+
+_BATCH_ROWS = 512
+_BLOCK_BYTES = 1 << 20
+
+
+class _Collector:
+    """Consumes the ordered tokenized stream: counts, cuts into buckets, writes part files."""
+
+    def __init__(self, plan: Plan, root: Path) -> None:
+        from yxanul.data.writer import PartWriter
+
+        self.plan = plan
+        self.data = plan.cfg.data
+        self.writer = PartWriter(root)
+        nsrc = len(plan.sources)
+        self.rows = np.zeros(nsrc, np.int64)
+        self.bytes = np.zeros(nsrc, np.int64)
+        self.skipped: Counter[tuple[int, str]] = Counter()
+        self.domains = [s.domain for s, _ in plan.sources]
+        self.train = {"documents": 0, "tokens": 0, "bytes": 0}
+        self.validation: dict[str, dict[str, int]] = {}
+        length = self.data.min_bucket if self.data.mode == "decompose" else self.data.seq_len
+        self.packer = Packer(length)
+
+    def add(self, batch) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        def column(name: str) -> pa.Array:
+            return batch.column(name).combine_chunks()
+
+        src = column("source").to_numpy()
+        nb = column("num_bytes").to_numpy().astype(np.int64)
+        np.add.at(self.rows, src, 1)
+        np.add.at(self.bytes, src, nb)
+        skip = column("skip").to_numpy(zero_copy_only=False)
+        kept = np.equal(skip, None)
+        for i in np.flatnonzero(~kept):
+            self.skipped[(int(src[i]), skip[i])] += 1
+        heldout = column("heldout").to_numpy(zero_copy_only=False)
+        tokens = column("tokens")
+        lengths = pc.list_value_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
+
+        val = kept & heldout
+        if val.any():
+            domains = np.array(self.domains, object)[src]
+            for domain in sorted(set(domains[val])):
+                mask = val & (domains == domain)
+                table = pa.table({"tokens": tokens.filter(pa.array(mask)), "num_bytes": pa.array(nb[mask])})
+                self.writer.add(f"validation/{domain}", table)
+                stats = self.validation.setdefault(domain, {"documents": 0, "tokens": 0, "bytes": 0})
+                stats["documents"] += int(mask.sum())
+                stats["tokens"] += int(lengths[mask].sum())
+                stats["bytes"] += int(nb[mask].sum())
+
+        train = kept & ~heldout
+        if not train.any():
+            return
+        self.train["documents"] += int(train.sum())
+        self.train["tokens"] += int(lengths[train].sum())
+        self.train["bytes"] += int(nb[train].sum())
+        docs = tokens.filter(pa.array(train))
+        flat = docs.flatten()
+        if self.data.mode == "packed":
+            self.writer.add_fixed(f"bucket={self.data.seq_len}", self.packer.add(flat.to_numpy()), self.data.seq_len)
+            return
+        pieces = column("pieces").filter(pa.array(train))
+        per_doc = pc.list_value_length(pieces).to_numpy(zero_copy_only=False)
+        piece_len = pieces.flatten().to_numpy().astype(np.int64)
+        bounds = np.zeros(len(piece_len) + 1, np.int64)
+        np.cumsum(piece_len, out=bounds[1:])
+        cut = pa.LargeListArray.from_arrays(pa.array(bounds), flat)  # every piece, zero-copy
+        leftover = np.zeros(len(piece_len), bool)
+        leftover[np.cumsum(per_doc) - 1] = True
+        for length in self.plan.buckets:
+            sel = (~leftover) & (piece_len == length)
+            if sel.any():
+                self.writer.add_fixed(f"bucket={length}", cut.filter(pa.array(sel)).flatten(), length)
+        tails = cut.filter(pa.array(leftover & (piece_len > 0))).flatten().to_numpy()
+        self.writer.add_fixed(f"bucket={self.data.min_bucket}", self.packer.add(tails), self.data.min_bucket)
+
+
+def run(plan: Plan, *, force: bool = False) -> dict[str, Any] | None:
+    """Prepare the dataset of ``plan``; None when it is already complete with the same config hash."""
+    if plan.is_up_to_date() and not force:
+        return None
+    out = plan.output_dir
+    if out.exists() and read_manifest(out) is None and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"data.output_dir {out} exists and is not a prepared dataset (no {MANIFEST}); "
+                        "remove it or choose another data.output_dir")
+    from yxanul.tokenizer import eos_id, load_tokenizer
+
+    tok = load_tokenizer(plan.tokenizer_path)
+    eos = eos_id(tok)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_siblings(out)
+    _ensure_ray()
+    start = time.perf_counter()
+    for _attempt in range(_MAX_RETRIES):
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir()
+        collector = _Collector(plan, tmp)
+        try:
+            for batch in build_dataset(plan, eos).iter_batches(batch_format="pyarrow", batch_size=None):
+                collector.add(batch)
+            collector.writer.close()
+            manifest = _manifest(plan, collector, tok, eos, time.perf_counter() - start)
+            _write_json_atomic(tmp / MANIFEST, manifest)
+            _publish(tmp, out)
+            return manifest
+        except BaseException as exc:
+            collector.writer.abort()
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not isinstance(exc, Exception):
+                raise
+            user_error = _user_error(exc)
+            if user_error is not None:
+                raise user_error from None
+            bad = _find_unreadable(plan)
+            uris = [src.uri for src, _ in plan.sources if src.uri is not None]
+            if bad is None and uris:  # remote input cannot be re-checked file by file from here
+                raise DataError(f"reading {', '.join(uris)} failed ({_first_line(_root_cause(exc))}); check "
+                                "the path, credentials and that every file has the text column") from None
+            if bad is None:
+                raise
+            _bad_file(plan, *bad)  # raises under on_bad_file=error; otherwise retry without the file
+            plan.config_hash = _config_hash(plan)
+    raise DataError(f"gave up after {_MAX_RETRIES} unreadable files: {', '.join(plan.bad_files)}")
+
+
+def _remove_stale_siblings(out: Path) -> None:
+    """Temporary dirs of runs that were killed (their process is gone) and half-swapped old copies."""
+    for path in out.parent.glob(f".{out.name}.*"):
+        kind, _, rest = path.name[len(out.name) + 2:].partition("-")
+        if kind == "tmp":
+            try:
+                os.kill(int(rest.split("-")[0]), 0)
+                continue  # a run in progress
+            except (ValueError, ProcessLookupError):
+                pass
+            except PermissionError:
+                continue
+        elif kind != "old" or not out.exists():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _user_error(exc: BaseException) -> YxanulError | None:
+    """The :class:`YxanulError` behind ``exc``, unwrapped from Ray's task-error wrappers, or None."""
+    from ray.exceptions import RayError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, YxanulError) and not isinstance(exc, RayError):
+            return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        nxt = getattr(exc, "cause", None) or exc.__cause__
+        if nxt is None:
+            break
+        exc = nxt
+    return exc
+
+
+def _find_unreadable(plan: Plan) -> tuple[str, str] | None:
+    """After a failed run: the first local file whose text column cannot be read in full."""
+    import pyarrow.parquet as pq
+
+    for source, _ in plan.sources:
+        for path in source.files:
+            if path in plan.bad_files:
+                continue
+            try:
+                pq.read_table(path, columns=[source.text_column])
+            except Exception as exc:  # any pyarrow failure here means the file is damaged
+                return path, _first_line(exc)
+    return None
+
+
+def _manifest(plan: Plan, col: _Collector, tok, eos: int, seconds: float) -> dict[str, Any]:
+    from yxanul.tokenizer import vocab_size
+
+    data = plan.cfg.data
+    buckets = {}
+    for length in plan.buckets:
+        key = f"bucket={length}"
+        rows = col.writer.rows.get(key, 0)
+        buckets[str(length)] = {"sequences": rows, "tokens": rows * length, "files": col.writer.files.get(key, [])}
+    validation = {}
+    for domain, stats in sorted(col.validation.items()):
+        validation[domain] = {**stats, "files": col.writer.files.get(f"validation/{domain}", [])}
+    sources = []
+    for index, (source, is_val) in enumerate(plan.sources):
+        skipped = {r: n for (i, r), n in sorted(col.skipped.items()) if i == index}
+        sources.append({"uri": source.spec, "paths": list(source.paths), "role": "validation" if is_val else "train",
+                        "domain": source.domain, "rows": int(col.rows[index]), "bytes": int(col.bytes[index]),
+                        "skipped": skipped})
+    skipped: Counter[str] = Counter()
+    for (_, reason), n in col.skipped.items():
+        skipped[reason] += n
+    if plan.bad_files:
+        skipped["bad_file"] = len(plan.bad_files)
+    train = dict(col.train)
+    if train["documents"] == 0:
+        raise DataError("no training documents left: every document was skipped or held out "
+                        f"(skipped: {dict(skipped) or 'none'}); check data.sources and data.validation_fraction")
+    train["bytes_per_token"] = train["bytes"] / train["tokens"] if train["tokens"] else 0.0
+    train["dropped_tokens"] = int(col.packer.residual.size)
+    return {
+        "format_version": FORMAT_VERSION,
+        "mode": data.mode,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config_hash": plan.config_hash,
+        "tokenizer": {"path": str(Path(plan.tokenizer_path).resolve()) if _is_file_path(plan.tokenizer_path)
+                      else plan.tokenizer_path, "sha256": plan.tokenizer_sha256,
+                      "vocab_size": vocab_size(tok), "eos_id": eos},
+        "seq_len": data.seq_len if data.mode == "packed" else None,
+        "min_bucket": data.min_bucket,
+        "max_bucket": data.max_bucket,
+        "sources": sources,
+        "buckets": buckets,
+        "validation": validation,
+        "train": train,
+        "skipped": dict(sorted(skipped.items())),
+        "bad_files": dict(sorted(plan.bad_files.items())),
+        "seconds": round(seconds, 3),
+    }
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished ``tmp`` into place; a previous dataset is removed only after that."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    """One line: documents, tokens, buckets, skipped, seconds, tokens/s."""
+    from yxanul.config import human_count
+
+    train = manifest["train"]
+    val_tokens = sum(v["tokens"] for v in manifest["validation"].values())
+    val_docs = sum(v["documents"] for v in manifest["validation"].values())
+    nonempty = sum(1 for b in manifest["buckets"].values() if b["sequences"])
+    skipped = ", ".join(f"{k}={v}" for k, v in manifest["skipped"].items()) or "none"
+    seconds = manifest["seconds"]
+    rate = (train["tokens"] + val_tokens) / seconds if seconds else 0.0
+    return (f"prepared {train['documents']} train + {val_docs} validation documents, "
+            f"{human_count(train['tokens'])} train + {human_count(val_tokens)} validation tokens, "
+            f"{nonempty} buckets ({manifest['mode']}), skipped: {skipped}, {seconds:.1f} s, "
+            f"{human_count(rate)} tokens/s")
