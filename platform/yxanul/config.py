@@ -149,6 +149,10 @@ class DataConfig(_Section):
     """Read at most this many documents per source (quick runs); None reads everything."""
     cache_dir: str = "~/.cache/yxanul"
     """Where built-in corpora are materialised as parquet, once."""
+    default_domain: str = Field("english", pattern=r"^[A-Za-z0-9_\-]+$")
+    """Validation domain of held-out documents from user sources (built-in corpora carry their own)."""
+    tokenize_actors: int | None = Field(None, gt=0)
+    """Tokenizer actors in the Ray Data pool (one tokenizer each); None: one per CPU of the cluster."""
 
     @model_validator(mode="after")
     def _check_buckets(self) -> DataConfig:
@@ -171,9 +175,24 @@ class TokenizerConfig(_Section):
     vocab_size: int = Field(8192, ge=260)
     """Vocabulary size of a trained tokenizer, special tokens included."""
     transition: int | None = Field(None, gt=0)
-    """SuperBPE: vocabulary size at which stage 1 (words) stops and stage 2 (superwords) begins."""
+    """SuperBPE: vocabulary size at which stage 1 (words) stops and stage 2 (superwords) begins; None: 90% of vocab_size."""
     train_sample_bytes: Count = 20_000_000
-    """Bytes of text sampled from data.sources to train the tokenizer."""
+    """Bytes of text sampled from data.sources to train the tokenizer (split evenly over the sources)."""
+    min_frequency: int = Field(2, ge=1)
+    """A pair of tokens must occur at least this often in the sample to become a merge."""
+    max_words_per_token: int = Field(4, ge=1)
+    """SuperBPE: no superword token spans more than this many whitespace-separated words."""
+    compare: list[str] = []
+    """More tokenizers (tokenizer.json paths, folders or hub ids) that jobs.tokenizer_report measures beside `path`."""
+    report_bytes_per_domain: Count = 2_000_000
+    """jobs.tokenizer_report: at most this many bytes of validation text per domain."""
+
+    @model_validator(mode="after")
+    def _check_transition(self) -> TokenizerConfig:
+        if self.transition is not None and not 258 <= self.transition < self.vocab_size:
+            raise ValueError(f"tokenizer.transition ({self.transition}) must be at least 258 and below "
+                             f"tokenizer.vocab_size ({self.vocab_size})")
+        return self
 
 
 class ModelConfig(_Section):
@@ -234,12 +253,14 @@ class ModelConfig(_Section):
 
 
 class PrecisionConfig(_Section):
-    mode: Literal["fp32", "bf16", "fp8"] = "fp32"
-    """fp32 (CPU tests), bf16 autocast, or fp8 (Transformer Engine on compute capability >= 8.9)."""
+    mode: Literal["fp32", "bf16", "fp8", "auto"] = "fp32"
+    """fp32 (CPU tests), bf16 autocast, fp8 (Transformer Engine on compute capability >= 8.9), or auto:
+    fp8 where the card and software support it, else bf16 on a GPU, else fp32 (resolved per worker)."""
     recipe: Literal["delayed", "current", "block", "mxfp8"] = "delayed"
     """FP8 scaling recipe: delayed (DelayedScaling, HYBRID), current, block (>= 9.0), mxfp8 (>= 10.0)."""
-    fp8_layers: list[Literal["attention", "mlp", "head"]] = ["attention", "mlp"]
-    """Which linear layers run in FP8; embeddings and norms always stay in high precision."""
+    fp8_layers: list[Literal["attention", "mlp", "head"]] = ["attention", "mlp", "head"]
+    """Which linear layers run in FP8; embeddings and norms always stay in high precision. All three
+    measured best from hidden 1024 up; at hidden 640 only the head pays (docs/benchmarks.md)."""
 
     @model_validator(mode="after")
     def _check_layers(self) -> PrecisionConfig:
@@ -249,14 +270,35 @@ class PrecisionConfig(_Section):
 
 
 class StageConfig(_Section):
-    until_tokens: Count
-    """This stage runs until the run has seen this many tokens."""
+    until_tokens: Count | None = None
+    """This stage runs until the run has seen this many tokens (or give until_fraction; the last stage may omit both)."""
+    until_fraction: float | None = Field(None, gt=0, le=1)
+    """This stage runs until this fraction of train.max_tokens (presets that scale with the token budget)."""
     seq_len: int = Field(gt=1)
     """Sequence length of this stage."""
     buckets: list[int] | None = None
-    """Decomposed-dataset buckets this stage samples from (default: the bucket equal to seq_len)."""
+    """Dataset buckets this stage samples from; each must be a multiple of seq_len (longer rows are cut into
+    seq_len pieces). Default: the bucket equal to seq_len (decomposed data) or the packed row length."""
     lr_scale: float = Field(1.0, gt=0)
     """Multiplier on the learning rate during this stage."""
+
+    @model_validator(mode="after")
+    def _check_until(self) -> StageConfig:
+        if self.until_tokens is not None and self.until_fraction is not None:
+            raise ValueError(f"a curriculum stage gives both until_tokens ({self.until_tokens}) and "
+                             f"until_fraction ({self.until_fraction}); keep one")
+        return self
+
+
+class LinearWarmupConfig(_Section):
+    start_seq_len: int = Field(8, gt=1)
+    """Sequence length at the first step."""
+    end_seq_len: int = Field(2048, gt=1)
+    """Sequence length reached at the end of the warmup."""
+    fraction: float = Field(0.25, gt=0, le=1)
+    """Fraction of train.max_tokens over which seq_len grows linearly."""
+    multiple: int = Field(8, gt=0)
+    """seq_len is always a multiple of this (FP8 GEMMs need multiples of 8/16)."""
 
 
 class CurriculumConfig(_Section):
@@ -264,6 +306,8 @@ class CurriculumConfig(_Section):
     """Curriculum preset from experiments/curricula/<preset>.yaml."""
     stages: list[StageConfig] = [StageConfig(until_tokens=10**15, seq_len=256)]
     """Stages in order; the last one runs to train.max_tokens."""
+    linear_warmup: LinearWarmupConfig | None = None
+    """When set, seq_len first grows linearly (generated stages), then `stages` take over."""
 
     @model_validator(mode="before")
     @classmethod
@@ -310,6 +354,9 @@ class TrainConfig(_Section):
     """Per-worker memory budget: micro-batch size x seq_len never exceeds this."""
     on_nan: Literal["stop", "skip"] = "stop"
     """A NaN/inf loss stops the run with the step and stage named, or skips that optimizer step."""
+    stop_after_tokens: Count | None = None
+    """Stop (with a checkpoint) once this many tokens are seen, without changing the schedule, which still
+    runs to max_tokens; a later run with the same run.name resumes. None: train to max_tokens."""
 
 
 class EvalConfig(_Section):
@@ -350,11 +397,29 @@ class ScalingConfig(_Section):
     use_gpu: bool = False
     """Train on GPUs (NCCL) instead of CPUs (gloo)."""
     accelerator_type: str | None = None
-    """Ray accelerator type to request, e.g. H100, A100, L40S, L4 (passed to ScalingConfig)."""
+    """Ray accelerator type to request, e.g. H100, A100, L40S, L4 (passed to ScalingConfig); known
+    types are spelled as Ray spells them (h100 -> H100, RTX4090 -> GeForce-RTX-4090)."""
     cpus_per_worker: float = Field(1.0, gt=0)
     """Logical CPUs reserved per worker."""
     max_failures: int = Field(0, ge=-1)
     """Restarts from the latest checkpoint after a worker failure (-1: unlimited)."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """Data parallelism over the workers: ddp replicates the model (fastest when it fits on one GPU); fsdp
+    shards weights, gradients and optimizer state per transformer block (FSDP2), for models that do not fit."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _canonical_accelerator(cls, data: Any) -> Any:
+        # Ray matches resource names exactly: a request for "accelerator_type:h100" waits forever.
+        # Types outside the capability table (a custom node label) are kept as written.
+        if isinstance(data, dict) and isinstance(data.get("accelerator_type"), str):
+            from yxanul.accelerators import SPECS, get_spec
+
+            name = data["accelerator_type"]
+            known = {k.lower() for k in SPECS} | {a.lower() for s in SPECS.values() for a in s.aliases}
+            if name.strip().lower() in known:
+                data = {**data, "accelerator_type": get_spec(name).name}
+        return data
 
 
 class ExperimentConfig(_Section):

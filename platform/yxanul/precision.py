@@ -100,7 +100,14 @@ def _resolve_mode(mode: str, device: torch.device) -> str:
 
     if device.type != "cuda":
         return "fp32"
-    return resolve_auto_precision(torch.cuda.get_device_name(device))
+    # The capability, not the marketing name: every card resolves, listed in our table or not.
+    mode = resolve_auto_precision(tuple(torch.cuda.get_device_capability(device)))
+    if mode == "fp8":
+        try:
+            import transformer_engine.pytorch  # noqa: F401
+        except ImportError:
+            return "bf16"  # auto means "the best this machine can run"; the resolved mode is logged
+    return mode
 
 
 class Precision:

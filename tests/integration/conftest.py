@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -49,12 +51,23 @@ def mlflow_server(tmp_path_factory):
     try:
         wait_http(f"{uri}/health", timeout_s=120, proc=proc)
     except Exception:
-        proc.kill()
+        _kill_group(proc)
         raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
     yield uri
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    # The server forks gunicorn/uvicorn workers and a job runner with huey consumers: end the whole
+    # process group (start_new_session made the server its leader), not only the parent.
+    _kill_group(proc)
     log.close()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=15)
+            time.sleep(0.5)  # let the group's other members go too
+        except subprocess.TimeoutExpired:
+            continue

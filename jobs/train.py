@@ -1,0 +1,44 @@
+"""Train one model on a prepared dataset with Ray Train (DDP over scaling.num_workers), logging to MLflow.
+
+    python -m jobs.train experiments/runs/pulse.yaml [dotted.key=value ...] [--dry-run]
+    ray job submit --working-dir . -- python -m jobs.train CONFIG data.output_dir=/abs/path ...
+
+A run started again with the same run.name and run.storage_path resumes from its latest checkpoint.
+--dry-run prints the resolved config, the parameter count and the curriculum stage table, and exits
+without starting Ray.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from yxanul.cli import job_parser, run_job
+from yxanul.config import human_count, load_config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = job_parser(__doc__.splitlines()[0]).parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+
+    from yxanul.train.launch import describe, train
+
+    if args.dry_run:
+        print(describe(cfg))
+        return 0
+    result = train(cfg)
+    state = "finished" if result.finished else "stopped (resume with the same run.name)"
+    print(f"training {state} at {human_count(result.tokens)} tokens")
+    for key in sorted(k for k in result.metrics if k.startswith(("val/", "train/loss"))):
+        print(f"  {key} = {result.metrics[key]:.4f}")
+    if result.run_id:
+        from yxanul.tracking import resolve_tracking_uri
+
+        print(f"MLflow run {result.run_id} in {resolve_tracking_uri(cfg.tracking.uri)}")
+    if result.checkpoint_path:
+        print(f"checkpoint: {result.checkpoint_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(main))

@@ -1,0 +1,296 @@
+"""Reading a prepared dataset in training workers: seeded, sharded, lazy, resumable.
+
+How a curriculum stage maps to data
+-----------------------------------
+A stage of sequence length ``S`` reads rows of one or more buckets ``L`` (``L`` a multiple of ``S``);
+each ``L``-token row is cut into ``L / S`` consecutive pieces, each piece one training sequence.
+
+- packed dataset (one bucket ``R = data.seq_len``): any stage whose ``S`` divides ``R`` (rows reshaped);
+- decomposed dataset: by default the stage reads the bucket ``L = S`` (coherent chunks of documents);
+  ``buckets: [...]`` in a stage lists others (each a multiple of ``S``).
+
+A stage whose buckets the dataset does not hold is a :class:`~yxanul.errors.DataError` naming the dataset,
+the curriculum and the fix, raised before training starts (:meth:`PreparedDataset.check_plan`).
+
+Order and sharding
+------------------
+The unit of reading and shuffling is a parquet row group. For stage ``k`` and epoch ``e`` the row groups of
+the stage's buckets are put in an order drawn from ``numpy.random.default_rng([seed, k, e])`` and the rows
+inside each row group in an order from ``default_rng([seed, k, e, unit])``; that fixes one global sequence
+order per epoch, independent of precision, hardware and timing. Worker ``r`` of ``W`` takes the contiguous
+slice ``[r*M, (r+1)*M)`` of it (``M = N // W``; the last ``N mod W`` sequences of an epoch are dropped), so
+each worker reads only the row groups of its slice, one row group in memory at a time.
+
+Position
+--------
+A stream's position is the number of sequences it has handed out in the stage (:meth:`TrainStream.state`);
+:meth:`TrainStream.seek` jumps there from metadata alone (no data is read to skip), which is how a resumed
+run continues exactly where its checkpoint was taken.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from yxanul.errors import DataError
+
+__all__ = ["PreparedDataset", "TrainStream", "ValidationSet", "load_validation"]
+
+
+@dataclass(frozen=True)
+class _Unit:
+    bucket: int
+    file: Path
+    row_group: int
+    rows: int
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset directory (see the contract in docs/data.md): manifest + bucket files."""
+
+    path: Path
+    manifest: dict[str, Any]
+    bucket_files: dict[int, list[Path]]
+    validation_files: dict[str, list[Path]]
+    _units: dict[int, list[_Unit]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path) -> PreparedDataset:
+        """Open ``path``; a missing or incomplete dataset is a DataError that says how to make it."""
+        path = Path(path).expanduser()
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise DataError(f"no prepared dataset at {path} (manifest.json is missing, so it was never prepared or "
+                            f"preparation did not finish); run `python -m jobs.prepare CONFIG` with data.output_dir="
+                            f"{path}, or point data.output_dir at a prepared dataset")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{manifest_path} is not valid JSON ({exc}); prepare the dataset again") from None
+        buckets: dict[int, list[Path]] = {}
+        for key, info in (manifest.get("buckets") or {}).items():
+            files = [path / f for f in info.get("files", [])] or sorted((path / f"bucket={key}").glob("*.parquet"))
+            if int(info.get("sequences", 1)) > 0 and files:
+                buckets[int(key)] = files
+        validation: dict[str, list[Path]] = {}
+        for domain, info in (manifest.get("validation") or {}).items():
+            files = [path / f for f in info.get("files", [])] or sorted((path / "validation" / domain).glob("*.parquet"))
+            if files:
+                validation[domain] = files
+        return cls(path=path, manifest=manifest, bucket_files=buckets, validation_files=validation)
+
+    @property
+    def mode(self) -> str:
+        return str(self.manifest.get("mode", "decompose"))
+
+    @property
+    def vocab_size(self) -> int | None:
+        value = (self.manifest.get("tokenizer") or {}).get("vocab_size")
+        return int(value) if value is not None else None
+
+    @property
+    def buckets(self) -> list[int]:
+        return sorted(self.bucket_files)
+
+    def seq_len_ok(self, seq_len: int) -> bool:
+        """Whether a stage of this length can be served with its default buckets."""
+        return bool(self.default_buckets(seq_len))
+
+    def default_buckets(self, seq_len: int) -> tuple[int, ...]:
+        if self.mode == "packed":
+            return tuple(b for b in self.buckets if b % seq_len == 0)
+        return (seq_len,) if seq_len in self.bucket_files else ()
+
+    def stage_buckets(self, seq_len: int, buckets: Iterable[int] | None, where: str, curriculum: str) -> tuple[int, ...]:
+        """The buckets a stage reads, or a DataError naming the dataset, the curriculum and the fix."""
+        have = ", ".join(map(str, self.buckets)) or "none"
+        if buckets is None:
+            chosen = self.default_buckets(seq_len)
+            if not chosen:
+                if self.mode == "packed":
+                    fix = (f"use a curriculum whose seq_lens divide the packed row length, or prepare the data with "
+                           f"data.mode=packed data.seq_len=<a multiple of {seq_len}>")
+                else:
+                    fix = (f"prepare the data with data.min_bucket <= {seq_len} <= data.max_bucket, or list existing "
+                           f"buckets (multiples of {seq_len}) in the stage's `buckets`")
+                raise DataError(f"{where} of curriculum {curriculum!r} needs {seq_len}-token sequences, but the "
+                                f"{self.mode} dataset {self.path} has buckets [{have}]; {fix}")
+            return chosen
+        missing = [b for b in buckets if b not in self.bucket_files]
+        if missing:
+            raise DataError(f"{where} of curriculum {curriculum!r} reads buckets {missing} that the {self.mode} dataset "
+                            f"{self.path} does not have (it has [{have}]); prepare it with data.mode=decompose and "
+                            f"data.min_bucket/max_bucket covering them, or change the stage's buckets")
+        return tuple(sorted(set(buckets)))
+
+    def check_plan(self, plan: Any, curriculum: str) -> None:
+        """Fail before training if any stage of ``plan`` (a CurriculumPlan) cannot be served."""
+        for stage in plan.stages:
+            where = f"stage {stage.index} (seq_len {stage.seq_len})"
+            chosen = self.stage_buckets(stage.seq_len, stage.buckets, where, curriculum)
+            sequences = sum(self._bucket_rows(b) * (b // stage.seq_len) for b in chosen)
+            if sequences // plan.num_workers == 0:
+                raise DataError(f"{where} of curriculum {curriculum!r}: buckets {list(chosen)} of {self.path} hold "
+                                f"{sequences} sequences, fewer than the {plan.num_workers} workers; prepare more data")
+
+    def units(self, bucket: int) -> list[_Unit]:
+        """Row groups of one bucket, in manifest file order (parquet footers only; no data is read)."""
+        if bucket not in self._units:
+            import pyarrow.parquet as pq
+
+            found = []
+            for file in self.bucket_files[bucket]:
+                try:
+                    meta = pq.ParquetFile(file).metadata
+                except (OSError, ValueError) as exc:
+                    raise DataError(f"cannot read {file} of the prepared dataset {self.path}: {exc}") from None
+                found += [_Unit(bucket, file, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)
+                          if meta.row_group(i).num_rows > 0]
+            self._units[bucket] = found
+        return self._units[bucket]
+
+    def _bucket_rows(self, bucket: int) -> int:
+        return sum(u.rows for u in self.units(bucket))
+
+
+def _read_rows(unit: _Unit) -> np.ndarray:
+    """Decode one row group of a bucket file into a (rows, L) uint32 array."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(unit.file).read_row_group(unit.row_group, columns=["tokens"])
+    column = table.column("tokens").combine_chunks()
+    if not pa.types.is_fixed_size_list(column.type) and not pa.types.is_list(column.type):
+        raise DataError(f"{unit.file}: column 'tokens' has type {column.type}, expected fixed_size_list<uint32>")
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    if flat.size != unit.rows * unit.bucket:
+        raise DataError(f"{unit.file} (bucket {unit.bucket}): row group {unit.row_group} holds {flat.size} tokens for "
+                        f"{unit.rows} rows, not {unit.bucket} per row; prepare the dataset again")
+    return flat.reshape(unit.rows, unit.bucket)
+
+
+class TrainStream:
+    """The sequences one worker trains on in one curriculum stage, as an endless seeded stream."""
+
+    def __init__(self, dataset: PreparedDataset, seq_len: int, buckets: tuple[int, ...], seed: int,
+                 stage_index: int, rank: int, world_size: int) -> None:
+        self.seq_len, self.seed, self.stage_index = seq_len, seed, stage_index
+        self.rank, self.world_size = rank, world_size
+        self._units = [u for b in sorted(buckets) for u in dataset.units(b)]
+        self._sizes = np.array([u.rows * (u.bucket // seq_len) for u in self._units], dtype=np.int64)
+        total = int(self._sizes.sum())
+        self.per_epoch = total // world_size
+        if self.per_epoch == 0:
+            raise DataError(f"buckets {list(buckets)} of {dataset.path} hold {total} sequences of {seq_len} tokens, "
+                            f"fewer than the {world_size} workers; prepare more data")
+        self.position = 0
+        self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._unit_cache: tuple[int, int, np.ndarray, np.ndarray] | None = None  # (epoch, unit, rows, row order)
+
+    def state(self) -> dict[str, int]:
+        """Where the stream stands (saved in checkpoints)."""
+        return {"stage": self.stage_index, "position": self.position, "rank": self.rank,
+                "world_size": self.world_size, "seq_len": self.seq_len}
+
+    def seek(self, position: int) -> None:
+        self.position = int(position)
+
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(unit order, cumulative sequence counts along it) of one epoch."""
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            order = np.random.default_rng([self.seed, self.stage_index, epoch]).permutation(len(self._units))
+            self._epoch_cache = (epoch, order, np.concatenate([[0], np.cumsum(self._sizes[order])]))
+        return self._epoch_cache[1], self._epoch_cache[2]
+
+    def _unit(self, epoch: int, unit: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._unit_cache is None or self._unit_cache[:2] != (epoch, unit):
+            rows = _read_rows(self._units[unit])
+            row_order = np.random.default_rng([self.seed, self.stage_index, epoch, unit]).permutation(len(rows))
+            self._unit_cache = (epoch, unit, rows, row_order)
+        return self._unit_cache[2], self._unit_cache[3]
+
+    def take(self, count: int) -> np.ndarray:
+        """The next ``count`` sequences as a (count, seq_len) int64 array; advances the position."""
+        out = np.empty((count, self.seq_len), dtype=np.int64)
+        filled = 0
+        while filled < count:
+            epoch, offset = divmod(self.position, self.per_epoch)
+            order, cumulative = self._epoch(epoch)
+            g = self.rank * self.per_epoch + offset  # position in the epoch's global order
+            slot = bisect.bisect_right(cumulative, g) - 1
+            unit = int(order[slot])
+            within = g - int(cumulative[slot])
+            n = min(count - filled, int(self._sizes[unit]) - within, self.per_epoch - offset)
+            rows, row_order = self._unit(epoch, unit)
+            pieces = self._units[unit].bucket // self.seq_len
+            idx = np.arange(within, within + n)
+            chunks = rows.reshape(len(rows), pieces, self.seq_len)
+            out[filled:filled + n] = chunks[row_order[idx // pieces], idx % pieces]
+            filled += n
+            self.position += n
+        return out
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """The fixed validation tokens of one domain: the first documents (file order), concatenated and cut into
+    rows of ``seq_len``, plus the UTF-8 bytes those tokens stand for."""
+
+    domain: str
+    rows: np.ndarray
+    """(n, seq_len) int64 token ids."""
+    num_bytes: float
+    """Bytes of text covered by ``rows`` (a partly used last document counts pro rata)."""
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.rows.size)
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.num_bytes / self.num_tokens
+
+
+def load_validation(dataset: PreparedDataset, seq_len: int, max_tokens: int) -> dict[str, ValidationSet]:
+    """Every validation domain with at least one full row (same tokens every call). Empty domains are left out."""
+    import pyarrow.parquet as pq
+
+    budget = (max_tokens // seq_len) * seq_len
+    found: dict[str, ValidationSet] = {}
+    for domain, files in sorted(dataset.validation_files.items()):
+        pieces: list[np.ndarray] = []
+        have, num_bytes = 0, 0.0
+        for file in files:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=256, columns=["tokens", "num_bytes"]):
+                docs = batch.column("tokens").to_pylist()
+                sizes = batch.column("num_bytes").to_pylist()
+                for doc, size in zip(docs, sizes):
+                    if have >= budget:
+                        break
+                    if not doc:
+                        continue
+                    use = min(len(doc), budget - have)
+                    pieces.append(np.asarray(doc[:use], dtype=np.int64))
+                    num_bytes += size * use / len(doc)
+                    have += use
+                if have >= budget:
+                    break
+            if have >= budget:
+                break
+        usable = (have // seq_len) * seq_len
+        if usable == 0:
+            continue
+        tokens = np.concatenate(pieces)
+        if usable < have:  # drop the ragged end and its share of bytes
+            num_bytes *= usable / have
+        found[domain] = ValidationSet(domain, tokens[:usable].reshape(-1, seq_len), num_bytes)
+    return found
+

@@ -1,0 +1,304 @@
+"""Experiment tracking: a small Tracker interface, MLflow behind it, and run provenance.
+
+Only rank 0 of a training run logs. The driver (``yxanul.train.launch``) resolves the tracking URI,
+checks that the store answers *before* training starts (:func:`connect`), creates the MLflow run (or
+finds the one a resumed run already has), logs params, provenance tags and the resolved config, and
+passes the run id to the workers; rank 0 logs metrics into it with ``step = tokens seen``.
+
+Naming (the contract that sweeps and compare read): metrics ``train/*``, ``val/<domain>/*``,
+``val/bpb``; tags ``yxanul.*``; params ``ExperimentConfig.flat_params()``.
+
+Resumes never log a step twice: :class:`MLflowTracker` reads, per metric key, the highest step the run
+already holds and drops anything at or below it (a resumed run replays from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform as _platform
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from yxanul.errors import TrackingError
+
+__all__ = [
+    "MLflowTracker",
+    "NullTracker",
+    "Tracker",
+    "connect",
+    "git_state",
+    "provenance_tags",
+    "resolve_tracking_uri",
+]
+
+DEFAULT_STORE = "outputs/mlflow.db"
+"""Local SQLite store used when neither tracking.uri nor $MLFLOW_TRACKING_URI is set (artifacts beside it)."""
+
+_PACKAGES = ("torch", "ray", "mlflow", "pyarrow", "tokenizers", "pydantic", "numpy", "transformer_engine")
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """What the training loop needs from a tracker."""
+
+    run_id: str | None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    def log_text(self, text: str, artifact_file: str) -> None: ...
+
+
+class NullTracker:
+    """Records nothing durable; keeps what was logged in memory (unit tests, non-zero ranks)."""
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.metrics: list[tuple[int, dict[str, float]]] = []
+        self.tags: dict[str, str] = {}
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.tags.update(tags)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where the store is, and whether it answers
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/outputs/mlflow.db``.
+
+    Relative SQLite paths are made absolute here (the driver resolves once; workers may run elsewhere).
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_STORE).resolve()}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_absolute():
+            uri = f"sqlite:///{path.resolve()}"
+    return uri
+
+
+def _artifact_root(uri: str) -> str | None:
+    """For a local SQLite store: artifacts in a folder beside the database (not ./mlruns of whatever cwd)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent / "mlartifacts").as_uri()
+    return None
+
+
+def _check_http(uri: str, timeout_s: float) -> None:
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:
+            if resp.status == 200:
+                return
+            problem = f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        problem = f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise TrackingError(
+        f"the MLflow tracking server {uri} is not reachable ({problem}); start it (e.g. `mlflow server --host "
+        f"127.0.0.1 --port 5000`), fix tracking.uri / $MLFLOW_TRACKING_URI, or set tracking.enabled=false")
+
+
+def connect(uri: str, experiment: str, timeout_s: float = 10.0) -> str:
+    """Check that the store answers and return the id of ``experiment`` (created if missing).
+
+    Raises :class:`TrackingError` naming the URI and the fix, in seconds rather than after MLflow's retries.
+    """
+    if uri.startswith(("http://", "https://")):
+        _check_http(uri, timeout_s)
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"cannot create the MLflow store folder {db.parent} for tracking.uri={uri}: {exc}") from None
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                raise TrackingError(f"MLflow experiment {experiment!r} at {uri} is deleted; restore it in the MLflow UI "
+                                    f"or choose another tracking.experiment")
+            return found.experiment_id
+        return client.create_experiment(experiment, artifact_location=_artifact_root(uri))
+    except TrackingError:
+        raise
+    except Exception as exc:  # MLflow raises many types (MlflowException, OperationalError, requests errors)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"MLflow store {uri} cannot be used for experiment {experiment!r}: {first}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# The MLflow tracker
+
+
+class MLflowTracker:
+    """Logs into one existing MLflow run through ``MlflowClient`` (no global "active run" state, so it is safe
+    in Ray workers and Tune trials). ``skip_logged=True`` drops metrics at steps the run already has."""
+
+    def __init__(self, uri: str, run_id: str, skip_logged: bool = True) -> None:
+        from mlflow import MlflowClient
+
+        self.uri = uri
+        self.run_id: str | None = run_id
+        self._client = MlflowClient(tracking_uri=uri)
+        self._logged_up_to: dict[str, int] = {}
+        if skip_logged:
+            run = self._client.get_run(run_id)
+            for key in run.data.metrics:
+                steps = [m.step for m in self._client.get_metric_history(run_id, key)]
+                if steps:
+                    self._logged_up_to[key] = max(steps)
+
+    @classmethod
+    def create(cls, uri: str, experiment_id: str, run_name: str, tags: Mapping[str, str] | None = None,
+               params: Mapping[str, str] | None = None) -> MLflowTracker:
+        """Create a new run (status RUNNING) with tags and params, and return a tracker for it."""
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+
+        client = MlflowClient(tracking_uri=uri)
+        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+        items = [Param(k, v[:6000]) for k, v in (params or {}).items()]
+        for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+            client.log_batch(run.info.run_id, params=items[i:i + 100])
+        return cls(uri, run.info.run_id, skip_logged=False)
+
+    def last_step(self, key: str) -> int | None:
+        """Highest step already logged for ``key`` (None if none)."""
+        return self._logged_up_to.get(key)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                 if step > self._logged_up_to.get(k, -1)]
+        if not batch:
+            return
+        self._client.log_batch(self.run_id, metrics=batch)
+        for m in batch:
+            self._logged_up_to[m.key] = m.step
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        if tags:
+            self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(local_path)
+        if path.is_dir():
+            self._client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._client.log_text(self.run_id, text, artifact_file)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End the run: FINISHED, FAILED or KILLED (also sets the yxanul.status tag)."""
+        self.set_tags({"yxanul.status": status.lower()})
+        self._client.set_terminated(self.run_id, status)
+
+    def reopen(self) -> None:
+        """Mark a resumed run as RUNNING again."""
+        self._client.update_run(self.run_id, status="RUNNING")
+        self.set_tags({"yxanul.status": "running"})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Provenance
+
+
+def git_state(path: str | Path | None = None) -> dict[str, str]:
+    """SHA, dirty flag and (when dirty) the diff of the checkout holding ``path`` (default: this package)."""
+    where = Path(path) if path else Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    if sha is None:
+        return {"sha": "unknown", "dirty": "unknown", "diff": ""}
+    status = git("status", "--porcelain", "--untracked-files=no") or ""
+    diff = (git("diff", "HEAD") or "") if status.strip() else ""
+    return {"sha": sha.strip(), "dirty": str(bool(status.strip())).lower(), "diff": diff}
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            continue
+    found["python"] = _platform.python_version()
+    return found
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def provenance_tags(config_hash: str, manifest_path: str | Path | None = None,
+                    git: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Tags for the run: git SHA + dirty flag, package versions, config hash, tokenizer and manifest hashes.
+
+    GPU name and count are added by rank 0 (the driver may run on a machine without the training GPUs).
+    """
+    git = git if git is not None else git_state()
+    tags = {"yxanul.git_sha": git["sha"], "yxanul.git_dirty": git["dirty"], "yxanul.config_hash": config_hash,
+            "yxanul.host": _platform.node()}
+    tags.update({f"yxanul.version.{k}": v for k, v in _versions().items()})
+    if manifest_path is not None and Path(manifest_path).is_file():
+        tags["yxanul.manifest_sha256"] = file_sha256(manifest_path)
+        manifest: dict[str, Any] = json.loads(Path(manifest_path).read_text())
+        tokenizer = manifest.get("tokenizer") or {}
+        if tokenizer.get("sha256"):
+            tags["yxanul.tokenizer_sha256"] = str(tokenizer["sha256"])
+        if manifest.get("mode"):
+            tags["yxanul.data_mode"] = str(manifest["mode"])
+    return tags
+
+
+def device_tags(use_gpu: bool, num_workers: int) -> dict[str, str]:
+    """GPU name and count as seen by the calling (rank 0) process."""
+    if not use_gpu:
+        return {"yxanul.gpu_name": "none", "yxanul.gpu_count": "0", "yxanul.num_workers": str(num_workers)}
+    import torch
+
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "unavailable"
+    return {"yxanul.gpu_name": name, "yxanul.gpu_count": str(num_workers), "yxanul.num_workers": str(num_workers)}

@@ -1,0 +1,330 @@
+"""Launching a training run: checks, the MLflow run, the Ray Train ``TorchTrainer``; the API sweeps build on.
+
+    result = train(cfg)                       # check, fit, finish the MLflow run; -> TrainResult
+    trainer = build_trainer(cfg)              # the same TorchTrainer, for callers that fit it themselves
+    print(describe(cfg))                      # what --dry-run prints (no Ray, no MLflow)
+
+Everything that can be wrong with a config, the dataset or the tracking store is raised here, before
+Ray starts a worker: a :class:`~yxanul.errors.ConfigError`, :class:`~yxanul.errors.DataError` or
+:class:`~yxanul.errors.TrackingError` naming the key and the fix.
+
+Run identity: ``<run.storage_path>/<run.name>/`` is Ray Train's run folder (checkpoints, state); the
+driver keeps ``yxanul_run.json`` there with the MLflow run id. Starting a run whose folder already exists
+resumes it: Ray Train hands the workers the latest checkpoint and rank 0 keeps logging into the same
+MLflow run, dropping metrics at steps the run already holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yxanul.config import ExperimentConfig, human_count
+from yxanul.curriculum import CurriculumPlan, build_plan
+from yxanul.data.loader import PreparedDataset
+from yxanul.errors import ConfigError, DataError, TrackingError, YxanulError
+
+__all__ = ["RUN_FILE", "TrainResult", "build_trainer", "describe", "find_run_id", "run_dir", "train"]
+
+RUN_FILE = "yxanul_run.json"
+"""In the Ray run folder: the MLflow run id and the settings a resume must keep."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` returns."""
+
+    run_id: str | None
+    """MLflow run id (None with tracking.enabled=false)."""
+    tokens: int
+    """Training tokens seen when the run stopped."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Metrics of the last report with a checkpoint (the final train/* and val/* values)."""
+    checkpoint_path: str | None = None
+    """The latest checkpoint (a folder under run_dir, or a URI)."""
+    finished: bool = False
+    """True when the run reached train.max_tokens (False when train.stop_after_tokens stopped it early)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Paths and the run file
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def run_dir(cfg: ExperimentConfig) -> str:
+    """``<run.storage_path>/<run.name>`` (local paths made absolute)."""
+    storage = cfg.run.storage_path
+    if not _is_uri(storage):
+        storage = str(Path(storage).expanduser().resolve())
+    return f"{storage.rstrip('/')}/{cfg.run.name}"
+
+
+def _fs(path: str) -> tuple[Any, str]:
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(path)
+
+
+def _read_run_file(cfg: ExperimentConfig) -> dict[str, Any] | None:
+    import pyarrow.fs
+
+    fs, base = _fs(run_dir(cfg))
+    path = f"{base}/{RUN_FILE}"
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return json.loads(stream.read().decode())
+
+
+def _write_run_file(cfg: ExperimentConfig, content: dict[str, Any]) -> None:
+    fs, base = _fs(run_dir(cfg))
+    fs.create_dir(base, recursive=True)
+    with fs.open_output_stream(f"{base}/{RUN_FILE}") as stream:
+        stream.write(json.dumps(content, indent=2).encode())
+
+
+def find_run_id(cfg: ExperimentConfig) -> str | None:
+    """The MLflow run id of the run ``cfg`` names (run.name + run.storage_path), if it was started before."""
+    content = _read_run_file(cfg)
+    return content.get("mlflow_run_id") if content else None
+
+
+_KEPT = (("scaling.num_workers", lambda c: c.scaling.num_workers),
+         ("train.tokens_per_step", lambda c: c.train.tokens_per_step),
+         ("run.seed", lambda c: c.run.seed), ("train.max_tokens", lambda c: c.train.max_tokens))
+
+
+def _check_resume(cfg: ExperimentConfig, previous: dict[str, Any]) -> None:
+    changed = [f"{key} was {previous['kept'][key]}, now {get(cfg)}" for key, get in _KEPT
+               if key in previous.get("kept", {}) and previous["kept"][key] != get(cfg)]
+    if changed:
+        raise ConfigError(f"run {cfg.run.name!r} in {cfg.run.storage_path} already exists and would resume, but "
+                          f"{'; '.join(changed)} (these fix the data order and the learning-rate schedule); restore "
+                          f"them, or choose a new run.name")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks and the plan
+
+
+def _curriculum_label(cfg: ExperimentConfig) -> str:
+    return cfg.curriculum.preset or "custom"
+
+
+def _check(cfg: ExperimentConfig) -> tuple[PreparedDataset, CurriculumPlan]:
+    """Dataset present, curriculum servable by it, shapes valid: everything but Ray and MLflow."""
+    dataset = PreparedDataset.open(cfg.data.output_dir)
+    plan = build_plan(cfg, cfg.scaling.num_workers, dataset.seq_len_ok)
+    dataset.check_plan(plan, _curriculum_label(cfg))
+    if cfg.model.vocab_size is None and dataset.vocab_size is None:
+        raise DataError(f"{dataset.path}/manifest.json has no tokenizer.vocab_size; set model.vocab_size")
+    longest = max(s.seq_len for s in plan.stages)
+    if longest > cfg.model.max_positions or cfg.eval.seq_len > cfg.model.max_positions:
+        raise ConfigError(f"sequences of {max(longest, cfg.eval.seq_len)} tokens (curriculum / eval.seq_len) exceed "
+                          f"model.max_positions={cfg.model.max_positions}; raise model.max_positions or shorten them")
+    if cfg.scaling.use_gpu is False and cfg.precision.mode == "fp8":
+        raise ConfigError("precision.mode=fp8 needs GPUs: set scaling.use_gpu=true (FP8 runs on CUDA only)")
+    return dataset, plan
+
+
+def describe(cfg: ExperimentConfig) -> str:
+    """The --dry-run text: resolved config, parameter count, stage table (and the dataset check)."""
+    from yxanul.model import parameter_count
+
+    lines = ["# resolved config", cfg.to_yaml().rstrip(), ""]
+    dataset: PreparedDataset | None = None
+    try:
+        dataset = PreparedDataset.open(cfg.data.output_dir)
+    except DataError as exc:
+        lines.append(f"# dataset: not usable yet ({exc})")
+    vocab = cfg.model.vocab_size or (dataset.vocab_size if dataset else None) or cfg.tokenizer.vocab_size
+    count = parameter_count(cfg.model, vocab)
+    lines.append(f"# model: {human_count(count.total)} parameters ({count.total:,}; "
+                 f"{count.non_embedding:,} non-embedding) at vocabulary {vocab}")
+    plan = build_plan(cfg, cfg.scaling.num_workers, dataset.seq_len_ok if dataset else None)
+    if dataset is not None:
+        dataset.check_plan(plan, _curriculum_label(cfg))
+        lines.append(f"# dataset: {dataset.path} ({dataset.mode}, buckets {dataset.buckets}, "
+                     f"validation domains {sorted(dataset.validation_files)})")
+    lines += [f"# curriculum: {_curriculum_label(cfg)}", plan.table(),
+              f"# run folder: {run_dir(cfg)}"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# MLflow run
+
+
+def _open_mlflow_run(cfg: ExperimentConfig, plan: CurriculumPlan, dataset: PreparedDataset,
+                     extra_tags: Mapping[str, str] | None, parent_run_id: str | None) -> dict[str, str] | None:
+    """Create (or reopen, on resume) the MLflow run; return {"uri", "run_id"} for the workers."""
+    if not cfg.tracking.enabled:
+        return None
+    from yxanul.tracking import MLflowTracker, connect, git_state, provenance_tags, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    experiment_id = connect(uri, cfg.tracking.experiment)
+    previous = _read_run_file(cfg)
+    if previous is not None:
+        _check_resume(cfg, previous)
+    tags = dict(extra_tags or {})
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    if previous and previous.get("mlflow_run_id") and previous.get("tracking_uri") == uri:
+        tracker = MLflowTracker(uri, previous["mlflow_run_id"], skip_logged=False)
+        try:
+            tracker.reopen()
+        except Exception as exc:  # the run was deleted, or the store is another one
+            raise TrackingError(f"run {cfg.run.name!r} resumes MLflow run {previous['mlflow_run_id']} which {uri} "
+                                f"cannot reopen ({str(exc).splitlines()[0]}); use a new run.name") from None
+        tracker.set_tags({**tags, "yxanul.resumed": "true"})
+        return {"uri": uri, "run_id": previous["mlflow_run_id"]}
+
+    git = git_state()
+    tags.update(provenance_tags(cfg.config_hash(), dataset.path / "manifest.json", git))
+    tags.update({"yxanul.status": "running", "yxanul.run_name": cfg.run.name, "yxanul.run_dir": run_dir(cfg),
+                 "yxanul.curriculum": _curriculum_label(cfg), "yxanul.precision": cfg.precision.mode})
+    tracker = MLflowTracker.create(uri, experiment_id, cfg.run.name, tags=tags, params=cfg.flat_params())
+    tracker.log_text(cfg.to_yaml(), "config.yaml")
+    tracker.log_text(plan.table() + "\n", "curriculum_plan.txt")
+    tracker.log_text(json.dumps(dataset.manifest, indent=2), "data_manifest.json")
+    if git.get("diff"):
+        tracker.log_text(git["diff"], "provenance/git_diff.patch")
+    _write_run_file(cfg, {"mlflow_run_id": tracker.run_id, "tracking_uri": uri,
+                          "experiment": cfg.tracking.experiment,
+                          "kept": {key: get(cfg) for key, get in _KEPT}})
+    return {"uri": uri, "run_id": tracker.run_id}
+
+
+def _finish_mlflow_run(tracking: dict[str, str] | None, status: str, yx_status: str, message: str = "") -> None:
+    if not tracking:
+        return
+    from yxanul.tracking import MLflowTracker
+
+    tracker = MLflowTracker(tracking["uri"], tracking["run_id"], skip_logged=False)
+    if message:
+        tracker.set_tags({"yxanul.error": message[:5000]})
+    tracker.finish(status)
+    tracker.set_tags({"yxanul.status": yx_status})
+
+
+# ---------------------------------------------------------------------------------------------------
+# The trainer
+
+
+def loop_config(cfg: ExperimentConfig, dataset: PreparedDataset,
+                tracking: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ``train_loop_config`` of :func:`yxanul.train.loop.train_loop_per_worker` (absolute paths: workers may
+    run in another folder, e.g. the working-dir copy of `ray job submit`)."""
+    folder = run_dir(cfg)
+    setup = {"data_dir": str(dataset.path.resolve()), "tracking": tracking,
+             "run_id": tracking["run_id"] if tracking else None, "curriculum_label": _curriculum_label(cfg),
+             "marker_dir": None if _is_uri(folder) else f"{folder}/workers"}
+    return {"cfg": cfg.to_dict(), "setup": setup}
+
+
+def _build(cfg: ExperimentConfig, run_config_callbacks: Sequence[Any] | None,
+           extra_tags: Mapping[str, str] | None, parent_run_id: str | None) -> tuple[Any, dict[str, str] | None]:
+    dataset, plan = _check(cfg)
+    tracking = _open_mlflow_run(cfg, plan, dataset, extra_tags, parent_run_id)
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from yxanul.train.loop import train_loop_per_worker
+
+    folder = run_dir(cfg)
+    scaling = ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                            accelerator_type=cfg.scaling.accelerator_type,
+                            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
+                                                  **({"GPU": 1} if cfg.scaling.use_gpu else {})})
+    run_config = RunConfig(name=cfg.run.name, storage_path=folder.rsplit("/", 1)[0],
+                           failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+                           checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
+                           callbacks=list(run_config_callbacks or []))
+    trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config(cfg, dataset, tracking),
+                           scaling_config=scaling, run_config=run_config)
+    return trainer, tracking
+
+
+def build_trainer(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None = None,
+                  extra_tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> Any:
+    """A ready ``TorchTrainer`` for ``cfg`` (checks done, MLflow run created or reopened, its id in
+    ``trainer.train_loop_config["setup"]["run_id"]``). Fitting it is the caller's job, and so is ending the
+    MLflow run; :func:`train` does both and is what most callers want."""
+    trainer, _ = _build(cfg, run_config_callbacks, extra_tags, parent_run_id)
+    return trainer
+
+
+def _ensure_ray() -> None:
+    """Use the cluster in $RAY_ADDRESS (set by `ray job submit`), an initialised Ray, or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(configure_logging=False)
+    else:
+        ray.init(address="local", configure_logging=False)
+
+
+def _worker_error(exc: BaseException) -> YxanulError | None:
+    """The user-facing error a worker raised, if any (Ray wraps it)."""
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    while stack:
+        err = stack.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, YxanulError):
+            return err
+        stack += [getattr(err, "cause", None), err.__cause__, err.__context__]
+        stack += list((getattr(err, "worker_failures", None) or {}).values())
+    return None
+
+
+def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None = None,
+          extra_tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> TrainResult:
+    """Run (or resume) the training ``cfg`` describes on Ray Train and return its :class:`TrainResult`.
+
+    The MLflow run ends FINISHED (reached train.max_tokens), KILLED (stopped early by train.stop_after_tokens,
+    or interrupted) or FAILED (with the error in the ``yxanul.error`` tag). A worker's user-facing error
+    (e.g. a non-finite loss) is raised again here as a :class:`~yxanul.errors.YxanulError`.
+    """
+    from ray.train import TrainingFailedError
+
+    trainer, tracking = _build(cfg, run_config_callbacks, extra_tags, parent_run_id)
+    _ensure_ray()
+    try:
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+    except TrainingFailedError as exc:
+        user = _worker_error(exc)
+        message = str(user) if user else str(exc).strip().splitlines()[-1]
+        _finish_mlflow_run(tracking, "FAILED", "failed", message)
+        if user is not None:
+            raise type(user)(str(user)) from None
+        raise
+    except BaseException:
+        _finish_mlflow_run(tracking, "KILLED", "killed")
+        raise
+    tokens = int((result.metrics or {}).get("tokens", 0))
+    checkpoint_path = result.checkpoint.path if result.checkpoint else None
+    if result.checkpoint is not None:
+        from yxanul.train.checkpoint import read_state
+
+        with result.checkpoint.as_directory() as directory:
+            tokens = read_state(directory).tokens
+    finished = tokens >= build_plan(cfg).total_tokens
+    _finish_mlflow_run(tracking, "FINISHED" if finished else "KILLED", "finished" if finished else "stopped")
+    return TrainResult(run_id=tracking["run_id"] if tracking else None, tokens=tokens,
+                       metrics=dict(result.metrics or {}), checkpoint_path=checkpoint_path, finished=finished)
+

@@ -1,0 +1,384 @@
+"""The per-worker training loop that Ray Train runs (``train_loop_per_worker``).
+
+The loop owns the schedule: which curriculum stage and batch shape a step has, its learning rate, when
+to log, validate and checkpoint. The step itself is :func:`yxanul.train.step.train_step` (pure); side
+effects are the three explicit hooks ``_log``, ``_validate`` and ``_checkpoint``, each at whole steps.
+
+Host syncs, all deliberate: the NaN/inf guard reads one scalar (the global gradient norm) per step, so
+that a non-finite step is never applied; the logging interval reads the loss and the clock; validation
+and checkpoints sync by nature. Nothing else waits for the device.
+
+Every worker calls ``ray.train.report`` at the same steps (validation and checkpoint points, where the
+latest train/* metrics are logged too), at most once per step. MLflow gets train/* every log interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from yxanul.config import ExperimentConfig, human_count
+from yxanul.curriculum import CurriculumPlan, Stage, build_plan
+from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load_validation
+from yxanul.errors import YxanulError
+from yxanul.tracking import MLflowTracker, NullTracker, Tracker, device_tags
+from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, save_checkpoint
+
+__all__ = ["NonFiniteLossError", "train_loop_per_worker"]
+
+
+class NonFiniteLossError(YxanulError):
+    """A step produced a NaN/inf loss or gradient and train.on_nan=stop."""
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of ``every`` lies in (before, after]."""
+    return every > 0 and after // every > before // every
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = int(width * done / total) if total else width
+    return "[" + "#" * filled + "." * (width - filled) + f"] {100 * done / total:5.1f}%"
+
+
+class _Loop:
+    def __init__(self, cfg: ExperimentConfig, setup: dict[str, Any]) -> None:
+        import ray.train
+
+        self.cfg = cfg
+        self.setup = setup
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = self._device()
+        self.dataset = PreparedDataset.open(setup["data_dir"])
+        self.plan: CurriculumPlan = build_plan(cfg, self.world, self.dataset.seq_len_ok)
+        self.vocab = cfg.model.vocab_size or self.dataset.vocab_size
+        self.curriculum_label = setup.get("curriculum_label", "custom")
+
+    def _device(self) -> torch.device:
+        if not self.cfg.scaling.use_gpu:
+            return torch.device("cpu")
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+        torch.cuda.set_device(device)
+        return device
+
+    # -- setup -----------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        from yxanul.model import Yxanul
+        from yxanul.precision import Precision
+        from yxanul.train.parallel import wrap_model
+        from yxanul.train.step import build_optimizer
+
+        _seed_everything(self.cfg.run.seed)
+        self.precision = Precision(self.cfg.precision, self.device)
+        # self.model: the model itself (DDP's inner module; under FSDP the sharded model, which is both);
+        # self.step_model: what the train step runs (the DDP wrapper, or the same sharded model).
+        self.model = self.precision.apply(Yxanul(self.cfg.model, self.vocab).to(self.device))
+        self.step_model: torch.nn.Module = wrap_model(self.model, self.cfg.scaling.strategy, self.device)
+        self.optimizer = build_optimizer(self.model, self.cfg.optim)  # after FSDP sharding: the shards
+        self.state = TrainState(num_workers=self.world, tokens_per_step=self.cfg.train.tokens_per_step,
+                                seed=self.cfg.run.seed, max_tokens=self.cfg.train.max_tokens,
+                                config_hash=self.cfg.config_hash(), run_id=self.setup.get("run_id"))
+        self.data_position: dict[str, Any] | None = None
+        self._restore()
+
+    def _restore(self) -> None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as directory:
+            state, data = load_checkpoint(directory, rank=self.rank, model=self.step_model, optimizer=self.optimizer)
+        check_compatible(state, num_workers=self.world, tokens_per_step=self.cfg.train.tokens_per_step,
+                         seed=self.cfg.run.seed, max_tokens=self.cfg.train.max_tokens, where=checkpoint.path)
+        if self.setup.get("run_id") and state.run_id and state.run_id != self.setup["run_id"]:
+            print(f"warning: checkpoint was logged to MLflow run {state.run_id}, continuing in {self.setup['run_id']}",
+                  file=sys.stderr)
+        state.run_id = self.setup.get("run_id") or state.run_id
+        state.config_hash = self.cfg.config_hash()
+        self.state, self.data_position = state, data
+        if self.rank == 0:
+            print(f"resumed from {checkpoint.path}: step {state.step}, {human_count(state.tokens)} tokens, "
+                  f"stage {state.stage}", flush=True)
+
+    def _tracker(self) -> Tracker:
+        tracking = self.setup.get("tracking")
+        if self.rank != 0 or not tracking or not tracking.get("run_id"):
+            return NullTracker()
+        tracker = MLflowTracker(tracking["uri"], tracking["run_id"], skip_logged=True)
+        tracker.set_tags(device_tags(self.cfg.scaling.use_gpu, self.world))
+        return tracker
+
+    def _write_marker(self, event: str) -> None:
+        """<run dir>/workers/rank<r>.json: pid, step, tokens of this worker process (for operators and tests)."""
+        folder = self.setup.get("marker_dir")
+        if not folder:
+            return
+        path = Path(folder) / f"rank{self.rank}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"pid": os.getpid(), "rank": self.rank, "step": self.state.step,
+                                   "tokens": self.state.tokens, "event": event, "time": time.time()}))
+        os.replace(tmp, path)
+        with open(Path(folder) / f"rank{self.rank}.log", "a") as log:
+            log.write(f"{os.getpid()} {event} {self.state.step} {self.state.tokens}\n")
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        import ray.train
+
+        from yxanul.metrics import ThroughputMeter, flops_per_token, reset_peak_memory
+        from yxanul.schedule import lr_for_step
+        from yxanul.train.step import train_step
+
+        self._build()
+        self.tracker = self._tracker()
+        self.valsets: dict[str, ValidationSet] = load_validation(
+            self.dataset, self.cfg.eval.seq_len, self.cfg.eval.max_tokens_per_domain)
+        if self.rank == 0 and not self.valsets:
+            print(f"warning: {self.dataset.path} has no validation rows of {self.cfg.eval.seq_len} tokens; "
+                  f"no validation metrics", file=sys.stderr)
+        tps = self.cfg.train.tokens_per_step
+        total_steps = self.plan.total_steps
+        stop_tokens = self.cfg.train.stop_after_tokens
+        stop_step = min(total_steps, math.ceil(stop_tokens / tps)) if stop_tokens else total_steps
+        self._write_marker("start")
+
+        meter = ThroughputMeter(1.0, self.device)
+        reset_peak_memory(self.device)
+        stream: TrainStream | None = None
+        stage: Stage | None = None
+        loss_sum = torch.zeros((), device=self.device)
+        loss_steps = 0
+        grad_norm = torch.zeros((), device=self.device)
+        lr = 0.0
+        elapsed_base = self.state.elapsed_s
+        meter.start()
+        while self.state.step < stop_step:
+            step = self.state.step
+            if stage is None or step >= stage.end_step:
+                stage = self.plan.stage_for_step(step)
+                stream = self._stream(stage)
+                meter.flops_per_tok = flops_per_token(self.cfg.model, stage.seq_len, self.vocab)
+            assert stream is not None
+            batch = torch.from_numpy(stream.take(stage.sequences_per_step))  # (n, seq_len) int64 on the host
+            if self.device.type == "cuda":
+                batch = batch.pin_memory()
+            lr = lr_for_step(step, tps, self.cfg.optim, self.cfg.train.max_tokens, stage.lr_scale)
+            result = train_step(self.step_model, self.optimizer, list(batch.split(stage.micro_batch)), lr=lr,
+                                precision=self.precision, grad_clip=self.cfg.optim.grad_clip,
+                                skip_nonfinite=True)  # one scalar sync per step: the NaN/inf guard
+            if result.skipped:
+                where = (f"step {step} (tokens {self.state.tokens}, curriculum stage {stage.index}, seq_len "
+                         f"{stage.seq_len}, lr {lr:.3g})")
+                if self.cfg.train.on_nan == "stop":
+                    raise NonFiniteLossError(
+                        f"non-finite loss or gradient at {where}; nothing was applied. Lower optim.lr, check the "
+                        f"data, or set train.on_nan=skip to skip such steps")
+                self.state.skipped_steps += 1
+                if self.rank == 0:
+                    print(f"warning: skipped {where}: non-finite gradient", file=sys.stderr, flush=True)
+            else:
+                loss_sum += result.loss
+                loss_steps += 1
+                grad_norm = result.grad_norm
+            before = self.state.tokens
+            self.state.step += 1
+            self.state.tokens += tps
+            meter.add(tps)
+            final = self.state.step == stop_step
+            if self.state.step < total_steps:
+                self.state.stage = self.plan.stage_for_step(self.state.step).index
+            self.data_position = stream.state()
+
+            do_eval = (final and self.state.step == total_steps) or _crossed(before, self.state.tokens,
+                                                                            self.cfg.eval.every_tokens)
+            do_ckpt = final or _crossed(before, self.state.tokens, self.cfg.checkpoint.every_tokens)
+            metrics: dict[str, float] = {}
+            if self.state.step % self.cfg.log.every_steps == 0 or do_eval or do_ckpt:
+                throughput = meter.read()  # deliberate sync: the clock must cover finished work
+                self.state.elapsed_s = elapsed_base + throughput.elapsed_s
+                metrics.update(self._log(stage, lr, loss_sum, loss_steps, grad_norm, throughput, stop_step))
+                loss_sum = torch.zeros((), device=self.device)
+                loss_steps = 0
+            if do_eval or do_ckpt:
+                meter.pause()  # the training clock stops for validation and checkpoints
+            if do_eval and self.valsets:
+                metrics.update(self._validate())
+            if do_eval or do_ckpt:  # Ray reports only here: each one is a barrier across workers
+                self._report(metrics, do_ckpt, ray.train)
+                meter.start()
+        meter.pause()
+        trained_here = stream is not None  # a finished run started again has nothing to train or export
+        if trained_here and self.state.step >= total_steps:
+            self._export()
+
+    def _stream(self, stage: Stage) -> TrainStream:
+        where = f"stage {stage.index} (seq_len {stage.seq_len})"
+        buckets = self.dataset.stage_buckets(stage.seq_len, stage.buckets, where, self.curriculum_label)
+        stream = TrainStream(self.dataset, stage.seq_len, buckets, self.cfg.run.seed, stage.index, self.rank,
+                             self.world)
+        expected = (self.state.step - stage.start_step) * stage.sequences_per_step
+        saved = self.data_position
+        if saved is not None and saved.get("stage") == stage.index and saved.get("position") != expected:
+            raise YxanulError(f"checkpoint data position {saved} does not match step {self.state.step} of stage "
+                              f"{stage.index} (expected position {expected}); the checkpoint is inconsistent")
+        stream.seek(expected)
+        return stream
+
+    # -- hooks -------------------------------------------------------------------------------------
+
+    def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor)
+        return tensor
+
+    def _log(self, stage: Stage, lr: float, loss_sum: torch.Tensor, loss_steps: int, grad_norm: torch.Tensor,
+             throughput: Any, stop_step: int) -> dict[str, float]:
+        packed = torch.stack([loss_sum.float(), torch.tensor(float(loss_steps), device=self.device)])
+        loss_total, steps_total = self._all_reduce(packed).tolist()  # deliberate sync: the logging interval
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
+            grad_norm = grad_norm.full_tensor()
+        metrics = {"train/lr": lr, "train/grad_norm": float(grad_norm), "train/seq_len": float(stage.seq_len),
+                   "train/stage": float(stage.index), "train/tokens_per_s": throughput.tokens_per_s,
+                   "train/elapsed_s": self.state.elapsed_s}
+        if steps_total:
+            metrics["train/loss"] = loss_total / steps_total
+        for key, value in (("train/mfu_bf16", throughput.mfu_bf16), ("train/mfu_fp8", throughput.mfu_fp8),
+                           ("train/peak_mem_gib", throughput.peak_mem_gib)):
+            if value is not None:
+                metrics[key] = value
+        if self.state.skipped_steps:
+            metrics["train/skipped_steps"] = float(self.state.skipped_steps)
+        self.tracker.log_metrics(metrics, step=self.state.tokens)
+        if self.rank == 0:
+            tokens_left = (stop_step - self.state.step) * self.cfg.train.tokens_per_step
+            rate = self.state.tokens / self.state.elapsed_s if self.state.elapsed_s > 0 else float("nan")
+            loss = f"{metrics['train/loss']:.4f}" if "train/loss" in metrics else "skipped"
+            mfu = f" mfu {100 * throughput.mfu_bf16:.1f}%" if throughput.mfu_bf16 is not None else ""
+            mem = f" mem {throughput.peak_mem_gib:.1f}GiB" if throughput.peak_mem_gib is not None else ""
+            print(f"{_bar(self.state.step, stop_step)} step {self.state.step}/{stop_step} "
+                  f"tokens {human_count(self.state.tokens)} stage {stage.index} seq {stage.seq_len} loss {loss} "
+                  f"lr {lr:.2e} gnorm {metrics['train/grad_norm']:.3f} {throughput.tokens_per_s:,.0f} tok/s"
+                  f"{mfu}{mem} eta {_format_eta(tokens_left / rate)}", flush=True)
+        return metrics
+
+    @torch.no_grad()
+    def _validate(self) -> dict[str, float]:
+        from yxanul.model import bits_per_byte, cross_entropy, next_token_targets
+
+        self.model.eval()
+        rows_per_batch = max(1, self.cfg.train.max_tokens_per_microbatch // self.cfg.eval.seq_len)
+        metrics: dict[str, float] = {}
+        for domain, valset in self.valsets.items():
+            mine = torch.from_numpy(valset.rows[self.rank::self.world])
+            sums = torch.zeros(2, device=self.device, dtype=torch.float64)  # nats, predicted tokens
+            # Every rank runs the same number of batches (FSDP's forward is collective); a rank whose share
+            # ran out repeats row 0 and does not count it.
+            per_rank = -(-len(valset.rows) // self.world)
+            for start in range(0, per_rank, rows_per_batch):
+                batch = mine[start:start + rows_per_batch]
+                real = len(batch)
+                if real == 0:
+                    batch = torch.from_numpy(valset.rows[:1])
+                tokens = batch.to(self.device)
+                targets = next_token_targets(tokens)
+                with self.precision.autocast():
+                    logits = self.model(tokens, mask_padding=False)
+                    nats = cross_entropy(logits, targets, self.model.vocab_size, reduction="sum")
+                if real:
+                    sums[0] += nats.double()
+                    sums[1] += (targets >= 0).sum()
+            nats_total, count = self._all_reduce(sums).tolist()
+            loss = nats_total / count
+            metrics[f"val/{domain}/loss"] = loss
+            metrics[f"val/{domain}/bpb"] = float(bits_per_byte(loss, valset.bytes_per_token))
+        self.model.train()
+        bpbs = [v for k, v in metrics.items() if k.endswith("/bpb")]
+        metrics["val/bpb"] = sum(bpbs) / len(bpbs)
+        metrics["val/elapsed_s"] = self.state.elapsed_s
+        self.tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("val/")}, step=self.state.tokens)
+        if self.rank == 0:
+            domains = " ".join(f"{d} {metrics[f'val/{d}/bpb']:.4f}" for d in self.valsets)
+            print(f"validation at {human_count(self.state.tokens)} tokens: bpb {metrics['val/bpb']:.4f} ({domains})",
+                  flush=True)
+        return metrics
+
+    def _report(self, metrics: dict[str, float], with_checkpoint: bool, train: Any) -> None:
+        payload = {**metrics, "tokens": self.state.tokens, "step": self.state.step,
+                   "done": float(self.state.step >= self.plan.total_steps)}
+        if not with_checkpoint:
+            train.report(payload)
+            return
+        directory = Path(tempfile.mkdtemp(prefix=f"yxanul-ckpt-r{self.rank}-"))
+        try:
+            save_checkpoint(directory, rank=self.rank, state=self.state, model=self.step_model, optimizer=self.optimizer,
+                            data_state=self.data_position or {})
+            train.report(payload, checkpoint=train.Checkpoint.from_directory(str(directory)))
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        self._write_marker("checkpoint")
+
+    def _export(self) -> None:
+        """The final model in Hugging Face format as an MLflow artifact (every rank calls: FSDP gathers)."""
+        tracking = self.setup.get("tracking")
+        if not (tracking and tracking.get("run_id") and self.cfg.tracking.log_model):
+            return
+        from yxanul.export import export_hf
+        from yxanul.model import Yxanul
+        from yxanul.precision import load_model_state, split_state_dict
+        from yxanul.train.parallel import full_state_dict, is_sharded
+
+        model = self.model
+        if is_sharded(self.model):
+            weights, _ = split_state_dict(full_state_dict(self.model))  # rank 0 gets the weights
+            if self.rank != 0:
+                return
+            model = Yxanul(self.cfg.model, self.vocab)
+            load_model_state(model, weights)
+        if self.rank != 0:
+            return
+        with tempfile.TemporaryDirectory(prefix="yxanul-export-") as tmp:
+            out = export_hf(model, Path(tmp) / "model", vocab_size=self.vocab)
+            self.tracker.log_artifact(out, "model")
+        print("logged the final model (Hugging Face format) to MLflow under artifacts/model", flush=True)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``config``: {"cfg": ExperimentConfig as a dict, "setup": {data_dir, tracking,
+    run_id, marker_dir, curriculum_label}} (built by :func:`yxanul.train.launch.build_trainer`)."""
+    cfg = ExperimentConfig.model_validate(config["cfg"])
+    _Loop(cfg, config["setup"]).run()

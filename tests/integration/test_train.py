@@ -1,0 +1,178 @@
+"""Training end to end on real local Ray (2 CPU workers, gloo) and a real MLflow store: metrics, params,
+provenance, checkpoints, exact resume across a curriculum stage boundary, and the NaN guard."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.train_helpers import make_dataset
+from yxanul.config import ExperimentConfig, load_config
+from yxanul.errors import ConfigError
+from yxanul.train.launch import run_dir, train
+from yxanul.train.loop import NonFiniteLossError
+
+pytestmark = pytest.mark.integration
+
+TPS = 1024  # 2 workers x 512 tokens; stage 0: 16 x 32, stage 1: 8 x 64 per worker
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    data = make_dataset(root / "data", {32: 300, 64: 150}, row_group_rows=32, validation={"english": 10, "code": 6})
+    return {"root": root, "data": data, "uri": f"sqlite:///{root / 'mlflow.db'}"}
+
+
+def config(env, name: str, *extra: str) -> ExperimentConfig:
+    return load_config(Path(__file__).parents[2] / "experiments/runs/pulse.yaml", [
+        f"data.output_dir={env['data']}", f"run.storage_path={env['root'] / 'ray'}", f"run.name={name}",
+        f"tracking.uri={env['uri']}", "tracking.experiment=test-train",
+        "curriculum.stages=[{seq_len: 32, until_tokens: 6144}, {seq_len: 64}]",
+        f"train.tokens_per_step={TPS}", f"train.max_tokens={STEPS * TPS}", "train.max_tokens_per_microbatch=512",
+        "optim.warmup_tokens=2048", "log.every_steps=1", "eval.every_tokens=6144", "eval.seq_len=32",
+        "eval.max_tokens_per_domain=256", "checkpoint.every_tokens=4096", "checkpoint.keep_last=2",
+        "scaling.num_workers=2", *extra])
+
+
+def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(env, ray_cluster):
+    cfg = config(env, "full", "tracking.log_model=true")
+    return cfg, train(cfg)
+
+
+def test_two_worker_run_logs_metrics_params_provenance_and_checkpoints(env, uninterrupted):
+    from mlflow import MlflowClient
+
+    cfg, result = uninterrupted
+    assert result.finished and result.tokens == STEPS * TPS
+    client = MlflowClient(env["uri"])
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["yxanul.status"] == "finished"
+    # flat params, provenance tags
+    assert run.data.params == cfg.flat_params()
+    tags = run.data.tags
+    assert tags["yxanul.config_hash"] == cfg.config_hash()
+    assert tags["yxanul.manifest_sha256"] == hashlib.sha256((env["data"] / "manifest.json").read_bytes()).hexdigest()
+    assert tags["yxanul.tokenizer_sha256"] == "0" * 64
+    assert tags["yxanul.gpu_name"] == "none" and tags["yxanul.num_workers"] == "2"
+    assert {"yxanul.git_sha", "yxanul.git_dirty", "yxanul.version.torch", "yxanul.version.ray"} <= set(tags)
+    # the resolved config is an artifact and reloads to the same config
+    text = Path(client.download_artifacts(result.run_id, "config.yaml", str(env["root"] / "dl"))).read_text()
+    assert ExperimentConfig.model_validate(yaml.safe_load(text)) == cfg
+    # tracking.log_model: the final model in Hugging Face format
+    model_files = {f.path for f in client.list_artifacts(result.run_id, "model")}
+    assert {"model/config.json", "model/model.safetensors"} <= model_files
+    # step axis = tokens; one train/loss per step; seq_len and stage switch at the 6144-token boundary
+    loss = history(client, result.run_id, "train/loss")
+    assert [s for s, _ in loss] == [TPS * k for k in range(1, STEPS + 1)]
+    assert all(math.isfinite(v) for _, v in loss)
+    assert abs(loss[0][1] - math.log(256)) < 0.3  # random init on a 256-token vocabulary
+    seq = history(client, result.run_id, "train/seq_len")
+    assert [v for s, v in seq if s <= 6144] == [32.0] * 6 and [v for s, v in seq if s > 6144] == [64.0] * 6
+    assert [v for _, v in history(client, result.run_id, "train/stage")] == [0.0] * 6 + [1.0] * 6
+    for key in ("train/lr", "train/grad_norm", "train/tokens_per_s", "train/elapsed_s"):
+        assert len(history(client, result.run_id, key)) == STEPS
+    # validation at 6144 and at the end, per domain, bits/byte = nats/token / (4 bytes/token) / ln 2
+    for domain in ("english", "code"):
+        val_loss = history(client, result.run_id, f"val/{domain}/loss")
+        bpb = history(client, result.run_id, f"val/{domain}/bpb")
+        assert [s for s, _ in val_loss] == [6144, STEPS * TPS]
+        for (_, nats), (_, bits) in zip(val_loss, bpb):
+            assert bits == pytest.approx(nats / 4 / math.log(2), rel=1e-9)
+    mean = history(client, result.run_id, "val/bpb")
+    english, code = history(client, result.run_id, "val/english/bpb"), history(client, result.run_id, "val/code/bpb")
+    assert mean[-1][1] == pytest.approx((english[-1][1] + code[-1][1]) / 2)
+    assert result.metrics["val/bpb"] == pytest.approx(mean[-1][1])
+    # checkpoints every 4096 tokens, the last two kept
+    kept = sorted(p.name for p in Path(run_dir(cfg)).glob("checkpoint_*") if p.is_dir())
+    assert len(kept) == 2 and Path(result.checkpoint_path).name == kept[-1]
+    assert {"state.json", "model.pt", "optimizer.pt", "rank0.pt", "rank1.pt"} <= {
+        p.name for p in Path(result.checkpoint_path).iterdir()}
+
+
+def test_interrupted_and_resumed_run_has_identical_losses(env, uninterrupted):
+    from mlflow import MlflowClient
+
+    _, full = uninterrupted
+    first = train(config(env, "resumed", "train.stop_after_tokens=4096"))
+    assert not first.finished and first.tokens == 4096  # stopped after the first checkpoint, in stage 0
+    client = MlflowClient(env["uri"])
+    assert client.get_run(first.run_id).data.tags["yxanul.status"] == "stopped"
+    second = train(config(env, "resumed"))  # same run.name + storage: resumes from the checkpoint at 4096
+    assert second.finished and second.run_id == first.run_id and second.tokens == STEPS * TPS
+    resumed = history(client, second.run_id, "train/loss")
+    reference = history(client, full.run_id, "train/loss")
+    assert [s for s, _ in resumed] == [s for s, _ in reference]  # every step once, none twice
+    assert resumed == reference  # bit-identical on CPU fp32, across the stage boundary at 6144
+    assert history(client, second.run_id, "val/bpb") == history(client, full.run_id, "val/bpb")
+    assert client.get_run(second.run_id).info.status == "FINISHED"
+
+
+def test_resume_with_another_worker_count_is_refused(env, uninterrupted):
+    with pytest.raises(ConfigError, match=r"scaling.num_workers was 2, now 1 .* choose a new run.name"):
+        train(config(env, "full", "scaling.num_workers=1", "train.tokens_per_step=1024"))
+
+
+def test_non_finite_loss_stops_with_step_and_stage_named(env, ray_cluster):
+    from mlflow import MlflowClient
+
+    cfg = config(env, "nan", "optim.lr=1e30", "optim.warmup_tokens=0", "optim.grad_clip=0", "scaling.num_workers=1")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss or gradient at step 1 \(tokens 1024, curriculum "
+                                                 r"stage 0, seq_len 32.*train.on_nan=skip"):
+        train(cfg)
+    client = MlflowClient(env["uri"])
+    (run,) = client.search_runs(client.get_experiment_by_name("test-train").experiment_id,
+                                "tags.`yxanul.run_name` = 'nan'")
+    assert run.info.status == "FAILED" and "step 1" in run.data.tags["yxanul.error"]
+
+
+def test_on_nan_skip_skips_non_finite_steps_and_finishes(env, tmp_path):
+    """Ray Train's local mode (num_workers=0) runs the real loop in this process: no cluster needed."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from yxanul.data.loader import PreparedDataset
+    from yxanul.train.launch import loop_config
+    from yxanul.train.loop import train_loop_per_worker
+
+    cfg = config(env, "skip", "optim.lr=1e30", "optim.warmup_tokens=0", "optim.grad_clip=0", "train.on_nan=skip",
+                 "scaling.num_workers=1", "tracking.enabled=false", "eval.every_tokens=0")
+    trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config(cfg, PreparedDataset.open(env["data"])),
+                           scaling_config=ScalingConfig(num_workers=0),
+                           run_config=RunConfig(name="skip", storage_path=str(tmp_path)))
+    result = trainer.fit()
+    # step 0 applies lr 1e30 (finite), so every later step is non-finite and skipped, never applied
+    assert result.metrics["tokens"] == STEPS * TPS
+    assert result.metrics["train/skipped_steps"] == STEPS - 1
+    assert "train/loss" not in result.metrics  # the last log interval had only skipped steps
+
+
+def test_fsdp_run_matches_the_ddp_run(env, uninterrupted):
+    """scaling.strategy=fsdp shards the same model over the same 2 workers: same data, same losses up to
+    floating-point summation order, and a checkpoint keyed like the DDP one."""
+    from mlflow import MlflowClient
+
+    _, ddp = uninterrupted
+    result = train(config(env, "fsdp", "scaling.strategy=fsdp"))
+    assert result.finished and result.tokens == STEPS * TPS
+    client = MlflowClient(env["uri"])
+    fsdp_loss = history(client, result.run_id, "train/loss")
+    ddp_loss = history(client, ddp.run_id, "train/loss")
+    assert [s for s, _ in fsdp_loss] == [s for s, _ in ddp_loss]
+    assert [v for _, v in fsdp_loss] == pytest.approx([v for _, v in ddp_loss], rel=1e-4)
+    assert result.metrics["val/bpb"] == pytest.approx(ddp.metrics["val/bpb"], rel=1e-4)
+    import torch
+
+    fsdp_weights = torch.load(Path(result.checkpoint_path) / "model.pt", weights_only=True)
+    ddp_weights = torch.load(Path(ddp.checkpoint_path) / "model.pt", weights_only=True)
+    assert fsdp_weights.keys() == ddp_weights.keys()

@@ -1,0 +1,101 @@
+"""Tracking: URI resolution, reachability check before training, no duplicate steps on resume, provenance."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import subprocess
+
+import pytest
+
+from yxanul.errors import TrackingError
+from yxanul.tracking import (MLflowTracker, NullTracker, Tracker, connect, git_state, provenance_tags,
+                             resolve_tracking_uri)
+
+
+def test_uri_precedence_config_then_env_then_local_store(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert resolve_tracking_uri("http://other:1") == "http://other:1"
+    assert resolve_tracking_uri(None) == "http://tracking.example:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/outputs/mlflow.db"
+    assert resolve_tracking_uri("sqlite:///rel/x.db") == f"sqlite:///{tmp_path}/rel/x.db"  # made absolute for workers
+
+
+def test_unreachable_server_is_a_tracking_error_naming_uri_and_fix():
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    with pytest.raises(TrackingError, match=rf"{uri} is not reachable .*tracking.enabled=false"):
+        connect(uri, "x", timeout_s=2)
+
+
+def test_local_store_experiment_created_once_with_artifacts_beside_the_db(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    first = connect(uri, "exp")
+    assert connect(uri, "exp") == first
+    from mlflow import MlflowClient
+
+    location = MlflowClient(uri).get_experiment(first).artifact_location
+    assert location == (tmp_path / "store" / "mlartifacts").as_uri()
+
+
+def test_resumed_tracker_never_logs_a_step_twice(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = connect(uri, "resume")
+    tracker = MLflowTracker.create(uri, exp, "r", tags={"yxanul.status": "running"}, params={"a.b": "1"})
+    for step in (100, 200, 300):
+        tracker.log_metrics({"train/loss": step / 100}, step=step)
+    tracker.log_metrics({"val/bpb": 2.0}, step=200)
+    resumed = MLflowTracker(uri, tracker.run_id)  # a restarted worker replays from a checkpoint at 100
+    assert resumed.last_step("train/loss") == 300
+    for step in (200, 300, 400):
+        resumed.log_metrics({"train/loss": 9.0, "val/bpb": 1.0}, step=step)
+    client = MlflowClient(uri)
+    history = sorted((m.step, m.value) for m in client.get_metric_history(tracker.run_id, "train/loss"))
+    assert history == [(100, 1.0), (200, 2.0), (300, 3.0), (400, 9.0)]
+    val = sorted((m.step, m.value) for m in client.get_metric_history(tracker.run_id, "val/bpb"))
+    assert val == [(200, 2.0), (300, 1.0), (400, 1.0)]
+    assert client.get_run(tracker.run_id).data.params == {"a.b": "1"}
+    resumed.finish("FINISHED")
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["yxanul.status"] == "finished"
+
+
+def test_null_tracker_satisfies_the_protocol_and_records():
+    tracker = NullTracker()
+    assert isinstance(tracker, Tracker)
+    tracker.log_metrics({"train/loss": 1.5}, step=10)
+    assert tracker.metrics == [(10, {"train/loss": 1.5})]
+
+
+def test_git_state_reports_sha_and_dirty_flag(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x")
+    (tmp_path / "f.txt").write_text("a\n")
+    git("add", "f.txt")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "-m", "f")
+    clean = git_state(tmp_path)
+    assert len(clean["sha"]) == 40 and clean["dirty"] == "false" and clean["diff"] == ""
+    (tmp_path / "f.txt").write_text("b\n")
+    dirty = git_state(tmp_path)
+    assert dirty["dirty"] == "true" and "+b" in dirty["diff"]
+    assert git_state(tmp_path.parent / "nowhere-git")["sha"] == "unknown"
+
+
+def test_provenance_tags_hash_the_manifest_and_name_the_tokenizer(tmp_path):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"mode": "decompose", "tokenizer": {"sha256": "ab" * 32}}))
+    tags = provenance_tags("cafe", manifest, git={"sha": "1" * 40, "dirty": "false", "diff": ""})
+    assert tags["yxanul.manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert tags["yxanul.tokenizer_sha256"] == "ab" * 32
+    assert tags["yxanul.config_hash"] == "cafe" and tags["yxanul.git_sha"] == "1" * 40
+    assert "yxanul.version.torch" in tags and "yxanul.version.mlflow" in tags
