@@ -10,11 +10,13 @@ training loop and from the benchmark alike.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from yxanul.config import OptimConfig
 from yxanul.model import IGNORE_INDEX, RMSNorm, cross_entropy, next_token_targets
@@ -79,6 +81,15 @@ def _split(batch: MicroBatch, device: torch.device) -> tuple[torch.Tensor, torch
     return inputs, targets
 
 
+def _gradient_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync`` / FSDP2's ``set_requires_gradient_sync`` for accumulation; no-op otherwise."""
+    if not enabled and isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2 (fully_shard) module
+        model.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: Sequence[MicroBatch], *,
                lr: float, precision: Precision, grad_clip: float = 1.0, skip_nonfinite: bool = False,
                loss_chunk_tokens: int = 2048) -> StepResult:
@@ -105,11 +116,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
     loss_sum = torch.zeros((), device=device, dtype=torch.float32)
-    for inputs, targets in batches:
-        with precision.autocast():
+    last = len(batches) - 1
+    for i, (inputs, targets) in enumerate(batches):
+        # Data parallel: reduce gradients once per step (on the last micro-batch), not per micro-batch.
+        with _gradient_sync(model, enabled=i == last), precision.autocast():
             logits = model(inputs, mask_padding=False)
             loss = cross_entropy(logits, targets, vocab, chunk_tokens=loss_chunk_tokens)
-        (loss / count).backward()
+            (loss / count).backward()
         loss_sum += loss.detach()
 
     params = [p for p in model.parameters() if p.grad is not None]

@@ -1,0 +1,47 @@
+"""Compare runs from MLflow: table (CSV + Markdown), plots (PNG) and a self-contained HTML report.
+
+    python -m jobs.compare --sweep fp8-vs-bf16 --out outputs/reports/fp8-vs-bf16
+    python -m jobs.compare --experiment yxanul --out outputs/reports/all --tracking-uri http://127.0.0.1:5000
+
+Reads MLflow only. The files are also logged to the sweep's parent run (artifact folder comparison/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from yxanul.cli import run_job
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sweep", help="sweep name (tag yxanul.sweep): compares the children of its latest parent run")
+    which.add_argument("--experiment", help="MLflow experiment name: compares all its runs")
+    parser.add_argument("--out", required=True, help="folder for comparison.csv/.md, the PNGs and report.html")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db)")
+    parser.add_argument("--target-bpb", type=float, default=None,
+                        help="bits/byte target for the time-to-target columns (default: the worst final val/bpb)")
+    parser.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
+    args = parser.parse_args(argv)
+
+    from yxanul.report import build_report, fetch_runs, format_summary, log_report, write_report
+    from yxanul.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    runs, parent_id, title = fetch_runs(uri, sweep=args.sweep, experiment=args.experiment)
+    report = build_report(runs, title, target_bpb=args.target_bpb, parent_run_id=parent_id)
+    files = write_report(report, args.out)
+    print(format_summary(report))
+    if parent_id and not args.no_log:
+        log_report(uri, parent_id, files)
+        print(f"logged to MLflow run {parent_id} (artifacts: comparison/)")
+    print(f"report: {files[-1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(main))

@@ -1,0 +1,51 @@
+"""Run a sweep: Ray Tune, one Ray Train run per trial, an MLflow parent run with one child run per trial.
+
+    python -m jobs.sweep fp8-vs-bf16 [dotted.key=value ...] [sweep.field=value ...] [--dry-run]
+    python -m jobs.sweep experiments/sweeps/curriculum-variants.yaml train.max_tokens=4M --dry-run
+
+SWEEP is a file or a name under experiments/sweeps/. Overrides apply to the base run config of every
+trial, except `sweep.<field>=...` which change the sweep itself (e.g. sweep.name=try2, sweep.seeds=[0,1]).
+Started again with the same name (and storage), the sweep resumes: finished trials are kept, unfinished
+ones continue from their latest checkpoint. --dry-run prints the trial table and exits without Ray.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from yxanul.cli import job_parser, run_job
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = job_parser(__doc__.splitlines()[0])
+    parser.add_argument("--compare", metavar="DIR", default=None,
+                        help="after the sweep, write the comparison report (jobs.compare) into DIR")
+    args = parser.parse_args(argv)
+
+    from yxanul.sweep import format_plan, format_rows, load_sweep, plan_sweep, run_sweep
+
+    spec, overrides = load_sweep(args.config, args.overrides)
+    if args.dry_run:
+        print(format_plan(plan_sweep(spec, overrides)))
+        return 0
+    outcome = run_sweep(spec, overrides)
+    print(format_rows(outcome.rows))
+    print(f"MLflow: parent run {outcome.parent_run_id} at {outcome.tracking_uri}")
+    failed = [r for r in outcome.rows if r["status"] == "failed"]
+    if args.compare:
+        from jobs import compare
+
+        compare.main(["--sweep", spec.name, "--out", args.compare, "--tracking-uri", outcome.tracking_uri])
+    else:
+        print(f"compare: python -m jobs.compare --sweep {spec.name} --out outputs/reports/{spec.name} "
+              f"--tracking-uri {outcome.tracking_uri}")
+    if failed:
+        print(f"{len(failed)} trial(s) failed (reasons above); run the same command again to retry them",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_job(main))

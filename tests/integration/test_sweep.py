@@ -1,0 +1,192 @@
+"""Sweeps end to end on real local Ray (Tune + Train, 1-worker CPU trials) and a real MLflow store:
+the parent run and one child run per trial with tags and metrics, FP8 trials recorded as not runnable
+on a CPU cluster, resume of a finished sweep without re-running or duplicating trials, and ASHA
+stopping a trial at a token milestone with its MLflow run ended."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from jobs import sweep as sweep_job
+from tests.train_helpers import make_dataset
+from yxanul.sweep import load_sweep, run_sweep
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    # 7 distinct tokens: a model with a useful learning rate gets well below its initial loss in a few steps.
+    data = make_dataset(root / "data", {32: 300, 64: 150}, row_group_rows=32, vocab=8,
+                        validation={"english": 10, "code": 6})
+    return {"root": root, "data": data, "uri": f"sqlite:///{root / 'mlflow.db'}"}
+
+
+def write_sweep(env, name: str, body: str) -> Path:
+    path = env["root"] / f"{name}.yaml"
+    path.write_text(f"""
+base:
+  config: experiments/runs/pulse.yaml
+  overrides:
+    data.output_dir: {env['data']}
+    run.storage_path: {env['root'] / 'ray'}
+    tracking.uri: {env['uri']}
+    tracking.experiment: sweeps
+    train.max_tokens: 8192
+    train.tokens_per_step: 1024
+    train.max_tokens_per_microbatch: 512
+    optim.warmup_tokens: 0
+    eval.every_tokens: 2048
+    eval.seq_len: 32
+    eval.max_tokens_per_domain: 256
+    checkpoint.every_tokens: 2048
+    log.every_steps: 2
+resources: {{num_workers: 1, cpus_per_worker: 1}}
+{body}""")
+    return path
+
+
+def children(client: MlflowClient, parent_id: str) -> dict[str, object]:
+    runs = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return {r.data.tags["yxanul.variant"]: r for r in runs}
+
+
+def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_two_by_two_sweep_in_mlflow_with_fp8_not_runnable_and_resume(env, ray_cluster, capsys):
+    path = write_sweep(env, "grid", """
+axes:
+  curriculum:
+    variants:
+      short: {curriculum.stages: [{seq_len: 32}]}
+      long: {curriculum.stages: [{seq_len: 64}]}
+  precision:
+    key: precision.mode
+    values: [fp32, fp8]
+max_concurrent_trials: 2
+""")
+    assert sweep_job.main([str(path), "sweep.name=grid"]) == 0
+    printed = capsys.readouterr().out
+    client = MlflowClient(env["uri"])
+    [parent] = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id],
+                                  filter_string="tags.`yxanul.sweep` = 'grid' and tags.`yxanul.role` = 'sweep'")
+    assert parent.info.status == "FINISHED" and parent.data.tags["yxanul.status"] == "finished"
+    assert parent.data.params["sweep.trials"] == "4"
+    runs = children(client, parent.info.run_id)
+    assert sorted(runs) == ["curriculum=long,precision.mode=fp32", "curriculum=long,precision.mode=fp8",
+                            "curriculum=short,precision.mode=fp32", "curriculum=short,precision.mode=fp8"]
+    for curriculum, seq_len in (("short", 32), ("long", 64)):
+        ran = runs[f"curriculum={curriculum},precision.mode=fp32"]
+        tags = ran.data.tags
+        assert ran.info.status == "FINISHED" and tags["yxanul.status"] == "finished"
+        assert (tags["yxanul.sweep"], tags["yxanul.pair"]) == ("grid", f"curriculum={curriculum}")
+        assert ran.data.params["precision.mode"] == "fp32" and ran.data.params["run.seed"] == "0"
+        assert steps(client, ran.info.run_id, "val/bpb") == [2048, 4096, 6144, 8192]
+        assert steps(client, ran.info.run_id, "train/loss") == [2048, 4096, 6144, 8192]  # log every 2 steps
+        assert {m.value for m in client.get_metric_history(ran.info.run_id, "train/seq_len")} == {seq_len}
+        # FP8 is never run in another precision: recorded, ended, with the reason, no metrics
+        skipped = runs[f"curriculum={curriculum},precision.mode=fp8"]
+        assert skipped.data.tags["yxanul.status"] == "not_runnable" and skipped.info.status == "KILLED"
+        assert skipped.data.tags["yxanul.reason"].startswith("not runnable: precision.mode=fp8")
+        assert "no GPU" in skipped.data.tags["yxanul.reason"] and skipped.data.metrics == {}
+        assert skipped.data.tags["yxanul.pair"] == f"curriculum={curriculum}"
+    assert "not runnable: precision.mode=fp8" in printed and "finished" in printed
+
+    # The same command again restores the (finished) Tune experiment: no trial runs again, no new runs.
+    outcome = run_sweep(*load_sweep(path, ["sweep.name=grid"]))
+    assert outcome.resumed and outcome.parent_run_id == parent.info.run_id
+    again = children(client, parent.info.run_id)
+    assert {k: r.info.run_id for k, r in again.items()} == {k: r.info.run_id for k, r in runs.items()}
+    assert all(again[k].info.end_time == runs[k].info.end_time for k in runs)
+
+    # ...but a changed sweep under the same name is refused instead of mixing trials.
+    with pytest.raises(Exception, match="started with different trials"):
+        run_sweep(*load_sweep(path, ["sweep.name=grid", "train.max_tokens=4096"]))
+
+
+def test_asha_stops_the_worse_trial_at_a_token_milestone(env, ray_cluster):
+    path = write_sweep(env, "asha", """
+axes:
+  optim.lr: [1.0e-7, 3.0e-2]
+scheduler: {grace_tokens: 2048, reduction_factor: 2}
+max_concurrent_trials: 1
+""")
+    # On this data (7 equiprobable tokens) lr 1e-7 stays at its initial 0.7538 bits/byte while lr 3e-2
+    # overshoots to 0.7726 at 2048 tokens (CPU fp32 is deterministic); one trial at a time, so the first
+    # trial sets the cutoff at the 2048-token milestone and the second falls below it.
+    spec, overrides = load_sweep(path, ["sweep.name=asha"])
+    outcome = run_sweep(spec, overrides)
+    client = MlflowClient(env["uri"])
+    runs = children(client, outcome.parent_run_id)
+    good, bad = runs["optim.lr=1e-07"], runs["optim.lr=0.03"]
+    assert good.info.status == "FINISHED" and good.data.tags["yxanul.status"] == "finished"
+    assert steps(client, good.info.run_id, "val/bpb")[-1] == 8192
+    # Stopped at the first milestone (2048 tokens), where its bits/byte were worse than the good trial's.
+    assert bad.data.tags["yxanul.status"] == "stopped_early" and bad.info.status == "KILLED"
+    assert bad.data.tags["yxanul.stopped_at_tokens"] == "2048"
+    assert "ASHA" in bad.data.tags["yxanul.reason"]
+    bad_bpb = dict((m.step, m.value) for m in client.get_metric_history(bad.info.run_id, "val/bpb"))
+    good_bpb = dict((m.step, m.value) for m in client.get_metric_history(good.info.run_id, "val/bpb"))
+    assert bad_bpb[2048] > good_bpb[2048]
+    # (How many steps the worker still ran before Tune's stop reached it is timing, not asserted.)
+    assert outcome.rows[1]["status"] == "stopped_early"
+
+
+def test_sweep_resumes_after_the_driver_is_killed(env, ray_cluster):
+    """The driver process is killed mid-trial; the same sweep started again restores the Tune experiment and
+    the trial's TorchTrainer resumes from its checkpoint into the same MLflow child run. The driver attaches
+    to the session's Ray (as `ray job submit` drivers do), so only the driver dies."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = write_sweep(env, "resume", """
+axes:
+  optim.lr: [3.0e-3]
+""")
+    overrides = ["sweep.name=resume", "train.max_tokens=32768", "eval.every_tokens=4096",
+                 "checkpoint.every_tokens=4096", "log.every_steps=4"]
+    log = open(env["root"] / "resume-driver.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.sweep", str(path), *overrides], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled",
+                                 "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address})
+    client = MlflowClient(env["uri"])
+    exp_id = None
+    child = None
+    deadline = time.monotonic() + 400
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:  # until the trial has validated once
+            exp = client.get_experiment_by_name("sweeps")
+            exp_id = exp.experiment_id if exp else None
+            found = client.search_runs([exp_id], filter_string="tags.`yxanul.run_name` = 'resume-t00'") if exp_id else []
+            if found and found[0].data.metrics.get("val/bpb") is not None:
+                child = found[0]
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+    assert child is not None, (env["root"] / "resume-driver.log").read_text()[-3000:]
+    killed_at = max(m.step for m in client.get_metric_history(child.info.run_id, "val/bpb"))
+    assert killed_at < 32768 and client.get_run(child.info.run_id).info.status == "RUNNING"
+
+    outcome = run_sweep(*load_sweep(path, overrides))
+    assert outcome.resumed
+    [run] = children(client, outcome.parent_run_id).values()
+    assert run.info.run_id == child.info.run_id  # the same child run, continued
+    assert run.info.status == "FINISHED" and run.data.tags["yxanul.resumed"] == "true"
+    assert steps(client, run.info.run_id, "val/bpb") == list(range(4096, 32769, 4096))  # none twice
+    assert client.get_run(outcome.parent_run_id).info.status == "FINISHED"

@@ -1,0 +1,165 @@
+"""Sweep specs: every shipped sweep (and its base run) loads; trial expansion, labels and pairs; the
+fairness checks (pairs differ in precision only); ASHA milestones in tokens on validation points; FP8
+placement on FP8-capable types, with the BF16 arm pinned to the same type; the dry-run table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs import sweep as sweep_job
+from yxanul.config import experiments_dir
+from yxanul.errors import ConfigError
+from yxanul.sweep import ClusterView, format_plan, load_sweep, plan_sweep
+
+SHIPPED = sorted(p.stem for p in (experiments_dir() / "sweeps").glob("*.yaml"))
+CPU = ClusterView((), None, "test: no GPU")
+MIXED = ClusterView(("A100", "H100"), True, "test: A100 + H100")
+
+
+def test_the_required_sweeps_are_shipped():
+    assert {"fp8-vs-bf16", "curriculum-variants", "precision-x-curriculum", "demo", "demo-smoke"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_sweep_and_its_base_config_load(name):
+    spec, overrides = load_sweep(name)
+    plan = plan_sweep(spec, overrides, cluster=MIXED)  # builds and validates every trial's full config
+    assert plan.trials and spec.name == name
+    assert len({t.label for t in plan.trials}) == len(plan.trials)
+    assert len({t.run_name for t in plan.trials}) == len(plan.trials)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = """
+base:
+  overrides:
+    train.max_tokens: 65536
+    train.tokens_per_step: 4096
+    eval.every_tokens: 8192
+"""
+
+
+def test_grid_expansion_labels_pairs_and_seeds(tmp_path):
+    path = write(tmp_path, BASE + """
+axes:
+  precision:
+    key: precision.mode
+    values: [bf16, fp8]
+  curriculum:
+    variants:
+      a: {optim.lr: 1.0e-3}
+      b: {optim.lr: 2.0e-3, optim.warmup_tokens: 4096}
+seeds: [0, 1]
+""")
+    plan = plan_sweep(*load_sweep(path), cluster=CPU)
+    assert [t.label for t in plan.trials][:3] == ["precision.mode=bf16,curriculum=a,seed=0",
+                                                 "precision.mode=bf16,curriculum=a,seed=1",
+                                                 "precision.mode=bf16,curriculum=b,seed=0"]
+    assert len(plan.trials) == 8
+    t = plan.trials[3]
+    assert t.pair == "curriculum=b,seed=1" and t.cfg.run.seed == 1 and t.cfg.optim.warmup_tokens == 4096
+    assert t.cfg.run.name == "s-t03" and Path(t.cfg.data.output_dir).is_absolute()
+    pairs = {}
+    for trial in plan.trials:
+        pairs.setdefault(trial.pair, []).append(trial.cfg.precision.mode)
+    assert all(sorted(v) == ["bf16", "fp8"] for v in pairs.values()) and len(pairs) == 4
+
+
+def test_choice_axes_are_sampled_reproducibly(tmp_path):
+    path = write(tmp_path, BASE + """
+axes:
+  optim.lr: {values: [1.0e-3, 2.0e-3, 3.0e-3, 4.0e-3], sample: choice}
+num_samples: 5
+sample_seed: 7
+""")
+    first = [t.cfg.optim.lr for t in plan_sweep(*load_sweep(path), cluster=CPU).trials]
+    again = [t.cfg.optim.lr for t in plan_sweep(*load_sweep(path), cluster=CPU).trials]
+    assert len(first) == 5 and first == again and set(first) <= {1e-3, 2e-3, 3e-3, 4e-3}
+
+
+def test_pairs_that_differ_outside_precision_are_refused(tmp_path):
+    path = write(tmp_path, BASE + """
+axes:
+  precision:
+    variants:
+      bf16: {precision.mode: bf16}
+      fp8: {precision.mode: fp8}
+  lr:
+    key: optim.lr
+    values: [1.0e-3]
+""")
+    plan_sweep(*load_sweep(path), cluster=CPU)  # fine: same lr for both arms
+    # A bundle mixing precision with another key (the seed project's confound: FP8 with a higher LR)
+    confounded = write(tmp_path, BASE + """
+axes:
+  precision:
+    variants:
+      bf16: {precision.mode: bf16}
+      fp8: {precision.mode: fp8, optim.lr: 1.2e-3}
+""")
+    with pytest.raises(ConfigError, match="mixes precision keys with other keys"):
+        plan_sweep(*load_sweep(confounded), cluster=CPU)
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'axess'"):
+        load_sweep(write(tmp_path, "axess: {}\n"))
+    with pytest.raises(ConfigError, match="exactly one of `values`"):
+        load_sweep(write(tmp_path, "axes:\n  x: {key: optim.lr}\n"))
+    with pytest.raises(ConfigError, match="num_samples > 1 without"):
+        load_sweep(write(tmp_path, "axes:\n  optim.lr: [1.0e-3]\nnum_samples: 3\n"))
+    with pytest.raises(ConfigError, match="use the `seeds` list"):
+        load_sweep(write(tmp_path, "axes:\n  run.seed: [1, 2]\n"))
+    path = write(tmp_path, BASE + "axes:\n  precision.mode: [bf16, fp8]\n")
+    with pytest.raises(ConfigError, match="sets a key the sweep varies"):
+        plan_sweep(*load_sweep(path, ["precision.mode=fp32"]), cluster=CPU)
+    with pytest.raises(ConfigError, match=r"optim\.lr on the command line"):
+        plan_sweep(*load_sweep(path, ["optim.lr=fast"]), cluster=CPU)
+    with pytest.raises(ConfigError, match="sweep 'nope' not found"):
+        load_sweep("nope")
+
+
+def test_asha_milestones_are_token_counts_on_validation_points(tmp_path):
+    path = write(tmp_path, BASE + "axes:\n  optim.lr: [1.0e-3, 2.0e-3]\nscheduler: {grace_tokens: 8192, reduction_factor: 2}\n")
+    plan = plan_sweep(*load_sweep(path), cluster=CPU)
+    assert plan.milestones == [8192, 16384, 32768]  # below the 65536-token horizon
+    assert "ASHA at tokens 8.19k, 16.4k, 32.8k" in format_plan(plan)
+    off = write(tmp_path, BASE + "axes:\n  optim.lr: [1.0e-3]\nscheduler: {grace_tokens: 6000}\n")
+    with pytest.raises(ConfigError, match="not validation points"):
+        plan_sweep(*load_sweep(off), cluster=CPU)
+
+
+def test_fp8_is_placed_on_fp8_capable_types_and_its_pair_on_the_same_type(tmp_path):
+    path = write(tmp_path, BASE + "axes:\n  precision.mode: [bf16, fp8]\nresources: {gpus_per_worker: 1}\n")
+    plan = plan_sweep(*load_sweep(path), cluster=MIXED)
+    assert [t.cfg.scaling.accelerator_type for t in plan.trials] == ["H100", "H100"]
+    assert all(t.runnable for t in plan.trials)
+    # no FP8-capable type: the FP8 arm is not runnable (with the reason), the BF16 arm still runs
+    plan = plan_sweep(*load_sweep(path), cluster=ClusterView(("A100",), True, "A100 only"))
+    bf16, fp8 = plan.trials
+    assert bf16.runnable and not fp8.runnable
+    assert fp8.reason.startswith("not runnable: precision.mode=fp8") and "A100" in fp8.reason
+    # Transformer Engine missing where the trials run
+    plan = plan_sweep(*load_sweep(path), cluster=ClusterView(("H100",), False, "H100 without TE"))
+    assert "Transformer Engine" in plan.trials[1].reason and not plan.trials[1].runnable
+    # CPU-only cluster
+    plan = plan_sweep(*load_sweep(path, ["sweep.resources.gpus_per_worker=0"]), cluster=CPU)
+    assert plan.trials[0].runnable and not plan.trials[1].runnable
+    assert "no GPU" in plan.trials[1].reason
+
+
+def test_dry_run_prints_the_trial_table_without_ray(capsys):
+    import ray
+
+    assert sweep_job.main(["fp8-vs-bf16", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sweep fp8-vs-bf16: 2 trials" in out
+    assert "precision.mode=bf16" in out and "precision.mode=fp8" in out and "placement" in out
+    assert not ray.is_initialized()
