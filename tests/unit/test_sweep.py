@@ -163,3 +163,22 @@ def test_dry_run_prints_the_trial_table_without_ray(capsys):
     assert "sweep fp8-vs-bf16: 2 trials" in out
     assert "precision.mode=bf16" in out and "precision.mode=fp8" in out and "placement" in out
     assert not ray.is_initialized()
+
+
+def test_tokenizer_axis_pairs_each_tokenizer_with_the_dataset_it_prepared(tmp_path):
+    spec, overrides = load_sweep("tokenizer-bpe-vs-superbpe")
+    plan = plan_sweep(spec, overrides, cluster=MIXED)
+    by_label = {t.label: t.cfg for t in plan.trials}
+    assert sorted(by_label) == ["tokenizer=bpe-32k", "tokenizer=superbpe-32k"]
+    bpe, superbpe = by_label["tokenizer=bpe-32k"], by_label["tokenizer=superbpe-32k"]
+    assert bpe.tokenizer.path.endswith("bpe-32k/tokenizer.json")
+    assert superbpe.tokenizer.path.endswith("superbpe-32k-t26214/tokenizer.json")
+    assert bpe.data.output_dir != superbpe.data.output_dir
+    # Everything else is shared: the comparison has exactly one variable (the tokenizer + its data).
+    differ = {k for k, v in bpe.flat_params().items() if superbpe.flat_params()[k] != v}
+    assert differ == {"tokenizer.path", "data.output_dir", "run.name"}
+    # The dry run tells how to build each dataset with its own tokenizer.
+    table = format_plan(plan)
+    for cfg in (bpe, superbpe):
+        if not (Path(cfg.data.output_dir) / "manifest.json").is_file():
+            assert f"data.output_dir={cfg.data.output_dir} tokenizer.path={cfg.tokenizer.path}" in table

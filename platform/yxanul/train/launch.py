@@ -125,6 +125,9 @@ def _check(cfg: ExperimentConfig) -> tuple[PreparedDataset, CurriculumPlan]:
     dataset.check_plan(plan, _curriculum_label(cfg))
     if cfg.model.vocab_size is None and dataset.vocab_size is None:
         raise DataError(f"{dataset.path}/manifest.json has no tokenizer.vocab_size; set model.vocab_size")
+    if cfg.model.vocab_size and dataset.vocab_size and cfg.model.vocab_size < dataset.vocab_size:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the vocabulary of the tokenizer "
+                          f"that prepared {dataset.path} ({dataset.vocab_size}); raise model.vocab_size or unset it")
     longest = max(s.seq_len for s in plan.stages)
     if longest > cfg.model.max_positions or cfg.eval.seq_len > cfg.model.max_positions:
         raise ConfigError(f"sequences of {max(longest, cfg.eval.seq_len)} tokens (curriculum / eval.seq_len) exceed "
