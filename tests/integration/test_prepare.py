@@ -4,6 +4,7 @@ idempotence, --force, determinism and a single 50 MB document."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,15 @@ pytestmark = pytest.mark.integration
 INTL = ["Tokyo (東京) is the capital of Japan 🇯🇵.", "Der Fluß fließt; naïve café, résumé.",
         "Москва — столица России.", "مرحبا بالعالم", "emoji only: 🙂🚀👩‍👩‍👧‍👦", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 and \u200b zero width"]
 WIKI_DOCS = 120
+MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, ray_cluster):
     root = tmp_path_factory.mktemp("prepare")
-    tok_path = train_bpe(INTL * 30 + ["The quick brown fox jumps over the lazy dog. " * 20] * 30, 400,
-                         root / "tok" / "tokenizer.json", show_progress=False)
+    # "=" runs in the sample: the 50 MB document of "=" * 199 runs becomes ~1.5M tokens, not ~50M
+    tok_path = train_bpe(INTL * 30 + ["The quick brown fox jumps over the lazy dog. " * 20] * 30
+                         + [("=" * 199 + " ") * 5] * 30, 400, root / "tok" / "tokenizer.json", show_progress=False)
     edge = pa.table({"text": pa.array([b"a good document", None, b"", b"  \n\t ", b"\xff\xfe broken",
                                        "second good one 🙂".encode()], pa.binary()).view(pa.string())})
     pq.write_table(edge, root / "edge.parquet")
@@ -40,10 +43,18 @@ def _prepare(env, out: str, *overrides: str) -> tuple[int, dict | None]:
     argv = ["experiments/runs/prepare-default.yaml", f"tokenizer.path={tok}", f"data.output_dir={root / out}",
             f"data.cache_dir={root / 'cache'}", f"data.sources=[builtin:wiki-en,'file://{root / 'edge.parquet'}']",
             f"data.validation_sources={{intl: [{root / 'intl.parquet'}]}}", f"data.max_documents={WIKI_DOCS}",
-            "data.tokenize_actors=2", *overrides]
+            "data.tokenize_actors=1", *overrides]
     code = run_job(main, argv)
     manifest = root / out / "manifest.json"
     return code, json.loads(manifest.read_text()) if manifest.exists() else None
+
+
+@pytest.fixture(scope="module")
+def dec(env):
+    """The decompose dataset, prepared once and shared by the tests that only read it."""
+    code, m = _prepare(env, "dec", "data.tokenize_actors=2")  # two actors: order across the pool
+    assert code == 0
+    return m
 
 
 def _bucket_tables(out: Path, manifest: dict) -> dict[str, pa.Table]:
@@ -51,11 +62,9 @@ def _bucket_tables(out: Path, manifest: dict) -> dict[str, pa.Table]:
             for length, b in manifest["buckets"].items() if b["files"]}
 
 
-def test_decompose_end_to_end(env, capsys):
+def test_decompose_end_to_end(env, dec, capsys):
     root, tok_path = env
-    code, m = _prepare(env, "dec")
-    out = capsys.readouterr().out
-    assert code == 0 and "prepared" in out and "tokens/s" in out and "skipped: " in out
+    m = dec
     assert m["format_version"] == 1 and m["mode"] == "decompose"
     tok = load_tokenizer(tok_path)
     assert m["tokenizer"]["eos_id"] == tok.token_to_id("<|endoftext|>") and m["tokenizer"]["vocab_size"] == 400
@@ -97,23 +106,27 @@ def test_decompose_end_to_end(env, capsys):
     assert not list(root.glob(".dec.tmp-*"))
 
 
-def test_rerun_is_a_noop_and_force_rebuilds_identically(env, capsys):
+def test_rerun_is_a_noop_and_force_rebuilds_identically(env, dec, capsys):
     root, _ = env
-    code, first = _prepare(env, "idem")
-    assert code == 0
-    before = _bucket_tables(root / "idem", first)
+    shutil.copytree(root / "dec", root / "idem")  # a complete dataset; output_dir is not in the hash
+    before = {p.relative_to(root / "idem"): p.read_bytes() for p in (root / "idem").rglob("*.parquet")}
     capsys.readouterr()
-    code, again = _prepare(env, "idem")
+    code, again = _prepare(env, "idem", "data.tokenize_actors=2")
     assert code == 0 and "is up to date" in capsys.readouterr().out
-    assert again["created_at"] == first["created_at"] and again["seconds"] == first["seconds"]
-    code, forced = _prepare(env, "idem", "--force")
-    assert code == 0 and forced["config_hash"] == first["config_hash"]
-    after = _bucket_tables(root / "idem", forced)
-    assert before.keys() == after.keys() and all(before[k].equals(after[k]) for k in before)  # deterministic
+    assert again["created_at"] == dec["created_at"] and again["seconds"] == dec["seconds"]
+    code, forced = _prepare(env, "idem", "--force")  # one actor instead of two: same bytes
+    out = capsys.readouterr().out
+    assert code == 0 and forced["config_hash"] == dec["config_hash"]
+    assert "prepared" in out and "tokens/s" in out and "skipped: " in out  # the summary line
+    after = {p.relative_to(root / "idem"): p.read_bytes() for p in (root / "idem").rglob("*.parquet")}
+    assert before.keys() == after.keys() and before == after  # deterministic, byte for byte
+    assert {k: v for k, v in forced.items() if k not in ("created_at", "seconds")} == \
+        {k: v for k, v in dec.items() if k not in ("created_at", "seconds")}
     # a changed setting gives a new hash and replaces the dataset
     code, changed = _prepare(env, "idem", "data.max_bucket=256")
-    assert code == 0 and changed["config_hash"] != first["config_hash"] and "512" not in changed["buckets"]
+    assert code == 0 and changed["config_hash"] != dec["config_hash"] and "512" not in changed["buckets"]
     assert not (root / "idem" / "bucket=512").exists()
+    assert changed["train"]["tokens"] == dec["train"]["tokens"]
 
 
 def test_packed_mode_is_the_token_stream_cut_into_rows(env):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from yxanul.data.decompose import Packer, bucket_lengths, chunk_lengths, decompose, pack
+from yxanul.data.decompose import Packer, bucket_lengths, chunk_lengths, chunk_lengths_batch, decompose, pack
 
 bounds = st.tuples(st.integers(0, 6), st.integers(0, 6)).map(
     lambda ab: (2 ** min(ab[0], ab[1]) * 2, 2 ** max(ab[0], ab[1]) * 2))  # (min, max), powers of two >= 2
@@ -63,6 +63,16 @@ def test_every_token_lands_in_exactly_one_chunk(docs, b):
 
 
 @settings(max_examples=200, deadline=None)
+@given(docs=st.lists(st.integers(0, 20000), max_size=40), b=bounds)
+def test_vectorised_chunk_lengths_equal_the_per_document_ones(docs, b):
+    lo, hi = b
+    pieces, counts = chunk_lengths_batch(np.array(docs, np.int64), lo, hi)
+    expected = [(chunks + [leftover]) for chunks, leftover in (chunk_lengths(n, lo, hi) for n in docs)]
+    assert counts.tolist() == [len(e) for e in expected]
+    assert pieces.tolist() == [p for e in expected for p in e]
+
+
+@settings(max_examples=200, deadline=None)
 @given(docs=st.lists(st.integers(0, 500), max_size=30), length=st.integers(1, 300))
 def test_packer_matches_one_shot_packing(docs, length):
     rng = np.random.default_rng(len(docs))
@@ -81,3 +91,5 @@ def test_bad_bounds_are_rejected():
         chunk_lengths(10, 6, 64)
     with pytest.raises(ValueError, match="min_bucket"):
         bucket_lengths(64, 8)
+    with pytest.raises(ValueError, match=">= 0"):
+        chunk_lengths_batch(np.array([3, -1]), 8, 64)

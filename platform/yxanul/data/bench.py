@@ -3,10 +3,12 @@
 Both read the same parquet file and tokenize every document; the baseline runs in this process on
 one core (``TOKENIZERS_PARALLELISM=false``), the pipeline is :func:`~yxanul.data.prepare.build_dataset`
 (read, clean, actor pool) on every core of the machine, timed from building the dataset to the last
-batch in the driver (actor start-up included). Two rates per core: tokens per wall-clock second
-divided by the cores each may use (1 vs all), and tokens per CPU-second actually consumed (the
-baseline process; the pipeline's driver plus every Ray process it started: GCS, raylet, workers,
-actors). On a machine shared with other jobs only the second is stable.
+batch in the driver (the tokenize actors' start-up included; Ray's own start-up, its idle workers
+and Ray Data's helper actors excluded: a tiny warm-up dataset runs first). Two rates per core: tokens
+per wall-clock second divided by the cores each may use (1 vs all), and tokens per CPU-second
+actually consumed (the baseline process; the pipeline's driver plus every Ray process it started:
+GCS, raylet, workers, actors, also reported per role). On a machine shared with other jobs only the
+second is stable.
 """
 
 from __future__ import annotations
@@ -67,14 +69,19 @@ def run_benchmark(cfg: ExperimentConfig, config_path: str | None, *, target_mb: 
                                            "max_documents": None, "id_column": None})
         bench_plan = Plan(cfg.model_copy(update={"data": data}), config_path, [], [], tmp, plan.tokenizer_path)
         _ensure_ray()
-        start, cpu0 = time.perf_counter(), _tree_cpu_s()
+        _warm_up()
+        start, cpu0 = time.perf_counter(), _tree_cpu()
         ds = build_dataset(bench_plan, eos, sources=[(Source(str(path), files=(str(path),)), False)])
         parts = [b.column("tokens").combine_chunks().flatten().to_numpy()
                  for b in ds.iter_batches(batch_format="pyarrow", batch_size=None)]
-        pipe_s, pipe_cpu = time.perf_counter() - start, _tree_cpu_s() - cpu0
+        cpu1 = _tree_cpu()
+        pipe_s, by_role, started = time.perf_counter() - start, cpu_by_role(cpu0, cpu1), new_processes(cpu0, cpu1)
+        pipe_cpu = sum(by_role.values())
         pipe = np.concatenate(parts)
         pipe_tokens = len(pipe) - len(docs)  # one EOS per document
-        log(f"pipeline: {pipe_tokens} tokens in {pipe_s:.1f} s on {cores} cores")
+        log(f"pipeline: {pipe_tokens} tokens in {pipe_s:.1f} s on {cores} cores; CPU seconds: "
+            + ", ".join(f"{role} {cpu:.1f}" for role, cpu in by_role.items())
+            + f"; processes started: {started or 'none'}")
 
         expected = np.fromiter((t for ids in base_ids for t in (*ids, eos)), np.uint32,
                                count=base_tokens + len(docs))
@@ -86,17 +93,35 @@ def run_benchmark(cfg: ExperimentConfig, config_path: str | None, *, target_mb: 
                       pipeline_cpu_s=round(pipe_cpu, 2), baseline_tokens_per_cpu_s=round(base_tokens / base_cpu),
                       pipeline_tokens_per_cpu_s=round(pipe_tokens / pipe_cpu),
                       ratio_cpu=round((pipe_tokens / pipe_cpu) / (base_tokens / base_cpu), 3),
+                      pipeline_cpu_s_by_role=by_role, pipeline_processes_started=started,
+                      load_average=[round(x, 2) for x in os.getloadavg()],
                       identical=bool(np.array_equal(pipe, expected)))
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _tree_cpu_s() -> float:
-    """CPU seconds (user + system) of this process and all its live descendants (the local Ray it
-    started), from /proc (Linux)."""
+def _warm_up() -> None:
+    """Start-up of Ray itself, out of the timed region: a tiny dataset through a task and an actor
+    pool boots the worker processes Ray starts at init and Ray Data's own helper actors. (The
+    pipeline's tokenize actors are new processes for every dataset: their start-up stays timed.)"""
+    import ray.data
+
+    class _Identity:
+        def __call__(self, batch):
+            return batch
+
+    ds = ray.data.range(64, override_num_blocks=4).map_batches(lambda b: b, batch_size=None)
+    ds.map_batches(_Identity, batch_size=None, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5).take_all()
+    time.sleep(2.0)  # let the idle workers finish importing
+
+
+def _tree_cpu() -> dict[int, tuple[str, float]]:
+    """pid -> (role, CPU seconds) of this process and its live descendants; role is ``driver``,
+    ``tokenize actors``, ``other Ray workers`` (read, clean, idle workers), ``Ray services`` (GCS,
+    raylet, agents, log monitor), and under pid -1 ``exited processes`` (descendants that exited)."""
     tick = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, float]] = {}
+    stats: dict[int, tuple[int, float, float]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -105,13 +130,51 @@ def _tree_cpu_s() -> float:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except OSError:  # exited meanwhile
             continue
-        # after "(comm)": state ppid ... utime (12th) stime (13th)
-        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
-    tree, frontier = {os.getpid()}, [os.getpid()]
+        # after "(comm)": state ppid ... utime (12th) stime (13th) cutime cstime (reaped children)
+        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick,
+                             (int(fields[13]) + int(fields[14])) / tick)
+    me = os.getpid()
+    tree, frontier = {me}, [me]
     while frontier:
         parent = frontier.pop()
-        for pid, (ppid, _) in stats.items():
+        for pid, (ppid, *_) in stats.items():
             if ppid == parent and pid not in tree:
                 tree.add(pid)
                 frontier.append(pid)
-    return sum(stats[pid][1] for pid in tree if pid in stats)
+    out = {pid: (_role(pid, me), stats[pid][1]) for pid in tree if pid in stats}
+    # processes that exited and were reaped inside the tree (e.g. actors the pool shut down): their
+    # CPU time is in their parent's cutime/cstime; pid -1 carries the sum
+    out[-1] = ("exited processes", sum(stats[pid][2] for pid in tree if pid in stats))
+    return out
+
+
+def _role(pid: int, me: int) -> str:
+    if pid == me:
+        return "driver"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmd = fh.read(4096).replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "Ray services"
+    if cmd.startswith("ray::"):
+        return "tokenize actors" if "TokenizeBatch" in cmd else "other Ray workers"
+    return "other Ray workers" if "default_worker.py" in cmd else "Ray services"
+
+
+def cpu_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two :func:`_tree_cpu` snapshots, per role (processes that exited in
+    between under ``exited processes``, when a process of the tree reaped them)."""
+    out: dict[str, float] = {}
+    for pid, (role, cpu) in after.items():
+        spent = cpu - before.get(pid, ("", 0.0))[1]
+        out[role] = round(out.get(role, 0.0) + spent, 2)
+    return dict(sorted(out.items()))
+
+
+def new_processes(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, int]:
+    """Processes per role alive at ``after`` that were not at ``before`` (started meanwhile)."""
+    out: dict[str, int] = {}
+    for pid, (role, _) in after.items():
+        if pid not in before and pid != -1:
+            out[role] = out.get(role, 0) + 1
+    return dict(sorted(out.items()))

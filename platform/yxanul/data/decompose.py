@@ -47,6 +47,29 @@ def chunk_lengths(n: int, min_bucket: int, max_bucket: int) -> tuple[list[int], 
     return chunks, rest % min_bucket
 
 
+def chunk_lengths_batch(lengths: np.ndarray, min_bucket: int, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`chunk_lengths` of many documents at once, vectorised: (piece lengths, pieces per document).
+
+    The pieces of document ``i`` are its chunk lengths in order followed by its leftover length
+    (always present, possibly 0), i.e. ``chunk_lengths(n, ...)[0] + [leftover]``; they are the
+    ``counts[i]`` consecutive entries of ``pieces`` after those of documents ``0..i-1``.
+    """
+    _check_bounds(min_bucket, max_bucket)
+    n = np.asarray(lengths, np.int64)
+    if n.size and n.min() < 0:
+        raise ValueError(f"document length must be >= 0, got {int(n.min())}")
+    bits = [max_bucket >> k for k in range(1, max_bucket.bit_length()) if max_bucket >> k >= min_bucket]
+    rest = n % max_bucket
+    # one column per kind of piece, in document order: max_bucket chunks, one per bit, the leftover
+    counts = np.empty((n.size, len(bits) + 2), np.int64)
+    values = np.empty_like(counts)
+    counts[:, 0], values[:, 0] = n // max_bucket, max_bucket
+    for j, bit in enumerate(bits, 1):
+        counts[:, j], values[:, j] = (rest & bit) != 0, bit
+    counts[:, -1], values[:, -1] = 1, rest % min_bucket
+    return np.repeat(values.ravel(), counts.ravel()), counts.sum(axis=1)
+
+
 def decompose(tokens: np.ndarray, min_bucket: int, max_bucket: int) -> tuple[list[np.ndarray], np.ndarray]:
     """Cut one document's tokens into (power-of-two chunks, leftover); views of ``tokens``, in order."""
     lengths, leftover = chunk_lengths(len(tokens), min_bucket, max_bucket)

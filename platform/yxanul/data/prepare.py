@@ -240,13 +240,15 @@ def build_dataset(plan: Plan, eos_id: int, sources: list[tuple[Source, bool]] | 
     # (a silent deadlock on 2-CPU machines).
     num_cpus = min(1.0, 0.5 * cpus / actors)
     decompose = (data.min_bucket, data.max_bucket) if data.mode == "decompose" else None
-    return ds.map_batches(TokenizeBatch, batch_format="pyarrow", batch_size=_BATCH_ROWS,
+    # One call per block (batch_size=None, zero-copy): no re-slicing of blocks into row batches, and
+    # each call hands the tokenizer about a block's worth of text (encode_documents splits it into
+    # encode_batch calls of at most CALL_CHARS characters).
+    return ds.map_batches(TokenizeBatch, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
                           compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=num_cpus,
                           fn_constructor_kwargs=dict(tokenizer=plan.tokenizer_path, eos_id=eos_id,
                                                      decompose=decompose))
 
 
-_BATCH_ROWS = 512
 _BLOCK_BYTES = 1 << 20
 
 

@@ -108,7 +108,7 @@ class TokenizeBatch:
     def __call__(self, batch):
         import pyarrow as pa
 
-        from yxanul.data.decompose import chunk_lengths
+        from yxanul.data.decompose import chunk_lengths_batch
 
         n = batch.num_rows
         kept = batch.column("skip").is_null().to_numpy(zero_copy_only=False)
@@ -120,19 +120,21 @@ class TokenizeBatch:
         np.cumsum(doc_lengths, out=row_offsets[1:])
         tokens = pa.ListArray.from_arrays(pa.array(row_offsets), pa.array(flat, pa.uint32()))
 
-        pieces: list[list[int]] = [[] for _ in range(n)]
+        piece_offsets = np.zeros(n + 1, np.int32)
+        piece_values = np.empty(0, np.int32)
         if self.decompose is not None:
             lo, hi = self.decompose
             train = kept & ~batch.column("heldout").to_numpy(zero_copy_only=False)
-            for i in np.flatnonzero(train):
-                chunks, leftover = chunk_lengths(int(doc_lengths[i]), lo, hi)
-                chunks.append(leftover)
-                pieces[i] = chunks
+            piece_values, per_doc = chunk_lengths_batch(doc_lengths[train], lo, hi)
+            counts = np.zeros(n, np.int64)
+            counts[train] = per_doc
+            np.cumsum(counts, out=piece_offsets[1:])
+        pieces = pa.ListArray.from_arrays(pa.array(piece_offsets), pa.array(piece_values.astype(np.int32)))
         return pa.table({
             "source": batch.column("source"),
             "skip": batch.column("skip"),
             "heldout": batch.column("heldout"),
             "num_bytes": batch.column("num_bytes"),
             "tokens": tokens,
-            "pieces": pa.array(pieces, pa.list_(pa.int32())),
+            "pieces": pieces,
         })
