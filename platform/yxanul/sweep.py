@@ -256,9 +256,12 @@ def ray_cluster_view(local: bool) -> ClusterView:
 
     import ray
 
-    from yxanul.accelerators import available_accelerator_types
+    from yxanul.accelerators import available_accelerator_types, launcher_accelerator_types
 
-    types = tuple(available_accelerator_types(ray.cluster_resources()))
+    # Nodes running now, plus the node types the autoscaler may start (a cluster scaling from zero
+    # has no GPU node yet, but FP8 trials are still placeable there).
+    running = available_accelerator_types(ray.cluster_resources())
+    types = tuple(dict.fromkeys([*running, *launcher_accelerator_types()]))
     te = importlib.util.find_spec("transformer_engine") is not None if local else None
     where = "local Ray" if local else "Ray cluster"
     return ClusterView(types, te, f"{where} ({', '.join(types) or 'no GPU'})")

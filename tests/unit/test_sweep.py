@@ -155,14 +155,20 @@ def test_fp8_is_placed_on_fp8_capable_types_and_its_pair_on_the_same_type(tmp_pa
     assert "no GPU" in plan.trials[1].reason
 
 
-def test_dry_run_prints_the_trial_table_without_ray(capsys):
+def test_dry_run_prints_the_trial_table_without_ray(capsys, monkeypatch):
     import ray
 
+    # The session's Ray may already be up (other tests): prove the dry run starts none itself.
+    def no_init(*args, **kwargs):
+        raise AssertionError("--dry-run must not start Ray")
+
+    monkeypatch.setattr(ray, "init", no_init)
+    was_running = ray.is_initialized()
     assert sweep_job.main(["fp8-vs-bf16", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "sweep fp8-vs-bf16: 2 trials" in out
     assert "precision.mode=bf16" in out and "precision.mode=fp8" in out and "placement" in out
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == was_running
 
 
 def test_tokenizer_axis_pairs_each_tokenizer_with_the_dataset_it_prepared(tmp_path):
