@@ -119,9 +119,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     last = len(batches) - 1
     for i, (inputs, targets) in enumerate(batches):
         # Data parallel: reduce gradients once per step (on the last micro-batch), not per micro-batch.
-        with _gradient_sync(model, enabled=i == last), precision.autocast():
-            logits = model(inputs, mask_padding=False)
-            loss = cross_entropy(logits, targets, vocab, chunk_tokens=loss_chunk_tokens)
+        with _gradient_sync(model, enabled=i == last):
+            with precision.autocast():  # forward only: backward runs outside autocast, as TE and torch expect
+                logits = model(inputs, mask_padding=False)
+                loss = cross_entropy(logits, targets, vocab, chunk_tokens=loss_chunk_tokens)
             (loss / count).backward()
         loss_sum += loss.detach()
 
