@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.prepare import main
+from tests.output import own_lines
 from yxanul.cli import run_job
 from yxanul.tokenizer import train_bpe
 
@@ -39,7 +40,7 @@ def _run(capsys, tmp_path, tokenizer, *overrides: str) -> tuple[int, str]:
 
 
 def _one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = own_lines(err)
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err
     return lines[0]

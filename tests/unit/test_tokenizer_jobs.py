@@ -11,6 +11,7 @@ import pytest
 
 from jobs.tokenizer import main as tokenizer_main
 from jobs.tokenizer_report import main as report_main
+from tests.output import own_lines
 from yxanul.cli import run_job
 from yxanul.config import load_config
 from yxanul.tokenizer import held_out, load_tokenizer, read_meta, sample_texts, tokenizer_sha256
@@ -67,7 +68,8 @@ def test_tokenizer_job_errors_are_one_line(tmp_path: Path, capsys, override: str
                                     override])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith(message) and err.count("\n") == 1, err
+    lines = own_lines(err)
+    assert len(lines) == 1 and lines[0].startswith(message), err
     assert not out.exists()
 
 
@@ -161,5 +163,6 @@ def test_report_job_logs_to_mlflow(two_tokenizers, cache_dir: Path, tmp_path: Pa
 def test_report_job_missing_tokenizer_is_one_line(tmp_path: Path, capsys) -> None:
     code = run_job(report_main, ["--tokenizers", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: no file at ") and err.count("\n") == 1
+    lines = own_lines(err)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: no file at ")
     assert not (tmp_path / "r").exists()
