@@ -37,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{r['pipeline_tokens_per_s_per_core']:,}, ratio {r['ratio']:.2f}")
     print(f"tokens per CPU-second: baseline {r['baseline_tokens_per_cpu_s']:,}, pipeline "
           f"{r['pipeline_tokens_per_cpu_s']:,}, ratio {r['ratio_cpu']:.2f}; identical: {r['identical']}")
+    print(f"against a baseline making the pipeline's own call (encode_batch_fast): tokens/s per core "
+          f"{r['baseline_fast_tokens_per_s_per_core']:,}, ratio {r['ratio_vs_fast']:.2f}; per CPU-second "
+          f"ratio {r['ratio_cpu_vs_fast']:.2f}")
     print(json.dumps(r))
     if not r["identical"]:
         print("error: the pipeline's tokens differ from the baseline's", file=sys.stderr)

@@ -20,15 +20,15 @@ def tok(tmp_path_factory):
 
 
 class _CountingTokenizer:
-    """Wraps a tokenizer to record the characters handed to each encode_batch call."""
+    """Wraps a tokenizer to record the characters handed to each encode_batch_fast call."""
 
     def __init__(self, tok) -> None:
         self.tok = tok
         self.calls: list[int] = []
 
-    def encode_batch(self, texts, add_special_tokens=True):
+    def encode_batch_fast(self, texts, add_special_tokens=True):
         self.calls.append(sum(len(t) for t in texts))
-        return self.tok.encode_batch(texts, add_special_tokens=add_special_tokens)
+        return self.tok.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
 
 
 def test_split_long_cuts_before_a_single_space_and_reassembles():

@@ -13,6 +13,7 @@ previous complete dataset.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,7 +221,8 @@ def build_dataset(plan: Plan, eos_id: int, sources: list[tuple[Source, bool]] | 
         id_column = split_key_column(source, data.id_column)
         columns = [source.text_column] + ([id_column] if id_column else [])
         try:
-            ds = ray.data.read_parquet(paths, file_extensions=None if source.uri is None else ["parquet"])
+            with footer_readers(None if source.uri is not None else len(paths)):
+                ds = ray.data.read_parquet(paths, file_extensions=None if source.uri is None else ["parquet"])
             ds = ds.select_columns(columns)  # pushed down into the read
         except YxanulError:
             raise
@@ -250,6 +253,30 @@ def build_dataset(plan: Plan, eos_id: int, sources: list[tuple[Source, bool]] | 
 
 
 _BLOCK_BYTES = 1 << 20
+
+_FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+
+
+@contextlib.contextmanager
+def footer_readers(files: int | None) -> Iterator[None]:
+    """Size the pool of parquet footer-reading actors of a ``read_parquet`` called inside to the files
+    (``None``: not known before Ray lists them, e.g. an ``s3://`` prefix; Ray's default is kept).
+
+    Ray 2.60's parquet reader indexes row groups on a pool of ``FooterReader`` actors, 32 by default
+    whatever the input: new processes, each importing Ray Data, which on a 2-core machine delayed the
+    first tokenized block by seconds (docs/benchmarks.md, "Data pipeline"). Each actor reads footers in
+    batches of 10 files, so one actor per 10 files (at most 32) loses nothing. The pool size is read
+    from the environment when ``read_parquet`` builds its file indexer, in the calling process; a value
+    the user set is kept.
+    """
+    if files is None or _FOOTER_ACTORS_ENV in os.environ:
+        yield
+        return
+    os.environ[_FOOTER_ACTORS_ENV] = str(min(32, max(1, -(-files // 10))))
+    try:
+        yield
+    finally:
+        os.environ.pop(_FOOTER_ACTORS_ENV, None)
 
 
 class _Collector:
