@@ -31,7 +31,7 @@ def test_bench_data_reports_identical_tokens_and_all_rates(tmp_path, capsys, ray
                           f"data.cache_dir={tmp_path / 'cache'}", "data.tokenize_actors=2", "--target-mb", "0.5"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    r = json.loads(out.strip().splitlines()[-1])
+    r = json.loads(own_lines(out)[-1])
     assert r["identical"] is True
     assert r["mb"] >= 0.5 and r["documents"] == len(texts) * -(-500_000 // sum(len(t.encode()) for t in texts))
     assert r["pipeline_tokens"] == r["baseline_tokens"] > 0
