@@ -3,14 +3,14 @@
 Both read the same parquet file and tokenize every document; the baseline runs in this process on
 one core (``TOKENIZERS_PARALLELISM=false``) twice: with ``encode_batch`` (the plain loop the ratio is
 defined against) and with ``encode_batch_fast`` (the call the pipeline makes: the same ids without
-character offsets), so the second ratio isolates what Ray and the pipeline cost. The pipeline is :func:`~yxanul.data.prepare.build_dataset`
-(read, clean, actor pool) on every core of the machine, timed from building the dataset to the last
-batch in the driver (the tokenize actors' start-up included; Ray's own start-up, its idle workers
-and Ray Data's helper actors excluded: a tiny warm-up dataset runs first). Two rates per core: tokens
-per wall-clock second divided by the cores each may use (1 vs all), and tokens per CPU-second
-actually consumed (the baseline process; the pipeline's driver plus every Ray process it started:
-GCS, raylet, workers, actors, also reported per role). On a machine shared with other jobs only the
-second is stable.
+character offsets), so the second ratio isolates what Ray and the pipeline cost. The pipeline is
+:func:`~yxanul.data.prepare.build_dataset` (read, clean, actor pool) on every core of the machine,
+timed from building the dataset to the last batch in the driver (the tokenize actors' start-up
+included; Ray's own start-up, its idle workers and Ray Data's helper actors excluded: a tiny warm-up
+dataset runs first). Two rates per core: tokens per wall-clock second divided by the cores each may
+use (1 vs all), and tokens per CPU-second actually consumed (the baseline process; the pipeline's
+driver plus every Ray process it started: GCS, raylet, workers, actors, also reported per role). On
+a machine shared with other jobs only the second is stable.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def run_benchmark(cfg: ExperimentConfig, config_path: str | None, *, target_mb: 
         bench_plan = Plan(cfg.model_copy(update={"data": data}), config_path, [], [], tmp, plan.tokenizer_path)
         _ensure_ray()
         _warm_up()
+        _ROLES.clear()
         start, cpu0 = time.perf_counter(), _tree_cpu()
         ds = build_dataset(bench_plan, eos, sources=[(Source(str(path), files=(str(path),)), False)])
         parts = []
@@ -180,19 +181,18 @@ _ROLES: dict[int, str] = {}
 
 
 def _role(pid: int, me: int) -> str:
-    """A process's role, from the first time its command line was seen (a process that has exited but
-    not yet been reaped has an empty one)."""
+    """A process's role from its command line, or the last one seen for it while it was readable (an
+    exited process not yet reaped has an empty one; a pooled worker turns from ``ray::IDLE`` into an
+    actor, so the latest readable one counts)."""
     if pid == me:
         return "driver"
-    if pid in _ROLES:
-        return _ROLES[pid]
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             cmd = fh.read(4096).replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         cmd = ""
     if not cmd.strip():
-        return "exited processes"
+        return _ROLES.get(pid, "exited processes")
     if cmd.startswith("ray::"):
         role = "tokenize actors" if "TokenizeBatch" in cmd else "other Ray workers"
     else:
