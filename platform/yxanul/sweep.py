@@ -818,11 +818,13 @@ def _end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizo
                 while run.info.status == "RUNNING" and time.monotonic() < deadline:
                     time.sleep(0.5)
                     run = client.get_run(run.info.run_id)
-                client.set_tag(run.info.run_id, "yxanul.status", "stopped_early")
-                client.set_tag(run.info.run_id, "yxanul.stopped_at_tokens", str(tokens))
-                client.set_tag(run.info.run_id, "yxanul.reason", f"stopped by the ASHA scheduler at {tokens} tokens")
+                # Ended first, tagged after: a trial handler that comes later than the wait above sees
+                # the run ended and leaves it (launch._finish_mlflow_run(only_if_running=True)).
                 if run.info.status == "RUNNING":
                     client.set_terminated(run.info.run_id, "KILLED")
+                client.set_tag(run.info.run_id, "yxanul.stopped_at_tokens", str(tokens))
+                client.set_tag(run.info.run_id, "yxanul.reason", f"stopped by the ASHA scheduler at {tokens} tokens")
+                client.set_tag(run.info.run_id, "yxanul.status", "stopped_early")
             elif run.info.status == "RUNNING":  # finished training, but Tune ended the trial first
                 client.set_tag(run.info.run_id, "yxanul.status", "finished")
                 client.set_terminated(run.info.run_id, "FINISHED")

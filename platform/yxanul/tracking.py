@@ -220,6 +220,10 @@ class MLflowTracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         self._client.log_text(self.run_id, text, artifact_file)
 
+    def status(self) -> str:
+        """The run's MLflow status now (RUNNING, FINISHED, FAILED, KILLED)."""
+        return self._client.get_run(self.run_id).info.status
+
     def finish(self, status: str = "FINISHED") -> None:
         """End the run: FINISHED, FAILED or KILLED (also sets the yxanul.status tag)."""
         self.set_tags({"yxanul.status": status.lower()})

@@ -99,3 +99,28 @@ def test_provenance_tags_hash_the_manifest_and_name_the_tokenizer(tmp_path):
     assert tags["yxanul.tokenizer_sha256"] == "ab" * 32
     assert tags["yxanul.config_hash"] == "cafe" and tags["yxanul.git_sha"] == "1" * 40
     assert "yxanul.version.torch" in tags and "yxanul.version.mlflow" in tags
+
+
+def test_an_interrupted_trial_does_not_overwrite_the_schedulers_verdict(tmp_path):
+    # A sweep's Tune callback ends an ASHA-stopped trial's run as KILLED + stopped_early; the trial's own
+    # interruption handler, if it comes later, must leave that alone (it used to overwrite it with
+    # "killed" when it ran after the callback's wait, on a loaded CI machine).
+    from mlflow import MlflowClient
+
+    from yxanul.train.launch import _finish_mlflow_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = connect(uri, "verdict")
+    client = MlflowClient(uri)
+    stopped = MLflowTracker.create(uri, experiment, "stopped")
+    client.set_terminated(stopped.run_id, "KILLED")
+    client.set_tag(stopped.run_id, "yxanul.status", "stopped_early")
+    _finish_mlflow_run({"uri": uri, "run_id": stopped.run_id}, "KILLED", "killed", only_if_running=True)
+    run = client.get_run(stopped.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["yxanul.status"] == "stopped_early"
+
+    running = MLflowTracker.create(uri, experiment, "running")  # nobody ended it: the handler does
+    assert running.status() == "RUNNING"
+    _finish_mlflow_run({"uri": uri, "run_id": running.run_id}, "KILLED", "killed", only_if_running=True)
+    run = client.get_run(running.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["yxanul.status"] == "killed"

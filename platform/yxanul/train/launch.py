@@ -206,12 +206,18 @@ def _open_mlflow_run(cfg: ExperimentConfig, plan: CurriculumPlan, dataset: Prepa
     return {"uri": uri, "run_id": tracker.run_id}
 
 
-def _finish_mlflow_run(tracking: dict[str, str] | None, status: str, yx_status: str, message: str = "") -> None:
+def _finish_mlflow_run(tracking: dict[str, str] | None, status: str, yx_status: str, message: str = "",
+                       *, only_if_running: bool = False) -> None:
+    """End the run with MLflow ``status`` and the ``yxanul.status`` tag. ``only_if_running``: leave a run
+    that something else already ended alone (a sweep's scheduler callback records why it stopped a
+    trial; the trial's own interruption must not overwrite that verdict, whichever comes first)."""
     if not tracking:
         return
     from yxanul.tracking import MLflowTracker
 
     tracker = MLflowTracker(tracking["uri"], tracking["run_id"], skip_logged=False)
+    if only_if_running and tracker.status() != "RUNNING":
+        return
     if message:
         tracker.set_tags({"yxanul.error": message[:5000]})
     tracker.finish(status)
@@ -317,7 +323,7 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
             raise type(user)(str(user)) from None
         raise
     except BaseException:
-        _finish_mlflow_run(tracking, "KILLED", "killed")
+        _finish_mlflow_run(tracking, "KILLED", "killed", only_if_running=True)
         raise
     tokens = int((result.metrics or {}).get("tokens", 0))
     checkpoint_path = result.checkpoint.path if result.checkpoint else None
@@ -327,7 +333,10 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
         with result.checkpoint.as_directory() as directory:
             tokens = read_state(directory).tokens
     finished = tokens >= build_plan(cfg).total_tokens
-    _finish_mlflow_run(tracking, "FINISHED" if finished else "KILLED", "finished" if finished else "stopped")
+    if finished:
+        _finish_mlflow_run(tracking, "FINISHED", "finished")
+    else:
+        _finish_mlflow_run(tracking, "KILLED", "stopped", only_if_running=True)
     return TrainResult(run_id=tracking["run_id"] if tracking else None, tokens=tokens,
                        metrics=dict(result.metrics or {}), checkpoint_path=checkpoint_path, finished=finished)
 
