@@ -234,6 +234,12 @@ class Source:
     """Validation domain of this source's held-out documents."""
     builtin: bool = False
 
+    def split_key_column(self, id_column: str | None) -> str | None:
+        """Column whose value decides the train/validation split: data.id_column, a built-in corpus's
+        ``id``, or None (the text itself). The tokenizer's training sample and jobs.prepare both use
+        this, so the tokenizer never trains on documents prepare holds out."""
+        return id_column or ("id" if self.builtin else None)
+
     @property
     def paths(self) -> list[str]:
         """What ``ray.data.read_parquet`` is given."""

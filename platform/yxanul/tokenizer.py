@@ -321,7 +321,7 @@ def _iter_source_texts(source: Any, data: Any) -> Iterator[tuple[str, Any]]:
 
     from yxanul.errors import DataError
 
-    id_column = data.id_column or ("id" if source.builtin else None)
+    id_column = source.split_key_column(data.id_column)
     text_column = source.text_column
 
     def batches_of(path: str, names: list[str], reader: Any) -> Iterator[tuple[str, Any]]:

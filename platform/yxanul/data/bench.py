@@ -19,13 +19,13 @@ import os
 import shutil
 import tempfile
 import time
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from yxanul.config import ExperimentConfig
+from yxanul.data.tokenize import flatten_ids
 
 
 def run_benchmark(cfg: ExperimentConfig, config_path: str | None, *, target_mb: float = 64.0,
@@ -54,12 +54,11 @@ def run_benchmark(cfg: ExperimentConfig, config_path: str | None, *, target_mb: 
     try:
         path = tmp / "bench.parquet"
         pq.write_table(pa.table({"text": pa.array(texts, pa.large_string())}), path, row_group_size=4096)
-        del texts
         log(f"text: {result['documents']} documents, {result['mb']} MB from {', '.join(cfg.data.sources)}; "
             f"{cores} CPU cores")
         eos = eos_id(load_tokenizer(plan.tokenizer_path))
 
-        docs = pq.read_table(path).column("text").to_pylist()
+        docs = texts  # the file's rows, as written
         # a fresh tokenizer for each run: none starts with the other's word cache warm
         *base_ids, base_s, base_cpu = _baseline(load_tokenizer(plan.tokenizer_path).encode_batch, docs, batch)
         base_tokens = int(base_ids[1][-1])
@@ -120,9 +119,8 @@ def _baseline(encode: Any, docs: list[str], batch: int) -> tuple[np.ndarray, np.
     start, cpu0 = time.perf_counter(), time.process_time()
     chunks, lengths = [], []
     for i in range(0, len(docs), batch):
-        ids = [e.ids for e in encode(docs[i:i + batch], add_special_tokens=False)]
-        n = np.fromiter(map(len, ids), np.int64, count=len(ids))
-        chunks.append(np.fromiter(chain.from_iterable(ids), np.uint32, count=int(n.sum())))
+        flat, n = flatten_ids([e.ids for e in encode(docs[i:i + batch], add_special_tokens=False)])
+        chunks.append(flat)
         lengths.append(n)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
     offsets = np.zeros(len(docs) + 1, np.int64)

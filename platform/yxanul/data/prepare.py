@@ -181,12 +181,6 @@ def _first_line(exc: BaseException) -> str:
 # Running
 
 
-def split_key_column(source: Source, id_column: str | None) -> str | None:
-    """Column whose value decides the train/validation split: data.id_column, a built-in corpus's
-    ``id``, or None (the text itself) -- the same rule as the tokenizer's training sample."""
-    return id_column or ("id" if source.builtin else None)
-
-
 def _ensure_ray() -> None:
     import ray
 
@@ -218,7 +212,7 @@ def build_dataset(plan: Plan, eos_id: int, sources: list[tuple[Source, bool]] | 
         paths = [p for p in source.paths if p not in plan.bad_files]
         if not paths:
             continue
-        id_column = split_key_column(source, data.id_column)
+        id_column = source.split_key_column(data.id_column)
         columns = [source.text_column] + ([id_column] if id_column else [])
         try:
             with footer_readers(None if source.uri is not None else len(paths)):
