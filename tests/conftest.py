@@ -14,6 +14,10 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+FAKE_PEAK_TFLOPS = "0.001"
+"""The BF16 peak the session's Ray workers declare (yxanul.metrics.PEAK_ENV): 1 GFLOP/s, a CPU's order."""
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real local Ray with 4 logical CPUs (more than the 2 real cores: Ray Data actor pools need
@@ -21,7 +25,8 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
+        # A declared peak makes the workers compute MFU on CPU, so the per-GPU accounting is tested for real.
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=True,
-                 configure_logging=False)
+                 configure_logging=False, runtime_env={"env_vars": {"YXANUL_PEAK_TFLOPS": FAKE_PEAK_TFLOPS}})
     yield ray
     ray.shutdown()

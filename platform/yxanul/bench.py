@@ -49,8 +49,9 @@ class BenchConfig(BaseModel):
     """Precision modes of our model."""
     recipes: list[Literal["delayed", "current", "block", "mxfp8"]] = ["delayed"]
     """FP8 recipes (fp8 runs only)."""
-    fp8_layer_sets: list[list[Layer]] = [["attention", "mlp"]]
-    """FP8 layer selections (fp8 runs only); every recipe is run with every selection."""
+    fp8_layer_sets: list[list[Layer] | Literal["auto"]] = ["auto"]
+    """FP8 layer selections (fp8 runs only), each a list of groups or auto (the plan measured on this card,
+    as training measures it); every recipe is run with every selection."""
     micro_batch: int = Field(8, gt=0)
     """Sequences per step (one micro-batch per optimizer step)."""
     seq_len: int = Field(2048, gt=1)
@@ -128,7 +129,8 @@ def plan(cfg: BenchConfig) -> list[tuple[str, PrecisionConfig | None]]:
                 runs.append((preset, PrecisionConfig(mode=mode)))
                 continue
             for recipe, layers in itertools.product(cfg.recipes, cfg.fp8_layer_sets):
-                runs.append((preset, PrecisionConfig(mode="fp8", recipe=recipe, fp8_layers=list(layers))))
+                runs.append((preset, PrecisionConfig(mode="fp8", recipe=recipe,
+                                                     fp8_layers=layers if layers == "auto" else list(layers))))
     return runs
 
 
@@ -138,11 +140,15 @@ def describe_plan(cfg: BenchConfig) -> str:
         mcfg = _model_cfg(cfg, preset)
         count = parameter_count(mcfg).total
         what = "HF LlamaForCausalLM peer, bf16" if prec is None else (
-            f"yxanul {prec.mode}" + (f" recipe={prec.recipe} fp8_layers={'+'.join(prec.fp8_layers)}"
+            f"yxanul {prec.mode}" + (f" recipe={prec.recipe} fp8_layers={_layers_label(prec.fp8_layers)}"
                                      if prec.mode == "fp8" else ""))
         lines.append(f"{preset:<14} {count:>14,d} params  {flops_per_token(mcfg, cfg.seq_len) / 1e9:7.3f} "
                      f"GFLOP/token  {what}")
     return "\n".join(lines)
+
+
+def _layers_label(layers: list[str] | str) -> str:
+    return layers if isinstance(layers, str) else "+".join(layers)
 
 
 def _free() -> None:
@@ -181,16 +187,20 @@ def _time_steps(cfg: BenchConfig, step: Any, batches: list[torch.Tensor], device
 
 def _run_ours(cfg: BenchConfig, mcfg: ModelConfig, prec_cfg: PrecisionConfig, device: torch.device,
               result: BenchResult) -> None:
-    from yxanul.precision import Precision, compile_model, fp8_modules
-    from yxanul.train.step import build_optimizer, train_step
+    from yxanul.precision import fp8_modules
+    from yxanul.train.build import build_training
+    from yxanul.train.step import train_step
 
-    precision = Precision(prec_cfg, device)
     torch.manual_seed(cfg.seed)
-    model = precision.apply(Yxanul(mcfg).to(device))
+    prec_cfg = prec_cfg.model_copy(update={"compile": "on" if cfg.compile else "off"})
+    built = build_training(mcfg, prec_cfg, cfg.optim, device, max_tokens_per_microbatch=cfg.micro_batch * cfg.seq_len,
+                           log=print)
+    model, optimizer, precision = built.model, built.optimizer, built.precision
     result.extra["te_modules"] = len(fp8_modules(model))
-    if cfg.compile:
-        compile_model(model)
-    optimizer = build_optimizer(model, cfg.optim)
+    if built.fp8_plan is not None:
+        result.fp8_layers = "auto->" + ("+".join(built.fp8_plan.layers) or "none")
+        result.extra["fp8_plan"] = built.fp8_plan.timings
+        result.extra["fp8_plan_s"] = built.fp8_plan.measure_s
     batches = _tokens(cfg, model.vocab_size, device)
 
     def step(batch: torch.Tensor) -> torch.Tensor:
@@ -265,7 +275,7 @@ def run_bench(cfg: BenchConfig, log: Any = print) -> list[BenchResult]:
             preset=preset, impl="hf-peer" if prec is None else "yxanul",
             precision="bf16" if prec is None else prec.mode,
             recipe=prec.recipe if prec is not None and prec.mode == "fp8" else None,
-            fp8_layers="+".join(prec.fp8_layers) if prec is not None and prec.mode == "fp8" else None,
+            fp8_layers=_layers_label(prec.fp8_layers) if prec is not None and prec.mode == "fp8" else None,
             micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, params=parameter_count(mcfg).total,
             flops_per_token=flops_per_token(mcfg, cfg.seq_len), card=card)
         log(f"[bench] {preset}: {result.label} ...")

@@ -252,21 +252,38 @@ class ModelConfig(_Section):
         return self
 
 
+def _on_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare ``on``/``off`` as a boolean: accept both spellings."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value
+
+
 class PrecisionConfig(_Section):
     mode: Literal["fp32", "bf16", "fp8", "auto"] = "fp32"
     """fp32 (CPU tests), bf16 autocast, fp8 (Transformer Engine on compute capability >= 8.9), or auto:
     fp8 where the card and software support it, else bf16 on a GPU, else fp32 (resolved per worker)."""
     recipe: Literal["delayed", "current", "block", "mxfp8"] = "delayed"
     """FP8 scaling recipe: delayed (DelayedScaling, HYBRID), current, block (>= 9.0), mxfp8 (>= 10.0)."""
-    fp8_layers: list[Literal["attention", "mlp", "head"]] = ["attention", "mlp", "head"]
-    """Which linear layers run in FP8; embeddings and norms always stay in high precision. All three
-    measured best from hidden 1024 up; at hidden 640 only the head pays (docs/benchmarks.md)."""
+    fp8_layers: list[Literal["attention", "mlp", "head"]] | Literal["auto"] = "auto"
+    """Which linear layers run in FP8 (fp8 mode only); embeddings and norms always stay in high precision.
+    auto (the default) times each group (attention, mlp, head) in BF16 and FP8 at start-up on the run's card,
+    shape and recipe and keeps FP8 where it is at least 2% faster (at hidden 640 only the head pays; from
+    hidden 1024 up all three; docs/benchmarks.md); the plan and its timings are logged. A list forces groups."""
+    compile: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
+    """torch.compile the model region by region (blocks; around Transformer Engine modules): auto = on for
+    CUDA, off for CPU (a first compiled step of even a tiny model takes minutes on CPU)."""
 
     @model_validator(mode="after")
     def _check_layers(self) -> PrecisionConfig:
         if self.mode == "fp8" and not self.fp8_layers:
-            raise ValueError("precision.mode=fp8 with an empty precision.fp8_layers would train in BF16; name layers or use bf16")
+            raise ValueError("precision.mode=fp8 with an empty precision.fp8_layers would train in BF16; name layers, "
+                             "use auto, or use bf16")
         return self
+
+    def compiles(self, device_type: str) -> bool:
+        """Whether the model is compiled on a device of this type (``cuda``, ``cpu``)."""
+        return self.compile == "on" or (self.compile == "auto" and device_type == "cuda")
 
 
 class StageConfig(_Section):
@@ -350,8 +367,11 @@ class TrainConfig(_Section):
     """Stop after this many training tokens."""
     tokens_per_step: Count = 16384
     """Tokens per optimizer step, over all workers; constant across curriculum stages."""
-    max_tokens_per_microbatch: Count = 16384
-    """Per-worker memory budget: micro-batch size x seq_len never exceeds this."""
+    max_tokens_per_microbatch: Count | Literal["auto"] = 16384
+    """Per-worker memory budget: micro-batch size x seq_len never exceeds this. auto (GPU): at start-up, measure
+    the memory of one and two sequences of the longest stage on the run's card and take the largest power of
+    two sequences that fits in 85% of the card's memory (with the optimizer state); the choice is logged.
+    On CPU auto means 16384."""
     on_nan: Literal["stop", "skip"] = "stop"
     """A NaN/inf loss stops the run with the step and stage named, or skips that optimizer step."""
     stop_after_tokens: Count | None = None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from yxanul.config import ExperimentConfig, StageConfig, human_count
 from yxanul.errors import ConfigError
 
-__all__ = ["CurriculumPlan", "Stage", "build_plan"]
+__all__ = ["AUTO_MICROBATCH_CPU", "CurriculumPlan", "Stage", "build_plan", "microbatch_budget"]
 
 
 @dataclass(frozen=True)
@@ -158,13 +158,13 @@ def _until(stage: StageConfig, max_tokens: int) -> int | None:
 
 
 def _linear_warmup_stages(cfg: ExperimentConfig, per_worker: int,
-                          seq_len_ok: Callable[[int], bool]) -> list[StageConfig]:
+                          seq_len_ok: Callable[[int], bool], budget: int) -> list[StageConfig]:
     """seq_len(t) = start + (end - start) * t / warmup_tokens, rounded down to the nearest length that is
     a multiple of `multiple`, divides the per-worker tokens of a step and the data can serve."""
     warm = cfg.curriculum.linear_warmup
     assert warm is not None
     tps, max_tokens = cfg.train.tokens_per_step, cfg.train.max_tokens
-    cap = min(warm.end_seq_len, cfg.train.max_tokens_per_microbatch)
+    cap = min(warm.end_seq_len, budget)
     lengths = [n for n in range(warm.multiple, cap + 1, warm.multiple)
                if per_worker % n == 0 and seq_len_ok(n)]
     if not lengths:
@@ -186,13 +186,32 @@ def _linear_warmup_stages(cfg: ExperimentConfig, per_worker: int,
     return stages
 
 
+AUTO_MICROBATCH_CPU = 16384
+"""What ``train.max_tokens_per_microbatch: auto`` means where there is no GPU memory to measure (CPU), and
+the budget the driver plans with before a GPU worker has measured it."""
+
+
+def microbatch_budget(cfg: ExperimentConfig) -> int:
+    """``train.max_tokens_per_microbatch`` as a number: auto gives :data:`AUTO_MICROBATCH_CPU`, or the
+    longest sequence the curriculum asks for if that is longer (one sequence must fit)."""
+    value = cfg.train.max_tokens_per_microbatch
+    if value != "auto":
+        return int(value)
+    longest = max([s.seq_len for s in cfg.curriculum.stages]
+                  + ([cfg.curriculum.linear_warmup.end_seq_len] if cfg.curriculum.linear_warmup else []))
+    return max(AUTO_MICROBATCH_CPU, longest)
+
+
 def build_plan(cfg: ExperimentConfig, num_workers: int | None = None,
-               seq_len_ok: Callable[[int], bool] | None = None) -> CurriculumPlan:
+               seq_len_ok: Callable[[int], bool] | None = None,
+               max_tokens_per_microbatch: int | None = None) -> CurriculumPlan:
     """Resolve ``cfg.curriculum`` against the token budget and the workers into a :class:`CurriculumPlan`.
 
     ``seq_len_ok`` (optional) says which sequence lengths the dataset can serve; only the generated stages of
     a linear warmup use it (the data loader checks explicit stages and names the fix).
+    ``max_tokens_per_microbatch`` replaces the config's value (a GPU worker's measured ``auto`` budget).
     """
+    budget = max_tokens_per_microbatch or microbatch_budget(cfg)
     workers = num_workers or cfg.scaling.num_workers
     tps, max_tokens = cfg.train.tokens_per_step, cfg.train.max_tokens
     if tps <= 0:
@@ -204,7 +223,7 @@ def build_plan(cfg: ExperimentConfig, num_workers: int | None = None,
                           f"use a multiple of {workers}")
     configured = list(cfg.curriculum.stages)
     if cfg.curriculum.linear_warmup is not None:
-        configured = _linear_warmup_stages(cfg, tps // workers, seq_len_ok or (lambda n: True)) + configured
+        configured = _linear_warmup_stages(cfg, tps // workers, seq_len_ok or (lambda n: True), budget) + configured
     if not configured:
         raise ConfigError("curriculum.stages is empty; give at least one stage {seq_len: ...}")
 
@@ -224,8 +243,7 @@ def build_plan(cfg: ExperimentConfig, num_workers: int | None = None,
                               f"stages must be in increasing order of until_tokens / until_fraction")
         previous_until = until if until is not None else previous_until
         end = total_steps if last else min(total_steps, math.ceil(until / tps))
-        micro_batch, grad_accum = _batch_shape(tps, workers, cfg.train.max_tokens_per_microbatch,
-                                               stage_cfg.seq_len, where)
+        micro_batch, grad_accum = _batch_shape(tps, workers, budget, stage_cfg.seq_len, where)
         if stage_cfg.buckets is not None:
             for bucket in stage_cfg.buckets:
                 if bucket % stage_cfg.seq_len:

@@ -11,11 +11,16 @@ MFU is reported against both the BF16 and the FP8 dense peak of the card
 (:mod:`yxanul.accelerators`): an FP8 run's ``mfu_fp8`` says how much of the FP8 tensor-core rate
 it used, its ``mfu_bf16`` how it compares with the BF16 ceiling.
 
+MFU is per GPU: a run of W workers divides its global tokens/s by W before comparing with one card's
+peak (``train/tokens_per_s`` is global, ``train/tokens_per_s_per_gpu`` per worker). A card the table does
+not know (or a CPU rehearsal) can declare its peaks with ``YXANUL_PEAK_TFLOPS=<bf16>[,<fp8>]``.
+
 Nothing here syncs the device except :meth:`ThroughputMeter.read`, called at the logging interval.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -25,8 +30,11 @@ from yxanul.accelerators import AcceleratorSpec, spec_for_device_name
 from yxanul.config import ModelConfig
 from yxanul.model import padded_vocab_size, resolve_vocab_size
 
-__all__ = ["ThroughputMeter", "Throughput", "device_spec", "flops_per_token", "mfu", "peak_memory_gib",
-           "reset_peak_memory"]
+__all__ = ["PEAK_ENV", "ThroughputMeter", "Throughput", "device_spec", "flops_per_token", "mfu", "peak_memory_gib",
+           "peak_tflops", "reset_peak_memory"]
+
+PEAK_ENV = "YXANUL_PEAK_TFLOPS"
+"""``<bf16>[,<fp8>]`` dense TFLOP/s of the card this process uses, overriding the capability table."""
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, vocab_size: int | None = None) -> float:
@@ -52,6 +60,25 @@ def device_spec(device: torch.device | str | None = None) -> AcceleratorSpec | N
     return spec_for_device_name(torch.cuda.get_device_name(device))
 
 
+def peak_tflops(device: torch.device | str | None = None) -> tuple[float | None, float | None]:
+    """(BF16, FP8) dense peaks of this process's card: ``$YXANUL_PEAK_TFLOPS`` if set, else the table
+    (None, None on CPU or an unknown card)."""
+    declared = os.environ.get(PEAK_ENV, "").strip()
+    if declared:
+        try:
+            values = [float(v) for v in declared.split(",")]
+            if not 1 <= len(values) <= 2 or min(values) <= 0:
+                raise ValueError
+        except ValueError:
+            from yxanul.errors import ConfigError
+
+            raise ConfigError(f"{PEAK_ENV}={declared!r} is not '<bf16 TFLOP/s>[,<fp8 TFLOP/s>]' "
+                              f"(positive numbers, e.g. 989,1979)") from None
+        return values[0], values[1] if len(values) > 1 else None
+    spec = device_spec(device)
+    return (spec.bf16_tflops, spec.fp8_tflops) if spec else (None, None)
+
+
 def reset_peak_memory(device: torch.device | str | None = None) -> None:
     if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
         torch.cuda.reset_peak_memory_stats(device)
@@ -67,6 +94,9 @@ def peak_memory_gib(device: torch.device | str | None = None) -> float | None:
 @dataclass(frozen=True)
 class Throughput:
     tokens_per_s: float
+    """Global: all workers together."""
+    tokens_per_s_per_gpu: float
+    """Per worker (GPU): what MFU is computed from."""
     mfu_bf16: float | None
     mfu_fp8: float | None
     peak_mem_gib: float | None
@@ -77,15 +107,17 @@ class Throughput:
 class ThroughputMeter:
     """Tokens/s and MFU over the time the clock runs; :meth:`pause` during validation.
 
-    ``add(tokens)`` is free (no sync). ``read()`` synchronizes the device once (a deliberate sync:
-    the work queued so far must be finished for the clock to mean anything) and reports the rate
-    since the previous ``read()``.
+    ``add(tokens)`` is free (no sync); tokens are global (all ``world`` workers). ``read()`` synchronizes
+    the device once (a deliberate sync: the work queued so far must be finished for the clock to mean
+    anything) and reports the rate since the previous ``read()``. ``add_untimed(seconds)`` counts wall time
+    that belongs to the run (``elapsed_s``) but not to a rate (the first step of a new shape: compilation).
     """
 
-    def __init__(self, flops_per_tok: float, device: torch.device | str | None = None) -> None:
+    def __init__(self, flops_per_tok: float, device: torch.device | str | None = None, world: int = 1) -> None:
         self.flops_per_tok = flops_per_tok
         self.device = torch.device(device) if device is not None else None
-        self.spec = device_spec(self.device)
+        self.world = max(1, world)
+        self.peak_bf16, self.peak_fp8 = peak_tflops(self.device)
         self._elapsed = 0.0
         self._window_elapsed = 0.0
         self._window_tokens = 0
@@ -111,14 +143,16 @@ class ThroughputMeter:
     def add(self, tokens: int) -> None:
         self._window_tokens += tokens
 
+    def add_untimed(self, seconds: float) -> None:
+        self._elapsed += seconds
+
     def read(self) -> Throughput:
         running = self._started is not None
         self.pause()
         rate = self._window_tokens / self._window_elapsed if self._window_elapsed > 0 else 0.0
-        bf16 = self.spec.bf16_tflops if self.spec else None
-        fp8 = self.spec.fp8_tflops if self.spec else None
-        out = Throughput(rate, mfu(rate, self.flops_per_tok, bf16), mfu(rate, self.flops_per_tok, fp8),
-                         peak_memory_gib(self.device), self._elapsed)
+        per_gpu = rate / self.world
+        out = Throughput(rate, per_gpu, mfu(per_gpu, self.flops_per_tok, self.peak_bf16),
+                         mfu(per_gpu, self.flops_per_tok, self.peak_fp8), peak_memory_gib(self.device), self._elapsed)
         self._window_tokens, self._window_elapsed = 0, 0.0
         if running:
             self.start()

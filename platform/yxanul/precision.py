@@ -123,7 +123,10 @@ class Precision:
             torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
         self.mode: str = _resolve_mode(cfg.mode, self.device)
         self.recipe_name: str | None = cfg.recipe if self.mode == "fp8" else None
-        self.fp8_layers: tuple[str, ...] = tuple(cfg.fp8_layers) if self.mode == "fp8" else ()
+        # None until measured when fp8_layers is auto (see use_plan); () outside fp8.
+        self.fp8_layers: tuple[str, ...] | None = () if self.mode != "fp8" else (
+            None if cfg.fp8_layers == "auto" else tuple(cfg.fp8_layers))
+        self.fp8_plan: Any = None
         self.recipe: Any = None
         self._te: Any = None
         self.check()
@@ -188,11 +191,20 @@ class Precision:
         """FP8 GEMM dimensions must be divisible by this (16; 32 for MXFP8)."""
         return 32 if self.recipe_name == "mxfp8" else 16
 
+    def use_plan(self, plan: Any) -> None:
+        """Take the layer groups of a measured :class:`~yxanul.fp8_plan.Fp8Plan` (``fp8_layers: auto``). An
+        empty plan is kept as measured: every GEMM stays BF16, and :meth:`describe` says so."""
+        self.fp8_layers = tuple(plan.layers)
+        self.fp8_plan = plan
+
     def apply(self, model: nn.Module) -> nn.Module:
         """FP8: replace the linears of ``precision.fp8_layers`` by ``te.Linear`` (weights copied, fp32
         master weights). Other modes leave the model as it is. Returns the same model object."""
         if self.mode != "fp8":
             return model
+        if self.fp8_layers is None:
+            raise PrecisionError("precision.fp8_layers=auto has not been measured yet: build the model with "
+                                 "yxanul.train.build.build_training, which measures the plan first")
         te = self._te
         names: list[str] = []
         for group in self.fp8_layers:
@@ -258,7 +270,10 @@ class Precision:
     def describe(self) -> str:
         """E.g. ``fp8 (current; attention,mlp)`` or ``bf16``."""
         if self.mode == "fp8":
-            return f"fp8 ({self.recipe_name}; {','.join(self.fp8_layers)})"
+            if self.fp8_layers is None:
+                return f"fp8 ({self.recipe_name}; auto, not measured yet)"
+            layers = ",".join(self.fp8_layers) or "no layer pays: all GEMMs bf16"
+            return f"fp8 ({self.recipe_name}; {'auto -> ' if self.fp8_plan is not None else ''}{layers})"
         return self.mode
 
 

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import FAKE_PEAK_TFLOPS
 from tests.train_helpers import make_dataset
 from yxanul.config import ExperimentConfig, load_config
 from yxanul.errors import ConfigError
+from yxanul.metrics import flops_per_token
 from yxanul.train.launch import run_dir, train
 from yxanul.train.loop import NonFiniteLossError
 
@@ -80,8 +82,22 @@ def test_two_worker_run_logs_metrics_params_provenance_and_checkpoints(env, unin
     seq = history(client, result.run_id, "train/seq_len")
     assert [v for s, v in seq if s <= 6144] == [32.0] * 6 and [v for s, v in seq if s > 6144] == [64.0] * 6
     assert [v for _, v in history(client, result.run_id, "train/stage")] == [0.0] * 6 + [1.0] * 6
-    for key in ("train/lr", "train/grad_norm", "train/tokens_per_s", "train/elapsed_s"):
+    for key in ("train/lr", "train/grad_norm", "train/elapsed_s", "train/compile_s"):
         assert len(history(client, result.run_id, key)) == STEPS
+    # rates: the first step of each batch shape (steps 1 and 7: compilation / warm-up) is kept out of tokens/s;
+    # MFU comes from the per-GPU rate against one card's peak (the session declares 0.001 TFLOP/s)
+    rates = history(client, result.run_id, "train/tokens_per_s")
+    assert [s for s, _ in rates] == [TPS * k for k in range(1, STEPS + 1) if k not in (1, 7)]
+    per_gpu = dict(history(client, result.run_id, "train/tokens_per_s_per_gpu"))
+    mfu = dict(history(client, result.run_id, "train/mfu_bf16"))
+    seq_len = dict(seq)
+    for step, rate in rates:
+        assert per_gpu[step] == pytest.approx(rate / 2, rel=1e-12)
+        flops = flops_per_token(cfg.model, int(seq_len[step]), 256)
+        assert mfu[step] == pytest.approx(per_gpu[step] * flops / (float(FAKE_PEAK_TFLOPS) * 1e12), rel=1e-9)
+    compile_s = [v for _, v in history(client, result.run_id, "train/compile_s")]
+    assert compile_s[0] > 0 and compile_s == sorted(compile_s) and compile_s[6] > compile_s[5]
+    assert tags["yxanul.compiled"] == "false" and tags["yxanul.microbatch_tokens"] == "512"
     # validation at 6144 and at the end, per domain, bits/byte = nats/token / (4 bytes/token) / ln 2
     for domain in ("english", "code"):
         val_loss = history(client, result.run_id, f"val/{domain}/loss")

@@ -156,9 +156,28 @@ def describe(cfg: ExperimentConfig) -> str:
         dataset.check_plan(plan, _curriculum_label(cfg))
         lines.append(f"# dataset: {dataset.path} ({dataset.mode}, buckets {dataset.buckets}, "
                      f"validation domains {sorted(dataset.validation_files)})")
-    lines += [f"# curriculum: {_curriculum_label(cfg)}", plan.table(),
-              f"# run folder: {run_dir(cfg)}"]
+    lines += [f"# curriculum: {_curriculum_label(cfg)}", plan.table()]
+    if cfg.train.max_tokens_per_microbatch == "auto":
+        lines.append("# micro-batch: auto: measured on each run's card at start-up (largest power of two sequences "
+                     "that fits); the table above plans with the CPU value "
+                     f"{plan.stages[0].micro_batch * plan.stages[0].seq_len if plan.stages else '-'} tokens")
+    lines += [f"# build: {_build_plan_text(cfg)}", f"# run folder: {run_dir(cfg)}"]
     return "\n".join(lines)
+
+
+def _build_plan_text(cfg: ExperimentConfig) -> str:
+    """How the workers will build the model (what --dry-run can say without a GPU)."""
+    device = "cuda" if cfg.scaling.use_gpu else "cpu"
+    parts = [f"precision {cfg.precision.mode}"]
+    if cfg.precision.mode in ("fp8", "auto"):
+        parts.append(f"recipe {cfg.precision.recipe}")
+        if cfg.precision.fp8_layers == "auto":
+            parts.append("fp8_layers auto: each layer group (attention, mlp, head) is timed in BF16 and FP8 on the "
+                         "card at start-up and kept in FP8 only where faster (cached per card and shape)")
+        else:
+            parts.append(f"fp8_layers {'+'.join(cfg.precision.fp8_layers)} (forced)")
+    parts.append("torch.compile per block" if cfg.precision.compiles(device) else "eager (not compiled)")
+    return "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from yxanul.config import ExperimentConfig, human_count
-from yxanul.curriculum import CurriculumPlan, Stage, build_plan
+from yxanul.curriculum import CurriculumPlan, Stage, build_plan, microbatch_budget
 from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load_validation
 from yxanul.errors import YxanulError
 from yxanul.tracking import MLflowTracker, NullTracker, Tracker, device_tags
@@ -67,6 +67,15 @@ def _bar(done: int, total: int, width: int = 20) -> str:
     return "[" + "#" * filled + "." * (width - filled) + f"] {100 * done / total:5.1f}%"
 
 
+def fp8_plan_cache_dir(cfg: ExperimentConfig) -> Path:
+    """Where measured FP8 plans are kept: ``<run.storage_path>/fp8-plans`` (shared by a sweep's trials, which
+    share the storage path), or ``~/.cache/yxanul/fp8-plans`` when the storage is a URI (s3://...)."""
+    storage = cfg.run.storage_path
+    if "://" in storage:
+        return Path.home() / ".cache" / "yxanul" / "fp8-plans"
+    return Path(storage).expanduser().resolve() / "fp8-plans"
+
+
 class _Loop:
     def __init__(self, cfg: ExperimentConfig, setup: dict[str, Any]) -> None:
         import ray.train
@@ -93,23 +102,48 @@ class _Loop:
     # -- setup -----------------------------------------------------------------------------------
 
     def _build(self) -> None:
-        from yxanul.model import Yxanul
-        from yxanul.precision import Precision
-        from yxanul.train.parallel import wrap_model
-        from yxanul.train.step import build_optimizer
+        from yxanul.train.build import build_training
 
         _seed_everything(self.cfg.run.seed)
-        self.precision = Precision(self.cfg.precision, self.device)
+        longest = max(s.seq_len for s in self.plan.stages)
+        say = (lambda msg: print(msg, flush=True)) if self.rank == 0 else None
+        built = build_training(
+            self.cfg.model, self.cfg.precision, self.cfg.optim, self.device, vocab_size=self.vocab,
+            max_tokens_per_microbatch=self.cfg.train.max_tokens_per_microbatch, seq_len=longest,
+            max_sequences=self.cfg.train.tokens_per_step // self.world // longest,
+            strategy=self.cfg.scaling.strategy, plan_cache_dir=fp8_plan_cache_dir(self.cfg), log=say)
+        self.built = built
+        if self.cfg.train.max_tokens_per_microbatch == "auto":  # the measured budget changes the batch shapes
+            self.plan = build_plan(self.cfg, self.world, self.dataset.seq_len_ok, built.tokens_per_microbatch)
+            if self.rank == 0:
+                print(self.plan.table(), flush=True)
+        self.tokens_per_microbatch = built.tokens_per_microbatch or microbatch_budget(self.cfg)
+        self.precision = built.precision
         # self.model: the model itself (DDP's inner module; under FSDP the sharded model, which is both);
         # self.step_model: what the train step runs (the DDP wrapper, or the same sharded model).
-        self.model = self.precision.apply(Yxanul(self.cfg.model, self.vocab).to(self.device))
-        self.step_model: torch.nn.Module = wrap_model(self.model, self.cfg.scaling.strategy, self.device)
-        self.optimizer = build_optimizer(self.model, self.cfg.optim)  # after FSDP sharding: the shards
+        self.model, self.step_model, self.optimizer = built.model, built.step_model, built.optimizer
         self.state = TrainState(num_workers=self.world, tokens_per_step=self.cfg.train.tokens_per_step,
                                 seed=self.cfg.run.seed, max_tokens=self.cfg.train.max_tokens,
                                 config_hash=self.cfg.config_hash(), run_id=self.setup.get("run_id"))
         self.data_position: dict[str, Any] | None = None
         self._restore()
+
+    def _log_build(self) -> None:
+        """What the build decided on the card (compiled, micro-batch budget, FP8 plan): tags, an artifact, the
+        console. Tags, not params: MLflow params are written by the driver and cannot change on resume."""
+        built = self.built
+        tags = {"yxanul.compiled": str(built.compiled).lower(), "yxanul.precision_plan": built.precision.describe(),
+                "yxanul.microbatch_tokens": str(self.tokens_per_microbatch)}
+        if built.fp8_plan is not None:
+            tags["yxanul.fp8_layers"] = "+".join(built.fp8_plan.layers) or "none"
+            for group, row in built.fp8_plan.timings.items():
+                tags[f"yxanul.fp8_plan.{group}"] = f"bf16 {row['bf16_ms']:.2f} ms, fp8 {row['fp8_ms']:.2f} ms"
+            self.tracker.log_text(json.dumps(built.fp8_plan.to_json(), indent=2), "fp8_plan.json")
+        if built.microbatch_fit is not None:
+            self.tracker.log_text(json.dumps(built.microbatch_fit, indent=2), "microbatch_fit.json")
+        self.tracker.set_tags(tags)
+        if self.rank == 0:
+            print(f"model: {built.describe()}", flush=True)
 
     def _restore(self) -> None:
         import ray.train
@@ -164,6 +198,7 @@ class _Loop:
 
         self._build()
         self.tracker = self._tracker()
+        self._log_build()
         self.valsets: dict[str, ValidationSet] = load_validation(
             self.dataset, self.cfg.eval.seq_len, self.cfg.eval.max_tokens_per_domain)
         if self.rank == 0 and not self.valsets:
@@ -175,8 +210,10 @@ class _Loop:
         stop_step = min(total_steps, math.ceil(stop_tokens / tps)) if stop_tokens else total_steps
         self._write_marker("start")
 
-        meter = ThroughputMeter(1.0, self.device)
+        meter = ThroughputMeter(1.0, self.device, world=self.world)
         reset_peak_memory(self.device)
+        shapes_seen: set[tuple[int, int]] = set()
+        self.compile_s = 0.0
         stream: TrainStream | None = None
         stage: Stage | None = None
         loss_sum = torch.zeros((), device=self.device)
@@ -196,9 +233,24 @@ class _Loop:
             if self.device.type == "cuda":
                 batch = batch.pin_memory()
             lr = lr_for_step(step, tps, self.cfg.optim, self.cfg.train.max_tokens, stage.lr_scale)
+            first_of_shape = (stage.seq_len, stage.micro_batch) not in shapes_seen
+            if first_of_shape:  # compiles (or warms up): timed apart, kept out of tokens/s
+                shapes_seen.add((stage.seq_len, stage.micro_batch))
+                meter.pause()
+                started = time.perf_counter()
             result = train_step(self.step_model, self.optimizer, list(batch.split(stage.micro_batch)), lr=lr,
                                 precision=self.precision, grad_clip=self.cfg.optim.grad_clip,
                                 skip_nonfinite=True)  # one scalar sync per step: the NaN/inf guard
+            if first_of_shape:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)  # deliberate sync: once per batch shape
+                seconds = time.perf_counter() - started
+                self.compile_s += seconds
+                meter.add_untimed(seconds)
+                if self.rank == 0:
+                    print(f"first step at seq_len {stage.seq_len} x {stage.micro_batch}: {seconds:.1f} s "
+                          f"({'compilation + ' if self.built.compiled else ''}warm-up; not counted in tokens/s)",
+                          flush=True)
             if result.skipped:
                 where = (f"step {step} (tokens {self.state.tokens}, curriculum stage {stage.index}, seq_len "
                          f"{stage.seq_len}, lr {lr:.3g})")
@@ -216,7 +268,10 @@ class _Loop:
             before = self.state.tokens
             self.state.step += 1
             self.state.tokens += tps
-            meter.add(tps)
+            if not first_of_shape:
+                meter.add(tps)
+            else:
+                meter.start()
             final = self.state.step == stop_step
             if self.state.step < total_steps:
                 self.state.stage = self.plan.stage_for_step(self.state.step).index
@@ -273,13 +328,16 @@ class _Loop:
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
             grad_norm = grad_norm.full_tensor()
         metrics = {"train/lr": lr, "train/grad_norm": float(grad_norm), "train/seq_len": float(stage.seq_len),
-                   "train/stage": float(stage.index), "train/tokens_per_s": throughput.tokens_per_s,
-                   "train/elapsed_s": self.state.elapsed_s}
+                   "train/stage": float(stage.index), "train/elapsed_s": self.state.elapsed_s,
+                   "train/compile_s": self.compile_s}
+        if throughput.tokens_per_s > 0:  # a window of only first-of-shape steps has no rate
+            metrics["train/tokens_per_s"] = throughput.tokens_per_s
+            metrics["train/tokens_per_s_per_gpu"] = throughput.tokens_per_s_per_gpu
         if steps_total:
             metrics["train/loss"] = loss_total / steps_total
         for key, value in (("train/mfu_bf16", throughput.mfu_bf16), ("train/mfu_fp8", throughput.mfu_fp8),
                            ("train/peak_mem_gib", throughput.peak_mem_gib)):
-            if value is not None:
+            if value is not None and (key == "train/peak_mem_gib" or throughput.tokens_per_s > 0):
                 metrics[key] = value
         if self.state.skipped_steps:
             metrics["train/skipped_steps"] = float(self.state.skipped_steps)
@@ -290,10 +348,11 @@ class _Loop:
             loss = f"{metrics['train/loss']:.4f}" if "train/loss" in metrics else "skipped"
             mfu = f" mfu {100 * throughput.mfu_bf16:.1f}%" if throughput.mfu_bf16 is not None else ""
             mem = f" mem {throughput.peak_mem_gib:.1f}GiB" if throughput.peak_mem_gib is not None else ""
+            per_gpu = f" ({throughput.tokens_per_s_per_gpu:,.0f}/gpu)" if self.world > 1 else ""
             print(f"{_bar(self.state.step, stop_step)} step {self.state.step}/{stop_step} "
                   f"tokens {human_count(self.state.tokens)} stage {stage.index} seq {stage.seq_len} loss {loss} "
                   f"lr {lr:.2e} gnorm {metrics['train/grad_norm']:.3f} {throughput.tokens_per_s:,.0f} tok/s"
-                  f"{mfu}{mem} eta {_format_eta(tokens_left / rate)}", flush=True)
+                  f"{per_gpu}{mfu}{mem} eta {_format_eta(tokens_left / rate)}", flush=True)
         return metrics
 
     @torch.no_grad()
@@ -301,7 +360,7 @@ class _Loop:
         from yxanul.model import bits_per_byte, cross_entropy, next_token_targets
 
         self.model.eval()
-        rows_per_batch = max(1, self.cfg.train.max_tokens_per_microbatch // self.cfg.eval.seq_len)
+        rows_per_batch = max(1, self.tokens_per_microbatch // self.cfg.eval.seq_len)
         metrics: dict[str, float] = {}
         for domain, valset in self.valsets.items():
             mine = torch.from_numpy(valset.rows[self.rank::self.world])
