@@ -1,39 +1,75 @@
 #!/usr/bin/env bash
-# The whole GPU check on the lent H100 machine, writing logs under $OUT (default ./outputs/gpu).
-#   scripts/gpu_check.sh [tests|bench-270m|bench-270m-recipes|bench-ladder|bench-270m-mb16|all]
-# (each stage fits the device tool's 10-minute command limit; `all` runs them in order)
-# Needs Transformer Engine in /tmp/site (see ../shared/gpu/prepare_te.sh) and no Ray/MLflow: the
-# model, precision, step and bench modules import neither.
+# The whole GPU check on a lent GPU machine (H100/H200): tests, the train-vs-bench benchmark, the bench matrices.
+#   scripts/gpu_check.sh STAGE [STAGE ...]
+#
+#   info             card, driver, torch / TE / Ray / MLflow versions
+#   tests            pytest -m gpu tests/gpu (FP8 proof, compiled == eager, FP8 plan, auto micro-batch, null A/A)
+#   prepare          8k BPE tokenizer + packed 2048-token dataset of the built-in corpora (humaneval validation)
+#   train-vs-bench   yxanul-270m at 16 x 2048: HF peer, jobs.bench bf16 / fp8 auto, jobs.train bf16 / fp8 auto
+#   train-vs-bench-2048  the same for the width-2048 preset, bench and train (FP8 auto vs BF16 at width 2048)
+#   bench-270m | bench-270m-recipes | bench-ladder | bench-270m-mb16   the jobs.bench matrices (experiments/bench)
+#
+# Every stage fits the device tool's 10-minute command limit; give several in one call when they fit together.
+# Work (tokenizer, dataset, MLflow store, Ray storage) stays in $WORK (default /tmp/yxanul-gpu), which outlives
+# one call on a warm machine; logs and results are copied into $OUT (default ./outputs/gpu), which the device
+# tool empties before every call and from which at most 8 files come back.
+#
+# The GPU image lacks Ray, MLflow and Transformer Engine: ../shared/gpu/kit.sh lays them out as 7 folders carried
+# one per call; the last call runs kit_setup.sh, which installs into /tmp/site (PYTHONPATH below).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-stage=${1:-all}
 out=${OUT:-./outputs/gpu}
-mkdir -p "$out"
-export PYTHONPATH=/tmp/site:$PWD/platform${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false
+work=${WORK:-/tmp/yxanul-gpu}
+mkdir -p "$out" "$work"
+export PYTHONPATH=/tmp/site:$PWD/platform:$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 rc=0
 info() {
     { date -u +%FT%TZ; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
       $py -c 'import torch, transformers, transformer_engine as te; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__, "TE", te.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_capability())'
+      $py -c 'import ray, mlflow; print("ray", ray.__version__, "mlflow", mlflow.__version__)'
     } 2>&1 | tee "$out/env.txt"
 }
 tests() {
     $py -m pytest -m gpu tests/gpu -p no:cacheprovider -q -rA -s --timeout 500 2>&1 | tee "$out/gpu_tests.log" | grep -v "^$" | tail -60
     return "${PIPESTATUS[0]}"
 }
+prepare() {
+    [ -f "$work/data/manifest.json" ] && { echo "dataset exists: $work/data"; return 0; }
+    $py -m jobs.tokenizer experiments/runs/tokenizer-bpe-8k.yaml "tokenizer.path=$work/tokenizer/tokenizer.json" \
+        tokenizer.train_sample_bytes=4M 2>&1 | tee "$work/tokenizer.log" | tail -3
+    [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
+    $py -m jobs.prepare experiments/runs/prepare-default.yaml "data.output_dir=$work/data" data.mode=packed \
+        data.seq_len=2048 "tokenizer.path=$work/tokenizer/tokenizer.json" \
+        'data.validation_sources={"code": ["builtin:humaneval"]}' 2>&1 | tee "$work/prepare.log" | tail -6
+    return "${PIPESTATUS[0]}"
+}
+tvb() {  # $@ = train_vs_bench.py arguments
+    $py scripts/train_vs_bench.py --data "$work/data" --out "$work/tvb" "$@" 2>&1 | tee -a "$work/tvb.log" \
+        | grep -v "^$" | grep -v "Failed to query Ray Train Controller" | tail -30
+    local status=${PIPESTATUS[0]}
+    cp "$work"/tvb/train-vs-bench-*.jsonl "$work"/tvb/train-vs-bench-*.md "$out/" 2>/dev/null
+    return "$status"
+}
 bench() {  # $1 = config name, rest = overrides
     local name=$1; shift
     $py -m jobs.bench "experiments/bench/$name.yaml" "output=$out/bench-$name.jsonl" "$@" 2>&1 | tee "$out/bench-$name.log" | grep -v "^$" | tail -40
     return "${PIPESTATUS[0]}"
 }
-case $stage in
-    tests) info; tests || rc=$? ;;
-    bench-270m) bench h100-270m || rc=$? ;;
-    bench-270m-recipes) bench h100-270m-recipes || rc=$? ;;
-    bench-ladder) bench h100-ladder || rc=$? ;;
-    bench-270m-mb16) bench h100-270m-mb16 || rc=$? ;;
-    all) info; tests || rc=$?; for b in h100-270m h100-270m-recipes h100-ladder h100-270m-mb16; do bench $b || rc=$?; done ;;
-    *) echo "usage: $0 [tests|bench-270m|bench-270m-recipes|bench-ladder|bench-270m-mb16|all]" >&2; exit 2 ;;
-esac
+[ $# -gt 0 ] || { sed -n '3,12p' "$0"; exit 2; }
+for stage in "$@"; do
+    case $stage in
+        info) info ;;
+        tests) tests || rc=$? ;;
+        prepare) prepare || rc=$? ;;
+        train-vs-bench) prepare && tvb --preset yxanul-270m --micro-batch 16 --steps 40 || rc=$? ;;
+        train-vs-bench-2048) prepare && tvb --preset width-2048 --runners bench,train --micro-batch 16 --steps 30 || rc=$? ;;
+        bench-270m) bench h100-270m || rc=$? ;;
+        bench-270m-recipes) bench h100-270m-recipes || rc=$? ;;
+        bench-ladder) bench h100-ladder || rc=$? ;;
+        bench-270m-mb16) bench h100-270m-mb16 || rc=$? ;;
+        *) echo "unknown stage $stage; usage:" >&2; sed -n '3,12p' "$0" >&2; exit 2 ;;
+    esac
+done
 exit $rc

