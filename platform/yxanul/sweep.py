@@ -186,6 +186,15 @@ class SweepSpec(_Spec):
     """Per-trial resources (override the base config's scaling section)."""
     max_concurrent_trials: int | None = Field(None, gt=0)
     """Trials running at once; None lets Ray Tune start as many as the cluster's resources allow."""
+    exclude: list[dict[str, Any]] = []
+    """Grid points left out, each ``{axis name: value or variant name, ...}``: a point matching every
+    entry of one item is not run (e.g. to keep only one-change ablations of a factorial grid)."""
+    reference: dict[str, Any] | None = None
+    """The reference arm ``{axis name: value or variant name}`` that jobs.compare compares the other arms
+    with and whose mean final val/bpb is the default target; None: the first grid point."""
+    target_bpb: float | None = Field(None, gt=0)
+    """Target validation bits/byte for time-to-target, fixed before the results (jobs.compare
+    --target-bpb overrides); None: the reference arm's mean final val/bpb."""
 
     @field_validator("axes", mode="before")
     @classmethod
@@ -208,6 +217,23 @@ class SweepSpec(_Spec):
         for name, axis in self.axes.items():
             if axis.key == "run.seed" or (axis.variants and any("run.seed" in b for b in axis.variants.values())):
                 raise ValueError(f"axis {name!r} sets run.seed: use the `seeds` list")
+        for what, point in [*(("exclude", e) for e in self.exclude), *([("reference", self.reference)] if self.reference else [])]:
+            if not point:
+                raise ValueError(f"an empty `{what}` entry matches every grid point")
+            for name, value in point.items():
+                axis = self.axes.get(name)
+                if axis is None:
+                    raise ValueError(f"{what} names axis {name!r}, which the sweep does not have "
+                                     f"(axes: {', '.join(self.axes) or 'none'})")
+                if axis.sample != "grid":
+                    raise ValueError(f"{what} names axis {name!r}, a `sample: choice` axis; only grid axes can be named")
+                options = list(axis.variants) if axis.variants is not None else [_fmt(v) for v in axis.values or []]
+                if _fmt(value) not in options:
+                    raise ValueError(f"{what} gives axis {name!r} the value {_fmt(value)!r}; its values are "
+                                     f"{', '.join(options)}")
+        if self.reference and any(all(_fmt(self.reference.get(k)) == _fmt(v) for k, v in e.items()) and
+                                  set(e) <= set(self.reference) for e in self.exclude):
+            raise ValueError(f"reference {self.reference} is excluded by `exclude`")
         return self
 
 
@@ -290,6 +316,8 @@ class Trial:
     runnable: bool = True
     reason: str = ""
     """Placement verdict: where it runs, or ``not runnable: <why>``."""
+    arm: str = ""
+    """The variant label without seed and sample: the trials of one arm are its seed replicates."""
 
     @property
     def run_name(self) -> str:
@@ -311,6 +339,8 @@ class SweepPlan:
     cluster: ClusterView
     milestones: list[int] = field(default_factory=list)
     """ASHA milestones in tokens (empty without a scheduler)."""
+    reference: str = ""
+    """Arm label of the reference arm (the sweep's ``reference``, else the first grid point)."""
 
     @property
     def name(self) -> str:
@@ -391,12 +421,15 @@ def _expand(spec: SweepSpec) -> list[tuple[list[tuple[str, str, dict[str, Any]]]
         key = axis.key or name
         return [(key, _fmt(v), {key: v}) for v in axis.values or []]
 
-    grid = [options(n, a) for n, a in spec.axes.items() if a.sample == "grid"]
+    grid_names = [n for n, a in spec.axes.items() if a.sample == "grid"]
+    grid = [options(n, spec.axes[n]) for n in grid_names]
     choice = [(n, options(n, a)) for n, a in spec.axes.items() if a.sample == "choice"]
     rng = random.Random(spec.sample_seed)
     order = list(spec.axes)
     out = []
     for point in itertools.product(*grid):
+        if any(_matches(dict(zip(grid_names, (c[1] for c in point))), e) for e in spec.exclude):
+            continue
         for seed in spec.seeds:
             for sample in range(spec.num_samples):
                 drawn = [rng.choice(opts) for _, opts in choice]
@@ -408,6 +441,11 @@ def _expand(spec: SweepSpec) -> list[tuple[list[tuple[str, str, dict[str, Any]]]
                     ordered.append(chosen[n if axis.variants is not None else (axis.key or n)])
                 out.append((ordered, seed, sample))
     return out
+
+
+def _matches(point: dict[str, str], condition: dict[str, Any]) -> bool:
+    """Whether a grid point ``{axis name: value label}`` has every ``{axis: value}`` of ``condition``."""
+    return all(point.get(name) == _fmt(value) for name, value in condition.items())
 
 
 def plan_sweep(spec: SweepSpec, run_overrides: list[str] | None = None,
@@ -431,8 +469,13 @@ def plan_sweep(spec: SweepSpec, run_overrides: list[str] | None = None,
 
     multi_seed = len(spec.seeds) > 1
     trials: list[Trial] = []
+    reference = ""
     for index, (choices, seed, sample) in enumerate(_expand(spec)):
         label_parts = [f"{axis}={value}" for axis, value, _ in choices]
+        arm = ",".join(label_parts) or "base"
+        point = {name: value for name, (_, value, _) in zip(spec.axes, choices)}
+        if not reference and (spec.reference is None or _matches(point, spec.reference)):
+            reference = arm
         pair_parts = [f"{axis}={value}" for axis, value, bundle in choices
                       if not all(_is_precision_key(k) for k in bundle)]
         for axis, value, bundle in choices:
@@ -459,12 +502,14 @@ def plan_sweep(spec: SweepSpec, run_overrides: list[str] | None = None,
             cfg = _build_config(base_path, base_overrides, overrides)
         except ConfigError as exc:
             raise ConfigError(f"sweep {spec.name}, trial {index} ({label}): {exc}") from None
-        trials.append(Trial(index, label, ",".join(pair_parts) or "base", seed, keys, overrides, cfg))
+        trials.append(Trial(index, label, ",".join(pair_parts) or "base", seed, keys, overrides, cfg, arm=arm))
+    if not trials:
+        raise ConfigError(f"sweep {spec.name}: `exclude` leaves no trial to run")
 
     _check_pairs(trials)
     _place(trials, spec, cluster, base_path, base_overrides)
     milestones = _milestones(spec, trials)
-    return SweepPlan(spec, base_path, base_overrides, trials, cluster, milestones)
+    return SweepPlan(spec, base_path, base_overrides, trials, cluster, milestones, reference=reference)
 
 
 def _absolute_paths(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -585,6 +630,17 @@ def format_plan(plan: SweepPlan) -> str:
              f"base: {plan.base_path or 'defaults'}"
              + (f" + {' '.join(plan.base_overrides)}" if plan.base_overrides else ""),
              f"metric: {spec.metric} ({spec.mode}); placement checked against {plan.cluster.source}"]
+    arms = list(dict.fromkeys(t.arm for t in plan.trials))
+    per_trial = sorted({t.cfg.train.max_tokens for t in plan.trials})
+    total = sum(t.cfg.train.max_tokens for t in plan.trials)
+    runnable = sum(t.cfg.train.max_tokens for t in plan.runnable)
+    seeds = f"{len(spec.seeds)} seed{'s' if len(spec.seeds) > 1 else ''} ({', '.join(map(str, spec.seeds))}"
+    lines.append(f"{len(arms)} variants x {seeds}; shared by every variant) = {len(plan.trials)} trials; token budget "
+                 f"{'/'.join(map(human_count, per_trial))} per trial, {human_count(total)} in all"
+                 + (f" ({human_count(runnable)} in the {len(plan.runnable)} runnable here)" if runnable != total else ""))
+    target = (f"{spec.target_bpb:g} bits/byte (fixed in the sweep)" if spec.target_bpb is not None
+              else "the reference arm's mean final val/bpb")
+    lines.append(f"reference arm: {plan.reference}; target for time-to-target: {target}")
     if spec.scheduler is not None:
         lines.append(f"scheduler: ASHA at tokens {', '.join(human_count(m) for m in plan.milestones)} "
                      f"(keep 1/{spec.scheduler.reduction_factor:g} at each)")
@@ -720,18 +776,33 @@ def _open_parent(plan: SweepPlan, uri: str, experiment_id: str, tune_path: str, 
     from yxanul.tracking import git_state
 
     git = git_state()
-    tags.update({"yxanul.git_sha": git["sha"], "yxanul.git_dirty": git["dirty"]})
+    tags.update({"yxanul.git_sha": git["sha"], "yxanul.git_dirty": git["dirty"], "yxanul.command": _command_line()})
     run = client.create_run(experiment_id, run_name=f"sweep-{plan.name}", tags=tags)
     rid = run.info.run_id
     params = {"sweep.metric": spec.metric, "sweep.mode": spec.mode, "sweep.trials": str(len(plan.trials)),
+              "sweep.reference": plan.reference,
               "sweep.seeds": json.dumps(spec.seeds), "sweep.base": str(plan.base_path or "defaults"),
               "sweep.base_overrides": " ".join(plan.base_overrides)[:6000],
               "sweep.milestones_tokens": json.dumps(plan.milestones)}
+    if spec.target_bpb is not None:
+        params["sweep.target_bpb"] = repr(spec.target_bpb)
     for key, value in params.items():
         client.log_param(rid, key, value)
     client.log_text(rid, spec_yaml(spec), "sweep.yaml")
     client.log_text(rid, format_plan(plan) + "\n", "trials.txt")
     return rid
+
+
+def _command_line() -> str:
+    """The command that started this process, as a user would type it (``python -m jobs.sweep ...``)."""
+    import shlex
+    import sys
+
+    argv = list(sys.argv)
+    head = Path(argv[0]) if argv else Path("?")
+    if head.parent.name == "jobs" and head.suffix == ".py":
+        argv[0:1] = ["python", "-m", f"jobs.{head.stem}"]
+    return shlex.join(argv)[:5000]
 
 
 def _record_not_runnable(plan: SweepPlan, uri: str, experiment_id: str, parent_id: str) -> None:

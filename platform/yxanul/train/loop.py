@@ -31,6 +31,7 @@ from yxanul.config import ExperimentConfig, human_count
 from yxanul.curriculum import CurriculumPlan, Stage, build_plan, microbatch_budget
 from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load_validation
 from yxanul.errors import YxanulError
+from yxanul.spikes import SpikeDetector, format_spikes
 from yxanul.tracking import MLflowTracker, NullTracker, Tracker, device_tags
 from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, save_checkpoint
 
@@ -89,6 +90,7 @@ class _Loop:
         self.plan: CurriculumPlan = build_plan(cfg, self.world, self.dataset.seq_len_ok)
         self.vocab = cfg.model.vocab_size or self.dataset.vocab_size
         self.curriculum_label = setup.get("curriculum_label", "custom")
+        self.spikes = SpikeDetector()  # fed at the logging interval (values already on the host)
 
     def _device(self) -> torch.device:
         if not self.cfg.scaling.use_gpu:
@@ -341,6 +343,12 @@ class _Loop:
                 metrics[key] = value
         if self.state.skipped_steps:
             metrics["train/skipped_steps"] = float(self.state.skipped_steps)
+        for spike in self.spikes.observe(self.state.tokens, loss=metrics.get("train/loss"),
+                                         grad_norm=metrics["train/grad_norm"]):
+            metrics[f"train/spike_{spike.kind}"] = spike.size  # the record (survives resumes); the tag is for the UI
+            self.tracker.set_tags({"yxanul.spikes": format_spikes(self.spikes.spikes)})
+            if self.rank == 0:
+                print(f"warning: {spike.describe()}", file=sys.stderr, flush=True)
         self.tracker.log_metrics(metrics, step=self.state.tokens)
         if self.rank == 0:
             tokens_left = (stop_step - self.state.step) * self.cfg.train.tokens_per_step
