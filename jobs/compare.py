@@ -1,9 +1,11 @@
-"""Compare runs from MLflow: table (CSV + Markdown), plots (PNG) and a self-contained HTML report.
+"""Compare runs from MLflow: seed statistics and verdicts, tables (CSV + Markdown), plots (PNG), one HTML page.
 
     python -m jobs.compare --sweep fp8-vs-bf16 --out outputs/reports/fp8-vs-bf16
     python -m jobs.compare --experiment yxanul --out outputs/reports/all --tracking-uri http://127.0.0.1:5000
 
-Reads MLflow only. The files are also logged to the sweep's parent run (artifact folder comparison/).
+Reads MLflow only. Seeds are replicates: per arm, means with 95% intervals; per comparison, seed-paired
+differences and a verdict (better / worse / within noise). The files are also logged to the sweep's parent
+run (artifact folder comparison/).
 """
 
 from __future__ import annotations
@@ -24,18 +26,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db)")
     parser.add_argument("--target-bpb", type=float, default=None,
-                        help="bits/byte target for the time-to-target columns (default: the worst final val/bpb)")
+                        help="bits/byte target for time-to-target (default: the sweep's target_bpb, else the "
+                             "reference arm's mean final val/bpb); fix it before looking at the results")
+    parser.add_argument("--reference", default=None,
+                        help="reference arm label, e.g. 'precision.mode=bf16' (default: the sweep's reference, "
+                             "else the first arm)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
     args = parser.parse_args(argv)
 
-    from yxanul.report import build_report, fetch_runs, format_summary, log_report, write_report
+    import shlex
+
+    from yxanul.report import compare_runs, format_summary, log_report, write_report
     from yxanul.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    runs, parent_id, title = fetch_runs(uri, sweep=args.sweep, experiment=args.experiment)
-    report = build_report(runs, title, target_bpb=args.target_bpb, parent_run_id=parent_id)
+    command = shlex.join(["python", "-m", "jobs.compare", *(sys.argv[1:] if argv is None else argv)])
+    report = compare_runs(uri, sweep=args.sweep, experiment=args.experiment, target_bpb=args.target_bpb,
+                          reference=args.reference, command=command)
     files = write_report(report, args.out)
     print(format_summary(report))
+    parent_id = report.parent_run_id
     if parent_id and not args.no_log:
         log_report(uri, parent_id, files)
         print(f"logged to MLflow run {parent_id} (artifacts: comparison/)")

@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import ray
 
-    from yxanul.report import build_report, fetch_runs, format_summary, log_report, write_report
+    from yxanul.report import compare_runs, format_summary, log_report, write_report
     from yxanul.sweep import load_sweep, plan_sweep, run_sweep
 
     name = "demo-smoke" if args.smoke else "demo"
@@ -76,11 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     prepare_stage(plan)
     outcome = run_sweep(spec, overrides)
 
-    runs, parent_id, title = fetch_runs(outcome.tracking_uri, sweep=spec.name)
-    report = build_report(runs, title, parent_run_id=parent_id)
+    report = compare_runs(outcome.tracking_uri, sweep=spec.name, command="python -m jobs.demo" + " --smoke" * args.smoke)
     out = Path(plan.trials[0].cfg.run.storage_path).parent / "reports" / spec.name
     files = write_report(report, out)
-    log_report(outcome.tracking_uri, parent_id, files)
+    log_report(outcome.tracking_uri, outcome.parent_run_id, files)
     print(f"\n{format_summary(report)}\n")
     print(f"report: {files[-1]}")
     print(f"MLflow UI: mlflow ui --backend-store-uri {outcome.tracking_uri}")

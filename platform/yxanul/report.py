@@ -1,26 +1,35 @@
-"""The comparison report: MLflow runs -> a table (CSV + Markdown), plots (PNG) and one HTML page.
+"""The comparison report: MLflow runs -> statistics over seeds, verdicts, tables (CSV + Markdown), plots
+(PNG) and one HTML page that a person reads in a minute.
 
 Reads MLflow only (never local side files), so the report is the same wherever the runs were
 trained, and it works against the local SQLite store and a remote ``mlflow server`` alike.
 Metric names follow the platform's naming contract (step = tokens seen for every metric):
 ``val/<domain>/loss``, ``val/<domain>/bpb``, ``val/bpb``, ``val/elapsed_s``, ``train/tokens_per_s``,
-``train/mfu_bf16``, ``train/mfu_fp8``, ``train/peak_mem_gib``, ``train/elapsed_s``.
+``train/mfu_bf16``, ``train/mfu_fp8``, ``train/peak_mem_gib``, ``train/elapsed_s``,
+``train/spike_grad_norm`` and ``train/spike_loss`` (logged at the tokens of each spike).
 
-How the numbers are made (also printed in the report):
+How the numbers are made (also printed in the report, see ``METHOD``):
 
-- **Target bits/byte**: by default the worst (highest) final ``val/bpb`` among the runs, so every
-  run reaches it; ``target_bpb=`` overrides.
-- **Tokens / seconds to target**: the first validation point at or below the target, linearly
-  interpolated with the validation point before it: ``t = t0 + (b0 - target) / (b0 - b1) x (t1 - t0)``;
-  seconds use the same fraction between the two points' ``val/elapsed_s`` (training clock,
-  validation excluded). Reached at the first validation point: that point, no interpolation.
-- **tokens/s, MFU**: medians of the logged ``train/tokens_per_s`` / ``train/mfu_*`` (steady state;
-  the first, compile-heavy interval does not dominate). **Peak memory**: the maximum logged.
-- **Pairs** (same ``yxanul.pair`` tag, differing only in precision): the reference arm is the
-  non-FP8 one. *Gap at equal tokens* = arm minus reference, in mean validation loss (nats/token,
-  mean over domains) and in ``val/bpb``, at the last token count both arms validated at (the arm's
-  curve linearly interpolated at the reference's validation tokens when they differ). *Speedup* =
-  arm tokens/s / reference tokens/s; *time-to-target speedup* = reference seconds / arm seconds.
+- **Arms and seeds.** An *arm* is a variant label without its ``seed=`` / ``sample=`` parts; its runs
+  are seed replicates (``run.seed``). Statistics use the arm's *finished* runs; every other run (failed,
+  stopped early, not runnable) is listed with its status and reason, never silently dropped.
+- **Per arm**: mean and 95% Student-t interval across seeds of final ``val/bpb``, per-domain bpb,
+  tokens and seconds to the target (over the seeds that reached it: "reached k/n"), tokens/s
+  (median of a run's logged intervals). One seed: "1 seed: no interval".
+- **Target bits/byte**: ``--target-bpb``, else the sweep file's ``target_bpb``, else the reference
+  arm's mean final ``val/bpb``; the report says which. *To target*: the first validation point at or
+  below the target, linearly interpolated with the point before it (``t = t0 + (b0 - target) /
+  (b0 - b1) x (t1 - t0)``); seconds use the same fraction of ``val/elapsed_s`` (training clock,
+  validation excluded). A run that never reaches it is "not reached", never its budget.
+- **Comparisons** (arm vs reference): each arm that differs from the reference arm in one axis, and
+  each FP8 arm vs the non-FP8 arm of its precision pair (``yxanul.pair``). Per seed both arms ran
+  (finished): the bpb gap at the last token count both validated at (arm - reference, lower is better),
+  the tokens/s ratio arm / reference and the time-to-target speedup reference seconds / arm seconds.
+  Mean over seeds with a paired 95% t interval; verdict better / worse / within noise (interval
+  contains 0, resp. 1), for quality and speed separately; one seed gives no verdict.
+- **Noise floor**: the seed standard deviation of the reference arm's final ``val/bpb``.
+- **Spikes**: a run whose loss or gradient norm spiked (``yxanul.spikes``) is marked; a verdict that
+  rests on such a run says so.
 """
 
 from __future__ import annotations
@@ -30,22 +39,46 @@ import csv
 import html
 import math
 import os
+import re
 import statistics
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from yxanul.errors import TrackingError
+from yxanul.stats import Estimate, mean_interval, paired_ratio, verdict
 
-__all__ = ["ComparisonReport", "PairRow", "RunRow", "RunSeries", "build_report", "fetch_runs",
-           "interpolate_crossing", "value_at_tokens", "write_report"]
+__all__ = ["ArmSummary", "Comparison", "ComparisonReport", "PairRow", "Provenance", "RunRow", "RunSeries",
+           "build_report", "compare_runs", "fetch_runs", "format_summary", "interpolate_crossing", "log_report",
+           "value_at_tokens", "write_report"]
 
 Series = list[tuple[int, float]]
 """(tokens, value) points sorted by tokens."""
 
 PLOTS = ("val_bpb_vs_tokens.png", "val_bpb_vs_seconds.png", "throughput.png")
+SPIKE_METRICS = ("train/spike_grad_norm", "train/spike_loss")
+_PART = re.compile(r",(?=[A-Za-z_][\w.\-]*=)")
+"""Splits a variant label into its ``axis=value`` parts (a value may itself contain commas)."""
+
+
+def label_parts(label: str) -> list[str]:
+    return [p for p in _PART.split(label) if p]
+
+
+def arm_of(label: str) -> str:
+    """The variant label without ``seed=`` and ``sample=`` parts: the arm whose replicates the runs are."""
+    kept = [p for p in label_parts(label) if not p.startswith(("seed=", "sample="))]
+    return ",".join(kept) or label
+
+
+def _seed_of(label: str) -> int | None:
+    for part in label_parts(label):
+        if part.startswith("seed=") and part[5:].lstrip("-").isdigit():
+            return int(part[5:])
+    return None
 
 
 @dataclass
@@ -62,14 +95,58 @@ class RunSeries:
     reason: str = ""
     """Why the run is not runnable / was stopped (yxanul.reason)."""
     metrics: dict[str, Series] = field(default_factory=dict)
+    seed: int | None = None
+    """run.seed (param), else the label's seed=, else None (treated as seed 0)."""
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    start_time_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.seed is None:
+            self.seed = _seed_of(self.variant)
 
     def series(self, key: str) -> Series:
         return self.metrics.get(key, [])
 
     @property
+    def arm(self) -> str:
+        return arm_of(self.variant)
+
+    @property
+    def pair_arm(self) -> str | None:
+        """The precision-pair group without the seed (arms of one FP8/BF16 pair share it)."""
+        return None if self.pair is None else arm_of(self.pair)
+
+    @property
+    def replicate(self) -> int:
+        return self.seed if self.seed is not None else 0
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    @property
     def domains(self) -> list[str]:
         return sorted(k.split("/")[1] for k in self.metrics
                       if k.startswith("val/") and k.endswith("/bpb") and k.count("/") == 2)
+
+    @property
+    def spikes(self) -> list[tuple[str, int, float]]:
+        """(kind, tokens, size) of every logged spike: size is x median (grad norm) or nats above it (loss)."""
+        out = [(key.removeprefix("train/spike_"), t, v) for key in SPIKE_METRICS for t, v in self.series(key)]
+        return sorted(out, key=lambda s: s[1])
+
+    @property
+    def card(self) -> str:
+        name = self.tags.get("yxanul.gpu_name")
+        if not name:
+            return "unknown card"
+        if name in ("none", "unavailable"):
+            return "CPU"
+        from yxanul.accelerators import spec_for_device_name
+
+        spec = spec_for_device_name(name)
+        return spec.name if spec else name
 
 
 @dataclass
@@ -80,6 +157,7 @@ class RunRow:
     domain_loss: dict[str, float]
     domain_bpb: dict[str, float]
     tokens_to_target: float | None
+    """None: not reached (or no target)."""
     seconds_to_target: float | None
     tokens_per_s: float | None
     mfu_bf16: float | None
@@ -90,18 +168,111 @@ class RunRow:
 
 @dataclass
 class PairRow:
+    """One seed of a comparison: both arms finished at this seed."""
+
     pair: str
     reference: RunSeries
     arm: RunSeries
     tokens: int | None
-    """Tokens at which the gap is measured."""
+    """Tokens at which the gap is measured (the last validation point both arms reached)."""
     loss_gap: float | None
     """arm - reference mean validation loss (nats/token) at ``tokens``."""
     bpb_gap: float | None
     speedup: float | None
     """arm tokens/s / reference tokens/s."""
     time_to_target_speedup: float | None
-    """reference seconds to target / arm seconds to target."""
+    """reference seconds to target / arm seconds to target (None when either did not reach it)."""
+
+    @property
+    def seed(self) -> int:
+        return self.reference.replicate
+
+
+@dataclass
+class ArmSummary:
+    """An arm's seed replicates and their statistics (finished runs only)."""
+
+    arm: str
+    precision: str | None
+    runs: list[RunSeries]
+    """Every run of the arm, finished or not."""
+    rows: list[RunRow]
+    """Measured rows of its finished runs, one per seed (the latest run of a seed)."""
+    val_bpb: Estimate | None
+    domain_bpb: dict[str, Estimate]
+    tokens_to_target: Estimate | None
+    seconds_to_target: Estimate | None
+    reached: int
+    """Finished seeds that reached the target."""
+    tokens_per_s: Estimate | None
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.run.replicate for r in self.rows]
+
+    @property
+    def unfinished(self) -> list[RunSeries]:
+        used = {r.run.run_id for r in self.rows}
+        return [r for r in self.runs if r.run_id not in used]
+
+    @property
+    def spiking(self) -> list[RunSeries]:
+        return [r.run for r in self.rows if r.run.spikes]
+
+
+@dataclass
+class Comparison:
+    """Arm vs reference over the seeds both finished: paired differences and verdicts."""
+
+    reference: ArmSummary
+    arm: ArmSummary
+    kind: str
+    """``precision pair`` or ``one axis`` (the arm differs from the reference arm in one axis)."""
+    pairs: list[PairRow]
+    bpb_gap: Estimate | None
+    loss_gap: Estimate | None
+    speedup: Estimate | None
+    time_to_target_speedup: Estimate | None
+    time_pairs: int
+    """Seeds where both arms reached the target (the time-to-target speedup's n)."""
+    unpaired: list[str]
+    """Seeds left out of the pairing and why (a failed or missing run of either arm)."""
+
+    @property
+    def quality_verdict(self) -> str:
+        return verdict(self.bpb_gap, lower_is_better=True)
+
+    @property
+    def speed_verdict(self) -> str:
+        return verdict(self.speedup, lower_is_better=False, null=1.0, words=("faster", "slower"))
+
+    @property
+    def time_verdict(self) -> str:
+        return verdict(self.time_to_target_speedup, lower_is_better=False, null=1.0, words=("faster", "slower"))
+
+    @property
+    def spiking(self) -> list[RunSeries]:
+        seeds = {p.seed for p in self.pairs}
+        return [r for r in (*self.reference.spiking, *self.arm.spiking) if r.replicate in seeds]
+
+    def names(self) -> tuple[str, str, str]:
+        """(arm, reference, shared context): the label parts that differ, and those both have."""
+        a, r = label_parts(self.arm.arm), label_parts(self.reference.arm)
+        shared = [p for p in a if p in r]
+        return (",".join(p for p in a if p not in shared) or self.arm.arm,
+                ",".join(p for p in r if p not in shared) or self.reference.arm, ",".join(shared))
+
+
+@dataclass
+class Provenance:
+    """Where the numbers come from (shown in the report's header)."""
+
+    question: str = ""
+    """The sweep's description (what it compares)."""
+    sweep_command: str = ""
+    compare_command: str = ""
+    tracking_uri: str = ""
+    sweep_git_sha: str = ""
 
 
 @dataclass
@@ -111,10 +282,35 @@ class ComparisonReport:
     target_source: str
     rows: list[RunRow]
     pairs: list[PairRow]
+    """Every seed pair of every comparison."""
     skipped: list[RunSeries]
     """Runs without validation metrics (not runnable, failed early): listed with their status."""
     domains: list[str]
     parent_run_id: str | None
+    arms: list[ArmSummary] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    reference: str | None = None
+    """Arm label of the reference arm."""
+    provenance: Provenance = field(default_factory=Provenance)
+    runs: list[RunSeries] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r.replicate for r in self.runs})
+
+    @property
+    def reference_arm(self) -> ArmSummary | None:
+        return next((a for a in self.arms if a.arm == self.reference), None)
+
+    @property
+    def noise_floor(self) -> float | None:
+        """Seed standard deviation of the reference arm's final val/bpb (None with fewer than 2 seeds)."""
+        ref = self.reference_arm
+        return ref.val_bpb.std if ref and ref.val_bpb else None
+
+    @property
+    def cards(self) -> list[str]:
+        return sorted({r.card for r in self.runs if r.tags.get("yxanul.gpu_name")})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -173,52 +369,42 @@ def _mean_loss(run: RunSeries) -> Series:
     return [(t, sum(p[t] for p in per) / len(per)) for t in common]
 
 
-def build_report(runs: Sequence[RunSeries], title: str, target_bpb: float | None = None,
-                 parent_run_id: str | None = None) -> ComparisonReport:
-    """Compute every number of the report from the runs' metric series."""
-    measured = [r for r in runs if r.series("val/bpb")]
-    skipped = [r for r in runs if not r.series("val/bpb")]
-    if target_bpb is None and measured:
-        # Runs cut early by the scheduler would make the target trivially easy: leave them out.
-        full = [r for r in measured if r.status != "stopped_early"] or measured
-        target_bpb = max(_last(r.series("val/bpb")) for r in full)
-        source = "worst final val/bpb among the runs" + (" trained to the end" if len(full) < len(measured) else "")
-    else:
-        source = "given" if target_bpb is not None else "no run has val/bpb"
-    domains = sorted({d for r in measured for d in r.domains})
-    rows = []
-    for run in measured:
-        bpb = run.series("val/bpb")
-        tokens, seconds = (interpolate_crossing(bpb, target_bpb, run.series("val/elapsed_s"))
-                           if target_bpb is not None else (None, None))
-        peak = run.series("train/peak_mem_gib")
-        rows.append(RunRow(
-            run=run, final_tokens=bpb[-1][0], val_bpb=bpb[-1][1],
-            domain_loss={d: v for d in run.domains if (v := _last(run.series(f"val/{d}/loss"))) is not None},
-            domain_bpb={d: v for d in run.domains if (v := _last(run.series(f"val/{d}/bpb"))) is not None},
-            tokens_to_target=tokens, seconds_to_target=seconds,
-            tokens_per_s=_median(run.series("train/tokens_per_s")),
-            mfu_bf16=_median(run.series("train/mfu_bf16")), mfu_fp8=_median(run.series("train/mfu_fp8")),
-            peak_mem_gib=max(v for _, v in peak) if peak else None,
-            train_seconds=_last(run.series("train/elapsed_s"))))
-    by_id = {row.run.run_id: row for row in rows}
-    pairs = []
-    groups: dict[str, list[RunSeries]] = {}
-    for run in measured:
-        if run.pair is not None:
-            groups.setdefault(run.pair, []).append(run)
-    for pair, members in sorted(groups.items()):
-        if len(members) < 2:
-            continue
-        ref = next((m for m in members if m.precision != "fp8"), members[0])
-        for arm in members:
-            if arm is ref:
-                continue
-            pairs.append(_pair_row(pair, ref, arm, by_id[ref.run_id], by_id[arm.run_id]))
-    return ComparisonReport(title, target_bpb, source, rows, pairs, skipped, domains, parent_run_id)
+def _row(run: RunSeries, target_bpb: float | None) -> RunRow:
+    bpb = run.series("val/bpb")
+    tokens, seconds = (interpolate_crossing(bpb, target_bpb, run.series("val/elapsed_s"))
+                       if target_bpb is not None else (None, None))
+    peak = run.series("train/peak_mem_gib")
+    return RunRow(
+        run=run, final_tokens=bpb[-1][0], val_bpb=bpb[-1][1],
+        domain_loss={d: v for d in run.domains if (v := _last(run.series(f"val/{d}/loss"))) is not None},
+        domain_bpb={d: v for d in run.domains if (v := _last(run.series(f"val/{d}/bpb"))) is not None},
+        tokens_to_target=tokens, seconds_to_target=seconds,
+        tokens_per_s=_median(run.series("train/tokens_per_s")),
+        mfu_bf16=_median(run.series("train/mfu_bf16")), mfu_fp8=_median(run.series("train/mfu_fp8")),
+        peak_mem_gib=max(v for _, v in peak) if peak else None,
+        train_seconds=_last(run.series("train/elapsed_s")))
 
 
-def _pair_row(pair: str, ref: RunSeries, arm: RunSeries, ref_row: RunRow, arm_row: RunRow) -> PairRow:
+def _arm_summary(arm: str, runs: list[RunSeries], rows_by_id: dict[str, RunRow]) -> ArmSummary:
+    by_seed: dict[int, RunRow] = {}
+    for run in runs:  # runs are in start order: a later run of the same seed replaces an earlier one
+        if run.finished and run.run_id in rows_by_id:
+            by_seed[run.replicate] = rows_by_id[run.run_id]
+    rows = [by_seed[s] for s in sorted(by_seed)]
+    domains = sorted({d for r in rows for d in r.domain_bpb})
+    reached = [r for r in rows if r.tokens_to_target is not None]
+    timed = [r.seconds_to_target for r in reached if r.seconds_to_target is not None]
+    return ArmSummary(
+        arm=arm, precision=runs[0].precision, runs=runs, rows=rows,
+        val_bpb=mean_interval([r.val_bpb for r in rows if r.val_bpb is not None]),
+        domain_bpb={d: e for d in domains if (e := mean_interval([r.domain_bpb[d] for r in rows if d in r.domain_bpb]))},
+        tokens_to_target=mean_interval([r.tokens_to_target for r in reached]),
+        seconds_to_target=mean_interval(timed), reached=len(reached),
+        tokens_per_s=mean_interval([r.tokens_per_s for r in rows if r.tokens_per_s is not None]))
+
+
+def _pair_row(pair: str, ref_row: RunRow, arm_row: RunRow) -> PairRow:
+    ref, arm = ref_row.run, arm_row.run
     ref_loss, arm_loss = _mean_loss(ref), _mean_loss(arm)
     ref_bpb, arm_bpb = ref.series("val/bpb"), arm.series("val/bpb")
     # The last reference validation point the arm's curve also covers.
@@ -237,6 +423,114 @@ def _pair_row(pair: str, ref: RunSeries, arm: RunSeries, ref_row: RunRow, arm_ro
     time_speed = (ref_row.seconds_to_target / arm_row.seconds_to_target
                   if ref_row.seconds_to_target and arm_row.seconds_to_target else None)
     return PairRow(pair, ref, arm, tokens, gap(arm_loss, ref_loss), gap(arm_bpb, ref_bpb), speed, time_speed)
+
+
+def _why_missing(summary: ArmSummary, seed: int) -> str:
+    runs = [r for r in summary.runs if r.replicate == seed]
+    if not runs:
+        return "no run"
+    run = runs[-1]
+    return run.status + (f" ({run.reason})" if run.reason else "")
+
+
+def _compare(ref: ArmSummary, arm: ArmSummary, kind: str) -> Comparison:
+    ref_rows = {r.run.replicate: r for r in ref.rows}
+    arm_rows = {r.run.replicate: r for r in arm.rows}
+    seeds = sorted(set(ref_rows) & set(arm_rows))
+    label = arm.runs[0].pair_arm if kind == "precision pair" else f"{arm.arm} vs {ref.arm}"
+    pairs = [_pair_row(label or "", ref_rows[s], arm_rows[s]) for s in seeds]
+    unpaired = []
+    for seed in sorted({r.replicate for r in (*ref.runs, *arm.runs)} - set(seeds)):
+        sides = [f"{name}: {_why_missing(s, seed)}" for name, s, rows in (("reference", ref, ref_rows), ("arm", arm, arm_rows))
+                 if seed not in rows]
+        unpaired.append(f"seed {seed}: " + "; ".join(sides))
+
+    def est(values: dict[int, float | None]) -> dict[int, float]:
+        return {s: v for s, v in values.items() if v is not None}
+
+    time_pairs = est({p.seed: p.time_to_target_speedup for p in pairs})
+    return Comparison(
+        ref, arm, kind, pairs,
+        bpb_gap=mean_interval([p.bpb_gap for p in pairs if p.bpb_gap is not None]),
+        loss_gap=mean_interval([p.loss_gap for p in pairs if p.loss_gap is not None]),
+        speedup=paired_ratio(est({s: arm_rows[s].tokens_per_s for s in seeds}),
+                             est({s: ref_rows[s].tokens_per_s for s in seeds})),
+        time_to_target_speedup=mean_interval(list(time_pairs.values())), time_pairs=len(time_pairs),
+        unpaired=unpaired)
+
+
+def _one_axis_apart(a: str, b: str) -> bool:
+    pa, pb = label_parts(a), label_parts(b)
+    keys_a = [p.split("=", 1)[0] for p in pa]
+    keys_b = [p.split("=", 1)[0] for p in pb]
+    if keys_a != keys_b or not all("=" in p for p in pa + pb):
+        return True  # not sweep labels (runs of an experiment): every arm is compared with the reference
+    return sum(x != y for x, y in zip(pa, pb)) == 1
+
+
+def build_report(runs: Sequence[RunSeries], title: str, target_bpb: float | None = None,
+                 parent_run_id: str | None = None, *, reference: str | None = None,
+                 target_source: str | None = None, provenance: Provenance | None = None) -> ComparisonReport:
+    """Compute every number of the report from the runs' metric series.
+
+    ``reference``: the reference arm's label (default: the arm of the first run); ``target_bpb``:
+    given by the user or the sweep (``target_source`` says which), else the reference arm's mean final
+    val/bpb over its finished runs.
+    """
+    runs = list(runs)
+    measured = [r for r in runs if r.series("val/bpb")]
+    skipped = [r for r in runs if not r.series("val/bpb")]
+    grouped: dict[str, list[RunSeries]] = {}
+    for run in runs:
+        grouped.setdefault(run.arm, []).append(run)
+    if reference is not None and reference not in grouped:
+        raise TrackingError(f"reference arm {reference!r} is not among the runs' arms: {', '.join(grouped)}")
+    reference = reference if reference is not None else (runs[0].arm if runs else None)
+
+    if target_bpb is not None:
+        source = target_source or "given"
+    else:
+        ref_runs = [r for r in grouped.get(reference or "", []) if r.finished and r.series("val/bpb")]
+        finals = {r.replicate: _last(r.series("val/bpb")) for r in ref_runs}
+        if finals:
+            target_bpb = statistics.fmean(finals.values())
+            n = len(finals)
+            source = f"the reference arm's mean final val/bpb ({reference}, {n} seed{'s' if n > 1 else ''})"
+        else:
+            source = f"none: the reference arm ({reference}) has no finished run with val/bpb"
+
+    rows = [_row(run, target_bpb) for run in measured]
+    by_id = {row.run.run_id: row for row in rows}
+    arms = {name: _arm_summary(name, members, by_id) for name, members in grouped.items()}
+    domains = sorted({d for r in measured for d in r.domains})
+
+    comparisons: list[Comparison] = []
+    seen: set[tuple[str, str]] = set()
+    ref_arm = arms.get(reference or "")
+    if ref_arm is not None:
+        for name, summary in arms.items():
+            if name != reference and _one_axis_apart(name, reference or ""):
+                seen.add((reference or "", name))
+                comparisons.append(_compare(ref_arm, summary, "one axis"))
+    groups: dict[str, list[ArmSummary]] = {}
+    for summary in arms.values():
+        if summary.runs[0].pair_arm is not None:
+            groups.setdefault(summary.runs[0].pair_arm or "", []).append(summary)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        ref = next((m for m in members if m.precision != "fp8"), members[0])
+        for other in members:
+            if other is not ref and (ref.arm, other.arm) not in seen:
+                seen.add((ref.arm, other.arm))
+                comparisons.append(_compare(ref, other, "precision pair"))
+    for c in comparisons:  # precision pairs keep their own kind when they are also one axis apart
+        if c.kind == "one axis" and c.arm.runs[0].pair_arm is not None and c.arm.runs[0].pair_arm == c.reference.runs[0].pair_arm:
+            c.kind = "precision pair"
+    pairs = [p for c in comparisons for p in c.pairs]
+    return ComparisonReport(title, target_bpb, source, rows, pairs, skipped, domains, parent_run_id,
+                            arms=list(arms.values()), comparisons=comparisons, reference=reference,
+                            provenance=provenance or Provenance(), runs=runs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -261,10 +555,15 @@ def _client(tracking_uri: str):
     return client
 
 
+_PARAMS = ("run.seed", "train.max_tokens", "precision.mode", "precision.fp8_layers", "precision.recipe",
+           "scaling.accelerator_type", "model.preset")
+
+
 def _run_series(client: Any, run: Any) -> RunSeries:
     tags, params = run.data.tags, run.data.params
     wanted = [k for k in run.data.metrics if k.startswith("val/") or k in (
-        "train/tokens_per_s", "train/mfu_bf16", "train/mfu_fp8", "train/peak_mem_gib", "train/elapsed_s")]
+        "train/tokens_per_s", "train/mfu_bf16", "train/mfu_fp8", "train/peak_mem_gib", "train/elapsed_s",
+        *SPIKE_METRICS)]
     metrics: dict[str, Series] = {}
     for key in wanted:
         history = client.get_metric_history(run.info.run_id, key)
@@ -272,17 +571,20 @@ def _run_series(client: Any, run: Any) -> RunSeries:
         for m in sorted(history, key=lambda m: (m.step, m.timestamp)):
             points[int(m.step)] = float(m.value)  # a step logged twice (after a restart): the latest wins
         metrics[key] = sorted(points.items())
+    seed = params.get("run.seed")
     return RunSeries(
         run_id=run.info.run_id, name=run.info.run_name or run.info.run_id,
         variant=tags.get("yxanul.variant") or run.info.run_name or run.info.run_id,
         pair=tags.get("yxanul.pair"), precision=params.get("precision.mode"),
         status=tags.get("yxanul.status") or run.info.status.lower(), reason=tags.get("yxanul.reason", ""),
-        metrics=metrics)
+        metrics=metrics, seed=int(seed) if seed is not None and seed.lstrip("-").isdigit() else None,
+        tags={k: v for k, v in tags.items() if k.startswith("yxanul.")},
+        params={k: params[k] for k in _PARAMS if k in params}, start_time_ms=run.info.start_time)
 
 
 def fetch_runs(tracking_uri: str, *, sweep: str | None = None,
                experiment: str | None = None) -> tuple[list[RunSeries], str | None, str]:
-    """Runs of a sweep (children of its latest parent run) or of an experiment.
+    """Runs of a sweep (children of its latest parent run) or of an experiment, in trial order.
 
     Returns (runs, parent run id or None, title). Raises TrackingError when nothing matches.
     """
@@ -316,12 +618,185 @@ def fetch_runs(tracking_uri: str, *, sweep: str | None = None,
         title = f"experiment {experiment}"
     if not children:
         raise TrackingError(f"{title} has no runs to compare")
-    children.sort(key=lambda r: (r.info.start_time or 0, r.info.run_name or ""))
+
+    def order(r: Any) -> tuple:
+        trial = r.data.tags.get("yxanul.trial", "")
+        return (int(trial) if trial.isdigit() else 1 << 30, r.info.start_time or 0, r.info.run_name or "")
+
+    children.sort(key=order)
     return [_run_series(client, r) for r in children], parent_id, title
 
 
+def compare_runs(tracking_uri: str, *, sweep: str | None = None, experiment: str | None = None,
+                 target_bpb: float | None = None, reference: str | None = None,
+                 command: str = "") -> ComparisonReport:
+    """Fetch the runs and build the report, with the sweep's own reference arm, target and provenance
+    (from its parent run) unless ``target_bpb`` / ``reference`` are given."""
+    runs, parent_id, title = fetch_runs(tracking_uri, sweep=sweep, experiment=experiment)
+    provenance = Provenance(compare_command=command, tracking_uri=tracking_uri)
+    source = "given by --target-bpb" if target_bpb is not None else None
+    if parent_id is not None:
+        parent = _client(tracking_uri).get_run(parent_id)
+        params, tags = parent.data.params, parent.data.tags
+        provenance.question = tags.get("mlflow.note.content", "")
+        provenance.sweep_command = tags.get("yxanul.command", "")
+        provenance.sweep_git_sha = tags.get("yxanul.git_sha", "")
+        if reference is None and params.get("sweep.reference"):
+            reference = params["sweep.reference"]
+        if target_bpb is None and params.get("sweep.target_bpb"):
+            target_bpb, source = float(params["sweep.target_bpb"]), "fixed in the sweep file (target_bpb)"
+    return build_report(runs, title, target_bpb, parent_id, reference=reference, target_source=source,
+                        provenance=provenance)
+
+
 # ---------------------------------------------------------------------------------------------------
-# Writing
+# Words and numbers people read
+
+
+def human(value: float | None, unit: str = "") -> str:
+    """6248990 -> '6.25M', 132500 -> '132.5k', 0.375 -> '0.375' (3-4 significant digits)."""
+    if value is None or not math.isfinite(value):
+        return ""
+    for suffix, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            v = value / scale
+            return f"{v:.4g}{suffix}{unit}" if abs(v) >= 100 else f"{v:.3g}{suffix}{unit}"
+    return f"{value:.4g}{unit}"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return ""
+    if value >= 3600:
+        return f"{int(value // 3600)}h{int(value % 3600 // 60):02d}m"
+    if value >= 60:
+        return f"{int(value // 60)}m{int(value % 60):02d}s"
+    return f"{value:.3g} s"
+
+
+def _est(e: Estimate | None, fmt: Any, sign: bool = False) -> str:
+    """'2.791 ± 0.011' (95% interval), '2.791 (1 seed: no interval)', or ''."""
+    if e is None:
+        return ""
+    mean = fmt(e.mean)
+    if sign and e.mean > 0:
+        mean = "+" + mean
+    if e.half_width is None:
+        return f"{mean} (1 seed: no interval)"
+    return f"{mean} ± {fmt(e.half_width).lstrip('+')}"
+
+
+def _bpb(v: float) -> str:
+    return f"{v:.4f}" if abs(v) >= 0.0005 or v == 0 else f"{v:.2g}"
+
+
+def _ratio(v: float) -> str:
+    return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def _ratio_x(e: Estimate | None) -> str:
+    if e is None:
+        return ""
+    if e.half_width is None:
+        return f"{_ratio(e.mean)}x (1 seed: no interval)"
+    return f"{_ratio(e.mean)}x ± {_ratio(e.half_width)}"
+
+
+def _seeds_text(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def _cards(runs: Sequence[RunSeries]) -> str:
+    cards = sorted({r.card for r in runs})
+    return " / ".join(cards) if cards else "unknown card"
+
+
+def sentence(c: Comparison, target_bpb: float | None) -> str:
+    """One sentence of answer, e.g. 'precision.mode=fp8 vs precision.mode=bf16 on H200, 3 seeds: final
+    val/bpb -0.0040 ± 0.0110 (within noise); tokens/s 1.040x ± 0.010 (faster); ...'."""
+    arm, ref, shared = c.names()
+    runs = [p.arm for p in c.pairs] + [p.reference for p in c.pairs]
+    head = f"{arm} vs {ref}" + (f" ({shared})" if shared else "") + f" on {_cards(runs) if runs else 'no card'}"
+    n = len(c.pairs)
+    if n == 0:
+        why = "; ".join(c.unpaired) or "no finished runs"
+        return f"{head}: no seed where both arms finished ({why}): no comparison."
+    def said(what: str, e: Estimate | None, text: str, word: str, extra: str = "") -> str:
+        if e is not None and e.half_width is None:  # one seed: the number, never a verdict
+            return f"{what} {text.replace(' (1 seed: no interval)', '')} (1 seed: no interval, no verdict{extra})"
+        return f"{what} {text} ({word}{extra})"
+
+    parts = [said("final val/bpb", c.bpb_gap, _est(c.bpb_gap, _bpb, sign=True), c.quality_verdict)]
+    if c.speedup is not None:
+        parts.append(said("tokens/s", c.speedup, _ratio_x(c.speedup), c.speed_verdict))
+    if target_bpb is not None:
+        if c.time_to_target_speedup is not None:
+            extra = f"; {c.time_pairs} of {n} seeds reached it in both arms" if c.time_pairs < n else ""
+            parts.append(said(f"time to {target_bpb:.4f} bpb", c.time_to_target_speedup,
+                              _ratio_x(c.time_to_target_speedup), c.time_verdict, extra))
+        else:
+            parts.append(f"time to {target_bpb:.4f} bpb: not reached by both arms at any seed")
+    text = f"{head}, {_seeds_text(n)}: " + "; ".join(parts) + "."
+    if c.unpaired:
+        text += " Not paired: " + "; ".join(c.unpaired) + "."
+    spiking = c.spiking
+    if spiking:
+        text += " Rests on a run with a spike: " + "; ".join(
+            f"{r.arm} seed {r.replicate} ({_spike_text(r)})" for r in spiking) + "."
+    return text
+
+
+def _spike_text(run: RunSeries) -> str:
+    out = [f"{kind} at {human(tokens)} tokens ({size:.1f}x median)" if kind == "grad_norm" else
+           f"{kind} at {human(tokens)} tokens (+{size:.2f} nats)" for kind, tokens, size in run.spikes[:3]]
+    if len(run.spikes) > 3:
+        out.append(f"{len(run.spikes) - 3} more")
+    return ", ".join(out)
+
+
+def _noise_text(report: ComparisonReport) -> str:
+    ref = report.reference_arm
+    if ref is None or ref.val_bpb is None:
+        return "noise floor: unknown (the reference arm has no finished run)"
+    if ref.val_bpb.std is None:
+        return "noise floor: unknown (1 seed: the seed-to-seed variation was not measured; verdicts need 2+ seeds)"
+    return (f"noise floor: {ref.val_bpb.std:.4f} bits/byte (seed standard deviation of the reference arm's final "
+            f"val/bpb, {_seeds_text(ref.val_bpb.n)})")
+
+
+def _target_text(report: ComparisonReport) -> str:
+    if report.target_bpb is None:
+        return f"target: {report.target_source}"
+    return f"target: {report.target_bpb:.4f} bits/byte ({report.target_source})"
+
+
+def _provenance_lines(report: ComparisonReport) -> list[tuple[str, str]]:
+    runs = [r for r in report.runs if r.start_time_ms]
+    dates = ""
+    if runs:
+        first = min(r.start_time_ms for r in runs) / 1000
+        last = max(r.start_time_ms for r in runs) / 1000
+        fmt = "%Y-%m-%d %H:%M"
+        dates = time.strftime(fmt, time.gmtime(first)) + (
+            f" to {time.strftime(fmt, time.gmtime(last))}" if last - first >= 60 else "") + " UTC (run starts)"
+    shas = sorted({r.tags.get("yxanul.git_sha", "")[:12] + (" (dirty)" if r.tags.get("yxanul.git_dirty") == "true" else "")
+                   for r in report.runs if r.tags.get("yxanul.git_sha")})
+    budgets = sorted({int(r.params["train.max_tokens"]) for r in report.runs
+                      if r.params.get("train.max_tokens", "").isdigit()})
+    trained = sum(row.final_tokens or 0 for row in report.rows)
+    p = report.provenance
+    out = [("card", ", ".join(report.cards) or "unknown"), ("date", dates),
+           ("git SHA", ", ".join(shas) or (p.sweep_git_sha[:12] if p.sweep_git_sha else "unknown")),
+           ("seeds", ", ".join(map(str, report.seeds)) + f" ({_seeds_text(len(report.seeds))}, shared by the arms)"),
+           ("token budget", (" / ".join(human(b) for b in budgets) + " per run; " if budgets else "")
+            + f"{human(trained)} trained in all ({len(report.runs)} runs)"),
+           ("sweep command", p.sweep_command), ("report command", p.compare_command),
+           ("MLflow", f"{p.tracking_uri} parent run {report.parent_run_id}" if report.parent_run_id else p.tracking_uri)]
+    return [(k, v) for k, v in out if v]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tables
 
 
 def _num(value: float | None, digits: int = 4, raw: bool = False) -> str:
@@ -334,31 +809,109 @@ def _num(value: float | None, digits: int = 4, raw: bool = False) -> str:
     return f"{value:.{digits}g}"
 
 
+def _reached(row: RunRow, value: float | None, raw: bool, fmt: Any) -> str:
+    if row.tokens_to_target is None:
+        return "not reached"
+    return _num(value, raw=True) if raw else fmt(value)
+
+
 def _run_table(report: ComparisonReport, raw: bool = False) -> tuple[list[str], list[list[str]]]:
-    head = ["variant", "precision", "status", "tokens", "val_bpb"]
+    """Every measured run. raw: full-precision CSV columns; else human numbers."""
+    head = ["variant", "seed", "precision", "status", "tokens", "val_bpb"]
     for d in report.domains:
         head += [f"val_{d}_loss", f"val_{d}_bpb"]
     head += ["tokens_to_target", "seconds_to_target", "tokens_per_s", "mfu_bf16", "mfu_fp8", "peak_mem_gib",
-             "train_seconds", "run_id"]
+             "train_seconds", "spikes", "run_id"]
     body = []
     for row in report.rows:
-        cells = [row.run.variant, row.run.precision or "", row.run.status, _num(row.final_tokens, raw=raw),
-                 _num(row.val_bpb, raw=raw)]
-        for d in report.domains:
-            cells += [_num(row.domain_loss.get(d), raw=raw), _num(row.domain_bpb.get(d), raw=raw)]
-        cells += [_num(row.tokens_to_target, 6, raw), _num(row.seconds_to_target, raw=raw),
-                  _num(row.tokens_per_s, raw=raw), _num(row.mfu_bf16, 3, raw), _num(row.mfu_fp8, 3, raw),
-                  _num(row.peak_mem_gib, 3, raw), _num(row.train_seconds, raw=raw), row.run.run_id]
+        r = row.run
+        spikes = (f"{len(r.spikes)}: " + _spike_text(r)) if r.spikes else ""
+        if raw:
+            cells = [r.variant, str(r.replicate), r.precision or "", r.status, _num(row.final_tokens, raw=True),
+                     _num(row.val_bpb, raw=True)]
+            for d in report.domains:
+                cells += [_num(row.domain_loss.get(d), raw=True), _num(row.domain_bpb.get(d), raw=True)]
+            cells += [_reached(row, row.tokens_to_target, True, None), _reached(row, row.seconds_to_target, True, None),
+                      _num(row.tokens_per_s, raw=True), _num(row.mfu_bf16, raw=True), _num(row.mfu_fp8, raw=True),
+                      _num(row.peak_mem_gib, raw=True), _num(row.train_seconds, raw=True), spikes, r.run_id]
+        else:
+            cells = [r.arm, str(r.replicate), r.precision or "", r.status, human(row.final_tokens),
+                     _num(row.val_bpb)]
+            for d in report.domains:
+                cells += [_num(row.domain_loss.get(d)), _num(row.domain_bpb.get(d))]
+            cells += [_reached(row, row.tokens_to_target, False, human), _reached(row, row.seconds_to_target, False, _seconds),
+                      human(row.tokens_per_s), _num(row.mfu_bf16, 3), _num(row.mfu_fp8, 3), _num(row.peak_mem_gib, 3),
+                      _seconds(row.train_seconds), spikes, r.run_id[:12]]
         body.append(cells)
     return head, body
 
 
 def _pair_table(report: ComparisonReport, raw: bool = False) -> tuple[list[str], list[list[str]]]:
-    head = ["pair", "arm", "reference", "at_tokens", "loss_gap", "bpb_gap", "speedup_tokens_per_s",
+    head = ["pair", "seed", "arm", "reference", "at_tokens", "loss_gap", "bpb_gap", "speedup_tokens_per_s",
             "speedup_time_to_target"]
-    body = [[p.pair or "(all)", p.arm.variant, p.reference.variant, _num(p.tokens, raw=raw),
+    body = [[p.pair or "(all)", str(p.seed), p.arm.variant, p.reference.variant, _num(p.tokens, raw=raw),
              _num(p.loss_gap, raw=raw), _num(p.bpb_gap, raw=raw), _num(p.speedup, raw=raw),
-             _num(p.time_to_target_speedup, raw=raw)] for p in report.pairs]
+             _num(p.time_to_target_speedup, raw=raw) if p.time_to_target_speedup is not None else "not reached"]
+            for p in report.pairs]
+    return head, body
+
+
+def _arm_table(report: ComparisonReport) -> tuple[list[str], list[list[str]]]:
+    """The headline table: one row per arm, means ± 95% interval across seeds."""
+    target = f"{report.target_bpb:.4f}" if report.target_bpb is not None else "target"
+    head = ["arm", "seeds", "final val/bpb", f"tokens to {target}", f"seconds to {target}", "tokens/s", "flags"]
+    body = []
+    for a in report.arms:
+        n = len(a.rows)
+        flags = []
+        if a.arm == report.reference:
+            flags.append("reference")
+        if a.spiking:
+            flags.append("spike: seed " + ", ".join(str(r.replicate) for r in a.spiking))
+        if a.unfinished:
+            flags.append("; ".join(f"seed {r.replicate} {r.status}" for r in a.unfinished))
+        def to_target(e: Estimate | None, fmt: Any) -> str:
+            if report.target_bpb is None or n == 0:
+                return ""
+            if a.reached == 0 or e is None:
+                return "not reached"
+            return _est(e, fmt) + (f" (reached {a.reached}/{n})" if a.reached < n else "")
+
+        body.append([
+            a.arm, f"{n}" + (f" of {len(a.runs)}" if len(a.runs) != n else ""), _est(a.val_bpb, _bpb),
+            to_target(a.tokens_to_target, human), to_target(a.seconds_to_target, _seconds),
+            _est(a.tokens_per_s, human), "; ".join(flags)])
+    return head, body
+
+
+def _domain_table(report: ComparisonReport) -> tuple[list[str], list[list[str]]]:
+    head = ["arm", *(f"{d} bpb" for d in report.domains)]
+    body = [[a.arm, *(_est(a.domain_bpb.get(d), _bpb) for d in report.domains)] for a in report.arms]
+    return head, body
+
+
+def _comparison_table(report: ComparisonReport, raw: bool = False) -> tuple[list[str], list[list[str]]]:
+    head = ["arm", "vs", "seeds", "Δ val/bpb", "quality", "tokens/s", "speed", "time to target", "time"]
+    if raw:
+        head = ["arm", "reference", "kind", "seeds_paired", "bpb_gap_mean", "bpb_gap_half_width", "quality_verdict",
+                "loss_gap_mean", "loss_gap_half_width", "speedup_mean", "speedup_half_width", "speed_verdict",
+                "time_to_target_speedup_mean", "time_to_target_speedup_half_width", "time_pairs", "time_verdict",
+                "unpaired", "spiking_runs"]
+    body = []
+    for c in report.comparisons:
+        if raw:
+            def e(x: Estimate | None) -> list[str]:
+                return ["", ""] if x is None else [_num(x.mean, raw=True), _num(x.half_width, raw=True)]
+            body.append([c.arm.arm, c.reference.arm, c.kind, str(len(c.pairs)), *e(c.bpb_gap), c.quality_verdict,
+                         *e(c.loss_gap), *e(c.speedup), c.speed_verdict, *e(c.time_to_target_speedup), str(c.time_pairs),
+                         c.time_verdict, "; ".join(c.unpaired), " ".join(r.run_id for r in c.spiking)])
+        else:
+            arm, ref, _ = c.names()
+            body.append([arm, ref, f"{len(c.pairs)}" + (f" of {len(c.pairs) + len(c.unpaired)}" if c.unpaired else ""),
+                         _est(c.bpb_gap, _bpb, sign=True).replace(" (1 seed: no interval)", ""), c.quality_verdict,
+                         _ratio_x(c.speedup).replace(" (1 seed: no interval)", ""), c.speed_verdict if c.speedup else "",
+                         _ratio_x(c.time_to_target_speedup).replace(" (1 seed: no interval)", "")
+                         or ("not reached" if c.pairs else ""), c.time_verdict if c.time_to_target_speedup else ""])
     return head, body
 
 
@@ -371,27 +924,62 @@ def _md_table(head: list[str], body: list[list[str]]) -> str:
 
 
 METHOD = """\
-- target bits/byte: {target}.
+- arms and seeds: an arm is a variant label without its seed; its runs are seed replicates shared with the other
+  arms (same initialisation and data order per seed). Statistics use finished runs; other runs are listed.
+- per arm: mean ± half width of the two-sided 95% Student-t interval across seeds; with 1 seed, no interval.
+- {target}.
 - tokens/seconds to target: first validation point at or below the target, linearly interpolated with the
-  validation point before it (seconds: same fraction of the training clock `val/elapsed_s`, validation excluded).
-- tokens/s and MFU: medians of the logged values; peak memory: maximum logged.
-- pairs (same `yxanul.pair`): reference = the non-FP8 arm; gap = arm - reference at the last token count both
-  validated at (mean validation loss over domains in nats/token, and val/bpb); speedup = arm tokens/s /
-  reference tokens/s; time-to-target speedup = reference seconds / arm seconds."""
+  validation point before it (seconds: same fraction of the training clock `val/elapsed_s`, validation excluded);
+  a run that never reaches it is "not reached" (means are over the seeds that reached it).
+- tokens/s and MFU: medians of a run's logged intervals; peak memory: maximum logged.
+- comparisons: every arm one axis apart from the reference arm, and each FP8 arm vs the non-FP8 arm of its
+  precision pair. Per seed both arms finished: val/bpb gap = arm - reference at the last token count both
+  validated at; tokens/s ratio = arm / reference; time-to-target speedup = reference seconds / arm seconds.
+  Mean over seeds with a paired 95% t interval; verdict better/worse (faster/slower) when the interval excludes
+  0 (1 for ratios), else within noise; 1 seed: no verdict.
+- spikes: gradient norm > 5x its running median or loss > 0.5 nats above its running median (after 10 logging
+  points), detected in training and logged as `train/spike_*` and the `yxanul.spikes` tag."""
 
 
 def _markdown(report: ComparisonReport) -> str:
-    target = (f"{report.target_bpb:.4f} bits/byte ({report.target_source})" if report.target_bpb is not None
-              else report.target_source)
-    parts = [f"# Comparison: {report.title}", "", "## Runs", "", _md_table(*_run_table(report)), ""]
+    parts = [f"# Comparison: {report.title}", ""]
+    if report.provenance.question:
+        parts += [f"**Question:** {report.provenance.question}", ""]
+    if report.comparisons:
+        parts += ["**Answer:**", ""] + [f"- {sentence(c, report.target_bpb)}" for c in report.comparisons] + [""]
+    parts += [f"{_seeds_text(len(report.seeds))} ({', '.join(map(str, report.seeds))}); {_noise_text(report)}; "
+              f"{_target_text(report)}.", ""]
+    parts += ["## Arms (mean ± 95% interval across seeds)", "", _md_table(*_arm_table(report)), ""]
+    if report.comparisons:
+        parts += ["## Comparisons (seed-paired)", "", _md_table(*_comparison_table(report)), ""]
+    if report.domains:
+        parts += ["## Validation bits/byte per domain", "", _md_table(*_domain_table(report)), ""]
+    parts += ["## Provenance", "", *(f"- {k}: {v}" for k, v in _provenance_lines(report)), ""]
+    parts += ["## Runs", "", _md_table(*_run_table(report)), ""]
     if report.pairs:
-        parts += ["## FP8 / BF16 pairs", "", _md_table(*_pair_table(report)), ""]
+        parts += ["## Seed pairs", "", _md_table(*_pair_table(report)), ""]
     if report.skipped:
         parts += ["## Runs without validation results", "",
                   _md_table(["variant", "status", "reason", "run_id"],
                             [[r.variant, r.status, r.reason, r.run_id] for r in report.skipped]), ""]
-    parts += ["## How the numbers are made", "", METHOD.format(target=target), ""]
+    parts += ["## How the numbers are made", "", METHOD.format(target=_target_text(report)), ""]
     return "\n".join(parts)
+
+
+def _arm_curves(arm: ArmSummary, xkey: str | None) -> tuple[list[float], list[float], list[float], list[float]]:
+    """(x, mean, min, max) of val/bpb across the arm's seeds at the tokens every seed validated at; x is tokens,
+    or the mean over seeds of ``xkey`` (e.g. val/elapsed_s) at those tokens."""
+    runs = [r.run for r in arm.rows] or [r for r in arm.runs if r.series("val/bpb")][:1]
+    curves = [dict(r.series("val/bpb")) for r in runs]
+    if not curves:
+        return [], [], [], []
+    clocks = [dict(r.series(xkey)) for r in runs] if xkey else []
+    common = sorted(set.intersection(*(set(c) for c in curves)))
+    if xkey:
+        common = [t for t in common if all(t in c for c in clocks)]
+    xs = [statistics.fmean(c[t] for c in clocks) if xkey else float(t) for t in common]
+    values = [[c[t] for c in curves] for t in common]
+    return xs, [statistics.fmean(v) for v in values], [min(v) for v in values], [max(v) for v in values]
 
 
 def _plots(report: ComparisonReport, out: Path) -> list[Path]:
@@ -400,38 +988,39 @@ def _plots(report: ComparisonReport, out: Path) -> list[Path]:
     from matplotlib.figure import Figure
 
     paths = []
+    arms = [a for a in report.arms if any(r.series("val/bpb") for r in a.runs)]
     for name, xkey, xlabel in (("val_bpb_vs_tokens.png", None, "training tokens"),
                                ("val_bpb_vs_seconds.png", "val/elapsed_s", "training seconds (validation excluded)")):
         fig = Figure(figsize=(7, 4.5), dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
-        for row in report.rows:
-            bpb = row.run.series("val/bpb")
-            if xkey is None:
-                xs, ys = [t for t, _ in bpb], [v for _, v in bpb]
-            else:
-                clock = dict(row.run.series(xkey))
-                pts = [(clock[t], v) for t, v in bpb if t in clock]
-                xs, ys = [x for x, _ in pts], [y for _, y in pts]
-            ax.plot(xs, ys, marker="o", markersize=3, label=row.run.variant)
+        for arm in arms:
+            xs, mean, lo, hi = _arm_curves(arm, xkey)
+            n = len(arm.rows) or 1
+            (line,) = ax.plot(xs, mean, marker="o", markersize=3, label=f"{arm.arm} ({_seeds_text(n)})")
+            if n > 1:
+                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
         if report.target_bpb is not None:
             ax.axhline(report.target_bpb, color="grey", linestyle="--", linewidth=1, label="target")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation bits/byte (mean over domains)")
+        ax.set_title("mean over seeds; band: min-max across seeds", fontsize=9)
         ax.grid(alpha=0.3)
-        if report.rows:
+        if arms:
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / name)
         paths.append(out / name)
-    fig = Figure(figsize=(7, max(2.5, 0.45 * len(report.rows) + 1.2)), dpi=100)
+    fig = Figure(figsize=(7, max(2.5, 0.45 * len(report.arms) + 1.2)), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    labels = [row.run.variant for row in report.rows]
-    values = [row.tokens_per_s or 0.0 for row in report.rows]
-    ax.barh(range(len(labels)), values, color="tab:blue")
+    labels = [a.arm for a in report.arms]
+    values = [a.tokens_per_s.mean if a.tokens_per_s else 0.0 for a in report.arms]
+    lows = [v - min((r.tokens_per_s or v) for r in a.rows) if a.rows else 0.0 for v, a in zip(values, report.arms)]
+    highs = [max((r.tokens_per_s or v) for r in a.rows) - v if a.rows else 0.0 for v, a in zip(values, report.arms)]
+    ax.barh(range(len(labels)), values, xerr=[lows, highs], color="tab:blue", ecolor="black", capsize=3)
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    ax.set_xlabel("training tokens/s (median of logged intervals)")
+    ax.set_xlabel("training tokens/s (mean over seeds of each run's median; whiskers: min-max)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "throughput.png")
@@ -439,36 +1028,64 @@ def _plots(report: ComparisonReport, out: Path) -> list[Path]:
     return paths
 
 
-def _html(report: ComparisonReport, markdown_method: str, plots: list[Path]) -> str:
+def _html(report: ComparisonReport, plots: list[Path]) -> str:
     def table(head: list[str], body: list[list[str]]) -> str:
         rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
-        return ("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
-                + f"</tr></thead><tbody>{rows}</tbody></table>")
+        return ("<div class='scroll'><table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+                + f"</tr></thead><tbody>{rows}</tbody></table></div>")
 
-    parts = [f"<h1>Comparison: {html.escape(report.title)}</h1>", "<h2>Runs</h2>", table(*_run_table(report))]
-    if report.pairs:
-        parts += ["<h2>FP8 / BF16 pairs</h2>", table(*_pair_table(report))]
-    if report.skipped:
-        parts += ["<h2>Runs without validation results</h2>",
-                  table(["variant", "status", "reason", "run_id"],
-                        [[r.variant, r.status, r.reason, r.run_id] for r in report.skipped])]
+    def details(summary: str, inner: str) -> str:
+        return f"<details><summary>{html.escape(summary)}</summary>{inner}</details>"
+
+    e = html.escape
+    parts = [f"<h1>Comparison: {e(report.title)}</h1>"]
+    if report.provenance.question:
+        parts.append(f"<p class='question'><b>Question:</b> {e(report.provenance.question)}</p>")
+    if report.comparisons:
+        parts.append("<ul class='verdicts'>" + "".join(f"<li class='verdict'>{e(sentence(c, report.target_bpb))}</li>"
+                                                      for c in report.comparisons) + "</ul>")
+    else:
+        parts.append("<p>No comparison: the runs form no pair with the reference arm.</p>")
+    parts.append(f"<p class='floor'>{e(_seeds_text(len(report.seeds)))} ({e(', '.join(map(str, report.seeds)))}); "
+                 f"{e(_noise_text(report))}; {e(_target_text(report))}.</p>")
+    parts.append("<dl class='prov'>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _provenance_lines(report))
+                 + "</dl>")
+    parts += ["<h2>Arms</h2><p class='note'>mean ± 95% interval across seeds</p>", table(*_arm_table(report))]
+    if report.comparisons:
+        parts += ["<h2>Comparisons</h2><p class='note'>seed-paired: mean difference or ratio ± 95% interval</p>",
+                  table(*_comparison_table(report))]
     parts.append("<h2>Plots</h2>")
     for path in plots:
         data = base64.b64encode(path.read_bytes()).decode()
-        parts.append(f'<figure><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
-                     f"<figcaption>{html.escape(path.stem.replace('_', ' '))}</figcaption></figure>")
-    parts += ["<h2>How the numbers are made</h2>",
-              "<ul>" + "".join(f"<li>{html.escape(line.lstrip('- ').strip())}</li>"
-                               for line in markdown_method.split("\n- ")) + "</ul>"]
-    style = ("body{font-family:sans-serif;margin:2em;max-width:110em}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#f0f0f0}"
-             "td:first-child{text-align:left}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report.title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+        parts.append(f'<figure><img alt="{e(path.stem)}" src="data:image/png;base64,{data}">'
+                     f"<figcaption>{e(path.stem.replace('_', ' '))}</figcaption></figure>")
+    parts.append("<h2>Details</h2>")
+    if report.domains:
+        parts.append(details("Validation bits/byte per domain", table(*_domain_table(report))))
+    parts.append(details(f"Runs ({len(report.rows)} with validation results)", table(*_run_table(report))))
+    if report.pairs:
+        parts.append(details(f"Seed pairs ({len(report.pairs)})", table(*_pair_table(report))))
+    if report.skipped:
+        parts.append(details(f"Runs without validation results ({len(report.skipped)})",
+                             table(["variant", "status", "reason", "run_id"],
+                                   [[r.variant, r.status, r.reason, r.run_id] for r in report.skipped])))
+    method = METHOD.format(target=_target_text(report))
+    parts.append(details("How the numbers are made", "<ul>" + "".join(
+        f"<li>{e(' '.join(item.split()))}</li>" for item in method.removeprefix("- ").split("\n- ")) + "</ul>"))
+    style = ("body{font-family:sans-serif;margin:1.5em auto;max-width:72em;padding:0 1em;line-height:1.35}"
+             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;"
+             "text-align:right;white-space:nowrap}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}"
+             ".scroll{overflow-x:auto;max-width:100%}img{max-width:100%}figure{margin:1em 0}"
+             ".verdict{margin:.4em 0}.note{color:#555;font-size:12px;margin:.2em 0}"
+             "dl.prov{display:grid;grid-template-columns:max-content auto;gap:2px 12px;font-size:13px}"
+             "dl.prov dt{color:#555}dl.prov dd{margin:0;overflow-wrap:anywhere}summary{cursor:pointer;margin:.5em 0}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+            f"<title>{e(report.title)}</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
 
 
 def write_report(report: ComparisonReport, out_dir: str | Path) -> list[Path]:
-    """Write comparison.csv, pairs.csv, comparison.md, the PNGs and report.html into ``out_dir``.
+    """Write comparison.csv (runs), arms.csv, comparisons.csv, pairs.csv (seed pairs), comparison.md, the
+    PNGs and report.html into ``out_dir`` (report.html last in the returned list).
 
     Everything is written to a temporary folder beside ``out_dir`` first and moved into place file by
     file only when all of it succeeded, so a failure never leaves a half-written report.
@@ -477,25 +1094,39 @@ def write_report(report: ComparisonReport, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".report-") as tmp_name:
         tmp = Path(tmp_name)
-        head, body = _run_table(report, raw=True)
-        with open(tmp / "comparison.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(head)
-            writer.writerows(body)
-        head, body = _pair_table(report, raw=True)
-        with open(tmp / "pairs.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(head)
-            writer.writerows(body)
+        for name, (head, body) in (("comparison.csv", _run_table(report, raw=True)),
+                                   ("arms.csv", _arms_csv(report)),
+                                   ("comparisons.csv", _comparison_table(report, raw=True)),
+                                   ("pairs.csv", _pair_table(report, raw=True))):
+            with open(tmp / name, "w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(head)
+                writer.writerows(body)
         (tmp / "comparison.md").write_text(_markdown(report))
         plots = _plots(report, tmp)
-        target = (f"{report.target_bpb:.4f} bits/byte ({report.target_source})" if report.target_bpb is not None
-                  else report.target_source)
-        (tmp / "report.html").write_text(_html(report, METHOD.format(target=target), plots))
-        names = ["comparison.csv", "pairs.csv", "comparison.md", *PLOTS, "report.html"]
+        (tmp / "report.html").write_text(_html(report, plots))
+        names = ["comparison.csv", "arms.csv", "comparisons.csv", "pairs.csv", "comparison.md", *PLOTS, "report.html"]
         for name in names:
             os.replace(tmp / name, out / name)
     return [out / name for name in names]
+
+
+def _arms_csv(report: ComparisonReport) -> tuple[list[str], list[list[str]]]:
+    metrics = ["val_bpb", *(f"val_{d}_bpb" for d in report.domains), "tokens_to_target", "seconds_to_target",
+               "tokens_per_s"]
+    head = ["arm", "precision", "seeds", "runs", "reached_target", "spiking_seeds"]
+    for m in metrics:
+        head += [f"{m}_mean", f"{m}_half_width", f"{m}_std", f"{m}_n"]
+    body = []
+    for a in report.arms:
+        row = [a.arm, a.precision or "", " ".join(map(str, a.seeds)), str(len(a.runs)), str(a.reached),
+               " ".join(str(r.replicate) for r in a.spiking)]
+        for est in (a.val_bpb, *(a.domain_bpb.get(d) for d in report.domains), a.tokens_to_target,
+                    a.seconds_to_target, a.tokens_per_s):
+            row += (["", "", "", "0"] if est is None else
+                    [_num(est.mean, raw=True), _num(est.half_width, raw=True), _num(est.std, raw=True), str(est.n)])
+        body.append(row)
+    return head, body
 
 
 def log_report(tracking_uri: str, parent_run_id: str, files: Sequence[Path]) -> None:
@@ -511,17 +1142,16 @@ def log_report(tracking_uri: str, parent_run_id: str, files: Sequence[Path]) -> 
 
 
 def format_summary(report: ComparisonReport) -> str:
-    """A short fixed-width table for the console."""
+    """The console view: a short per-run table, the target, the noise floor and one sentence per comparison."""
     head = ["variant", "status", "tokens", "val_bpb", "tokens_to_target", "tokens_per_s"]
-    body = [[r.run.variant, r.run.status, _num(r.final_tokens), _num(r.val_bpb), _num(r.tokens_to_target, 6),
-             _num(r.tokens_per_s)] for r in report.rows]
+    body = [[r.run.variant, r.run.status, _num(r.final_tokens), _num(r.val_bpb),
+             (_num(r.tokens_to_target, 6) if r.tokens_to_target is not None else
+              "not reached" if report.target_bpb is not None else ""), human(r.tokens_per_s)] for r in report.rows]
     body += [[r.variant, r.reason or r.status, "", "", "", ""] for r in report.skipped]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
-    if report.target_bpb is not None:
-        lines.append(f"target: {report.target_bpb:.4f} bits/byte ({report.target_source})")
-    for p in report.pairs:
-        lines.append(f"pair {p.pair}: {p.arm.variant} vs {p.reference.variant}: loss gap {_num(p.loss_gap)} nats "
-                     f"at {_num(p.tokens)} tokens, speedup {_num(p.speedup)}x tokens/s")
+    lines.append(f"{_seeds_text(len(report.seeds))}; {_noise_text(report)}")
+    lines.append(_target_text(report))
+    lines += [sentence(c, report.target_bpb) for c in report.comparisons]
     return "\n".join(lines)

@@ -53,7 +53,7 @@ class SpikeDetector:
     loss_nats: float = 0.5
     warmup: int = 10
     """Points of a signal seen before it can flag (early training is not steady)."""
-    window: int = 50
+    window: int = 20
     """Previous points the running median is taken over."""
     spikes: list[Spike] = field(default_factory=list)
     _history: dict[str, deque] = field(default_factory=dict)

@@ -3,8 +3,9 @@ ratios, and the verdict a comparison may state. Pure Python (no scipy, no numpy)
 tests call it on plain lists.
 
     est = mean_interval([2.79, 2.81, 2.80])           # Estimate(mean, half_width, n, std)
-    diff = paired_difference({0: 2.68, 1: 2.71}, {0: 2.79, 1: 2.81})   # arm - reference, per shared seed
-    verdict(diff, lower_is_better=True)               # "better" / "worse" / "within noise" / "1 seed: no verdict"
+    gap = mean_interval([-0.11, -0.10, -0.12])        # per-seed differences arm - reference (paired)
+    verdict(gap, lower_is_better=True)                # "better" / "worse" / "within noise" / "1 seed: no verdict"
+    speed = paired_ratio({0: 1.3e5, 1: 1.4e5}, {0: 1.0e5, 1: 1.1e5})   # per-seed ratios, mean and interval
 
 Seeds are replicates: the arms of a comparison share each seed (same initialisation, same data order),
 so the difference is taken per seed and the interval is over those differences (a paired t interval),
@@ -17,7 +18,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Estimate", "mean_interval", "paired_difference", "paired_ratio", "t_quantile", "verdict"]
+__all__ = ["Estimate", "mean_interval", "paired_ratio", "t_quantile", "verdict"]
 
 LEVEL = 0.95
 """Two-sided confidence level of every interval the report prints."""
@@ -132,13 +133,6 @@ def mean_interval(values: Sequence[float], level: float = LEVEL) -> Estimate | N
     std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
     half = t_quantile(0.5 + level / 2.0, n - 1) * std / math.sqrt(n)
     return Estimate(mean, half, n, std)
-
-
-def paired_difference(arm: Mapping[int, float], reference: Mapping[int, float],
-                      level: float = LEVEL) -> Estimate | None:
-    """Mean of ``arm[s] - reference[s]`` over the seeds both have, with its paired t interval."""
-    seeds = sorted(set(arm) & set(reference))
-    return mean_interval([arm[s] - reference[s] for s in seeds], level)
 
 
 def paired_ratio(numerator: Mapping[int, float], denominator: Mapping[int, float],
