@@ -166,13 +166,15 @@ def test_dry_run_prints_the_trial_table_without_ray(capsys, monkeypatch):
     was_running = ray.is_initialized()
     assert sweep_job.main(["fp8-vs-bf16", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "sweep fp8-vs-bf16: 2 trials" in out
+    assert "sweep fp8-vs-bf16: 6 trials" in out
+    assert "2 variants x 3 seeds (0, 1, 2; shared by every variant) = 6 trials; token budget 21M per trial, 126M in all" in out
+    assert "reference arm: precision.mode=bf16; target for time-to-target: the reference arm's mean final val/bpb" in out
     assert "precision.mode=bf16" in out and "precision.mode=fp8" in out and "placement" in out
     assert ray.is_initialized() == was_running
 
 
 def test_tokenizer_axis_pairs_each_tokenizer_with_the_dataset_it_prepared(tmp_path):
-    spec, overrides = load_sweep("tokenizer-bpe-vs-superbpe")
+    spec, overrides = load_sweep("tokenizer-bpe-vs-superbpe", ["sweep.seeds=[0]"])
     plan = plan_sweep(spec, overrides, cluster=MIXED)
     by_label = {t.label: t.cfg for t in plan.trials}
     assert sorted(by_label) == ["tokenizer=bpe-32k", "tokenizer=superbpe-32k"]
@@ -188,3 +190,74 @@ def test_tokenizer_axis_pairs_each_tokenizer_with_the_dataset_it_prepared(tmp_pa
     for cfg in (bpe, superbpe):
         if not (Path(cfg.data.output_dir) / "manifest.json").is_file():
             assert f"data.output_dir={cfg.data.output_dir} tokenizer.path={cfg.tokenizer.path}" in table
+
+
+@pytest.mark.parametrize("name", ["fp8-vs-bf16", "curriculum-variants", "precision-x-curriculum",
+                                  "tokenizer-bpe-vs-superbpe", "yxanul-claims"])
+def test_gpu_sweeps_run_every_variant_at_three_shared_seeds(name):
+    plan = plan_sweep(*load_sweep(name), cluster=MIXED)
+    by_arm: dict[str, list[int]] = {}
+    for t in plan.trials:
+        by_arm.setdefault(t.arm, []).append(t.cfg.run.seed)
+        assert t.label == f"{t.arm},seed={t.seed}"
+    assert all(seeds == [0, 1, 2] for seeds in by_arm.values()) and len(plan.trials) == 3 * len(by_arm)
+    # Arms of a precision pair share each seed (paired): their configs differ in precision only (checked
+    # by plan_sweep), and their pair label carries the seed.
+    for t in plan.trials:
+        partners = [o for o in plan.trials if o.pair == t.pair]
+        assert {o.cfg.run.seed for o in partners} == {t.seed}
+
+
+def test_yxanul_claims_is_the_full_stack_the_baseline_and_three_one_change_variants():
+    spec, overrides = load_sweep("yxanul-claims")
+    plan = plan_sweep(spec, overrides, cluster=MIXED)
+    arms = {t.arm: t.cfg for t in plan.trials}
+    assert sorted(arms) == ["data=bpe+seed-ultra,precision=bf16", "data=bpe,precision=bf16", "data=bpe,precision=fp8",
+                            "data=superbpe+seed-ultra,precision=fp8", "data=superbpe,precision=bf16"]
+    assert plan.reference == "data=bpe,precision=bf16" and spec.target_bpb is None
+    base, full = arms["data=bpe,precision=bf16"], arms["data=superbpe+seed-ultra,precision=fp8"]
+    assert (base.precision.mode, base.curriculum.preset, "bpe-32k" in base.tokenizer.path) == ("bf16", "none", True)
+    assert (full.precision.mode, full.curriculum.preset, "superbpe" in full.tokenizer.path) == ("fp8", "seed-ultra", True)
+    assert full.precision.fp8_layers == ["head"]
+    # each one-change variant differs from the baseline in one of the three things only
+    ignore = {"run.name", "run.seed", "scaling.accelerator_type"}
+    changed = {}
+    for arm, cfg in arms.items():
+        differ = {k for k, v in cfg.flat_params().items() if base.flat_params().get(k) != v} - ignore
+        changed[arm] = {k.split(".")[0] for k in differ}
+    assert changed["data=bpe,precision=fp8"] == {"precision"}
+    assert changed["data=superbpe,precision=bf16"] == {"tokenizer", "data"}
+    assert changed["data=bpe+seed-ultra,precision=bf16"] == {"curriculum", "data"}
+    # the fp8 arm and the baseline form a precision pair on the same card type
+    fp8 = [t for t in plan.trials if t.arm == "data=bpe,precision=fp8"][0]
+    bf16 = [t for t in plan.trials if t.pair == fp8.pair and t is not fp8][0]
+    assert bf16.cfg.scaling.accelerator_type == fp8.cfg.scaling.accelerator_type == "H100"
+
+
+def test_exclude_reference_and_target_are_validated(tmp_path):
+    path = write(tmp_path, BASE + """
+axes:
+  precision:
+    key: precision.mode
+    values: [bf16, fp8]
+  lr:
+    key: optim.lr
+    values: [1.0e-3, 2.0e-3]
+exclude:
+  - {precision: fp8, lr: 2.0e-3}
+reference: {precision: bf16, lr: 2.0e-3}
+target_bpb: 2.5
+seeds: [0, 1]
+""")
+    spec, overrides = load_sweep(path)
+    plan = plan_sweep(spec, overrides, cluster=CPU)
+    assert sorted({t.arm for t in plan.trials}) == ["precision.mode=bf16,optim.lr=0.001", "precision.mode=bf16,optim.lr=0.002",
+                                                    "precision.mode=fp8,optim.lr=0.001"]
+    assert len(plan.trials) == 6 and plan.reference == "precision.mode=bf16,optim.lr=0.002"
+    assert "target for time-to-target: 2.5 bits/byte (fixed in the sweep)" in format_plan(plan)
+    for bad, message in ((["sweep.exclude=[{nope: 1}]"], "exclude names axis 'nope'"),
+                         (["sweep.reference={precision: fp16}"], "reference gives axis 'precision' the value 'fp16'"),
+                         (["sweep.target_bpb=-1"], "target_bpb"),
+                         (["sweep.reference={precision: fp8, lr: 2.0e-3}"], "is excluded")):
+        with pytest.raises(ConfigError, match=message):
+            load_sweep(path, bad)
