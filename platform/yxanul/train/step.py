@@ -22,7 +22,7 @@ from yxanul.config import OptimConfig
 from yxanul.model import IGNORE_INDEX, RMSNorm, cross_entropy, next_token_targets
 from yxanul.precision import Precision
 
-__all__ = ["MicroBatch", "StepResult", "build_optimizer", "param_groups", "train_step"]
+__all__ = ["MicroBatch", "ParamRow", "StepResult", "build_optimizer", "param_group_table", "param_groups", "train_step"]
 
 MicroBatch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 """Either (B, L) tokens (inputs = all L tokens, targets = the next token, none for the last
@@ -57,6 +57,30 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             continue
         (no_decay if id(p) in no_decay_ids or p.ndim < 2 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass(frozen=True)
+class ParamRow:
+    """One parameter as the optimizer sees it (the row of :func:`param_group_table`)."""
+
+    name: str
+    shape: tuple[int, ...]
+    group: str
+    """``decay`` or ``no_decay``."""
+    weight_decay: float
+    lr: float
+    """Peak learning rate of its group (the schedule scales every group alike, as a function of tokens)."""
+
+
+def param_group_table(model: nn.Module, optim_cfg: OptimConfig) -> list[ParamRow]:
+    """Every trainable parameter with its optimizer group, weight decay and learning rate, sorted by name:
+    what :func:`build_optimizer` gives AdamW. Two arms that must differ in precision only (FP8 vs BF16)
+    must have identical tables; works on a ``meta``-device model (no memory, no GPU)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    rows = [ParamRow(names[id(p)], tuple(p.shape), "decay" if group["weight_decay"] else "no_decay",
+                     float(group["weight_decay"]), float(optim_cfg.lr))
+            for group in param_groups(model, optim_cfg.weight_decay) for p in group["params"]]
+    return sorted(rows, key=lambda r: r.name)
 
 
 def build_optimizer(model: nn.Module, optim_cfg: OptimConfig) -> torch.optim.AdamW:
