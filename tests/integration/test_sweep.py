@@ -81,6 +81,9 @@ max_concurrent_trials: 2
                                   filter_string="tags.`yxanul.sweep` = 'grid' and tags.`yxanul.role` = 'sweep'")
     assert parent.info.status == "FINISHED" and parent.data.tags["yxanul.status"] == "finished"
     assert parent.data.params["sweep.trials"] == "4"
+    # what jobs.compare needs to compare fairly: the reference arm, the command (no target fixed here)
+    assert parent.data.params["sweep.reference"] == "curriculum=short,precision.mode=fp32"
+    assert "sweep.target_bpb" not in parent.data.params and parent.data.tags["yxanul.command"]
     runs = children(client, parent.info.run_id)
     assert sorted(runs) == ["curriculum=long,precision.mode=fp32", "curriculum=long,precision.mode=fp8",
                             "curriculum=short,precision.mode=fp32", "curriculum=short,precision.mode=fp8"]

@@ -61,3 +61,31 @@ def test_warmup_hides_early_points_and_none_values_are_ignored():
     assert feed(detector, steady) == []
     [spike] = detector.observe(20000, loss=5.0, grad_norm=6.0)  # 6x the median 1.0
     assert spike.kind == "grad_norm" and detector.observe(21000, loss=5.0, grad_norm=4.9) == []
+
+
+def test_the_training_loop_logs_spikes_as_metrics_a_tag_and_a_console_line(capsys):
+    """The loop's logging hook (``_Loop._log``) feeds the detector the loss and grad norm it already reads."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from yxanul.config import load_config
+    from yxanul.tracking import NullTracker
+    from yxanul.train.checkpoint import TrainState
+    from yxanul.train.loop import _Loop
+
+    loop = object.__new__(_Loop)  # the hook alone: no Ray Train context, no data
+    loop.cfg = load_config(None, ["train.tokens_per_step=1024"])
+    loop.rank, loop.world, loop.device = 0, 1, torch.device("cpu")
+    loop.state, loop.tracker, loop.spikes = TrainState(), NullTracker(), SpikeDetector()
+    stage = SimpleNamespace(seq_len=64, index=0)
+    throughput = SimpleNamespace(tokens_per_s=1000.0, mfu_bf16=None, mfu_fp8=None, peak_mem_gib=None)
+    for i in range(30):
+        loop.state.step, loop.state.tokens = i + 1, 1024 * (i + 1)
+        grad = 10.0 if i == 20 else 1.0
+        loop._log(stage, 1e-3, torch.tensor(3.0), 1, torch.tensor(grad), throughput, 30)
+    logged = [(step, m["train/spike_grad_norm"]) for step, m in loop.tracker.metrics if "train/spike_grad_norm" in m]
+    assert logged == [(21 * 1024, 10.0)]
+    assert not any("train/spike_loss" in m for _, m in loop.tracker.metrics)
+    assert loop.tracker.tags["yxanul.spikes"] == "grad_norm@21504 (10.0x)"
+    assert "warning: grad-norm spike at 21504 tokens: 10 = 10.0x its running median 1" in capsys.readouterr().err
