@@ -441,8 +441,8 @@ def _compare(ref: ArmSummary, arm: ArmSummary, kind: str) -> Comparison:
     pairs = [_pair_row(label or "", ref_rows[s], arm_rows[s]) for s in seeds]
     unpaired = []
     for seed in sorted({r.replicate for r in (*ref.runs, *arm.runs)} - set(seeds)):
-        sides = [f"{name}: {_why_missing(s, seed)}" for name, s, rows in (("reference", ref, ref_rows), ("arm", arm, arm_rows))
-                 if seed not in rows]
+        sides = [f"{name}: {_why_missing(s, seed)}"
+                 for name, s, rows in (("reference", ref, ref_rows), ("arm", arm, arm_rows)) if seed not in rows]
         unpaired.append(f"seed {seed}: " + "; ".join(sides))
 
     def est(values: dict[int, float | None]) -> dict[int, float]:
@@ -525,7 +525,8 @@ def build_report(runs: Sequence[RunSeries], title: str, target_bpb: float | None
                 seen.add((ref.arm, other.arm))
                 comparisons.append(_compare(ref, other, "precision pair"))
     for c in comparisons:  # precision pairs keep their own kind when they are also one axis apart
-        if c.kind == "one axis" and c.arm.runs[0].pair_arm is not None and c.arm.runs[0].pair_arm == c.reference.runs[0].pair_arm:
+        pair = c.arm.runs[0].pair_arm
+        if c.kind == "one axis" and pair is not None and pair == c.reference.runs[0].pair_arm:
             c.kind = "precision pair"
     pairs = [p for c in comparisons for p in c.pairs]
     return ComparisonReport(title, target_bpb, source, rows, pairs, skipped, domains, parent_run_id,
@@ -839,7 +840,8 @@ def _run_table(report: ComparisonReport, raw: bool = False) -> tuple[list[str], 
                      _num(row.val_bpb)]
             for d in report.domains:
                 cells += [_num(row.domain_loss.get(d)), _num(row.domain_bpb.get(d))]
-            cells += [_reached(row, row.tokens_to_target, False, human), _reached(row, row.seconds_to_target, False, _seconds),
+            cells += [_reached(row, row.tokens_to_target, False, human),
+                      _reached(row, row.seconds_to_target, False, _seconds),
                       human(row.tokens_per_s), _num(row.mfu_bf16, 3), _num(row.mfu_fp8, 3), _num(row.peak_mem_gib, 3),
                       _seconds(row.train_seconds), spikes, r.run_id[:12]]
         body.append(cells)

@@ -78,8 +78,8 @@ class SpikeDetector:
 
 def format_spikes(spikes: list[Spike], limit: int = 20) -> str:
     """``grad_norm@2621440 (10.2x), loss@3145728 (+0.61 nats)`` (the ``yxanul.spikes`` tag value)."""
-    parts = [f"{s.kind}@{s.tokens} ({s.size:.1f}x)" if s.kind == "grad_norm" else f"{s.kind}@{s.tokens} ({s.size:+.2f} nats)"
-             for s in spikes[:limit]]
+    parts = [f"{s.kind}@{s.tokens} ({s.size:.1f}x)" if s.kind == "grad_norm"
+             else f"{s.kind}@{s.tokens} ({s.size:+.2f} nats)" for s in spikes[:limit]]
     if len(spikes) > limit:
         parts.append(f"... {len(spikes) - limit} more")
     return ", ".join(parts)

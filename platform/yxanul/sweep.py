@@ -217,7 +217,8 @@ class SweepSpec(_Spec):
         for name, axis in self.axes.items():
             if axis.key == "run.seed" or (axis.variants and any("run.seed" in b for b in axis.variants.values())):
                 raise ValueError(f"axis {name!r} sets run.seed: use the `seeds` list")
-        for what, point in [*(("exclude", e) for e in self.exclude), *([("reference", self.reference)] if self.reference else [])]:
+        named = [("exclude", e) for e in self.exclude] + ([("reference", self.reference)] if self.reference else [])
+        for what, point in named:
             if not point:
                 raise ValueError(f"an empty `{what}` entry matches every grid point")
             for name, value in point.items():
@@ -505,6 +506,8 @@ def plan_sweep(spec: SweepSpec, run_overrides: list[str] | None = None,
         trials.append(Trial(index, label, ",".join(pair_parts) or "base", seed, keys, overrides, cfg, arm=arm))
     if not trials:
         raise ConfigError(f"sweep {spec.name}: `exclude` leaves no trial to run")
+    if not reference:
+        raise ConfigError(f"sweep {spec.name}: reference {spec.reference} matches no trial (`exclude` removes it)")
 
     _check_pairs(trials)
     _place(trials, spec, cluster, base_path, base_overrides)
