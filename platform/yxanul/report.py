@@ -430,6 +430,8 @@ def _why_missing(summary: ArmSummary, seed: int) -> str:
     if not runs:
         return "no run"
     run = runs[-1]
+    if run.reason.startswith(run.status.replace("_", " ")):  # "not runnable: <why>" says it already
+        return run.reason
     return run.status + (f" ({run.reason})" if run.reason else "")
 
 
@@ -717,7 +719,7 @@ def sentence(c: Comparison, target_bpb: float | None) -> str:
     val/bpb -0.0040 ± 0.0110 (within noise); tokens/s 1.040x ± 0.010 (faster); ...'."""
     arm, ref, shared = c.names()
     runs = [p.arm for p in c.pairs] + [p.reference for p in c.pairs]
-    head = f"{arm} vs {ref}" + (f" ({shared})" if shared else "") + f" on {_cards(runs) if runs else 'no card'}"
+    head = f"{arm} vs {ref}" + (f" ({shared})" if shared else "") + (f" on {_cards(runs)}" if runs else "")
     n = len(c.pairs)
     if n == 0:
         why = "; ".join(c.unpaired) or "no finished runs"
@@ -877,12 +879,15 @@ def _arm_table(report: ComparisonReport) -> tuple[list[str], list[list[str]]]:
                 return ""
             if a.reached == 0 or e is None:
                 return "not reached"
-            return _est(e, fmt) + (f" (reached {a.reached}/{n})" if a.reached < n else "")
+            return one(_est(e, fmt)) + (f" (reached {a.reached}/{n})" if a.reached < n else "")
+
+        def one(text: str) -> str:  # with one seed the seeds column says "no interval", once
+            return text.replace(" (1 seed: no interval)", "")
 
         body.append([
-            a.arm, f"{n}" + (f" of {len(a.runs)}" if len(a.runs) != n else ""), _est(a.val_bpb, _bpb),
-            to_target(a.tokens_to_target, human), to_target(a.seconds_to_target, _seconds),
-            _est(a.tokens_per_s, human), "; ".join(flags)])
+            a.arm, f"{n}" + (f" of {len(a.runs)}" if len(a.runs) != n else "") + (": no interval" if n == 1 else ""),
+            one(_est(a.val_bpb, _bpb)), to_target(a.tokens_to_target, human), to_target(a.seconds_to_target, _seconds),
+            one(_est(a.tokens_per_s, human)), "; ".join(flags)])
     return head, body
 
 
