@@ -227,7 +227,7 @@ class Comparison:
     reference: ArmSummary
     arm: ArmSummary
     kind: str
-    """``precision pair`` or ``one axis`` (the arm differs from the reference arm in one axis)."""
+    """``precision pair`` (FP8 vs the non-FP8 arm of its pair) or ``vs reference`` (one axis from the reference arm)."""
     pairs: list[PairRow]
     bpb_gap: Estimate | None
     loss_gap: Estimate | None
@@ -497,7 +497,7 @@ def build_report(runs: Sequence[RunSeries], title: str, target_bpb: float | None
         if finals:
             target_bpb = statistics.fmean(finals.values())
             n = len(finals)
-            source = f"the reference arm's mean final val/bpb ({reference}, {n} seed{'s' if n > 1 else ''})"
+            source = f"the mean final val/bpb of the reference arm {reference} over {n} seed{'s' if n > 1 else ''}"
         else:
             source = f"none: the reference arm ({reference}) has no finished run with val/bpb"
 
@@ -513,7 +513,7 @@ def build_report(runs: Sequence[RunSeries], title: str, target_bpb: float | None
         for name, summary in arms.items():
             if name != reference and _one_axis_apart(name, reference or ""):
                 seen.add((reference or "", name))
-                comparisons.append(_compare(ref_arm, summary, "one axis"))
+                comparisons.append(_compare(ref_arm, summary, "vs reference"))
     groups: dict[str, list[ArmSummary]] = {}
     for summary in arms.values():
         if summary.runs[0].pair_arm is not None:
@@ -528,7 +528,7 @@ def build_report(runs: Sequence[RunSeries], title: str, target_bpb: float | None
                 comparisons.append(_compare(ref, other, "precision pair"))
     for c in comparisons:  # precision pairs keep their own kind when they are also one axis apart
         pair = c.arm.runs[0].pair_arm
-        if c.kind == "one axis" and pair is not None and pair == c.reference.runs[0].pair_arm:
+        if c.kind == "vs reference" and pair is not None and pair == c.reference.runs[0].pair_arm:
             c.kind = "precision pair"
     pairs = [p for c in comparisons for p in c.pairs]
     return ComparisonReport(title, target_bpb, source, rows, pairs, skipped, domains, parent_run_id,
@@ -678,7 +678,8 @@ def _seconds(value: float | None) -> str:
 
 
 def _est(e: Estimate | None, fmt: Any, sign: bool = False) -> str:
-    """'2.791 ± 0.011' (95% interval), '2.791 (1 seed: no interval)', or ''."""
+    """'2.791 ± 0.011' (95% interval), '2.791 (1 seed: no interval)', or ''. Human counts put the half
+    width in the mean's unit: '2.97M ± 0.13M'."""
     if e is None:
         return ""
     mean = fmt(e.mean)
@@ -686,6 +687,9 @@ def _est(e: Estimate | None, fmt: Any, sign: bool = False) -> str:
         mean = "+" + mean
     if e.half_width is None:
         return f"{mean} (1 seed: no interval)"
+    if fmt is human:
+        scale, suffix = next(((s, u) for u, s in (("B", 1e9), ("M", 1e6), ("k", 1e3)) if abs(e.mean) >= s), (1.0, ""))
+        return f"{mean} ± {e.half_width / scale:.2g}{suffix}"
     return f"{mean} ± {fmt(e.half_width).lstrip('+')}"
 
 

@@ -55,7 +55,7 @@ def test_crossing_is_interpolated_between_bracketing_validation_points():
 def test_report_numbers_are_exact():
     default = build_report([BF16, FP8, ULTRA, SKIPPED], "sweep syn")
     assert default.target_bpb == 1.25  # the reference arm's (first arm: bf16, none) mean final val/bpb
-    assert default.target_source.startswith("the reference arm's mean final val/bpb")
+    assert default.target_source == "the mean final val/bpb of the reference arm precision.mode=bf16,curriculum=none over 1 seed"
     rows = {r.run.run_id: r for r in default.rows}
     assert rows["b"].tokens_to_target is None and rows["a"].tokens_to_target == 4000.0  # not reached: None
 
@@ -207,9 +207,9 @@ def test_target_rule_and_one_axis_comparisons_against_the_sweep_reference():
     runs = [seeded(f"data={d},precision=bf16", s, f, 100.0, pair=f"data={d}") for d, f in (("bpe", 2.8), ("superbpe", 2.7))
             for s in range(2)]
     report = build_report(runs, "t", reference="data=superbpe,precision=bf16")
-    assert report.target_bpb == pytest.approx(2.7) and "data=superbpe,precision=bf16, 2 seeds" in report.target_source
+    assert report.target_bpb == pytest.approx(2.7) and report.target_source.endswith("arm data=superbpe,precision=bf16 over 2 seeds")
     [c] = report.comparisons
-    assert (c.arm.arm, c.reference.arm, c.kind) == ("data=bpe,precision=bf16", "data=superbpe,precision=bf16", "one axis")
+    assert (c.arm.arm, c.reference.arm, c.kind) == ("data=bpe,precision=bf16", "data=superbpe,precision=bf16", "vs reference")
     assert c.names() == ("data=bpe", "data=superbpe", "precision=bf16")
     fixed = build_report(runs, "t", target_bpb=3.0, target_source="fixed in the sweep file (target_bpb)")
     assert fixed.target_bpb == 3.0 and fixed.target_source == "fixed in the sweep file (target_bpb)"
