@@ -70,6 +70,7 @@ def test_the_training_loop_logs_spikes_as_metrics_a_tag_and_a_console_line(capsy
     import torch
 
     from yxanul.config import load_config
+    from yxanul.metrics import Throughput
     from yxanul.tracking import NullTracker
     from yxanul.train.checkpoint import TrainState
     from yxanul.train.loop import _Loop
@@ -77,9 +78,10 @@ def test_the_training_loop_logs_spikes_as_metrics_a_tag_and_a_console_line(capsy
     loop = object.__new__(_Loop)  # the hook alone: no Ray Train context, no data
     loop.cfg = load_config(None, ["train.tokens_per_step=1024"])
     loop.rank, loop.world, loop.device = 0, 1, torch.device("cpu")
-    loop.state, loop.tracker, loop.spikes = TrainState(), NullTracker(), SpikeDetector()
+    loop.state, loop.tracker, loop.spikes, loop.compile_s = TrainState(), NullTracker(), SpikeDetector(), 0.0
     stage = SimpleNamespace(seq_len=64, index=0)
-    throughput = SimpleNamespace(tokens_per_s=1000.0, mfu_bf16=None, mfu_fp8=None, peak_mem_gib=None)
+    throughput = Throughput(tokens_per_s=1000.0, tokens_per_s_per_gpu=1000.0, mfu_bf16=None, mfu_fp8=None,
+                            peak_mem_gib=None, elapsed_s=1.0)
     for i in range(30):
         loop.state.step, loop.state.tokens = i + 1, 1024 * (i + 1)
         grad = 10.0 if i == 20 else 1.0

@@ -218,7 +218,7 @@ def test_yxanul_claims_is_the_full_stack_the_baseline_and_three_one_change_varia
     base, full = arms["data=bpe,precision=bf16"], arms["data=superbpe+seed-ultra,precision=fp8"]
     assert (base.precision.mode, base.curriculum.preset, "bpe-32k" in base.tokenizer.path) == ("bf16", "none", True)
     assert (full.precision.mode, full.curriculum.preset, "superbpe" in full.tokenizer.path) == ("fp8", "seed-ultra", True)
-    assert full.precision.fp8_layers == ["head"]
+    assert full.precision.fp8_layers == "auto"
     # each one-change variant differs from the baseline in one of the three things only
     ignore = {"run.name", "run.seed", "scaling.accelerator_type"}
     changed = {}
