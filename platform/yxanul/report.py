@@ -379,7 +379,9 @@ def _row(run: RunSeries, target_bpb: float | None) -> RunRow:
         domain_loss={d: v for d in run.domains if (v := _last(run.series(f"val/{d}/loss"))) is not None},
         domain_bpb={d: v for d in run.domains if (v := _last(run.series(f"val/{d}/bpb"))) is not None},
         tokens_to_target=tokens, seconds_to_target=seconds,
-        tokens_per_s=_median(run.series("train/tokens_per_s")),
+        # per GPU (what MFU is computed from), so arms with different worker counts compare; runs logged
+        # before the per-GPU metric existed have only the global rate
+        tokens_per_s=_median(run.series("train/tokens_per_s_per_gpu") or run.series("train/tokens_per_s")),
         mfu_bf16=_median(run.series("train/mfu_bf16")), mfu_fp8=_median(run.series("train/mfu_fp8")),
         peak_mem_gib=max(v for _, v in peak) if peak else None,
         train_seconds=_last(run.series("train/elapsed_s")))
@@ -565,7 +567,7 @@ _PARAMS = ("run.seed", "train.max_tokens", "precision.mode", "precision.fp8_laye
 def _run_series(client: Any, run: Any) -> RunSeries:
     tags, params = run.data.tags, run.data.params
     wanted = [k for k in run.data.metrics if k.startswith("val/") or k in (
-        "train/tokens_per_s", "train/mfu_bf16", "train/mfu_fp8", "train/peak_mem_gib", "train/elapsed_s",
+        "train/tokens_per_s", "train/tokens_per_s_per_gpu", "train/mfu_bf16", "train/mfu_fp8", "train/peak_mem_gib", "train/elapsed_s",
         *SPIKE_METRICS)]
     metrics: dict[str, Series] = {}
     for key in wanted:
@@ -942,7 +944,8 @@ METHOD = """\
 - tokens/seconds to target: first validation point at or below the target, linearly interpolated with the
   validation point before it (seconds: same fraction of the training clock `val/elapsed_s`, validation excluded);
   a run that never reaches it is "not reached" (means are over the seeds that reached it).
-- tokens/s and MFU: medians of a run's logged intervals; peak memory: maximum logged.
+- tokens/s and MFU: medians of a run's logged intervals, tokens/s per GPU (train/tokens_per_s_per_gpu; the
+  global rate for runs that predate it), MFU from that per-GPU rate; peak memory: maximum logged.
 - comparisons: every arm one axis apart from the reference arm, and each FP8 arm vs the non-FP8 arm of its
   precision pair. Per seed both arms finished: val/bpb gap = arm - reference at the last token count both
   validated at; tokens/s ratio = arm / reference; time-to-target speedup = reference seconds / arm seconds.

@@ -222,3 +222,15 @@ def test_labels_and_human_numbers():
         'precision.fp8_layers=["head","mlp"],curriculum=none'
     assert human(6_248_990) == "6.25M" and human(132_500) == "132.5k" and human(20_971_520) == "21M"
     assert human(0.375) == "0.375" and human(None) == ""
+
+
+def test_tokens_per_s_is_per_gpu_when_the_run_logged_it():
+    """A 2-worker arm logs a global rate twice its per-GPU rate: the report compares per-GPU rates (what MFU is
+    computed from); a run without the per-GPU series (older runs) falls back to the global one."""
+    two_gpus = run("e", "precision.mode=bf16,curriculum=none", "curriculum=none", "bf16",
+                   bpb=[(1000, 3.0)], clock=[(1000, 10.0)], eng=[(1000, 2.5)], code=[(1000, 3.5)],
+                   tps=[(500, 200.0), (1000, 220.0), (1500, 240.0)])
+    two_gpus.metrics["train/tokens_per_s_per_gpu"] = [(500, 100.0), (1000, 110.0), (1500, 120.0)]
+    rows = {r.run.run_id: r for r in build_report([two_gpus, FP8], "sweep gpus").rows}
+    assert rows["e"].tokens_per_s == 110.0
+    assert rows["b"].tokens_per_s == 125.0  # global series only
