@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -404,11 +405,20 @@ class TrackingConfig(_Section):
     enabled: bool = True
     """Log to MLflow (rank 0 only)."""
     uri: str | None = None
-    """MLflow tracking URI; None uses $MLFLOW_TRACKING_URI, else the local store sqlite:///outputs/mlflow.db."""
+    """MLflow tracking URI; None uses $MLFLOW_TRACKING_URI, else the local store sqlite:///outputs/mlflow.db.
+    A server with a login takes its account from $MLFLOW_TRACKING_USERNAME / $MLFLOW_TRACKING_PASSWORD."""
     experiment: str = "yxanul"
     """MLflow experiment name."""
     log_model: bool = False
     """Log the final model (Hugging Face format) as an artifact."""
+
+    @model_validator(mode="after")
+    def _no_password_in_uri(self) -> TrackingConfig:
+        # The URI is a run param and part of the logged config: a password in it would be stored in clear.
+        if self.uri and urllib.parse.urlsplit(self.uri).password is not None:
+            raise ValueError("tracking.uri must not contain a password (it is logged with every run); "
+                             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
+        return self
 
 
 class ScalingConfig(_Section):

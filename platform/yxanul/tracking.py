@@ -14,6 +14,7 @@ already holds and drops anything at or below it (a resumed run replays from its 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import platform as _platform
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from importlib import metadata
@@ -90,6 +92,9 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
     Relative SQLite paths are made absolute here (the driver resolves once; workers may run elsewhere).
     """
+    if not uri and urllib.parse.urlsplit(os.environ.get("MLFLOW_TRACKING_URI", "")).password is not None:
+        raise TrackingError("$MLFLOW_TRACKING_URI must not contain a password (runs record their URI); set "
+                            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(DEFAULT_STORE).resolve()}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         path = Path(uri.removeprefix("sqlite:///"))
@@ -110,7 +115,7 @@ def _check_http(uri: str, timeout_s: float) -> None:
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:
             if resp.status == 200:
-                return
+                return _check_credentials(uri, timeout_s)
             problem = f"HTTP {resp.status}"
     except urllib.error.HTTPError as exc:
         problem = f"HTTP {exc.code}"
@@ -119,6 +124,30 @@ def _check_http(uri: str, timeout_s: float) -> None:
     raise TrackingError(
         f"the MLflow tracking server {uri} is not reachable ({problem}); start it (e.g. `mlflow server --host "
         f"127.0.0.1 --port 5000`), fix tracking.uri / $MLFLOW_TRACKING_URI, or set tracking.enabled=false")
+
+
+def _check_credentials(uri: str, timeout_s: float) -> None:
+    """A server with authentication (``mlflow server --app-name basic-auth``) answers /health to anyone: ask
+    for one experiment with the credentials MLflow's client will send, so a 401 is one line, not a retry loop."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1")
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        urllib.request.urlopen(request, timeout=timeout_s).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            problem = (f"refused user {user!r} (HTTP 401): check" if user and password
+                       else "requires a login (HTTP 401): set")
+            raise TrackingError(f"the MLflow tracking server {uri} {problem} MLFLOW_TRACKING_USERNAME and "
+                                f"MLFLOW_TRACKING_PASSWORD (an account of that server; docs/cluster.md, "
+                                f"Security model)") from None
+        if exc.code == 403:
+            raise TrackingError(f"the MLflow tracking server {uri} refuses user {user!r} (HTTP 403): ask its admin "
+                                f"for permission, or use another MLFLOW_TRACKING_USERNAME") from None
+    except (OSError, ValueError):
+        pass  # /health answered; let MLflow's own requests report anything else
 
 
 def connect(uri: str, experiment: str, timeout_s: float = 10.0) -> str:
