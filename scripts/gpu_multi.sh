@@ -33,7 +33,8 @@ py=${PYTHON:-python3}
 steps=${STEPS:-30}
 recipe=${RECIPE:-delayed}
 export PYTHONPATH=/tmp/site:$PWD/platform:$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false
+# Ray token authentication on, as everywhere: the local Ray of each job makes ~/.ray/auth_token once.
+export PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false RAY_AUTH_MODE=token
 stamp=$(date -u +%Y%m%dT%H%M%S)
 config=$out/multi-270m.yaml
 per_gpu_tokens=65536       # tokens per GPU per optimizer step (4 x 8 x 2048)

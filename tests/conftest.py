@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
-# Ray 2.60 enables token auth for local clusters; CLI clients default to it disabled. Pin one mode
-# for every server and client the tests start so results never depend on test order.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+def _session_ray_token() -> Path:
+    """Token authentication on for every Ray server and client the tests start, with a token of this test
+    session only: a fresh file named by RAY_AUTH_TOKEN_PATH (Ray reads it before ~/.ray/auth_token), so the
+    tests neither read nor write the developer's ~/.ray/auth_token, and concurrent sessions never share one.
+    Set here, before anything imports Ray, so that every Ray process and subprocess inherits it."""
+    folder = tempfile.mkdtemp(prefix="yxanul-ray-auth-")  # mode 700
+    atexit.register(shutil.rmtree, folder, True)
+    path = Path(folder) / "auth_token"
+    path.touch(mode=0o600)
+    path.write_text(secrets.token_hex(32))
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    os.environ.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the file
+    return path
+
+
+RAY_AUTH_TOKEN_FILE = _session_ray_token()
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

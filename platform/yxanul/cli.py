@@ -7,6 +7,7 @@ input or bad config, one readable ``error: ...`` line on stderr (no traceback) a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,13 +27,39 @@ def job_parser(description: str, config_required: bool = True) -> argparse.Argum
 
 
 def run_job(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
-    """Call ``main(argv)``; turn a :class:`YxanulError` into one line on stderr and exit code 2."""
+    """Call ``main(argv)``; turn a :class:`YxanulError` (or Ray refusing this client's token) into one line on
+    stderr and exit code 2.
+
+    Ray's token authentication is on unless the user opted out explicitly (``RAY_AUTH_MODE=disabled``): the
+    job's own local Ray and its connection to a cluster (``$RAY_ADDRESS``) both use it, so a job behaves the
+    same on a laptop, under ``ray job submit`` and in the tests (docs/cluster.md, Security model)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         result = main(argv)
     except YxanulError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        refused = _ray_auth_refusal(exc)
+        if refused is None:
+            raise
+        print(f"error: {refused}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return int(result or 0)
+
+
+def _ray_auth_refusal(exc: BaseException) -> str | None:
+    """The one-line message for Ray's ``AuthenticationError`` (no token, or not the cluster's), else None."""
+    if "ray" not in sys.modules:  # a job that never imported Ray cannot have raised Ray's error
+        return None
+    from ray.exceptions import AuthenticationError
+
+    if not isinstance(exc, AuthenticationError):
+        return None
+    lines = str(exc.message).strip().splitlines()
+    what = lines[0].split(". ")[0].rstrip(".") if lines else "authentication failed"
+    return (f"Ray refused this client: {what}; give it the cluster's token (RAY_AUTH_TOKEN_PATH=<file>, "
+            f"RAY_AUTH_TOKEN, or ~/.ray/auth_token) with RAY_AUTH_MODE=token (docs/cluster.md, Security model)")

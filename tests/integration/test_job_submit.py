@@ -1,6 +1,8 @@
-"""`ray job submit` against a real head: start `ray start --head` on 127.0.0.1 (from this venv, own ports and
-temp dir, its own process group), submit jobs.train with the pulse config, wait for SUCCEEDED, check the MLflow
-run, then kill the head's process group (never `ray stop`: it would kill every Ray on the machine)."""
+"""`ray job submit` against a real head with token authentication: start `ray start --head` on 127.0.0.1 (from this
+venv, own ports and temp dir, its own process group, RAY_AUTH_MODE=token with the test session's token, the MLflow
+credentials in its environment as cluster.yaml gives them to every node), check that clients without the token are
+refused, submit jobs.train with the pulse config, wait for SUCCEEDED, check the MLflow run on the authenticated
+server, then kill the head's process group (never `ray stop`: it would kill every Ray on the machine)."""
 
 from __future__ import annotations
 
@@ -11,30 +13,36 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import free_port, wait_http
+from tests.integration.conftest import free_port, listens_beyond_loopback, ray_auth_headers, wait_http
 from tests.train_helpers import make_dataset
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).parent / "ray")
 # Not part of the project: hidden tool/cache folders and stray wheels in a shared checkout (Ray refuses uploads
 # over 100 MiB). The job needs only jobs/ and experiments/ (yxanul is installed in the venv).
 UPLOAD_EXCLUDES = [".ray*", ".te*", ".hypothesis", ".pytest_cache", "*.whl", "outputs"]
 
 
-@pytest.fixture
-def ray_head():
+@pytest.fixture(scope="module")
+def ray_head(mlflow_auth_server):
+    """Yields (dashboard address, dashboard port, GCS address, the head's environment)."""
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    # RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH come from tests/conftest.py, as every node's come from cluster.yaml.
+    env = {**os.environ, **mlflow_auth_server[1], "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    assert env["RAY_AUTH_MODE"] == "token"
     env.pop("RAY_ADDRESS", None)
     temp = tempfile.mkdtemp(prefix="/tmp/rayj")  # short: Ray's unix socket paths must stay < 108 bytes
-    dashboard = free_port()
-    cmd = [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-           f"--port={free_port()}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+    dashboard, gcs = free_port(), free_port()
+    cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+           f"--port={gcs}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
            f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
            f"--ray-client-server-port={free_port()}", f"--metrics-export-port={free_port()}",
@@ -43,8 +51,8 @@ def ray_head():
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
-        wait_http(f"{address}/api/version", timeout_s=120, proc=proc)
-        yield address, env
+        wait_http(f"{address}/api/version", timeout_s=120, proc=proc, headers=ray_auth_headers())
+        yield address, dashboard, f"127.0.0.1:{gcs}", env
     finally:
         for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
             try:
@@ -59,18 +67,68 @@ def ray_head():
         log.close()
 
 
-def test_ray_job_submit_runs_pulse_and_logs_to_mlflow(tmp_path, ray_head):
+def _http_status(url: str, headers: dict[str, str]) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_clients_without_the_token_are_refused(ray_head, tmp_path):
+    address, dashboard, gcs, env = ray_head
+    with urllib.request.urlopen(f"{address}/api/authentication_mode", timeout=30) as resp:
+        assert json.load(resp) == {"authentication_mode": "token"}
+    # The dashboard's HTTP API (Jobs API included): 401 without a token, 403 with a wrong one.
+    for path in ("/api/version", "/api/jobs/", "/api/v0/nodes"):
+        assert _http_status(address + path, {}) == 401, path
+        assert _http_status(address + path, {"Authorization": "Bearer " + "0" * 64}) == 403, path
+        assert _http_status(address + path, ray_auth_headers()) == 200, path
+    assert not listens_beyond_loopback(dashboard)  # and only this machine reaches it at all
+
+    # `ray job submit` from a client without the token (no auth settings at all), and from one with a wrong token.
+    anonymous = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH_")}
+    wrong = {**anonymous, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}
+    submit = [RAY, "job", "submit", "--address", address, "--", "python", "-c", "print('should never run')"]
+    for client_env, expected in ((anonymous, "Authentication required: Unauthorized: Missing authentication token"),
+                                 (wrong, "Authentication failed: Forbidden: Invalid authentication token")):
+        done = subprocess.run(submit, env=client_env, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1
+        # Ray's CLI prints a traceback above it; the line that says what happened is this one.
+        errors = [line for line in done.stderr.splitlines() if line.startswith("ray.exceptions.AuthenticationError")]
+        assert errors == [f"ray.exceptions.AuthenticationError: {expected}"], done.stderr[-2000:]
+    from ray.job_submission import JobSubmissionClient
+
+    assert JobSubmissionClient(address).list_jobs() == []  # nothing was submitted
+
+    # A job started by hand against the cluster (RAY_ADDRESS) on a machine without the token: one error line.
+    data = make_dataset(tmp_path / "data", {32: 64, 64: 32})
+    no_token = {**anonymous, "RAY_ADDRESS": gcs, "HOME": str(tmp_path)}  # no ~/.ray/auth_token either
+    done = subprocess.run([sys.executable, "-m", "jobs.train", "experiments/runs/pulse.yaml", f"data.output_dir={data}",
+                           f"run.storage_path={tmp_path / 'ray'}", "tracking.enabled=false"],
+                          env=no_token, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [
+        "error: Ray refused this client: Token authentication is enabled but no authentication token was found; "
+        "give it the cluster's token (RAY_AUTH_TOKEN_PATH=<file>, RAY_AUTH_TOKEN, or ~/.ray/auth_token) with "
+        "RAY_AUTH_MODE=token (docs/cluster.md, Security model)"]
+
+
+def test_ray_job_submit_runs_pulse_and_logs_to_mlflow(tmp_path, ray_head, mlflow_auth_server, monkeypatch):
     from mlflow import MlflowClient
 
-    address, env = ray_head
+    address, _, _, env = ray_head
+    uri, creds = mlflow_auth_server
     data = make_dataset(tmp_path / "data", {32: 200, 64: 100})
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job_id = f"yxanul-pulse-{os.getpid()}-{int(time.time())}"
-    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--submission-id", job_id,
+    cmd = [RAY, "job", "submit", "--address", address, "--submission-id", job_id,
            "--working-dir", str(REPO), "--runtime-env-json", json.dumps({"excludes": UPLOAD_EXCLUDES}), "--", "python", "-m", "jobs.train", "experiments/runs/pulse.yaml",
            f"data.output_dir={data}", f"run.storage_path={tmp_path / 'ray'}", f"tracking.uri={uri}",
            "train.max_tokens=16384", "eval.every_tokens=8192", "checkpoint.every_tokens=8192", "log.every_steps=2"]
-    done = subprocess.run(cmd, env={**env, "RAY_ADDRESS": address}, cwd=REPO, capture_output=True, text=True,
+    # The client has the token (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH) but no MLflow credentials: the job's
+    # driver and Train workers get those from the head's environment, as on the cluster.
+    client_env = {k: v for k, v in env.items() if k not in creds}
+    done = subprocess.run(cmd, env={**client_env, "RAY_ADDRESS": address}, cwd=REPO, capture_output=True, text=True,
                           timeout=540)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
@@ -79,9 +137,18 @@ def test_ray_job_submit_runs_pulse_and_logs_to_mlflow(tmp_path, ray_head):
     assert JobSubmissionClient(address).get_job_status(job_id) == JobStatus.SUCCEEDED
     assert "training finished at 16.4k tokens" in done.stdout
 
+    for key, value in creds.items():
+        monkeypatch.setenv(key, value)
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("pulse").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["yxanul.run_name"] == "pulse"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps == [4096 * k for k in range(1, 5)]  # every 2 steps of 2048 tokens
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/bpb")] == [8192, 16384]
+    # No secret in what the run recorded: params, tags, the resolved config.
+    secrets = [creds["MLFLOW_TRACKING_PASSWORD"], Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip()]
+    recorded = [*run.data.params.items(), *run.data.tags.items()]
+    assert len(run.data.params) > 20 and run.data.params["tracking.uri"] == uri
+    assert not [(k, v) for k, v in recorded for secret in secrets if secret in k or secret in v]
+    config = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
+    assert "pulse" in config and not [secret for secret in secrets if secret in config]

@@ -163,8 +163,7 @@ axes:
     log = open(env["root"] / "resume-driver.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "jobs.sweep", str(path), *overrides], cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled",
-                                 "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address})
+                            env={**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address})
     client = MlflowClient(env["uri"])
     exp_id = None
     child = None

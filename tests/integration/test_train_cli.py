@@ -3,6 +3,7 @@ readable error line and exit code 2."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -18,7 +19,8 @@ PULSE = "experiments/runs/pulse.yaml"
 
 def job(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "jobs.train", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={"PATH": "/usr/bin:/bin", "RAY_AUTH_MODE": "disabled"})
+                          timeout=300, env={"PATH": "/usr/bin:/bin", "RAY_AUTH_MODE": "token",
+                                            "RAY_AUTH_TOKEN_PATH": os.environ["RAY_AUTH_TOKEN_PATH"]})
 
 
 @pytest.fixture(scope="module")

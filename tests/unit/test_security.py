@@ -1,0 +1,98 @@
+"""Secure defaults that need no running service: Ray token auth for every job, one error line when Ray refuses
+the client, no password in a tracking URI, and local servers bound to loopback only. The refusals by real
+servers are tested in tests/integration (test_job_submit.py, test_mlflow_auth.py)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from yxanul.cli import run_job
+from yxanul.config import load_config
+from yxanul.errors import ConfigError, TrackingError
+from yxanul.tracking import resolve_tracking_uri
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_tests_run_with_token_auth_and_their_own_token():
+    # tests/conftest.py: never the developer's ~/.ray/auth_token, never a token shared with another session.
+    assert os.environ["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN" not in os.environ
+    token_file = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+    assert token_file != Path.home() / ".ray" / "auth_token"
+    assert re.fullmatch(r"[0-9a-f]{64}", token_file.read_text())
+    assert token_file.stat().st_mode & 0o077 == 0  # readable by its owner only
+
+
+def test_jobs_turn_token_auth_on_unless_the_user_opted_out(monkeypatch):
+    seen = []
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    assert run_job(lambda argv: seen.append(os.environ.get("RAY_AUTH_MODE"))) == 0
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the documented, explicit opt-out is respected
+    assert run_job(lambda argv: seen.append(os.environ.get("RAY_AUTH_MODE"))) == 0
+    assert seen == ["token", "disabled"]
+
+
+def test_ray_refusing_the_client_is_one_error_line(capsys):
+    from ray.exceptions import AuthenticationError
+
+    def main(argv):
+        raise AuthenticationError("Authentication failed: Forbidden: Invalid authentication token\n\nmore text")
+
+    assert run_job(main) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "error: Ray refused this client: Authentication failed: Forbidden: Invalid authentication token; give it the "
+        "cluster's token (RAY_AUTH_TOKEN_PATH=<file>, RAY_AUTH_TOKEN, or ~/.ray/auth_token) with RAY_AUTH_MODE=token "
+        "(docs/cluster.md, Security model)"]
+
+    def bug(argv):
+        raise RuntimeError("a bug keeps its traceback")
+
+    with pytest.raises(RuntimeError):
+        run_job(bug)
+
+
+def test_no_password_in_a_tracking_uri(monkeypatch):
+    pulse = ROOT / "experiments" / "runs" / "pulse.yaml"
+    with pytest.raises(ConfigError, match="tracking.uri must not contain a password") as err:
+        load_config(pulse, ["tracking.uri=http://alice:pw-123@10.0.0.5:5000"])
+    assert "pw-123" not in str(err.value)
+    assert load_config(pulse, ["tracking.uri=http://10.0.0.5:5000"]).tracking.uri == "http://10.0.0.5:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:pw-123@10.0.0.5:5000")
+    with pytest.raises(TrackingError, match=r"\$MLFLOW_TRACKING_URI must not contain a password") as err:
+        resolve_tracking_uri(None)
+    assert "pw-123" not in str(err.value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5000")
+    assert resolve_tracking_uri(None) == "http://10.0.0.5:5000"
+
+
+# Where this repository starts servers on the local machine (cluster.yaml and k8s/ are the multi-node exceptions,
+# checked in test_cluster_yaml.py): the jobs' local Ray, ./dev, the scripts, the tests' Ray heads and MLflow servers.
+_LOCAL_SOURCES = [*ROOT.glob("platform/**/*.py"), *ROOT.glob("jobs/*.py"), *ROOT.glob("tests/**/*.py"),
+                  *ROOT.glob("scripts/*.sh"), ROOT / "dev"]
+_BIND = re.compile(r"""(dashboard[-_]host|--host|node[-_]ip[-_]address)["']?\s*[=,]?\s*["']?([0-9a-zA-Z.:]+)""")
+
+
+def _binds(path: Path) -> list[tuple[str, str]]:
+    code = re.sub(r"(?m)(^|\s)#.*$", "", path.read_text())  # usage comments may show the cluster's command
+    return [(m.group(1), m.group(2)) for m in _BIND.finditer(code)]
+
+
+def test_local_servers_bind_to_loopback_only():
+    # A local `ray.init()` (the jobs, the demo, the tests) keeps the dashboard on loopback: Ray's default,
+    # which no call here overrides.
+    import ray
+
+    assert inspect.signature(ray.init).parameters["dashboard_host"].default == "127.0.0.1"
+    found = {path.relative_to(ROOT).as_posix(): _binds(path) for path in _LOCAL_SOURCES}
+    assert found["tests/integration/test_job_submit.py"]  # the check sees the head's options
+    assert found["tests/integration/conftest.py"] == [("--host", "127.0.0.1")]  # both MLflow servers
+    wrong = {path: binds for path, binds in found.items() if any(value != "127.0.0.1" for _, value in binds)}
+    assert wrong == {}
+    assert not [path for path in _LOCAL_SOURCES if "0.0.0.0" in re.sub(r"(?m)(^|\s)#.*$", "", path.read_text())
+                and path.name not in ("test_cluster_yaml.py", "test_security.py")]  # these assert on it
