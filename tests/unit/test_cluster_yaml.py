@@ -289,18 +289,99 @@ def test_no_credentials_and_ssh_only_ingress(cluster):
     for name, settings in _node_types(cluster).items():
         assert settings["node_config"].get("SecurityGroupIds"), name
     assert "0.0.0.0/0" not in json.dumps(cluster)  # no world-open CIDR anywhere in the settings
-    # Token-less Ray is only acceptable because it is set explicitly and identically everywhere.
     for cmd in (cluster["head_start_ray_commands"][1], cluster["worker_start_ray_commands"][1]):
-        assert "RAY_AUTH_MODE=disabled" in cmd and "MLFLOW_TRACKING_URI=" in cmd
+        assert "RAY_AUTH_MODE=token" in cmd and "MLFLOW_TRACKING_URI=" in cmd
+
+
+# Values that look like a secret: long hex/base64 runs (Ray's tokens are 64 hex characters), and any
+# assignment of a literal (not a $variable, a ~/ or / path, a <placeholder> or ...) to a name that says
+# token or password.
+_SECRET_RUN = re.compile(r"[A-Za-z0-9+=_-]{32,}")
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)(token|password|passwd|secret)[\w]*\s*(?:=|:(?!-))\s*['\"]?(?![$~/{<\s]|\.\.\.|$)[^\s'\"}]+")
+
+
+_SECRET_K8S_ENV = re.compile(r"(?i)name:\s*\w*(token|password|secret)\w*\s*,?\s*value:")  # not valueFrom
+
+
+def _secret_literals(text: str) -> list[str]:
+    runs = [m.group(0) for m in _SECRET_RUN.finditer(text) if re.search(r"\d", m.group(0)) and re.search(r"[a-z]", m.group(0), re.I)]
+    code = re.sub(r"(?m)(^|\s)#.*$", "", text)  # comments are prose ("CSRF tokens: made once")
+    return runs + [m.group(0) for pattern in (_SECRET_ASSIGNMENT, _SECRET_K8S_ENV) for m in pattern.finditer(code)]
+
+
+def test_secret_literal_check_is_real():
+    assert _secret_literals("RAY_AUTH_TOKEN=" + "ab12" * 16) != []
+    assert _secret_literals("- {name: RAY_AUTH_TOKEN, value: hunter2}") != []
+    assert _secret_literals("MLFLOW_TRACKING_PASSWORD: 'correct horse'") != []
+    assert _secret_literals("admin_password = s3cret!") != []
+    assert _secret_literals("Bearer " + "0f9a" * 8 + "c3") != []
+    # What the files legitimately say about secrets.
+    assert _secret_literals("set -a; . ~/.yxanul/mlflow.env; set +a; export RAY_AUTH_MODE=token") == []
+    assert _secret_literals("~/.ray/auth_token: ~/.ray/auth_token\n- secretRef: {name: yxanul-mlflow}") == []
+
+
+@pytest.mark.parametrize("path", [CLUSTER_YAML, KUBERAY_YAML, ROOT / "scripts" / "mlflow_server.sh"])
+def test_no_token_or_password_literal(path):
+    assert _secret_literals(path.read_text()) == []
+
+
+def test_ray_token_auth_on_every_node_type(prepared):
+    # file_mounts reach every node (head and workers) and the container: the token at Ray's default path.
+    mounts = prepared["file_mounts"]
+    assert mounts["~/.ray/auth_token"] == "~/.ray/auth_token"  # made by `ray get-auth-token --generate`
+    assert mounts["~/.yxanul/mlflow.env"] == "~/.yxanul/mlflow.env"
+    assert not [m for m in mounts.values() if Path(m).expanduser().resolve().is_relative_to(ROOT)
+                and m != "."]  # no secret comes from inside the repository
+    text = CLUSTER_YAML.read_text()
+    assert "RAY_AUTH_MODE=disabled" not in text
+    for name, settings in _node_types(prepared).items():
+        head = name == prepared["head_node_type"]
+        commands = settings.get("head_start_ray_commands" if head else "worker_start_ray_commands") or \
+            prepared["head_start_ray_commands" if head else "worker_start_ray_commands"]
+        starts = [c for c in commands if "ray start" in c]
+        assert len(starts) == 1, name
+        before = starts[0][:starts[0].index("ray start")]
+        assert "RAY_AUTH_MODE=token" in before and ". ~/.yxanul/mlflow.env" in before, name
+    # Interactive shells on the nodes (`ray exec ... 'ray status'`) get the mode too.
+    assert any("export RAY_AUTH_MODE=token" in c and ".bashrc" in c for c in prepared["setup_commands"])
+
+
+def test_start_commands_hand_the_secrets_to_ray_start_not_to_its_command_line(cluster, tmp_path):
+    """Run each node's start command in bash with a stand-in `ray` that records its arguments and environment:
+    what `ray start` sees is what every process of the node inherits."""
+    import os
+    import subprocess
+    import sys
+
+    home, bin_dir = tmp_path / "home", tmp_path / "bin"
+    (home / ".yxanul").mkdir(parents=True)
+    bin_dir.mkdir()
+    (home / ".yxanul" / "mlflow.env").write_text("MLFLOW_TRACKING_USERNAME=alice\nMLFLOW_TRACKING_PASSWORD=pw-0123456789\n")
+    (bin_dir / "ray").write_text('#!/bin/sh\necho "ARGS $*"\nenv | grep -E "^(RAY_AUTH_MODE|MLFLOW_)" | sort\n')
+    (bin_dir / "ray").chmod(0o755)
+    env = {"HOME": str(home), "RAY_HEAD_IP": "10.0.0.5",
+           "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin"}
+    for cmd in (cluster["head_start_ray_commands"][1], cluster["worker_start_ray_commands"][1]):
+        out = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=120).stdout
+        assert "RAY_AUTH_MODE=token" in out.splitlines()
+        assert "MLFLOW_TRACKING_USERNAME=alice" in out and "MLFLOW_TRACKING_PASSWORD=pw-0123456789" in out
+        args = next(line for line in out.splitlines() if line.startswith("ARGS "))
+        assert args.startswith("ARGS start") and "pw-0123456789" not in args and "alice" not in args
+    assert "MLFLOW_TRACKING_URI=http://10.0.0.5:5000" in out  # the worker's view of the head
 
 
 def test_mlflow_on_the_head_and_shared_storage(cluster):
     from ray.autoscaler._private.docker import docker_start_cmds
 
-    mlflow_cmd = next(c for c in cluster["head_start_ray_commands"] if "mlflow server" in c)
-    assert "--backend-store-uri sqlite:////mlflow/mlflow.db" in mlflow_cmd
+    mlflow_cmd = next(c for c in cluster["head_start_ray_commands"] if "mlflow_server.sh" in c)
+    # The authenticated server (scripts/mlflow_server.sh, tested for real in tests/integration) with its
+    # stores in /mlflow: sqlite:////mlflow/mlflow.db for runs, /mlflow/basic_auth.db for users.
+    assert "/workspace/yxanul/scripts/mlflow_server.sh /mlflow --artifacts" in mlflow_cmd
+    assert ". ~/.yxanul/mlflow.env" in mlflow_cmd  # its admin account
     assert "--artifacts-destination s3://" in mlflow_cmd
     assert "/efs/yxanul/mlflow-backup.db" in mlflow_cmd  # restored on a fresh head
+    assert "/efs/yxanul/mlflow-users-backup.db" in mlflow_cmd
     # The container command Ray builds for the head: host networking (so MLflow and the dashboard
     # are on the head's own interfaces, reachable through SSH forwarding), EFS and the MLflow dir.
     docker = cluster["docker"]
@@ -308,6 +389,8 @@ def test_mlflow_on_the_head_and_shared_storage(cluster):
                             docker["run_options"] + docker["head_run_options"], cluster["cluster_name"],
                             "/root", "docker")
     assert "--net=host" in run and "-v /efs:/efs" in run and "-v /home/ubuntu/mlflow:/mlflow" in run
+    # The secrets inside the container, at the paths the start commands read (its home is /root).
+    assert ":/root/.ray/auth_token " in run and ":/root/.yxanul/mlflow.env " in run
     assert any("mount -t nfs4" in c and " /efs" in c for c in cluster["initialization_commands"])
 
 
@@ -340,3 +423,20 @@ def test_kuberay_cluster_has_the_same_gpu_groups(cluster):
         for n, s in _node_types(cluster).items() if n != cluster["head_node_type"]
     }
     assert {a: g for a, g in groups.values()} == yaml_types
+
+
+def test_kuberay_auth_on_every_group():
+    (spec,) = [d["spec"] for d in yaml.safe_load_all(KUBERAY_YAML.read_text()) if d and d.get("kind") == "RayCluster"]
+    # KubeRay >= 1.5.1: the operator makes the token Secret and sets RAY_AUTH_MODE=token and RAY_AUTH_TOKEN in
+    # every Ray container; nothing in the file may override the mode.
+    assert spec["authOptions"] == {"mode": "token"}
+    groups = {"head": spec["headGroupSpec"], **{g["groupName"]: g for g in spec["workerGroupSpecs"]}}
+    assert len(groups) == 6
+    for name, group in groups.items():
+        container = group["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert "RAY_AUTH_MODE" not in env and "RAY_AUTH_TOKEN" not in env, name
+        assert container["envFrom"] == [{"secretRef": {"name": "yxanul-mlflow"}}], name  # the MLflow account
+        assert env["MLFLOW_TRACKING_URI"]["value"].startswith("http://"), name
+    start = " ".join(spec["headGroupSpec"]["template"]["spec"]["containers"][0]["lifecycle"]["postStart"]["exec"]["command"])
+    assert "/workspace/yxanul/scripts/mlflow_server.sh /mlflow" in start and "mlflow server" not in start
