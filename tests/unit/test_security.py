@@ -74,7 +74,7 @@ def test_no_password_in_a_tracking_uri(monkeypatch):
 # Where this repository starts servers on the local machine (cluster.yaml and k8s/ are the multi-node exceptions,
 # checked in test_cluster_yaml.py): the jobs' local Ray, ./dev, the scripts, the tests' Ray heads and MLflow servers.
 _LOCAL_SOURCES = [*ROOT.glob("platform/**/*.py"), *ROOT.glob("jobs/*.py"), *ROOT.glob("tests/**/*.py"),
-                  *ROOT.glob("scripts/*.sh"), ROOT / "dev"]
+                  *ROOT.glob("scripts/*.sh"), *ROOT.glob("scripts/*.py"), ROOT / "dev"]
 _BIND = re.compile(r"""(dashboard[-_]host|--host|node[-_]ip[-_]address)["']?\s*[=,]?\s*["']?([0-9a-zA-Z.:]+)""")
 
 
