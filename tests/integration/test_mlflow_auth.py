@@ -80,8 +80,8 @@ def test_compare_with_credentials_from_the_environment(mlflow_auth_server, tmp_p
     parent = log_synthetic_sweep(uri, "syn-auth", "syn-auth-sweep")
     out = tmp_path / "report"
     done = subprocess.run([sys.executable, "-m", "jobs.compare", "--sweep", "syn-auth-sweep", "--out", str(out),
-                           "--tracking-uri", uri], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ})
+                           "--tracking-uri", uri, "--target-bpb", "1.75"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ})
     assert done.returncode == 0, done.stderr
     check_report(out)
     assert {"comparison.csv", "pairs.csv", "report.html"} <= logged_files(uri, parent)  # artifacts uploaded too
