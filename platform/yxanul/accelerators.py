@@ -20,6 +20,7 @@ tests) can use it.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pathlib import Path
 from yxanul.errors import ConfigError
 
 __all__ = [
+    "AUTOSCALER_CONFIG_ENV",
     "FP8_RECIPES",
     "SPECS",
     "AcceleratorSpec",
@@ -256,14 +258,22 @@ def cluster_config_accelerator_types(cluster_config: Mapping[str, object]) -> li
     return sorted(found)
 
 
-def launcher_accelerator_types(path: str | Path = "~/ray_bootstrap_config.yaml") -> list[str]:
+AUTOSCALER_CONFIG_ENV = "YXANUL_AUTOSCALER_CONFIG"
+"""Environment variable naming the autoscaler config file of a cluster not started by ``ray up`` (the
+simulated cluster of :mod:`yxanul.cluster_sim` sets it on its head, so job drivers inherit it)."""
+
+
+def launcher_accelerator_types(path: str | Path | None = None) -> list[str]:
     """Accelerator types the cluster launcher may start, read from the head's copy of its config.
 
     ``ray up`` leaves the cluster config on the head as ``~/ray_bootstrap_config.yaml``; nodes of
-    these types may not exist yet (min_workers 0) but the autoscaler starts them on demand. Returns
-    ``[]`` where there is no such file (a local cluster, KubeRay). Combine with
-    :func:`available_accelerator_types` of ``ray.cluster_resources()``.
+    these types may not exist yet (min_workers 0) but the autoscaler starts them on demand. ``path``
+    None reads ``$YXANUL_AUTOSCALER_CONFIG`` when set, else that file. Returns ``[]`` where there is no
+    such file (a local cluster, KubeRay). Combine with :func:`available_accelerator_types` of
+    ``ray.cluster_resources()``.
     """
+    if path is None:
+        path = os.environ.get(AUTOSCALER_CONFIG_ENV) or "~/ray_bootstrap_config.yaml"
     file = Path(path).expanduser()
     if not file.is_file():
         return []

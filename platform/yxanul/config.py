@@ -436,6 +436,12 @@ class ScalingConfig(_Section):
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """Data parallelism over the workers: ddp replicates the model (fastest when it fits on one GPU); fsdp
     shards weights, gradients and optimizer state per transformer block (FSDP2), for models that do not fit."""
+    simulate_accelerators: bool = False
+    """Rehearsal only, on a cluster whose GPUs are simulated (Ray's fake_multinode autoscaler, docs/cluster.md
+    "Try the autoscaler locally"): every worker requests exactly what the real run requests (one GPU, the
+    accelerator_type resource) so the autoscaler places it the same way, but trains on CPU in fp32 over gloo
+    whatever precision.mode says. The MLflow run is tagged yxanul.simulated_accelerators=true with the
+    precision it stood in for. Its speed and loss say nothing about GPUs; never set it for a real run."""
 
     @model_validator(mode="before")
     @classmethod
@@ -450,6 +456,14 @@ class ScalingConfig(_Section):
             if name.strip().lower() in known:
                 data = {**data, "accelerator_type": get_spec(name).name}
         return data
+
+    @model_validator(mode="after")
+    def _check_simulation(self) -> ScalingConfig:
+        if self.simulate_accelerators and not self.use_gpu:
+            raise ValueError("scaling.simulate_accelerators=true stands in for GPU workers, but scaling.use_gpu is "
+                             "false: set scaling.use_gpu=true (resources.gpus_per_worker: 1 in a sweep), or drop "
+                             "simulate_accelerators")
+        return self
 
 
 class ExperimentConfig(_Section):

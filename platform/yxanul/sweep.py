@@ -585,7 +585,8 @@ def _place(trials: list[Trial], spec: SweepSpec, cluster: ClusterView,
                 # On a GPU cluster the fix is the sweep's resources; without GPUs placement_for says so.
                 ok, reason = False, ("not runnable: precision.mode=fp8 needs GPU workers; set "
                                      "resources.gpus_per_worker: 1 in the sweep (scaling.use_gpu=true)")
-            elif mode == "fp8" and cluster.transformer_engine is False and available:
+            elif (mode == "fp8" and cluster.transformer_engine is False and available
+                  and not trial.cfg.scaling.simulate_accelerators):  # simulated: trains in fp32 (tagged)
                 ok, reason = False, ("not runnable: precision.mode=fp8 needs Transformer Engine, which is not "
                                      "installed (pip install -e '.[gpu]')")
             else:
@@ -989,9 +990,11 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None) -> SweepO
     errored = False
     if plan.runnable:
         horizons = {t.run_name: _total_tokens(t.cfg) for t in plan.runnable}
-        # The trial itself only waits on its TorchTrainer, whose workers hold the real resources; a zero
-        # request is refused by Tune, so the driver takes a token share of a CPU.
-        trainable = tune.with_resources(_trial_fn, {"cpu": 0.01})
+        # The trial itself only waits on its TorchTrainer, whose workers hold the real resources. It runs on
+        # the head (a token share of the resource only the head has; Tune refuses an empty request): asking
+        # for CPU instead would make an autoscaling cluster, whose head has no CPUs, launch a CPU node just
+        # to host trial drivers (seen with the simulated cluster, yxanul.cluster_sim).
+        trainable = tune.with_resources(_trial_fn, {"cpu": 0, "node:__internal_head__": 0.01})
         if resume:
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:

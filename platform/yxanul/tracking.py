@@ -327,6 +327,19 @@ def provenance_tags(config_hash: str, manifest_path: str | Path | None = None,
     return tags
 
 
+def node_tags() -> dict[str, str]:
+    """The Ray node the calling process runs on: its id, and the cluster-launcher node type that started it
+    (``RAY_NODE_TYPE_NAME``, which Ray's autoscalers and KubeRay set on the nodes they start; the
+    ``ray.io/node-group`` label where Ray sets that instead; empty on a node started by hand)."""
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    ctx = ray.get_runtime_context()
+    node_type = ctx.get_node_labels().get("ray.io/node-group") or os.environ.get("RAY_NODE_TYPE_NAME", "")
+    return {"yxanul.node_id": ctx.get_node_id(), "yxanul.node_type": node_type}
+
+
 def device_tags(use_gpu: bool, num_workers: int) -> dict[str, str]:
     """GPU name and count as seen by the calling (rank 0) process."""
     if not use_gpu:

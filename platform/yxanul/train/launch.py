@@ -263,7 +263,7 @@ def _build(cfg: ExperimentConfig, run_config_callbacks: Sequence[Any] | None,
     dataset, plan = _check(cfg)
     tracking = _open_mlflow_run(cfg, plan, dataset, extra_tags, parent_run_id)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     from yxanul.train.loop import train_loop_per_worker
 
@@ -272,12 +272,14 @@ def _build(cfg: ExperimentConfig, run_config_callbacks: Sequence[Any] | None,
                             accelerator_type=cfg.scaling.accelerator_type,
                             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
                                                   **({"GPU": 1} if cfg.scaling.use_gpu else {})})
+    # Simulated accelerators: the same resource request, but the (logical) GPUs cannot run NCCL.
+    torch_config = TorchConfig(backend="gloo") if cfg.scaling.simulate_accelerators else None
     run_config = RunConfig(name=cfg.run.name, storage_path=folder.rsplit("/", 1)[0],
                            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
                            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
                            callbacks=list(run_config_callbacks or []))
     trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config(cfg, dataset, tracking),
-                           scaling_config=scaling, run_config=run_config)
+                           scaling_config=scaling, run_config=run_config, torch_config=torch_config)
     return trainer, tracking
 
 

@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from yxanul.config import ExperimentConfig, human_count
+from yxanul.config import ExperimentConfig, PrecisionConfig, human_count
 from yxanul.curriculum import CurriculumPlan, Stage, build_plan, microbatch_budget
 from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load_validation
 from yxanul.errors import YxanulError
 from yxanul.spikes import SpikeDetector, format_spikes
-from yxanul.tracking import MLflowTracker, NullTracker, Tracker, device_tags
+from yxanul.tracking import MLflowTracker, NullTracker, Tracker, device_tags, node_tags
 from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, save_checkpoint
 
 __all__ = ["NonFiniteLossError", "train_loop_per_worker"]
@@ -93,7 +93,7 @@ class _Loop:
         self.spikes = SpikeDetector()  # fed at the logging interval (values already on the host)
 
     def _device(self) -> torch.device:
-        if not self.cfg.scaling.use_gpu:
+        if not self.cfg.scaling.use_gpu or self.cfg.scaling.simulate_accelerators:
             return torch.device("cpu")
         import ray.train.torch
 
@@ -109,8 +109,12 @@ class _Loop:
         _seed_everything(self.cfg.run.seed)
         longest = max(s.seq_len for s in self.plan.stages)
         say = (lambda msg: print(msg, flush=True)) if self.rank == 0 else None
+        # scaling.simulate_accelerators, and nothing else, makes a bf16/fp8 run train in fp32 (on CPU, with
+        # logical GPUs); the run's tags say so (_tracker).
+        precision_cfg = (PrecisionConfig(mode="fp32") if self.cfg.scaling.simulate_accelerators
+                         else self.cfg.precision)
         built = build_training(
-            self.cfg.model, self.cfg.precision, self.cfg.optim, self.device, vocab_size=self.vocab,
+            self.cfg.model, precision_cfg, self.cfg.optim, self.device, vocab_size=self.vocab,
             max_tokens_per_microbatch=self.cfg.train.max_tokens_per_microbatch, seq_len=longest,
             max_sequences=self.cfg.train.tokens_per_step // self.world // longest,
             strategy=self.cfg.scaling.strategy, plan_cache_dir=fp8_plan_cache_dir(self.cfg), log=say)
@@ -172,7 +176,14 @@ class _Loop:
         if self.rank != 0 or not tracking or not tracking.get("run_id"):
             return NullTracker()
         tracker = MLflowTracker(tracking["uri"], tracking["run_id"], skip_logged=True)
-        tracker.set_tags(device_tags(self.cfg.scaling.use_gpu, self.world))
+        simulated = self.cfg.scaling.simulate_accelerators
+        tags = {**device_tags(self.cfg.scaling.use_gpu and not simulated, self.world), **node_tags()}
+        if simulated:
+            tags.update({"yxanul.simulated_accelerators": "true", "yxanul.precision_ran": self.precision.mode,
+                         "yxanul.simulation": f"precision.mode={self.cfg.precision.mode} ran as "
+                                              f"{self.precision.mode} on CPU because scaling.simulate_accelerators=true "
+                                              "(logical GPUs only)"})
+        tracker.set_tags(tags)
         return tracker
 
     def _write_marker(self, event: str) -> None:
