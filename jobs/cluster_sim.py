@@ -5,8 +5,8 @@ starts and retires nodes of cluster.yaml's types, with token authentication on; 
     python -m jobs.cluster_sim cluster.yaml                               # start; submit yourself; Ctrl-C stops
     python -m jobs.cluster_sim cluster.yaml --dry-run                     # print the generated config
 
-With --sweep, the sweep is submitted with `ray job submit` (trials must set scaling.simulate_accelerators);
-KEY=VALUE overrides go to the sweep. Node launches and removals are printed with `ray status` as they
+With --sweep, the sweep is submitted with `ray job submit` (trials must set scaling.simulate_accelerators)
+as a new sweep named <sweep>-<time> (unless sweep.name=... is given); KEY=VALUE overrides go to the sweep. Node launches and removals are printed with `ray status` as they
 happen; after the job the command waits for the idle nodes to go, then stops the cluster. Everything
 (config, token, logs) is under --out. See docs/cluster.md, "Try the autoscaler locally".
 """
@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(yaml.safe_dump(config, sort_keys=False), end="")
         return 0
     if args.sweep:
+        if not any(o.startswith("sweep.name=") for o in args.overrides):  # a new sweep each time, as jobs.demo
+            args.overrides.append(f"sweep.name={Path(args.sweep).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
         _check_sweep(args.sweep, args.overrides, args.config)
     elif args.overrides:
         parser.error("KEY=VALUE overrides are for the sweep: give --sweep")
@@ -90,7 +92,8 @@ class _NodeWatcher:
     """Prints each node's start and removal (from Ray's node table), with `ray status` after each change."""
 
     def __init__(self, cluster, start: float) -> None:
-        self.cluster, self.start, self.seen = cluster, start, {}
+        self.cluster, self.seen = cluster, {}
+        self.start_wall = time.time() - (time.monotonic() - start)
 
     def workers_alive(self) -> bool:
         from yxanul.cluster_sim import HEAD_NODE_TYPE
@@ -102,9 +105,9 @@ class _NodeWatcher:
         for node in self.cluster.nodes():
             before = self.seen.get(node.node_id)
             if before != (node.node_type, node.alive):
-                event = "up" if node.alive else "removed"
-                print(f"+{time.monotonic() - self.start:.0f}s node {node.node_type} ({node.node_id[-5:]}) {event}",
-                      flush=True)
+                event, at = ("up", node.started_at) if node.alive else ("removed", node.ended_at)
+                print(f"+{(at or time.time()) - self.start_wall:.0f}s node {node.node_type} ({node.node_id[-5:]}) "
+                      f"{event}", flush=True)
                 self.seen[node.node_id] = (node.node_type, node.alive)
                 changed = True
         if changed:

@@ -179,6 +179,10 @@ class NodeInfo:
     """The node type it was launched as (its resources identify it: see :meth:`SimulatedCluster.nodes`)."""
     alive: bool
     """False once the node was removed (removed nodes stay in Ray's node table as DEAD)."""
+    started_at: float | None = None
+    """When the node registered with the head (Unix time, seconds)."""
+    ended_at: float | None = None
+    """When it was removed (Unix time, seconds), None while alive."""
 
 
 class SimulatedCluster:
@@ -332,7 +336,9 @@ class SimulatedCluster:
         for node in table:
             resources = node.get("resources_total") or {}
             kind = HEAD_NODE_TYPE if node.get("is_head_node") else _type_of(resources, types)
-            out.append(NodeInfo(node["node_id"], kind, node["state"] == "ALIVE"))
+            started, ended = node.get("start_time_ms"), node.get("end_time_ms")
+            out.append(NodeInfo(node["node_id"], kind, node["state"] == "ALIVE", started / 1000 if started else None,
+                                ended / 1000 if ended else None))
         return out
 
 
