@@ -6,14 +6,14 @@ starts and retires nodes of cluster.yaml's types, with token authentication on; 
     python -m jobs.cluster_sim cluster.yaml --dry-run                     # print the generated config
 
 With --sweep, the sweep is submitted with `ray job submit` (trials must set scaling.simulate_accelerators)
-as a new sweep named <sweep>-<time> (unless sweep.name=... is given); KEY=VALUE overrides go to the sweep. Node launches and removals are printed with `ray status` as they
-happen; after the job the command waits for the idle nodes to go, then stops the cluster. Everything
+as a new sweep named <sweep>-<time> (unless sweep.name=... is given); KEY=VALUE overrides go to the sweep.
+Node launches and removals are printed with `ray status` as they happen; after the job the command waits
+for the idle nodes to go, then stops the cluster. Everything
 (config, token, logs) is under --out. See docs/cluster.md, "Try the autoscaler locally".
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="idle nodes are removed after this long (cluster.yaml says 10; short here to watch it)")
     args = parser.parse_args(argv)
 
-    from yxanul.cluster_sim import SimulatedCluster, simulated_config, submit_args
+    from yxanul.cluster_sim import SimulatedCluster, simulated_config
 
     if args.dry_run:
         import yaml
@@ -51,67 +51,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("KEY=VALUE overrides are for the sweep: give --sweep")
 
     cluster = SimulatedCluster(args.config, args.out, idle_timeout_minutes=args.idle_timeout_minutes)
-    start = time.monotonic()
     with cluster:
-        print(f"head up in {time.monotonic() - start:.0f} s: dashboard {cluster.dashboard_url}, config "
-              f"{cluster.config_path}\nclients: export RAY_ADDRESS={cluster.dashboard_url} RAY_AUTH_MODE=token "
-              f"RAY_AUTH_TOKEN_PATH={cluster.token_path}", flush=True)
-        watcher = _NodeWatcher(cluster, start)
+        print(f"head up: dashboard {cluster.dashboard_url}, config {cluster.config_path}\nclients: export "
+              f"RAY_ADDRESS={cluster.dashboard_url} RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={cluster.token_path}",
+              flush=True)
         if not args.sweep:
             print("watching nodes; Ctrl-C stops the cluster", flush=True)
             try:
-                while True:
-                    watcher.poll()
-                    time.sleep(2)
+                cluster.watch(until=lambda: False)
             except KeyboardInterrupt:
-                return 0
-        entrypoint = ["python", "-m", "jobs.sweep", args.sweep, *args.overrides]
-        log_path = Path(args.out) / "job.log"
-        print(f"submitting: ray {' '.join(submit_args(cluster.dashboard_url, REPO, entrypoint))}\n"
-              f"job log: {log_path}", flush=True)
-        with open(log_path, "w") as log:
-            job = subprocess.Popen([str(Path(sys.executable).with_name("ray")),
-                                    *submit_args(cluster.dashboard_url, REPO, entrypoint)],
-                                   env=cluster.client_env(), stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-            while job.poll() is None:
-                watcher.poll()
-                time.sleep(2)
-        tail = [line for line in log_path.read_text().splitlines() if line.strip()][-12:]
-        print(f"job ended ({'succeeded' if job.returncode == 0 else 'failed'}) at "
-              f"+{time.monotonic() - start:.0f}s; its last lines:\n" + "\n".join(tail), flush=True)
-        deadline = time.monotonic() + 60 * args.idle_timeout_minutes + 60
-        while watcher.workers_alive() and time.monotonic() < deadline:
-            watcher.poll()
-            time.sleep(2)
-        print(f"+{time.monotonic() - start:.0f}s: {'all worker nodes removed' if not watcher.workers_alive() else 'worker nodes still up'}; "
-              "stopping the cluster", flush=True)
-        return job.returncode
-
-
-class _NodeWatcher:
-    """Prints each node's start and removal (from Ray's node table), with `ray status` after each change."""
-
-    def __init__(self, cluster, start: float) -> None:
-        self.cluster, self.seen = cluster, {}
-        self.start_wall = time.time() - (time.monotonic() - start)
-
-    def workers_alive(self) -> bool:
-        from yxanul.cluster_sim import HEAD_NODE_TYPE
-
-        return any(alive for (kind, alive) in self.seen.values() if kind != HEAD_NODE_TYPE)
-
-    def poll(self) -> None:
-        changed = False
-        for node in self.cluster.nodes():
-            before = self.seen.get(node.node_id)
-            if before != (node.node_type, node.alive):
-                event, at = ("up", node.started_at) if node.alive else ("removed", node.ended_at)
-                print(f"+{(at or time.time()) - self.start_wall:.0f}s node {node.node_type} ({node.node_id[-5:]}) "
-                      f"{event}", flush=True)
-                self.seen[node.node_id] = (node.node_type, node.alive)
-                changed = True
-        if changed:
-            print(self.cluster.status().strip(), flush=True)
+                pass
+            return 0
+        return cluster.rehearse(["python", "-m", "jobs.sweep", args.sweep, *args.overrides], REPO)
 
 
 def _check_sweep(sweep: str, overrides: list[str], cluster_yaml: str) -> None:
@@ -128,7 +79,8 @@ def _check_sweep(sweep: str, overrides: list[str], cluster_yaml: str) -> None:
     try:
         check_data(plan)
     except DataError as exc:
-        raise DataError(f"{exc} (autoscale-rehearsal reads the demo's smoke data: python -m jobs.demo --smoke)") from None
+        raise DataError(f"{exc} (autoscale-rehearsal reads the demo's smoke data: python -m jobs.demo --smoke)"
+                        ) from None
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@ Ray ships a ``fake_multinode`` node provider: the autoscaler "launches" a node b
 on the same machine with the node type's resources. Fed a config derived from the real ``cluster.yaml``
 (same node type names, same custom resources such as ``accelerator_type:L4``, CPU and GPU counts scaled
 down), Ray's autoscaler plans, starts and retires nodes for the resource demands of a real sweep, with
-the same node types and the same demands as on AWS. GPUs there are logical resources only: nothing runs on a GPU, which is why trials in the
-simulation set ``scaling.simulate_accelerators=true`` (they request the same resources and train on CPU
-in fp32, tagged as simulated).
+the same node types and the same demands as on AWS. GPUs there are logical resources only: nothing runs
+on a GPU, which is why trials in the simulation set ``scaling.simulate_accelerators=true`` (they request
+the same resources and train on CPU in fp32, tagged as simulated).
 
     config = simulated_config(yaml.safe_load(open("cluster.yaml")), gcs_port=6390)  # the config only
     with SimulatedCluster("cluster.yaml", workdir, idle_timeout_minutes=0.2) as cluster:  # ray start --head
@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,9 +74,9 @@ def simulated_config(cluster: Mapping[str, Any], *, gcs_port: int, cpus_per_node
     ``min_workers``, ``upscaling_speed`` and ``idle_timeout_minutes`` (unless given). Scaled down to fit
     a small machine: a node's CPUs to at most ``cpus_per_node``, its (logical) GPUs to at most
     ``gpus_per_node`` (0 stays 0; two by default, so that two 1-GPU trials can share a node as they share
-    an 8-GPU node in the cloud), ``max_workers`` per type to at most ``max_workers_per_type``. The head keeps its resources (scaled
-    the same way) under the name :data:`HEAD_NODE_TYPE`. Dropped: provider, auth, docker, file mounts and
-    commands (the fake provider starts raylets directly, with no setup).
+    an 8-GPU node in the cloud), ``max_workers`` per type to at most ``max_workers_per_type``. The head
+    keeps its resources (scaled the same way) under the name :data:`HEAD_NODE_TYPE`. Dropped: provider,
+    auth, docker, file mounts and commands (the fake provider starts raylets directly, with no setup).
     """
     if min(cpus_per_node, gpus_per_node, max_workers_per_type) < 1:
         raise ConfigError(f"cpus_per_node ({cpus_per_node}), gpus_per_node ({gpus_per_node}) and "
@@ -217,6 +217,8 @@ class SimulatedCluster:
         self._extra_env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
+        self._started_at = time.time()
+        self._seen: dict[str, tuple[str, bool]] = {}
 
     # -- addresses and environment -----------------------------------------------------------------
 
@@ -256,6 +258,7 @@ class SimulatedCluster:
                f"--metrics-export-port={_free_port()}", f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
         if custom:
             cmd.append(f"--resources={json.dumps(custom)}")
+        self._started_at = time.time()
         self._log = open(self.workdir / "head.log", "w")
         self._proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                       start_new_session=True)
@@ -322,6 +325,52 @@ class SimulatedCluster:
                                f"{done.stderr[-2000:]}")
         return done
 
+    def watch(self, until: Callable[[], bool], every_s: float = 2.0,
+              say: Callable[[str], None] | None = None) -> None:
+        """Print each node's start and removal (times from Ray's node table, relative to the cluster's start),
+        with ``ray status`` after each change, until ``until()`` is true."""
+        say = say or _say
+        while True:
+            changed = False
+            for node in self.nodes():
+                if self._seen.get(node.node_id) != (node.node_type, node.alive):
+                    event, at = ("up", node.started_at) if node.alive else ("removed", node.ended_at)
+                    say(f"+{(at or time.time()) - self._started_at:.0f}s node {node.node_type} "
+                        f"({node.node_id[-5:]}) {event}")
+                    self._seen[node.node_id] = (node.node_type, node.alive)
+                    changed = True
+            if changed:
+                say(self.status().strip())
+            if until():
+                return
+            time.sleep(every_s)
+
+    def workers_alive(self) -> bool:
+        """Whether a worker node was seen alive by the last :meth:`watch` poll."""
+        return any(alive for kind, alive in self._seen.values() if kind != HEAD_NODE_TYPE)
+
+    def rehearse(self, entrypoint: Sequence[str], repo: str | Path, say: Callable[[str], None] | None = None) -> int:
+        """Submit ``entrypoint`` with ``ray job submit`` (log in ``<workdir>/job.log``), print node events while
+        it runs, then wait for the idle nodes to be removed (the idle timeout plus a minute at most). Returns
+        the job's exit code."""
+        say = say or _say
+        log_path = self.workdir / "job.log"
+        args = submit_args(self.dashboard_url, repo, entrypoint)
+        say(f"submitting: ray {' '.join(args)}\njob log: {log_path}")
+        with open(log_path, "w") as log:
+            job = subprocess.Popen([str(Path(sys.executable).with_name("ray")), *args], env=self.client_env(),
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=repo)
+            self.watch(until=lambda: job.poll() is not None, say=say)
+        tail = [line for line in log_path.read_text().splitlines() if line.strip()][-12:]
+        say(f"job {'succeeded' if job.returncode == 0 else 'failed'} at +{time.time() - self._started_at:.0f}s; "
+            "its last lines:\n" + "\n".join(tail))
+        deadline = time.monotonic() + 60 * float(self.config["idle_timeout_minutes"]) + 60
+        self.watch(until=lambda: not self.workers_alive() or time.monotonic() > deadline, say=say)
+        say(f"+{time.time() - self._started_at:.0f}s: "
+            + ("all worker nodes removed" if not self.workers_alive() else "worker nodes still up")
+            + "; stopping the cluster")
+        return job.returncode
+
     def status(self) -> str:
         """``ray status`` of this cluster (nodes by type, pending nodes, resource demands)."""
         return self.ray_cli("status", f"--address={self.gcs_address}").stdout
@@ -340,6 +389,10 @@ class SimulatedCluster:
             out.append(NodeInfo(node["node_id"], kind, node["state"] == "ALIVE", started / 1000 if started else None,
                                 ended / 1000 if ended else None))
         return out
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
 
 
 def _type_of(resources: Mapping[str, float], types: Mapping[str, Mapping[str, Any]]) -> str:

@@ -179,10 +179,10 @@ class _Loop:
         simulated = self.cfg.scaling.simulate_accelerators
         tags = {**device_tags(self.cfg.scaling.use_gpu and not simulated, self.world), **node_tags()}
         if simulated:
-            tags.update({"yxanul.simulated_accelerators": "true", "yxanul.precision_ran": self.precision.mode,
-                         "yxanul.simulation": f"precision.mode={self.cfg.precision.mode} ran as "
-                                              f"{self.precision.mode} on CPU because scaling.simulate_accelerators=true "
-                                              "(logical GPUs only)"})
+            ran = self.precision.mode
+            tags.update({"yxanul.simulated_accelerators": "true", "yxanul.precision_ran": ran,
+                         "yxanul.simulation": f"precision.mode={self.cfg.precision.mode} ran as {ran} on CPU because "
+                                              "scaling.simulate_accelerators=true (logical GPUs only)"})
         tracker.set_tags(tags)
         return tracker
 
