@@ -303,6 +303,16 @@ class ComparisonReport:
         return next((a for a in self.arms if a.arm == self.reference), None)
 
     @property
+    def simulation_note(self) -> str | None:
+        """A warning when runs trained under scaling.simulate_accelerators (fp32 on CPU, logical GPUs)."""
+        simulated = [r for r in self.runs if r.tags.get("yxanul.simulated_accelerators") == "true"]
+        if not simulated:
+            return None
+        return (f"{len(simulated)} of {len(self.runs)} runs are simulated (scaling.simulate_accelerators): they "
+                "trained in fp32 on CPU with logical GPUs, whatever their precision.mode, so their speed, memory "
+                "and precision differences say nothing about GPUs")
+
+    @property
     def noise_floor(self) -> float | None:
         """Seed standard deviation of the reference arm's final val/bpb (None with fewer than 2 seeds)."""
         ref = self.reference_arm
@@ -957,6 +967,8 @@ METHOD = """\
 
 def _markdown(report: ComparisonReport) -> str:
     parts = [f"# Comparison: {report.title}", ""]
+    if report.simulation_note:
+        parts += [f"**Simulated:** {report.simulation_note}.", ""]
     if report.provenance.question:
         parts += [f"**Question:** {report.provenance.question}", ""]
     if report.comparisons:
@@ -1053,6 +1065,8 @@ def _html(report: ComparisonReport, plots: list[Path]) -> str:
 
     e = html.escape
     parts = [f"<h1>Comparison: {e(report.title)}</h1>"]
+    if report.simulation_note:
+        parts.append(f"<p class='question'><b>Simulated:</b> {e(report.simulation_note)}.</p>")
     if report.provenance.question:
         parts.append(f"<p class='question'><b>Question:</b> {e(report.provenance.question)}</p>")
     if report.comparisons:
@@ -1168,4 +1182,6 @@ def format_summary(report: ComparisonReport) -> str:
     lines.append(f"{_seeds_text(len(report.seeds))}; {_noise_text(report)}")
     lines.append(_target_text(report))
     lines += [sentence(c, report.target_bpb) for c in report.comparisons]
+    if report.simulation_note:
+        lines.append(f"simulated: {report.simulation_note}")
     return "\n".join(lines)

@@ -234,3 +234,18 @@ def test_tokens_per_s_is_per_gpu_when_the_run_logged_it():
     rows = {r.run.run_id: r for r in build_report([two_gpus, FP8], "sweep gpus").rows}
     assert rows["e"].tokens_per_s == 110.0
     assert rows["b"].tokens_per_s == 125.0  # global series only
+
+
+def test_simulated_runs_are_flagged_in_every_view():
+    from dataclasses import replace
+
+    from yxanul.report import _markdown, format_summary
+
+    runs = [r for r in three_seeds() if r.seed == 0]
+    assert build_report(runs, "t").simulation_note is None
+    runs = [replace(r, tags={"yxanul.simulated_accelerators": "true"}) for r in runs]
+    report = build_report(runs, "t")
+    assert report.simulation_note.startswith("2 of 2 runs are simulated (scaling.simulate_accelerators): they "
+                                             "trained in fp32 on CPU")
+    assert f"**Simulated:** {report.simulation_note}." in _markdown(report)
+    assert format_summary(report).endswith(f"simulated: {report.simulation_note}")
