@@ -194,9 +194,7 @@ class SimulatedCluster:
     """
 
     def __init__(self, cluster_yaml: str | Path, workdir: str | Path, *, idle_timeout_minutes: float | None = None,
-                 cpus_per_node: int = 2, gpus_per_node: int = 2, max_workers_per_type: int = 1,
-                 head_cpus: float | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 cpus_per_node: int = 2, gpus_per_node: int = 2, max_workers_per_type: int = 1) -> None:
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.gcs_port = _free_port()
@@ -213,8 +211,6 @@ class SimulatedCluster:
             self.token_path.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
             self.token_path.chmod(0o600)
         self.temp_dir = tempfile.mkdtemp(prefix="/tmp/raysim")
-        self.head_cpus = head_cpus
-        self._extra_env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
         self._started_at = time.time()
@@ -234,7 +230,7 @@ class SimulatedCluster:
         """Environment for a client (``ray status``, ``ray job submit``, a driver): token auth on, this
         cluster's token file, the venv's executables first on PATH."""
         bin_dir = str(Path(sys.executable).parent)
-        env = {**os.environ, **self._extra_env, "RAY_AUTH_MODE": "token",
+        env = {**os.environ, "RAY_AUTH_MODE": "token",
                "RAY_AUTH_TOKEN_PATH": str(self.token_path), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
         env.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the file
         env.pop("RAY_ADDRESS", None)
@@ -245,7 +241,7 @@ class SimulatedCluster:
     def start(self, timeout_s: float = 180) -> SimulatedCluster:
         """Start the head (its autoscaler starts worker nodes on demand); return when its Jobs API answers."""
         head = self.config["available_node_types"][HEAD_NODE_TYPE]["resources"]
-        cpus = self.head_cpus if self.head_cpus is not None else head.get("CPU", 0)
+        cpus = head.get("CPU", 0)
         custom = {k: v for k, v in head.items() if k not in ("CPU", "GPU", "memory", "object_store_memory")}
         env = {**self.client_env(), "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
                AUTOSCALER_CONFIG_ENV: str(self.config_path)}
