@@ -61,8 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
-    import ray
-
+    from yxanul.ray_session import ensure_ray
     from yxanul.report import compare_runs, format_summary, log_report, write_report
     from yxanul.sweep import load_sweep, plan_sweep, run_sweep
 
@@ -70,13 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     spec, overrides = load_sweep(name, [*machine_overrides(), f"sweep.name={name}-{stamp}"])
     plan = plan_sweep(spec, overrides)
-    if not ray.is_initialized():  # Ray Data needs more logical CPUs than 2 real cores (docs/sweeps.md)
-        ray.init(address="local", num_cpus=4, include_dashboard=False, configure_logging=False)
+    ensure_ray(min_cpus=4)  # Ray Data needs more logical CPUs than 2 real cores (docs/sweeps.md)
     tokenizer_stage(plan.trials[0].cfg)
     prepare_stage(plan)
     outcome = run_sweep(spec, overrides)
 
-    report = compare_runs(outcome.tracking_uri, sweep=spec.name, command="python -m jobs.demo" + " --smoke" * args.smoke)
+    report = compare_runs(outcome.tracking_uri, sweep=spec.name, parent_run_id=outcome.parent_run_id,
+                          command="python -m jobs.demo" + " --smoke" * args.smoke)
     out = Path(plan.trials[0].cfg.run.storage_path).parent / "reports" / spec.name
     files = write_report(report, out)
     log_report(outcome.tracking_uri, outcome.parent_run_id, files)

@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _log_to_mlflow(cfg, specs, rows, files) -> None:
-    from yxanul.tracking import MLflowTracker, connect, resolve_tracking_uri
+    from yxanul.tracking import MLflowTracker, Status, connect, end_run, resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.tracking.uri)
     experiment_id = connect(uri, cfg.tracking.experiment)
@@ -77,7 +77,7 @@ def _log_to_mlflow(cfg, specs, rows, files) -> None:
     tracker.log_metrics(metrics, step=0)
     for path in files:
         tracker.log_artifact(path, "tokenizer_report")
-    tracker.finish()
+    end_run(uri, tracker.run_id, Status.FINISHED)
     print(f"logged to MLflow run {tracker.run_id} at {uri} (experiment {cfg.tracking.experiment})")
 
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from yxanul.errors import ConfigError
+from yxanul.errors import ConfigError, first_line
 
 # ---------------------------------------------------------------------------------------------------
 # Helpers
@@ -558,7 +558,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{path} is not valid YAML: {first_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from yxanul.config import ExperimentConfig, StageConfig, human_count
 from yxanul.errors import ConfigError
+from yxanul.text import table as text_table
 
 __all__ = ["AUTO_MICROBATCH_CPU", "CurriculumPlan", "Stage", "build_plan", "microbatch_budget"]
 
@@ -115,9 +116,7 @@ class CurriculumPlan:
                  ",".join(map(str, s.buckets)) if s.buckets else "default",
                  str(s.micro_batch), str(s.grad_accum), str(s.steps), f"{s.lr_scale:g}")
                 for s in self.stages]
-        widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(head)]
-        lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
-        lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in body]
+        lines = text_table([head, *body], align="right")
         lines.append(f"{self.total_steps} steps x {human_count(self.tokens_per_step)} tokens/step "
                      f"= {human_count(self.total_tokens)} tokens over {self.num_workers} worker(s)")
         lines += [f"note: {note}" for note in self.dropped]

@@ -48,8 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yxanul.errors import TrackingError
+from yxanul.errors import TrackingError, first_line
 from yxanul.stats import Estimate, mean_interval, paired_ratio, verdict
+from yxanul.text import table as text_table
+from yxanul.tracking import REASON_TAG, STATUS_TAG
 
 __all__ = ["ArmSummary", "Comparison", "ComparisonReport", "PairRow", "Provenance", "RunRow", "RunSeries",
            "build_report", "compare_runs", "fetch_runs", "format_summary", "interpolate_crossing", "log_report",
@@ -555,18 +557,16 @@ def build_report(runs: Sequence[RunSeries], title: str, target_bpb: float | None
 def _client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
-    from yxanul.tracking import _check_http
+    from yxanul.tracking import check_reachable
 
-    if tracking_uri.startswith(("http://", "https://")):
-        _check_http(tracking_uri, timeout_s=10.0)  # fail in seconds, not after MLflow's retries
-    elif tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite://")).is_file():
+    check_reachable(tracking_uri, timeout_s=10.0)  # fail in seconds, not after MLflow's retries
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite://")).is_file():
         raise TrackingError(f"no MLflow store at {tracking_uri} (the file does not exist); check --tracking-uri")
     try:
         client = MlflowClient(tracking_uri=tracking_uri)
         client.search_experiments(max_results=1)
     except Exception as exc:  # MLflow raises many types (MlflowException, OperationalError, requests errors)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"cannot read the MLflow tracking store {tracking_uri}: {first}") from None
+        raise TrackingError(f"cannot read the MLflow tracking store {tracking_uri}: {first_line(exc)}") from None
     return client
 
 
@@ -591,15 +591,16 @@ def _run_series(client: Any, run: Any) -> RunSeries:
         run_id=run.info.run_id, name=run.info.run_name or run.info.run_id,
         variant=tags.get("yxanul.variant") or run.info.run_name or run.info.run_id,
         pair=tags.get("yxanul.pair"), precision=params.get("precision.mode"),
-        status=tags.get("yxanul.status") or run.info.status.lower(), reason=tags.get("yxanul.reason", ""),
+        status=tags.get(STATUS_TAG) or run.info.status.lower(), reason=tags.get(REASON_TAG, ""),
         metrics=metrics, seed=int(seed) if seed is not None and seed.lstrip("-").isdigit() else None,
         tags={k: v for k, v in tags.items() if k.startswith("yxanul.")},
         params={k: params[k] for k in _PARAMS if k in params}, start_time_ms=run.info.start_time)
 
 
-def fetch_runs(tracking_uri: str, *, sweep: str | None = None,
-               experiment: str | None = None) -> tuple[list[RunSeries], str | None, str]:
-    """Runs of a sweep (children of its latest parent run) or of an experiment, in trial order.
+def fetch_runs(tracking_uri: str, *, sweep: str | None = None, experiment: str | None = None,
+               parent_run_id: str | None = None) -> tuple[list[RunSeries], str | None, str]:
+    """Runs of a sweep (children of its latest parent run, or of ``parent_run_id`` when the caller holds
+    it) or of an experiment, in trial order.
 
     Returns (runs, parent run id or None, title). Raises TrackingError when nothing matches.
     """
@@ -607,7 +608,20 @@ def fetch_runs(tracking_uri: str, *, sweep: str | None = None,
         raise TrackingError("give exactly one of --sweep NAME or --experiment NAME")
     client = _client(tracking_uri)
     parent_id: str | None = None
-    if sweep is not None:
+    if sweep is not None and parent_run_id is not None:
+        try:
+            parent = client.get_run(parent_run_id)
+        except Exception as exc:  # MLflow raises MlflowException (or a REST error) for an unknown id
+            raise TrackingError(f"no parent run {parent_run_id} in {tracking_uri} ({first_line(exc)}); check "
+                                "--parent-run-id and --tracking-uri") from None
+        if parent.data.tags.get("yxanul.sweep") != sweep:
+            raise TrackingError(f"run {parent_run_id} is not the parent run of sweep {sweep!r} (its yxanul.sweep tag "
+                                f"is {parent.data.tags.get('yxanul.sweep')!r}); check --sweep and --parent-run-id")
+        parent_id = parent_run_id
+        children = client.search_runs([parent.info.experiment_id], max_results=5000,
+                                      filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+        title = f"sweep {sweep}"
+    elif sweep is not None:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
         quoted = sweep.replace("'", "\\'")
         found = client.search_runs(experiment_ids, filter_string=f"tags.`yxanul.sweep` = '{quoted}'",
@@ -644,10 +658,12 @@ def fetch_runs(tracking_uri: str, *, sweep: str | None = None,
 
 def compare_runs(tracking_uri: str, *, sweep: str | None = None, experiment: str | None = None,
                  target_bpb: float | None = None, reference: str | None = None,
-                 command: str = "") -> ComparisonReport:
+                 command: str = "", parent_run_id: str | None = None) -> ComparisonReport:
     """Fetch the runs and build the report, with the sweep's own reference arm, target and provenance
-    (from its parent run) unless ``target_bpb`` / ``reference`` are given."""
-    runs, parent_id, title = fetch_runs(tracking_uri, sweep=sweep, experiment=experiment)
+    (from its parent run: ``parent_run_id``, else the latest of the sweep's name) unless ``target_bpb`` /
+    ``reference`` are given."""
+    runs, parent_id, title = fetch_runs(tracking_uri, sweep=sweep, experiment=experiment,
+                                        parent_run_id=parent_run_id)
     provenance = Provenance(compare_command=command, tracking_uri=tracking_uri)
     source = "given by --target-bpb" if target_bpb is not None else None
     if parent_id is not None:
@@ -1164,9 +1180,8 @@ def log_report(tracking_uri: str, parent_run_id: str, files: Sequence[Path]) -> 
         for path in files:
             client.log_artifact(parent_run_id, str(path), artifact_path="comparison")
     except Exception as exc:  # MLflow raises many types; the report files are already written
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(f"the report was written, but logging it to MLflow run {parent_run_id} at {tracking_uri} "
-                            f"failed: {first} (use --no-log to skip)") from None
+                            f"failed: {first_line(exc)} (use --no-log to skip)") from None
 
 
 def format_summary(report: ComparisonReport) -> str:
@@ -1176,9 +1191,7 @@ def format_summary(report: ComparisonReport) -> str:
              (_num(r.tokens_to_target, 6) if r.tokens_to_target is not None else
               "not reached" if report.target_bpb is not None else ""), human(r.tokens_per_s)] for r in report.rows]
     body += [[r.variant, r.reason or r.status, "", "", "", ""] for r in report.skipped]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body]
+    lines = text_table([head, *body])
     lines.append(f"{_seeds_text(len(report.seeds))}; {_noise_text(report)}")
     lines.append(_target_text(report))
     lines += [sentence(c, report.target_bpb) for c in report.comparisons]

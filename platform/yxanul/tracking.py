@@ -8,6 +8,10 @@ passes the run id to the workers; rank 0 logs metrics into it with ``step = toke
 Naming (the contract that sweeps and compare read): metrics ``train/*``, ``val/<domain>/*``,
 ``val/bpb``; tags ``yxanul.*``; params ``ExperimentConfig.flat_params()``.
 
+A run's lifecycle lives here alone: :func:`create_run`, :func:`reopen_run` and :func:`end_run` create it,
+mark it running again and end it, always writing MLflow's status and the ``yxanul.status`` tag
+(:data:`STATUS_TAG`, one of the ``Status`` values below) together. Nothing else writes that tag.
+
 Resumes never log a step twice: :class:`MLflowTracker` reads, per metric key, the highest step the run
 already holds and drops anything at or below it (a resumed run replays from its last checkpoint).
 """
@@ -29,17 +33,57 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from yxanul.errors import TrackingError
+from yxanul.errors import TrackingError, first_line
 
 __all__ = [
+    "REASON_TAG",
+    "STATUS_TAG",
     "MLflowTracker",
     "NullTracker",
+    "Status",
     "Tracker",
+    "check_reachable",
+    "client",
     "connect",
+    "create_run",
+    "end_run",
     "git_state",
     "provenance_tags",
+    "reopen_run",
     "resolve_tracking_uri",
 ]
+
+STATUS_TAG = "yxanul.status"
+"""The run's verdict in words (a :class:`Status` value); MLflow's own status says only RUNNING/FINISHED/
+FAILED/KILLED. Reports read this tag first."""
+REASON_TAG = "yxanul.reason"
+"""Why a run was stopped, not run or failed, in one line."""
+ERROR_TAG = "yxanul.error"
+"""A failed run's error message (up to 5000 characters)."""
+
+
+class Status:
+    """Values of :data:`STATUS_TAG`."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    """Reached train.max_tokens."""
+    STOPPED = "stopped"
+    """Stopped by train.stop_after_tokens (resumable)."""
+    STOPPED_EARLY = "stopped_early"
+    """A sweep's scheduler (ASHA) stopped the trial at a milestone."""
+    KILLED = "killed"
+    """Interrupted (Ctrl-C, a killed driver) before its end."""
+    INTERRUPTED = "interrupted"
+    """A sweep parent run whose sweep was interrupted."""
+    FAILED = "failed"
+    NOT_RUNNABLE = "not_runnable"
+    """A sweep trial that cannot run on the cluster (recorded with the reason, never run)."""
+
+
+_MLFLOW_STATUS = {Status.FINISHED: "FINISHED", Status.FAILED: "FAILED", Status.STOPPED: "KILLED",
+                  Status.STOPPED_EARLY: "KILLED", Status.KILLED: "KILLED", Status.INTERRUPTED: "KILLED",
+                  Status.NOT_RUNNABLE: "KILLED"}
 
 DEFAULT_STORE = "outputs/mlflow.db"
 """Local SQLite store used when neither tracking.uri nor $MLFLOW_TRACKING_URI is set (artifacts beside it)."""
@@ -111,7 +155,11 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
-def _check_http(uri: str, timeout_s: float) -> None:
+def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """Raise :class:`TrackingError` naming ``uri`` and the fix unless the HTTP(S) tracking server answers
+    ``/health`` within ``timeout_s`` (in seconds, rather than after MLflow's retries). Other URIs pass."""
+    if not uri.startswith(("http://", "https://")):
+        return
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as resp:
             if resp.status == 200:
@@ -155,9 +203,8 @@ def connect(uri: str, experiment: str, timeout_s: float = 10.0) -> str:
 
     Raises :class:`TrackingError` naming the URI and the fix, in seconds rather than after MLflow's retries.
     """
-    if uri.startswith(("http://", "https://")):
-        _check_http(uri, timeout_s)
-    elif uri.startswith("sqlite:///"):
+    check_reachable(uri, timeout_s)
+    if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -177,8 +224,68 @@ def connect(uri: str, experiment: str, timeout_s: float = 10.0) -> str:
     except TrackingError:
         raise
     except Exception as exc:  # MLflow raises many types (MlflowException, OperationalError, requests errors)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"MLflow store {uri} cannot be used for experiment {experiment!r}: {first}") from None
+        raise TrackingError(f"MLflow store {uri} cannot be used for experiment {experiment!r}: {first_line(exc)}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# A run's lifecycle: create, reopen, end
+
+
+def client(uri: str) -> Any:
+    """An ``MlflowClient`` for ``uri`` (no global active-run state: safe in Ray workers and Tune trials)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def create_run(uri: str, experiment_id: str, run_name: str, tags: Mapping[str, str] | None = None,
+               params: Mapping[str, str] | None = None) -> str:
+    """Create a RUNNING run with ``tags`` (``yxanul.status=running`` unless they set it) and ``params``;
+    return its id."""
+    from mlflow.entities import Param
+
+    mlflow = client(uri)
+    run = mlflow.create_run(experiment_id, run_name=run_name, tags={STATUS_TAG: Status.RUNNING, **(tags or {})})
+    items = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+    for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        mlflow.log_batch(run.info.run_id, params=items[i:i + 100])
+    return run.info.run_id
+
+
+def reopen_run(uri: str, run_id: str, tags: Mapping[str, str] | None = None) -> None:
+    """Mark an ended run RUNNING again (a resumed run or sweep), with ``tags``."""
+    from mlflow.entities import RunTag
+
+    mlflow = client(uri)
+    mlflow.update_run(run_id, status="RUNNING")
+    merged = {**(tags or {}), STATUS_TAG: Status.RUNNING}
+    mlflow.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in merged.items()])
+
+
+def end_run(uri: str, run_id: str, status: str, *, reason: str = "", error: str = "",
+            tags: Mapping[str, str] | None = None, only_if_running: bool = False) -> bool:
+    """End a run with the verdict ``status`` (a :class:`Status` value): MLflow's status follows from it.
+
+    ``reason`` goes to :data:`REASON_TAG`, ``error`` to :data:`ERROR_TAG`. Tags are written before the
+    run is terminated, so a reader that sees the run ended sees its verdict. ``only_if_running`` leaves
+    a run that is already ended alone; returns whether this call ended the run.
+    """
+    from mlflow.entities import RunTag
+
+    if status not in _MLFLOW_STATUS:
+        raise ValueError(f"unknown run status {status!r}; one of {sorted(_MLFLOW_STATUS)}")
+    mlflow = client(uri)
+    if only_if_running and mlflow.get_run(run_id).info.status != "RUNNING":
+        return False
+    merged = dict(tags or {})
+    if reason:
+        merged[REASON_TAG] = reason[:5000]
+    if error:
+        merged[ERROR_TAG] = error[:5000]
+    merged[STATUS_TAG] = status
+    mlflow.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in merged.items()])
+    mlflow.set_terminated(run_id, _MLFLOW_STATUS[status])
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -206,16 +313,8 @@ class MLflowTracker:
     @classmethod
     def create(cls, uri: str, experiment_id: str, run_name: str, tags: Mapping[str, str] | None = None,
                params: Mapping[str, str] | None = None) -> MLflowTracker:
-        """Create a new run (status RUNNING) with tags and params, and return a tracker for it."""
-        from mlflow import MlflowClient
-        from mlflow.entities import Param
-
-        client = MlflowClient(tracking_uri=uri)
-        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
-        items = [Param(k, v[:6000]) for k, v in (params or {}).items()]
-        for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
-            client.log_batch(run.info.run_id, params=items[i:i + 100])
-        return cls(uri, run.info.run_id, skip_logged=False)
+        """Create a new run (:func:`create_run`) and return a tracker for it."""
+        return cls(uri, create_run(uri, experiment_id, run_name, tags, params), skip_logged=False)
 
     def last_step(self, key: str) -> int | None:
         """Highest step already logged for ``key`` (None if none)."""
@@ -252,16 +351,6 @@ class MLflowTracker:
     def status(self) -> str:
         """The run's MLflow status now (RUNNING, FINISHED, FAILED, KILLED)."""
         return self._client.get_run(self.run_id).info.status
-
-    def finish(self, status: str = "FINISHED") -> None:
-        """End the run: FINISHED, FAILED or KILLED (also sets the yxanul.status tag)."""
-        self.set_tags({"yxanul.status": status.lower()})
-        self._client.set_terminated(self.run_id, status)
-
-    def reopen(self) -> None:
-        """Mark a resumed run as RUNNING again."""
-        self._client.update_run(self.run_id, status="RUNNING")
-        self.set_tags({"yxanul.status": "running"})
 
 
 # ---------------------------------------------------------------------------------------------------

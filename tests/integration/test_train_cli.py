@@ -89,4 +89,4 @@ def test_build_trainer_passes_scaling_failure_and_checkpoint_settings(data, tmp_
     assert run.failure_config.max_failures == 3 and run.checkpoint_config.num_to_keep == 5
     assert f"{run.storage_path}/{run.name}" == run_dir(cfg) == f"{tmp_path}/b"
     setup = trainer.train_loop_config["setup"]
-    assert setup["data_dir"] == str(data) and setup["run_id"] is None and setup["marker_dir"] == f"{tmp_path}/b/workers"
+    assert setup.data_dir == str(data) and setup.run_id is None and setup.marker_dir == f"{tmp_path}/b/workers"

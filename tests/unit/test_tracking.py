@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 from yxanul.errors import TrackingError
-from yxanul.tracking import (MLflowTracker, NullTracker, Tracker, connect, git_state, provenance_tags,
-                             resolve_tracking_uri)
+from yxanul.tracking import (MLflowTracker, NullTracker, Status, Tracker, check_reachable, connect, create_run,
+                             end_run, git_state, provenance_tags, reopen_run, resolve_tracking_uri)
 
 
 def test_uri_precedence_config_then_env_then_local_store(monkeypatch, tmp_path):
@@ -62,7 +62,7 @@ def test_resumed_tracker_never_logs_a_step_twice(tmp_path):
     val = sorted((m.step, m.value) for m in client.get_metric_history(tracker.run_id, "val/bpb"))
     assert val == [(200, 2.0), (300, 1.0), (400, 1.0)]
     assert client.get_run(tracker.run_id).data.params == {"a.b": "1"}
-    resumed.finish("FINISHED")
+    end_run(uri, tracker.run_id, Status.FINISHED)
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["yxanul.status"] == "finished"
 
@@ -102,25 +102,55 @@ def test_provenance_tags_hash_the_manifest_and_name_the_tokenizer(tmp_path):
 
 
 def test_an_interrupted_trial_does_not_overwrite_the_schedulers_verdict(tmp_path):
-    # A sweep's Tune callback ends an ASHA-stopped trial's run as KILLED + stopped_early; the trial's own
-    # interruption handler, if it comes later, must leave that alone (it used to overwrite it with
-    # "killed" when it ran after the callback's wait, on a loaded CI machine).
+    # A sweep's Tune callback ends an ASHA-stopped trial's run as KILLED + stopped_early; an end_run with
+    # only_if_running (what may still come later from elsewhere) leaves that alone.
     from mlflow import MlflowClient
-
-    from yxanul.train.launch import _finish_mlflow_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment = connect(uri, "verdict")
     client = MlflowClient(uri)
-    stopped = MLflowTracker.create(uri, experiment, "stopped")
-    client.set_terminated(stopped.run_id, "KILLED")
-    client.set_tag(stopped.run_id, "yxanul.status", "stopped_early")
-    _finish_mlflow_run({"uri": uri, "run_id": stopped.run_id}, "KILLED", "killed", only_if_running=True)
-    run = client.get_run(stopped.run_id)
+    stopped = create_run(uri, experiment, "stopped")
+    assert end_run(uri, stopped, Status.STOPPED_EARLY, reason="stopped by the ASHA scheduler at 2048 tokens")
+    assert not end_run(uri, stopped, Status.KILLED, only_if_running=True)
+    run = client.get_run(stopped)
     assert run.info.status == "KILLED" and run.data.tags["yxanul.status"] == "stopped_early"
+    assert run.data.tags["yxanul.reason"] == "stopped by the ASHA scheduler at 2048 tokens"
 
     running = MLflowTracker.create(uri, experiment, "running")  # nobody ended it: the handler does
     assert running.status() == "RUNNING"
-    _finish_mlflow_run({"uri": uri, "run_id": running.run_id}, "KILLED", "killed", only_if_running=True)
+    assert end_run(uri, running.run_id, Status.KILLED, only_if_running=True)
     run = client.get_run(running.run_id)
     assert run.info.status == "KILLED" and run.data.tags["yxanul.status"] == "killed"
+
+
+def test_run_lifecycle_writes_mlflow_status_and_verdict_together(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = connect(uri, "lifecycle")
+    client = MlflowClient(uri)
+    params = {f"p{i:03d}": str(i) for i in range(250)}  # more than one MLflow batch of 100
+    rid = create_run(uri, experiment, "r", tags={"yxanul.sweep": "s"}, params=params)
+    run = client.get_run(rid)
+    assert run.info.status == "RUNNING" and run.data.tags["yxanul.status"] == "running"
+    assert run.data.params == params and run.data.tags["yxanul.sweep"] == "s"
+    expected = {Status.FINISHED: "FINISHED", Status.FAILED: "FAILED", Status.STOPPED: "KILLED",
+                Status.STOPPED_EARLY: "KILLED", Status.NOT_RUNNABLE: "KILLED", Status.INTERRUPTED: "KILLED"}
+    for status, mlflow_status in expected.items():
+        reopen_run(uri, rid, {"yxanul.resumed": "true"})
+        assert client.get_run(rid).data.tags["yxanul.status"] == "running"
+        assert end_run(uri, rid, status, error="boom" if status == Status.FAILED else "")
+        run = client.get_run(rid)
+        assert (run.info.status, run.data.tags["yxanul.status"]) == (mlflow_status, status)
+    assert run.data.tags["yxanul.error"] == "boom" and run.data.tags["yxanul.resumed"] == "true"
+    with pytest.raises(ValueError, match="unknown run status"):
+        end_run(uri, rid, "done")
+
+
+def test_check_reachable_passes_local_stores_and_a_live_server_only(tmp_path):
+    check_reachable(f"sqlite:///{tmp_path / 'x.db'}")  # nothing to reach: no error
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(TrackingError, match=f"http://127.0.0.1:{port} is not reachable"):
+        check_reachable(f"http://127.0.0.1:{port}", timeout_s=2)

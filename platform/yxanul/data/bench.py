@@ -26,6 +26,7 @@ import numpy as np
 
 from yxanul.config import ExperimentConfig
 from yxanul.data.tokenize import flatten_ids
+from yxanul.errors import DataError
 
 
 def run_benchmark(cfg: ExperimentConfig, config_path: str | None, *, target_mb: float = 64.0,
@@ -36,15 +37,12 @@ def run_benchmark(cfg: ExperimentConfig, config_path: str | None, *, target_mb: 
     import pyarrow.parquet as pq
 
     from yxanul.corpora import Source
-    from yxanul.data.prepare import Plan, _ensure_ray, build_dataset, make_plan
+    from yxanul.data.prepare import Plan, build_dataset, make_plan
+    from yxanul.ray_session import ensure_ray
     from yxanul.tokenizer import eos_id, load_tokenizer
 
     plan = make_plan(cfg, config_path)
-    texts: list[str] = []
-    for src in plan.train:
-        for path in src.files:
-            column = pq.read_table(path, columns=[src.text_column]).column(0).to_pylist()
-            texts += [t for t in column if isinstance(t, str) and t.strip()]
+    texts = source_texts(plan)
     size = sum(len(t.encode()) for t in texts)
     texts = texts * max(1, int(np.ceil(target_mb * 1e6 / size)))
     cores = len(os.sched_getaffinity(0))
@@ -71,7 +69,7 @@ def run_benchmark(cfg: ExperimentConfig, config_path: str | None, *, target_mb: 
         data = cfg.data.model_copy(update={"validation_fraction": 0.0, "mode": "packed",
                                            "max_documents": None, "id_column": None})
         bench_plan = Plan(cfg.model_copy(update={"data": data}), config_path, [], [], tmp, plan.tokenizer_path)
-        _ensure_ray()
+        ensure_ray()
         _warm_up()
         _ROLES.clear()
         start, cpu0 = time.perf_counter(), _tree_cpu()
@@ -216,3 +214,20 @@ def new_processes(before: dict[int, tuple[str, float]], after: dict[int, tuple[s
         if pid not in before and pid != -1:
             out[role] = out.get(role, 0) + 1
     return dict(sorted(out.items()))
+
+
+def source_texts(plan: Any) -> list[str]:
+    """The non-empty texts of the plan's training sources, in order: local files one by one, a URI
+    (``s3://...``, ``file://...``: a parquet file or a folder of them) through pyarrow."""
+    import pyarrow.parquet as pq
+
+    texts: list[str] = []
+    for src in plan.train:
+        for path in src.paths:
+            column = pq.read_table(path, columns=[src.text_column]).column(0).to_pylist()
+            texts += [t for t in column if isinstance(t, str) and t.strip()]
+    if not texts:
+        specs = ", ".join(src.spec for src in plan.train) or "none"
+        raise DataError(f"no text to benchmark in data.sources ({specs}): no non-empty document in the text "
+                        "column; point data.sources at parquet files with text (data.text_column)")
+    return texts

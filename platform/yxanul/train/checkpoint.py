@@ -29,7 +29,8 @@ from torch import nn
 from yxanul.errors import ConfigError
 from yxanul.precision import split_state_dict
 
-__all__ = ["TrainState", "check_compatible", "load_checkpoint", "save_checkpoint"]
+__all__ = ["RESUME_KEYS", "TrainState", "check_compatible", "load_checkpoint", "resume_changes", "resume_values",
+           "save_checkpoint"]
 
 FORMAT_VERSION = 1
 
@@ -127,15 +128,35 @@ def load_checkpoint(directory: str | Path, *, rank: int, model: nn.Module,
     return state, per_rank["data"]
 
 
-def check_compatible(state: TrainState, *, num_workers: int, tokens_per_step: int, seed: int,
-                     max_tokens: int, where: str) -> None:
-    """A resumed run must keep what fixes the data order and the schedule; say which key changed."""
-    changed = []
-    for key, old, new in (("scaling.num_workers", state.num_workers, num_workers),
-                          ("train.tokens_per_step", state.tokens_per_step, tokens_per_step),
-                          ("run.seed", state.seed, seed), ("train.max_tokens", state.max_tokens, max_tokens)):
-        if old != new:
-            changed.append(f"{key} was {old}, now {new}")
+RESUME_KEYS: dict[str, str] = {"scaling.num_workers": "num_workers", "train.tokens_per_step": "tokens_per_step",
+                               "run.seed": "seed", "train.max_tokens": "max_tokens"}
+"""Config keys a resumed run must keep, because they fix the data order and the learning-rate schedule,
+each with the :class:`TrainState` field that records it. The one table both resume checks use: the
+driver's (against ``yxanul_run.json``) and the worker's (against the checkpoint)."""
+
+
+def resume_values(cfg: Any) -> dict[str, Any]:
+    """The :data:`RESUME_KEYS` values of an :class:`~yxanul.config.ExperimentConfig`."""
+    values = {}
+    for key in RESUME_KEYS:
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        values[key] = value
+    return values
+
+
+def resume_changes(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"<key> was <old>, now <new>"`` for every resume key whose value changed (keys ``previous``
+    lacks, e.g. from an older run file, are not compared)."""
+    return [f"{key} was {previous[key]}, now {current[key]}" for key in RESUME_KEYS
+            if key in previous and key in current and previous[key] != current[key]]
+
+
+def check_compatible(state: TrainState, current: dict[str, Any], where: str) -> None:
+    """A resumed run must keep what fixes the data order and the schedule; say which key changed.
+    ``current``: the :data:`RESUME_KEYS` values of the run now (:func:`resume_values`)."""
+    changed = resume_changes({key: getattr(state, name) for key, name in RESUME_KEYS.items()}, current)
     if changed:
         raise ConfigError(f"cannot resume from {where}: {'; '.join(changed)} (these fix the data order and the "
                           f"learning-rate schedule); restore them, or start a new run with another run.name")

@@ -17,16 +17,15 @@ MLflow run, dropping metrics at steps the run already holds.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from yxanul.config import ExperimentConfig, human_count
 from yxanul.curriculum import CurriculumPlan, build_plan
 from yxanul.data.loader import PreparedDataset
-from yxanul.errors import ConfigError, DataError, TrackingError, YxanulError
+from yxanul.errors import ConfigError, DataError, TrackingError, first_line, user_error
+from yxanul.files import absolute_path, is_uri
 
 __all__ = ["RUN_FILE", "TrainResult", "build_trainer", "describe", "find_run_id", "run_dir", "train"]
 
@@ -54,16 +53,9 @@ class TrainResult:
 # Paths and the run file
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def run_dir(cfg: ExperimentConfig) -> str:
     """``<run.storage_path>/<run.name>`` (local paths made absolute)."""
-    storage = cfg.run.storage_path
-    if not _is_uri(storage):
-        storage = str(Path(storage).expanduser().resolve())
-    return f"{storage.rstrip('/')}/{cfg.run.name}"
+    return f"{absolute_path(cfg.run.storage_path).rstrip('/')}/{cfg.run.name}"
 
 
 def _fs(path: str) -> tuple[Any, str]:
@@ -96,14 +88,10 @@ def find_run_id(cfg: ExperimentConfig) -> str | None:
     return content.get("mlflow_run_id") if content else None
 
 
-_KEPT = (("scaling.num_workers", lambda c: c.scaling.num_workers),
-         ("train.tokens_per_step", lambda c: c.train.tokens_per_step),
-         ("run.seed", lambda c: c.run.seed), ("train.max_tokens", lambda c: c.train.max_tokens))
-
-
 def _check_resume(cfg: ExperimentConfig, previous: dict[str, Any]) -> None:
-    changed = [f"{key} was {previous['kept'][key]}, now {get(cfg)}" for key, get in _KEPT
-               if key in previous.get("kept", {}) and previous["kept"][key] != get(cfg)]
+    from yxanul.train.checkpoint import resume_changes, resume_values
+
+    changed = resume_changes(previous.get("kept", {}), resume_values(cfg))
     if changed:
         raise ConfigError(f"run {cfg.run.name!r} in {cfg.run.storage_path} already exists and would resume, but "
                           f"{'; '.join(changed)} (these fix the data order and the learning-rate schedule); restore "
@@ -189,7 +177,7 @@ def _open_mlflow_run(cfg: ExperimentConfig, plan: CurriculumPlan, dataset: Prepa
     """Create (or reopen, on resume) the MLflow run; return {"uri", "run_id"} for the workers."""
     if not cfg.tracking.enabled:
         return None
-    from yxanul.tracking import MLflowTracker, connect, git_state, provenance_tags, resolve_tracking_uri
+    from yxanul.tracking import MLflowTracker, connect, git_state, provenance_tags, reopen_run, resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.tracking.uri)
     experiment_id = connect(uri, cfg.tracking.experiment)
@@ -200,18 +188,18 @@ def _open_mlflow_run(cfg: ExperimentConfig, plan: CurriculumPlan, dataset: Prepa
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     if previous and previous.get("mlflow_run_id") and previous.get("tracking_uri") == uri:
-        tracker = MLflowTracker(uri, previous["mlflow_run_id"], skip_logged=False)
         try:
-            tracker.reopen()
+            reopen_run(uri, previous["mlflow_run_id"], {**tags, "yxanul.resumed": "true"})
         except Exception as exc:  # the run was deleted, or the store is another one
             raise TrackingError(f"run {cfg.run.name!r} resumes MLflow run {previous['mlflow_run_id']} which {uri} "
-                                f"cannot reopen ({str(exc).splitlines()[0]}); use a new run.name") from None
-        tracker.set_tags({**tags, "yxanul.resumed": "true"})
+                                f"cannot reopen ({first_line(exc)}); use a new run.name") from None
         return {"uri": uri, "run_id": previous["mlflow_run_id"]}
+
+    from yxanul.train.checkpoint import resume_values
 
     git = git_state()
     tags.update(provenance_tags(cfg.config_hash(), dataset.path / "manifest.json", git))
-    tags.update({"yxanul.status": "running", "yxanul.run_name": cfg.run.name, "yxanul.run_dir": run_dir(cfg),
+    tags.update({"yxanul.run_name": cfg.run.name, "yxanul.run_dir": run_dir(cfg),
                  "yxanul.curriculum": _curriculum_label(cfg), "yxanul.precision": cfg.precision.mode})
     tracker = MLflowTracker.create(uri, experiment_id, cfg.run.name, tags=tags, params=cfg.flat_params())
     tracker.log_text(cfg.to_yaml(), "config.yaml")
@@ -221,26 +209,18 @@ def _open_mlflow_run(cfg: ExperimentConfig, plan: CurriculumPlan, dataset: Prepa
         tracker.log_text(git["diff"], "provenance/git_diff.patch")
     _write_run_file(cfg, {"mlflow_run_id": tracker.run_id, "tracking_uri": uri,
                           "experiment": cfg.tracking.experiment,
-                          "kept": {key: get(cfg) for key, get in _KEPT}})
+                          "kept": resume_values(cfg)})
     return {"uri": uri, "run_id": tracker.run_id}
 
 
-def _finish_mlflow_run(tracking: dict[str, str] | None, status: str, yx_status: str, message: str = "",
-                       *, only_if_running: bool = False) -> None:
-    """End the run with MLflow ``status`` and the ``yxanul.status`` tag. ``only_if_running``: leave a run
-    that something else already ended alone (a sweep's scheduler callback records why it stopped a
-    trial; the trial's own interruption must not overwrite that verdict, whichever comes first)."""
+def _end_mlflow_run(tracking: dict[str, str] | None, status: str, error: str = "",
+                    *, only_if_running: bool = False) -> None:
+    """End the run with the verdict ``status`` (:class:`yxanul.tracking.Status`)."""
     if not tracking:
         return
-    from yxanul.tracking import MLflowTracker
+    from yxanul.tracking import end_run
 
-    tracker = MLflowTracker(tracking["uri"], tracking["run_id"], skip_logged=False)
-    if only_if_running and tracker.status() != "RUNNING":
-        return
-    if message:
-        tracker.set_tags({"yxanul.error": message[:5000]})
-    tracker.finish(status)
-    tracker.set_tags({"yxanul.status": yx_status})
+    end_run(tracking["uri"], tracking["run_id"], status, error=error, only_if_running=only_if_running)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -249,12 +229,16 @@ def _finish_mlflow_run(tracking: dict[str, str] | None, status: str, yx_status: 
 
 def loop_config(cfg: ExperimentConfig, dataset: PreparedDataset,
                 tracking: dict[str, str] | None = None) -> dict[str, Any]:
-    """The ``train_loop_config`` of :func:`yxanul.train.loop.train_loop_per_worker` (absolute paths: workers may
-    run in another folder, e.g. the working-dir copy of `ray job submit`)."""
+    """The ``train_loop_config`` of :func:`yxanul.train.loop.train_loop_per_worker`: the config as a dict
+    and a :class:`~yxanul.train.setup.WorkerSetup` (absolute paths: workers may run in another folder,
+    e.g. the working-dir copy of `ray job submit`)."""
+    from yxanul.train.setup import WorkerSetup
+
     folder = run_dir(cfg)
-    setup = {"data_dir": str(dataset.path.resolve()), "tracking": tracking,
-             "run_id": tracking["run_id"] if tracking else None, "curriculum_label": _curriculum_label(cfg),
-             "marker_dir": None if _is_uri(folder) else f"{folder}/workers"}
+    setup = WorkerSetup(data_dir=str(dataset.path.resolve()), curriculum_label=_curriculum_label(cfg),
+                        tracking_uri=tracking["uri"] if tracking else None,
+                        run_id=tracking["run_id"] if tracking else None,
+                        marker_dir=None if is_uri(folder) else f"{folder}/workers")
     return {"cfg": cfg.to_dict(), "setup": setup}
 
 
@@ -286,65 +270,46 @@ def _build(cfg: ExperimentConfig, run_config_callbacks: Sequence[Any] | None,
 def build_trainer(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None = None,
                   extra_tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> Any:
     """A ready ``TorchTrainer`` for ``cfg`` (checks done, MLflow run created or reopened, its id in
-    ``trainer.train_loop_config["setup"]["run_id"]``). Fitting it is the caller's job, and so is ending the
+    ``trainer.train_loop_config["setup"].run_id``). Fitting it is the caller's job, and so is ending the
     MLflow run; :func:`train` does both and is what most callers want."""
     trainer, _ = _build(cfg, run_config_callbacks, extra_tags, parent_run_id)
     return trainer
 
 
-def _ensure_ray() -> None:
-    """Use the cluster in $RAY_ADDRESS (set by `ray job submit`), an initialised Ray, or start a local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(configure_logging=False)
-    else:
-        ray.init(address="local", configure_logging=False)
-
-
-def _worker_error(exc: BaseException) -> YxanulError | None:
-    """The user-facing error a worker raised, if any (Ray wraps it)."""
-    seen: set[int] = set()
-    stack: list[Any] = [exc]
-    while stack:
-        err = stack.pop()
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, YxanulError):
-            return err
-        stack += [getattr(err, "cause", None), err.__cause__, err.__context__]
-        stack += list((getattr(err, "worker_failures", None) or {}).values())
-    return None
-
-
 def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None = None,
-          extra_tags: Mapping[str, str] | None = None, parent_run_id: str | None = None) -> TrainResult:
+          extra_tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+          end_unfinished: bool = True) -> TrainResult:
     """Run (or resume) the training ``cfg`` describes on Ray Train and return its :class:`TrainResult`.
 
-    The MLflow run ends FINISHED (reached train.max_tokens), KILLED (stopped early by train.stop_after_tokens,
-    or interrupted) or FAILED (with the error in the ``yxanul.error`` tag). A worker's user-facing error
-    (e.g. a non-finite loss) is raised again here as a :class:`~yxanul.errors.YxanulError`.
+    The MLflow run ends ``finished`` (reached train.max_tokens), ``stopped`` (by train.stop_after_tokens),
+    ``killed`` (interrupted) or ``failed`` (with the error in the ``yxanul.error`` tag). A worker's
+    user-facing error (e.g. a non-finite loss) is raised again here as a :class:`~yxanul.errors.YxanulError`.
+
+    ``end_unfinished=False`` (sweep trials): a run that neither finished nor failed is left RUNNING, because
+    only the caller knows why it ended early; a sweep's scheduler side records "stopped_early" or
+    "killed" itself, so no two writers race for the verdict.
     """
     from ray.train import TrainingFailedError
 
+    from yxanul.ray_session import ensure_ray
+    from yxanul.tracking import Status
+
     trainer, tracking = _build(cfg, run_config_callbacks, extra_tags, parent_run_id)
-    _ensure_ray()
+    ensure_ray()
     try:
         result = trainer.fit()
         if result.error is not None:
             raise result.error
     except TrainingFailedError as exc:
-        user = _worker_error(exc)
+        user = user_error(exc)
         message = str(user) if user else str(exc).strip().splitlines()[-1]
-        _finish_mlflow_run(tracking, "FAILED", "failed", message)
+        _end_mlflow_run(tracking, Status.FAILED, message)
         if user is not None:
             raise type(user)(str(user)) from None
         raise
     except BaseException:
-        _finish_mlflow_run(tracking, "KILLED", "killed", only_if_running=True)
+        if end_unfinished:
+            _end_mlflow_run(tracking, Status.KILLED)
         raise
     tokens = int((result.metrics or {}).get("tokens", 0))
     checkpoint_path = result.checkpoint.path if result.checkpoint else None
@@ -355,9 +320,8 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
             tokens = read_state(directory).tokens
     finished = tokens >= build_plan(cfg).total_tokens
     if finished:
-        _finish_mlflow_run(tracking, "FINISHED", "finished")
-    else:
-        _finish_mlflow_run(tracking, "KILLED", "stopped", only_if_running=True)
+        _end_mlflow_run(tracking, Status.FINISHED)
+    elif end_unfinished:
+        _end_mlflow_run(tracking, Status.STOPPED)
     return TrainResult(run_id=tracking["run_id"] if tracking else None, tokens=tokens,
                        metrics=dict(result.metrics or {}), checkpoint_path=checkpoint_path, finished=finished)
-

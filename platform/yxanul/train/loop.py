@@ -31,9 +31,11 @@ from yxanul.config import ExperimentConfig, PrecisionConfig, human_count
 from yxanul.curriculum import CurriculumPlan, Stage, build_plan, microbatch_budget
 from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load_validation
 from yxanul.errors import YxanulError
+from yxanul.files import atomic_write
 from yxanul.spikes import SpikeDetector, format_spikes
 from yxanul.tracking import MLflowTracker, NullTracker, Tracker, device_tags, node_tags
-from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, save_checkpoint
+from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, resume_values, save_checkpoint
+from yxanul.train.setup import WorkerSetup
 
 __all__ = ["NonFiniteLossError", "train_loop_per_worker"]
 
@@ -78,7 +80,7 @@ def fp8_plan_cache_dir(cfg: ExperimentConfig) -> Path:
 
 
 class _Loop:
-    def __init__(self, cfg: ExperimentConfig, setup: dict[str, Any]) -> None:
+    def __init__(self, cfg: ExperimentConfig, setup: WorkerSetup) -> None:
         import ray.train
 
         self.cfg = cfg
@@ -86,10 +88,10 @@ class _Loop:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = self._device()
-        self.dataset = PreparedDataset.open(setup["data_dir"])
+        self.dataset = PreparedDataset.open(setup.data_dir)
         self.plan: CurriculumPlan = build_plan(cfg, self.world, self.dataset.seq_len_ok)
         self.vocab = cfg.model.vocab_size or self.dataset.vocab_size
-        self.curriculum_label = setup.get("curriculum_label", "custom")
+        self.curriculum_label = setup.curriculum_label
         self.spikes = SpikeDetector()  # fed at the logging interval (values already on the host)
 
     def _device(self) -> torch.device:
@@ -130,7 +132,7 @@ class _Loop:
         self.model, self.step_model, self.optimizer = built.model, built.step_model, built.optimizer
         self.state = TrainState(num_workers=self.world, tokens_per_step=self.cfg.train.tokens_per_step,
                                 seed=self.cfg.run.seed, max_tokens=self.cfg.train.max_tokens,
-                                config_hash=self.cfg.config_hash(), run_id=self.setup.get("run_id"))
+                                config_hash=self.cfg.config_hash(), run_id=self.setup.run_id)
         self.data_position: dict[str, Any] | None = None
         self._restore()
 
@@ -159,12 +161,11 @@ class _Loop:
             return
         with checkpoint.as_directory() as directory:
             state, data = load_checkpoint(directory, rank=self.rank, model=self.step_model, optimizer=self.optimizer)
-        check_compatible(state, num_workers=self.world, tokens_per_step=self.cfg.train.tokens_per_step,
-                         seed=self.cfg.run.seed, max_tokens=self.cfg.train.max_tokens, where=checkpoint.path)
-        if self.setup.get("run_id") and state.run_id and state.run_id != self.setup["run_id"]:
-            print(f"warning: checkpoint was logged to MLflow run {state.run_id}, continuing in {self.setup['run_id']}",
+        check_compatible(state, {**resume_values(self.cfg), "scaling.num_workers": self.world}, where=checkpoint.path)
+        if self.setup.run_id and state.run_id and state.run_id != self.setup.run_id:
+            print(f"warning: checkpoint was logged to MLflow run {state.run_id}, continuing in {self.setup.run_id}",
                   file=sys.stderr)
-        state.run_id = self.setup.get("run_id") or state.run_id
+        state.run_id = self.setup.run_id or state.run_id
         state.config_hash = self.cfg.config_hash()
         self.state, self.data_position = state, data
         if self.rank == 0:
@@ -172,10 +173,9 @@ class _Loop:
                   f"stage {state.stage}", flush=True)
 
     def _tracker(self) -> Tracker:
-        tracking = self.setup.get("tracking")
-        if self.rank != 0 or not tracking or not tracking.get("run_id"):
+        if self.rank != 0 or not self.setup.tracking:
             return NullTracker()
-        tracker = MLflowTracker(tracking["uri"], tracking["run_id"], skip_logged=True)
+        tracker = MLflowTracker(self.setup.tracking_uri, self.setup.run_id, skip_logged=True)
         simulated = self.cfg.scaling.simulate_accelerators
         tags = {**device_tags(self.cfg.scaling.use_gpu and not simulated, self.world), **node_tags()}
         if simulated:
@@ -188,15 +188,12 @@ class _Loop:
 
     def _write_marker(self, event: str) -> None:
         """<run dir>/workers/rank<r>.json: pid, step, tokens of this worker process (for operators and tests)."""
-        folder = self.setup.get("marker_dir")
+        folder = self.setup.marker_dir
         if not folder:
             return
-        path = Path(folder) / f"rank{self.rank}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"pid": os.getpid(), "rank": self.rank, "step": self.state.step,
-                                   "tokens": self.state.tokens, "event": event, "time": time.time()}))
-        os.replace(tmp, path)
+        atomic_write(Path(folder) / f"rank{self.rank}.json", json.dumps({
+            "pid": os.getpid(), "rank": self.rank, "step": self.state.step, "tokens": self.state.tokens,
+            "event": event, "time": time.time()}))
         with open(Path(folder) / f"rank{self.rank}.log", "a") as log:
             log.write(f"{os.getpid()} {event} {self.state.step} {self.state.tokens}\n")
 
@@ -432,8 +429,7 @@ class _Loop:
 
     def _export(self) -> None:
         """The final model in Hugging Face format as an MLflow artifact (every rank calls: FSDP gathers)."""
-        tracking = self.setup.get("tracking")
-        if not (tracking and tracking.get("run_id") and self.cfg.tracking.log_model):
+        if not (self.setup.tracking and self.cfg.tracking.log_model):
             return
         from yxanul.export import export_hf
         from yxanul.model import Yxanul
@@ -456,7 +452,7 @@ class _Loop:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config``: {"cfg": ExperimentConfig as a dict, "setup": {data_dir, tracking,
-    run_id, marker_dir, curriculum_label}} (built by :func:`yxanul.train.launch.build_trainer`)."""
+    """Ray Train entry point. ``config``: {"cfg": ExperimentConfig as a dict, "setup": a
+    :class:`~yxanul.train.setup.WorkerSetup`} (built by :func:`yxanul.train.launch.loop_config`)."""
     cfg = ExperimentConfig.model_validate(config["cfg"])
     _Loop(cfg, config["setup"]).run()

@@ -1,0 +1,193 @@
+"""The sweep's MLflow runs: the parent run, one child run per trial (trials that cannot run and trials that
+fail before their run exists recorded too), and the Tune callback that records a stopped or lost trial's
+verdict. Every run is created, reopened and ended through :mod:`yxanul.tracking`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from yxanul.errors import ConfigError
+from yxanul.sweep.spec import spec_yaml
+from yxanul.sweep.text import format_plan
+from yxanul.sweep.trials import TOKENS_ATTR, SweepPlan
+from yxanul.tracking import (REASON_TAG, STATUS_TAG, Status, client, create_run, end_run, git_state,
+                             reopen_run)
+
+__all__ = ["end_parent", "end_running_children", "end_trial_run_callback", "fingerprint", "open_parent",
+           "record_not_runnable",
+           "summarize"]
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def _children(uri: str, experiment_id: str, parent_id: str) -> list[Any]:
+    return client(uri).search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = {_quote(parent_id)}",
+                                   max_results=5000)
+
+
+def fingerprint(plan: SweepPlan) -> str:
+    """A hash of the base and the trials: a resumed sweep must have the same."""
+    blob = json.dumps({"base": str(plan.base_path), "base_overrides": plan.base_overrides,
+                       "trials": [t.to_param() for t in plan.trials]}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def open_parent(plan: SweepPlan, uri: str, experiment_id: str, tune_path: str, resume: bool) -> str:
+    """The sweep's parent MLflow run: the one a resumed sweep already has (reopened), else a new one."""
+    mlflow = client(uri)
+    digest = fingerprint(plan)
+    if resume:
+        found = mlflow.search_runs(
+            [experiment_id], order_by=["attributes.start_time DESC"], max_results=1,
+            filter_string=f"tags.`yxanul.sweep` = {_quote(plan.name)} and tags.`yxanul.tune_path` = {_quote(tune_path)}")
+        if found:
+            parent = found[0]
+            if parent.data.tags.get("yxanul.sweep_hash") != digest:
+                raise ConfigError(
+                    f"sweep {plan.name!r} at {tune_path} was started with different trials (other axes, overrides "
+                    "or base config); resuming would mix them. Start a new sweep with sweep.name=<new name>")
+            reopen_run(uri, parent.info.run_id)
+            return parent.info.run_id
+        raise ConfigError(
+            f"sweep {plan.name!r} has a Ray Tune experiment at {tune_path} but no parent run in {uri} "
+            f"(tag yxanul.tune_path); its trials would log to a missing run. Start a new sweep with "
+            "sweep.name=<new name>, or point tracking.uri at the store it used")
+    spec = plan.spec
+    git = git_state()
+    tags = {"yxanul.sweep": plan.name, "yxanul.role": "sweep", "yxanul.tune_path": tune_path,
+            "yxanul.sweep_hash": digest, "mlflow.note.content": spec.description,
+            "yxanul.git_sha": git["sha"], "yxanul.git_dirty": git["dirty"], "yxanul.command": _command_line()}
+    params = {"sweep.metric": spec.metric, "sweep.mode": spec.mode, "sweep.trials": str(len(plan.trials)),
+              "sweep.reference": plan.reference,
+              "sweep.seeds": json.dumps(spec.seeds), "sweep.base": str(plan.base_path or "defaults"),
+              "sweep.base_overrides": " ".join(plan.base_overrides),
+              "sweep.milestones_tokens": json.dumps(plan.milestones)}
+    if spec.target_bpb is not None:
+        params["sweep.target_bpb"] = repr(spec.target_bpb)
+    rid = create_run(uri, experiment_id, f"sweep-{plan.name}", tags=tags, params=params)
+    mlflow.log_text(rid, spec_yaml(spec), "sweep.yaml")
+    mlflow.log_text(rid, format_plan(plan) + "\n", "trials.txt")
+    return rid
+
+
+def _command_line() -> str:
+    """The command that started this process, as a user would type it (``python -m jobs.sweep ...``)."""
+    import shlex
+    import sys
+    from pathlib import Path
+
+    argv = list(sys.argv)
+    head = Path(argv[0]) if argv else Path("?")
+    if head.parent.name == "jobs" and head.suffix == ".py":
+        argv[0:1] = ["python", "-m", f"jobs.{head.stem}"]
+    return shlex.join(argv)[:5000]
+
+
+def end_parent(uri: str, parent_id: str, status: str, results: str | None = None) -> None:
+    """End the parent run with ``status``, after logging the results table (results.txt) if given."""
+    if results is not None:
+        client(uri).log_text(parent_id, results + "\n", "results.txt")
+    end_run(uri, parent_id, status)
+
+
+def end_running_children(uri: str, experiment_id: str, parent_id: str, status: str) -> None:
+    """End the child runs still RUNNING (the sweep itself was interrupted) with ``status``."""
+    for run in _children(uri, experiment_id, parent_id):
+        if run.info.status == "RUNNING":
+            end_run(uri, run.info.run_id, status, reason="the sweep was interrupted")
+
+
+def record_not_runnable(plan: SweepPlan, uri: str, experiment_id: str, parent_id: str) -> None:
+    """One ended child run per trial that cannot run here, with the reason (never silently run in BF16)."""
+    existing = {r.data.tags.get("yxanul.run_name") for r in _children(uri, experiment_id, parent_id)}
+    for trial in plan.trials:
+        if trial.runnable or trial.run_name in existing:
+            continue
+        rid = create_run(uri, experiment_id, trial.run_name, tags={
+            "mlflow.parentRunId": parent_id, "yxanul.sweep": plan.name, "yxanul.variant": trial.label,
+            "yxanul.pair": trial.pair, "yxanul.trial": str(trial.index), "yxanul.run_name": trial.run_name,
+            "yxanul.precision": trial.cfg.precision.mode}, params=trial.cfg.flat_params())
+        end_run(uri, rid, Status.NOT_RUNNABLE, reason=trial.reason)
+
+
+def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str,
+                           horizons: dict[str, tuple[int, int]]) -> Any:
+    """A Tune callback (driver side, the scheduler's side) that records the verdict of a trial's MLflow run.
+
+    ``horizons``: run name -> (train.max_tokens as planned, tokens where the run stops by itself). The
+    verdict follows from the tokens the trial last reported to Tune, which only Tune holds: at the end,
+    ``finished`` (the trial ended it itself; here only if it is still running); short of where it stops by
+    itself, ``stopped_early`` by the scheduler. Sweep trials leave an unfinished run RUNNING
+    (``train(end_unfinished=False)``), so this is the only writer of that verdict: no race, no wait."""
+    from ray.tune import Callback
+
+    class _EndTrialRuns(Callback):
+        def _finish(self, trial: Any, error: bool) -> None:
+            name = trial.config["trial"]["run_name"]
+            found = client(uri).search_runs([experiment_id], max_results=1, filter_string=(
+                f"tags.`mlflow.parentRunId` = {_quote(parent_id)} and tags.`yxanul.run_name` = {_quote(name)}"))
+            if not found:
+                if error:  # failed before its run was created (bad data, config): record it anyway
+                    _record_failed(uri, experiment_id, parent_id, trial)
+                return
+            run = found[0]
+            if error:
+                end_run(uri, run.info.run_id, Status.FAILED, reason=_error_line(trial))
+                return
+            tokens = int((trial.last_result or {}).get(TOKENS_ATTR, 0) or 0)
+            total, own_stop = horizons.get(name, (0, 0))
+            if total and tokens >= total:  # finished training; Tune may end the trial before the trial does
+                end_run(uri, run.info.run_id, Status.FINISHED, only_if_running=True)
+            elif own_stop and tokens >= own_stop:  # train.stop_after_tokens
+                end_run(uri, run.info.run_id, Status.STOPPED, reason=f"train.stop_after_tokens at {tokens} tokens")
+            else:
+                end_run(uri, run.info.run_id, Status.STOPPED_EARLY, tags={"yxanul.stopped_at_tokens": str(tokens)},
+                        reason=f"stopped by the ASHA scheduler at {tokens} tokens")
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._finish(trial, error=False)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._finish(trial, error=True)
+
+    return _EndTrialRuns()
+
+
+def _error_line(trial: Any) -> str:
+    """The last line of a trial's error (the user-facing message, for YxanulErrors)."""
+    try:
+        text = str(trial.get_error() or "")
+    except Exception:  # the error file may be gone; the status still says failed
+        text = ""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:2000] if lines else "failed (see the trial's error file in the Ray Tune folder)"
+
+
+def _record_failed(uri: str, experiment_id: str, parent_id: str, trial: Any) -> None:
+    params = trial.config["trial"]
+    rid = create_run(uri, experiment_id, params["run_name"], tags={
+        "mlflow.parentRunId": parent_id, "yxanul.sweep": trial.config["sweep"]["name"],
+        "yxanul.variant": params["label"], "yxanul.pair": params["pair"], "yxanul.trial": str(params["index"]),
+        "yxanul.run_name": params["run_name"]})
+    end_run(uri, rid, Status.FAILED, reason=_error_line(trial))
+
+
+def summarize(uri: str, experiment_id: str, parent_id: str, metric: str) -> list[dict[str, Any]]:
+    """Per child run of the sweep: index, variant, status, tokens, final metric, reason, run id."""
+    mlflow = client(uri)
+    rows = []
+    for run in _children(uri, experiment_id, parent_id):
+        tags = run.data.tags
+        tokens = None
+        history = mlflow.get_metric_history(run.info.run_id, metric) if metric in run.data.metrics else []
+        if history:
+            tokens = max(m.step for m in history)
+        rows.append({"index": int(tags.get("yxanul.trial", -1)), "variant": tags.get("yxanul.variant", ""),
+                     "status": tags.get(STATUS_TAG) or run.info.status.lower(),
+                     "tokens": tokens, metric: run.data.metrics.get(metric),
+                     "reason": tags.get(REASON_TAG, ""), "run_id": run.info.run_id})
+    return sorted(rows, key=lambda r: r["index"])

@@ -1,0 +1,29 @@
+"""What the launcher hands every Ray Train worker besides the config: a typed, picklable record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["WorkerSetup"]
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """Built by :func:`yxanul.train.launch.loop_config` on the driver; read by the training loop.
+    Paths are absolute: workers may run in another folder (the working-dir copy of `ray job submit`)."""
+
+    data_dir: str
+    """The prepared dataset (a folder with manifest.json)."""
+    curriculum_label: str = "custom"
+    """The curriculum preset's name, for messages ("custom" for hand-written stages)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI, resolved by the driver (None: tracking.enabled=false)."""
+    run_id: str | None = None
+    """The MLflow run rank 0 logs into, also recorded in checkpoints (None: tracking.enabled=false)."""
+    marker_dir: str | None = None
+    """<run dir>/workers for each worker's pid/step marker files (None when the run dir is a URI)."""
+
+    @property
+    def tracking(self) -> bool:
+        """Whether rank 0 logs to MLflow."""
+        return bool(self.tracking_uri and self.run_id)
