@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tok = cfg.tokenizer
     transition = tok.transition
     if tok.kind == "superbpe" and transition is None:
-        from yxanul.superbpe import default_transition
+        from yxanul.tokenizer import default_transition
 
         transition = default_transition(tok.vocab_size)
     plan = (f"plan: train {tok.kind} with {tok.vocab_size} tokens"

@@ -20,13 +20,13 @@ import os
 import platform
 import re
 import sysconfig
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from yxanul.errors import DataError
+from yxanul.errors import DataError, first_line
+from yxanul.files import atomic_path, is_uri
 
 if TYPE_CHECKING:
     from yxanul.config import DataConfig
@@ -189,18 +189,11 @@ def materialise(name: str, cache_dir: str | os.PathLike[str], *, create: bool = 
         "id": pa.array(ids, pa.string()),
     })
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        with atomic_path(out) as tmp:  # concurrent writers produce identical files; last one wins
+            pq.write_table(table, tmp, row_group_size=4096)
     except OSError as exc:
-        raise DataError(f"cannot write the corpus cache in {out.parent} ({exc.strerror}): "
+        raise DataError(f"cannot write the corpus cache in {out.parent} ({exc.strerror or first_line(exc)}): "
                         "set data.cache_dir to a writable folder") from None
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, row_group_size=4096)
-        os.replace(tmp, out)  # concurrent writers produce identical files; last one wins
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
 
 
@@ -234,12 +227,6 @@ class Source:
     """Validation domain of this source's held-out documents."""
     builtin: bool = False
 
-    def split_key_column(self, id_column: str | None) -> str | None:
-        """Column whose value decides the train/validation split: data.id_column, a built-in corpus's
-        ``id``, or None (the text itself). The tokenizer's training sample and jobs.prepare both use
-        this, so the tokenizer never trains on documents prepare holds out."""
-        return id_column or ("id" if self.builtin else None)
-
     @property
     def paths(self) -> list[str]:
         """What ``ray.data.read_parquet`` is given."""
@@ -247,11 +234,6 @@ class Source:
 
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
-
-
-def is_uri(spec: str) -> bool:
-    """``scheme://...`` (s3, gs, hdfs, abfs, file, ...): passed through to pyarrow / Ray Data."""
-    return re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", spec) is not None
 
 
 def resolve_source(spec: str, data: DataConfig, *, domain: str | None = None,

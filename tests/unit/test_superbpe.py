@@ -12,7 +12,8 @@ from tokenizers import Tokenizer
 
 from tests.unit.test_tokenizer import ROUND_TRIP, _stdlib_texts
 from yxanul.corpora import materialise
-from yxanul.superbpe import (
+from yxanul.data.split import held_out
+from yxanul.tokenizer.superbpe import (
     MAX_WORDS_PER_TOKEN,
     default_transition,
     token_bytes,
@@ -26,7 +27,6 @@ from yxanul.tokenizer import (
     STAGE2_REGEX,
     TokenizerError,
     eos_id,
-    held_out,
     load_tokenizer,
     read_meta,
     tokenizer_sha256,

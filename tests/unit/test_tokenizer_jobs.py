@@ -14,7 +14,8 @@ from jobs.tokenizer_report import main as report_main
 from tests.output import own_lines
 from yxanul.cli import run_job
 from yxanul.config import load_config
-from yxanul.tokenizer import held_out, load_tokenizer, read_meta, sample_texts, tokenizer_sha256
+from yxanul.data.split import held_out
+from yxanul.tokenizer import load_tokenizer, read_meta, sample_texts, tokenizer_sha256
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from yxanul.errors import DataError
-from yxanul.tokenizer import held_out
+from yxanul.data.split import held_out
 
 SKIP_REASONS = ("null", "empty", "whitespace", "invalid_utf8", "null_id")
 
@@ -79,7 +79,7 @@ def normalize_batch(batch: pa.Table, *, source_index: int, spec: str, text_colum
         heldout = np.zeros(n, bool)
     else:
         # The split key is the document id (data.id_column; built-in corpora: their `id`), else the
-        # text itself, hashed by yxanul.tokenizer.held_out: the tokenizer never trains on this slice.
+        # text itself, hashed by yxanul.data.split.held_out: the tokenizer never trains on this slice.
         if id_column:
             keys = [None if v is None else str(v) for v in batch.column(id_column).to_pylist()]
             for i, key in enumerate(keys):

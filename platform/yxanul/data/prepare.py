@@ -31,7 +31,10 @@ import numpy as np
 from yxanul.config import ExperimentConfig
 from yxanul.corpora import Source, is_uri, resolve_sources
 from yxanul.data.decompose import Packer, bucket_lengths
-from yxanul.errors import DataError, YxanulError
+from yxanul.data.split import split_key_column
+from yxanul.errors import DataError, YxanulError, first_line, root_cause, user_error
+from yxanul.files import atomic_write
+from yxanul.ray_session import ensure_ray
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -152,7 +155,7 @@ def _check_local_files(plan: Plan) -> None:
             try:
                 schema = pq.read_schema(path)
             except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for corrupt or truncated files
-                _bad_file(plan, path, _first_line(exc))
+                _bad_file(plan, path, first_line(exc))
                 continue
             for column in columns:
                 if column not in schema.names:
@@ -172,25 +175,8 @@ def _bad_file(plan: Plan, path: str, reason: str) -> None:
     plan.bad_files[path] = reason
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 # ---------------------------------------------------------------------------------------------------
 # Running
-
-
-def _ensure_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
-    else:
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=False)
 
 
 def build_dataset(plan: Plan, eos_id: int, sources: list[tuple[Source, bool]] | None = None):
@@ -212,7 +198,7 @@ def build_dataset(plan: Plan, eos_id: int, sources: list[tuple[Source, bool]] | 
         paths = [p for p in source.paths if p not in plan.bad_files]
         if not paths:
             continue
-        id_column = source.split_key_column(data.id_column)
+        id_column = split_key_column(source, data.id_column)
         columns = [source.text_column] + ([id_column] if id_column else [])
         try:
             with footer_readers(None if source.uri is not None else len(paths)):
@@ -221,7 +207,7 @@ def build_dataset(plan: Plan, eos_id: int, sources: list[tuple[Source, bool]] | 
         except YxanulError:
             raise
         except Exception as exc:
-            raise DataError(f"cannot read data.sources entry {source.spec!r}: {_first_line(exc)}") from None
+            raise DataError(f"cannot read data.sources entry {source.spec!r}: {first_line(exc)}") from None
         if data.max_documents:
             ds = ds.limit(data.max_documents)
         ds = ds.map_batches(normalize_batch, batch_format="pyarrow", batch_size=None, fn_kwargs=dict(
@@ -364,7 +350,7 @@ def run(plan: Plan, *, force: bool = False) -> dict[str, Any] | None:
     eos = eos_id(tok)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_siblings(out)
-    _ensure_ray()
+    ensure_ray()
     start = time.perf_counter()
     for _attempt in range(_MAX_RETRIES):
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -375,7 +361,7 @@ def run(plan: Plan, *, force: bool = False) -> dict[str, Any] | None:
                 collector.add(batch)
             collector.writer.close()
             manifest = _manifest(plan, collector, tok, eos, time.perf_counter() - start)
-            _write_json_atomic(tmp / MANIFEST, manifest)
+            _write_json(tmp / MANIFEST, manifest)
             _publish(tmp, out)
             return manifest
         except BaseException as exc:
@@ -383,13 +369,13 @@ def run(plan: Plan, *, force: bool = False) -> dict[str, Any] | None:
             shutil.rmtree(tmp, ignore_errors=True)
             if not isinstance(exc, Exception):
                 raise
-            user_error = _user_error(exc)
-            if user_error is not None:
-                raise user_error from None
+            user = user_error(exc)
+            if user is not None:
+                raise user from None
             bad = _find_unreadable(plan)
             uris = [src.uri for src, _ in plan.sources if src.uri is not None]
             if bad is None and uris:  # remote input cannot be re-checked file by file from here
-                raise DataError(f"reading {', '.join(uris)} failed ({_first_line(_root_cause(exc))}); check "
+                raise DataError(f"reading {', '.join(uris)} failed ({first_line(root_cause(exc))}); check "
                                 "the path, credentials and that every file has the text column") from None
             if bad is None:
                 raise
@@ -415,30 +401,6 @@ def _remove_stale_siblings(out: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _user_error(exc: BaseException) -> YxanulError | None:
-    """The :class:`YxanulError` behind ``exc``, unwrapped from Ray's task-error wrappers, or None."""
-    from ray.exceptions import RayError
-
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, YxanulError) and not isinstance(exc, RayError):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return None
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    seen = set()
-    while id(exc) not in seen:
-        seen.add(id(exc))
-        nxt = getattr(exc, "cause", None) or exc.__cause__
-        if nxt is None:
-            break
-        exc = nxt
-    return exc
-
-
 def _find_unreadable(plan: Plan) -> tuple[str, str] | None:
     """After a failed run: the first local file whose text column cannot be read in full."""
     import pyarrow.parquet as pq
@@ -450,7 +412,7 @@ def _find_unreadable(plan: Plan) -> tuple[str, str] | None:
             try:
                 pq.read_table(path, columns=[source.text_column])
             except Exception as exc:  # any pyarrow failure here means the file is damaged
-                return path, _first_line(exc)
+                return path, first_line(exc)
     return None
 
 
@@ -504,12 +466,6 @@ def _manifest(plan: Plan, col: _Collector, tok, eos: int, seconds: float) -> dic
     }
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _publish(tmp: Path, out: Path) -> None:
     """Move the finished ``tmp`` into place; a previous dataset is removed only after that."""
     if out.exists():
@@ -536,3 +492,7 @@ def summary(manifest: dict[str, Any]) -> str:
             f"{human_count(train['tokens'])} train + {human_count(val_tokens)} validation tokens, "
             f"{nonempty} buckets ({manifest['mode']}), skipped: {skipped}, {seconds:.1f} s, "
             f"{human_count(rate)} tokens/s")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2) + "\n")

@@ -1,8 +1,8 @@
 """SuperBPE training (arXiv 2503.13423) with stock Hugging Face ``tokenizers``.
 
-Stage 1 is ordinary byte-level BPE under the word-level regex (:data:`yxanul.tokenizer.STAGE1_REGEX`)
+Stage 1 is ordinary byte-level BPE under the word-level regex (:data:`yxanul.tokenizer.core.STAGE1_REGEX`)
 up to ``transition`` tokens. Stage 2 keeps those merges and learns more on text pre-tokenized only
-by :data:`yxanul.tokenizer.STAGE2_REGEX`, so merges may cross single spaces ("superwords"), until the
+by :data:`yxanul.tokenizer.core.STAGE2_REGEX`, so merges may cross single spaces ("superwords"), until the
 vocabulary holds ``vocab_size`` tokens. Stage 2 is done with the stock trainer:
 
 1. encode every training text with the stage-1 merges under the stage-2 pre-tokenizer: each
@@ -36,15 +36,8 @@ from tokenizers import Tokenizer
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 
-from yxanul.tokenizer import (
-    EOS,
-    STAGE1_REGEX,
-    STAGE2_REGEX,
-    TokenizerError,
-    new_byte_level_bpe,
-    save_tokenizer,
-    train_stage1,
-)
+from yxanul.tokenizer.bpe import new_byte_level_bpe, train_stage1
+from yxanul.tokenizer.core import EOS, STAGE1_REGEX, STAGE2_REGEX, TokenizerError, save_tokenizer
 
 MAX_WORDS_PER_TOKEN = 4
 """No stage-2 token spans more than this many whitespace-separated words (the paper's limit)."""

@@ -1,0 +1,172 @@
+"""The small shared helpers: first_line, Ray's error chain, atomic writes, storage paths, text tables,
+ensure_ray, the resume keys, the worker setup, the split rule, the data benchmark's text."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from yxanul.errors import ConfigError, DataError, error_chain, first_line, root_cause, user_error
+from yxanul.files import absolute_path, atomic_path, atomic_write, is_uri
+from yxanul.text import table
+
+
+def test_first_line_skips_blank_lines_and_names_the_type_of_an_empty_error():
+    assert first_line(ValueError("\n  bad value  \nTraceback ...")) == "bad value"
+    assert first_line(KeyError()) == "KeyError"
+    assert first_line("") == "" and first_line("x" * 50, limit=10) == "x" * 10
+
+
+def test_user_error_unwraps_a_real_ray_task_error_and_a_train_failure():
+    from ray.exceptions import RayTaskError
+
+    original = DataError("data.sources: no such file x.parquet")
+    try:
+        raise original
+    except DataError as exc:
+        wrapped = RayTaskError("tokenize", "Traceback (most recent call last): ...", exc).as_instanceof_cause()
+    # Ray's wrapper derives from DataError too, but its text is Ray's (pid, ip, traceback): not the user's error.
+    assert isinstance(wrapped, DataError) and "pid=" in str(wrapped) and str(wrapped) != str(original)
+    assert user_error(wrapped) is original
+    assert root_cause(wrapped) is original
+
+    class TrainingFailed(Exception):  # the shape of ray.train's WorkerGroupError
+        def __init__(self, failures: dict[int, BaseException]) -> None:
+            super().__init__("Training failed due to worker errors")
+            self.worker_failures = failures
+
+    failure = TrainingFailed({0: RuntimeError("worker 0 died"), 1: wrapped})
+    assert user_error(failure) is original
+    assert [type(e).__name__ for e in error_chain(failure)][:2] == ["TrainingFailed", "RuntimeError"]
+    inner = ConfigError("optim.lr=-1 must be positive")
+    try:
+        try:
+            raise inner
+        except ConfigError:
+            raise RuntimeError("while building")  # noqa: B904  (the implicit __context__ is what is tested)
+    except RuntimeError as outer:
+        assert user_error(outer) is inner
+    assert user_error(RuntimeError("plain")) is None
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "sub" / "manifest.json"
+    atomic_write(target, "old\n")
+    assert target.read_text() == "old\n"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("writer crashed")
+    assert target.read_text() == "old\n"  # the old file survives a failed write
+    assert sorted(p.name for p in target.parent.iterdir()) == ["manifest.json"]  # no temporary left
+    atomic_write(target, b"\x00bytes")
+    assert target.read_bytes() == b"\x00bytes"
+
+    names: list[str] = []
+
+    def writer(i: int) -> None:
+        with atomic_path(target) as tmp:
+            names.append(tmp.name)
+            tmp.write_text(f"writer {i}\n" * 1000)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(names)) == 8  # never a shared fixed temporary name
+    text = target.read_text()
+    assert len(set(text.splitlines())) == 1 and len(text.splitlines()) == 1000  # one writer's whole file
+    assert sorted(p.name for p in target.parent.iterdir()) == ["manifest.json"]
+
+
+def test_absolute_path_keeps_uris_and_resolves_local_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert absolute_path("s3://bucket/runs") == "s3://bucket/runs"
+    assert absolute_path("outputs/ray") == str(tmp_path / "outputs" / "ray")
+    assert absolute_path("~/ray") == str(tmp_path / "home" / "ray")
+    assert is_uri("gs://b/x") and is_uri("file:///tmp/x") and not is_uri("outputs/x") and not is_uri("C:/x")
+
+
+def test_text_table_aligns_columns_without_trailing_spaces():
+    rows = [("#", "variant", "reason"), ("0", "precision=fp32", ""), ("12", "fp8", "not runnable: no GPU")]
+    assert table(rows) == ["#   variant         reason",
+                           "0   precision=fp32",
+                           "12  fp8             not runnable: no GPU"]
+    assert table([("a", "bb"), ("ccc", "d")], align="right") == ["  a  bb", "ccc   d"]
+    assert table([]) == [] and table([("only",), ("x",)]) == ["only", "x"]
+
+
+def test_ensure_ray_uses_the_initialised_ray_and_says_it_is_local(ray_cluster, monkeypatch):
+    from yxanul.ray_session import ensure_ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    before = ray_cluster.get_runtime_context().get_node_id()
+    assert ensure_ray() is True and ensure_ray(min_cpus=64) is True
+    assert ray_cluster.get_runtime_context().get_node_id() == before  # the same Ray, not a second one
+    assert ray_cluster.cluster_resources()["CPU"] == 4  # min_cpus applies only when it starts Ray
+
+
+def test_resume_keys_are_one_table_for_the_driver_and_the_checkpoint():
+    from yxanul.config import load_config
+    from yxanul.train.checkpoint import RESUME_KEYS, TrainState, check_compatible, resume_changes, resume_values
+
+    cfg = load_config(None, ["run.seed=3", "train.max_tokens=1M"])
+    values = resume_values(cfg)
+    assert set(values) == set(RESUME_KEYS) and values["run.seed"] == 3 and values["train.max_tokens"] == 1_000_000
+    assert resume_changes({**values, "run.seed": 4}, values) == ["run.seed was 4, now 3"]
+    assert resume_changes({}, values) == []  # an older run file without the keys
+    state = TrainState(**{field: values[key] for key, field in RESUME_KEYS.items()})
+    check_compatible(state, values, where="ckpt")
+    with pytest.raises(ConfigError, match=r"cannot resume from ckpt: train.max_tokens was 1000000, now 2000000"):
+        check_compatible(state, {**values, "train.max_tokens": 2_000_000}, where="ckpt")
+
+
+def test_worker_setup_is_typed_picklable_and_carries_the_run_id_once(tmp_path):
+    from yxanul.train.setup import WorkerSetup
+
+    setup = WorkerSetup(data_dir=str(tmp_path), curriculum_label="seed-ultra", tracking_uri="sqlite:///x.db",
+                        run_id="abc", marker_dir=None)
+    assert pickle.loads(pickle.dumps(setup)) == setup and setup.tracking
+    assert not WorkerSetup(data_dir=str(tmp_path)).tracking
+    with pytest.raises(TypeError):
+        WorkerSetup(data_dir=str(tmp_path), tracking={"uri": "x", "run_id": "abc"})  # the old dict is refused
+
+
+def test_split_rule_is_stable_and_keyed_by_id_or_text():
+    from types import SimpleNamespace
+
+    from yxanul.data.split import held_out, split_key_column
+
+    assert split_key_column(SimpleNamespace(builtin=True), None) == "id"
+    assert split_key_column(SimpleNamespace(builtin=False), None) is None
+    assert split_key_column(SimpleNamespace(builtin=True), "doc_id") == "doc_id"
+    keys = [f"doc-{i}" for i in range(4000)]
+    share = sum(held_out(k, 0.05) for k in keys) / len(keys)
+    assert 0.04 < share < 0.06 and not any(held_out(k, 0.0) for k in keys)
+    assert [held_out(k, 0.05) for k in keys[:50]] == [held_out(k, 0.05) for k in keys[:50]]
+
+
+def test_bench_data_reads_text_from_a_uri_source_and_refuses_empty_text(tmp_path):
+    from yxanul.config import load_config
+    from yxanul.data.bench import source_texts
+    from yxanul.data.prepare import make_plan
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    pq.write_table(pa.table({"text": ["alpha beta", "", "gamma"]}), folder / "a.parquet")
+    cfg = load_config(None, [f"data.sources=[{folder.as_uri()}/]", f"data.output_dir={tmp_path / 'out'}",
+                             f"tokenizer.path={tmp_path / 'tok.json'}"])
+    plan = make_plan(cfg, dry_run=True)
+    assert plan.train[0].uri is not None and plan.train[0].files == ()  # a URI source lists no files
+    assert source_texts(plan) == ["alpha beta", "gamma"]
+    pq.write_table(pa.table({"text": ["", "  "]}), folder / "a.parquet")
+    with pytest.raises(DataError, match="no text to benchmark"):
+        source_texts(plan)
+    assert os.listdir(folder) == ["a.parquet"]
