@@ -36,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import shlex
 
+    from yxanul.console import say
     from yxanul.report import compare_runs, format_summary, log_report, write_report
     from yxanul.tracking import resolve_tracking_uri
 
@@ -44,12 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = compare_runs(uri, sweep=args.sweep, experiment=args.experiment, target_bpb=args.target_bpb,
                           reference=args.reference, command=command)
     files = write_report(report, args.out)
-    print(format_summary(report))
+    say(format_summary(report))
     parent_id = report.parent_run_id
     if parent_id and not args.no_log:
         log_report(uri, parent_id, files)
-        print(f"logged to MLflow run {parent_id} (artifacts: comparison/)")
-    print(f"report: {files[-1]}")
+        say(f"logged to MLflow run {parent_id} (artifacts: comparison/)")
+    say(f"report: {files[-1]}")
     return 0
 
 

@@ -7,6 +7,8 @@ SWEEP is a file or a name under experiments/sweeps/. Overrides apply to the base
 trial, except `sweep.<field>=...` which change the sweep itself (e.g. sweep.name=try2, sweep.seeds=[0,1]).
 Started again with the same name (and storage), the sweep resumes: finished trials are kept, unfinished
 ones continue from their latest checkpoint. --dry-run prints the trial table and exits without Ray.
+The terminal shows one line per trial event; Ray's and Tune's own output goes to
+<run.storage_path>/sweeps/<sweep name>.log (--verbose shows it here instead).
 """
 
 from __future__ import annotations
@@ -18,28 +20,33 @@ from yxanul.cli import job_parser, run_job
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = job_parser(__doc__.splitlines()[0])
+    parser = job_parser(__doc__.splitlines()[0], verbose=True)
     parser.add_argument("--compare", metavar="DIR", default=None,
                         help="after the sweep, write the comparison report (jobs.compare) into DIR")
     args = parser.parse_args(argv)
 
-    from yxanul.sweep import format_plan, format_rows, load_sweep, plan_sweep, run_sweep
+    from yxanul.console import Console, say
+    from yxanul.sweep import format_plan, format_rows, load_sweep, plan_sweep, run_sweep, sweep_log_path
 
     spec, overrides = load_sweep(args.config, args.overrides)
     if args.dry_run:
         print(format_plan(plan_sweep(spec, overrides)))
         return 0
-    outcome = run_sweep(spec, overrides)
-    print(format_rows(outcome.rows))
-    print(f"MLflow: parent run {outcome.parent_run_id} at {outcome.tracking_uri}")
-    failed = [r for r in outcome.rows if r["status"] == "failed"]
-    if args.compare:
-        from jobs import compare
+    log = sweep_log_path(plan_sweep(spec, overrides))
+    with Console(log, verbose=args.verbose):
+        if not args.verbose:
+            say(f"Ray and Tune output: {log} (--verbose shows it here)")
+        outcome = run_sweep(spec, overrides)
+        say(format_rows(outcome.rows))
+        say(f"MLflow: parent run {outcome.parent_run_id} at {outcome.tracking_uri}")
+        if args.compare:
+            from jobs import compare
 
-        compare.main(["--sweep", spec.name, "--out", args.compare, "--tracking-uri", outcome.tracking_uri])
-    else:
-        print(f"compare: python -m jobs.compare --sweep {spec.name} --out outputs/reports/{spec.name} "
-              f"--tracking-uri {outcome.tracking_uri}")
+            compare.main(["--sweep", spec.name, "--out", args.compare, "--tracking-uri", outcome.tracking_uri])
+        else:
+            say(f"compare: python -m jobs.compare --sweep {spec.name} --out outputs/reports/{spec.name} "
+                f"--tracking-uri {outcome.tracking_uri}")
+    failed = [r for r in outcome.rows if r["status"] == "failed"]
     if failed:
         print(f"{len(failed)} trial(s) failed (reasons above); run the same command again to retry them",
               file=sys.stderr)

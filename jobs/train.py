@@ -5,7 +5,8 @@
 
 A run started again with the same run.name and run.storage_path resumes from its latest checkpoint.
 --dry-run prints the resolved config, the parameter count and the curriculum stage table, and exits
-without starting Ray.
+without starting Ray. Rank 0's progress and validation lines are shown; Ray's own output goes to
+<run.storage_path>/<run.name>.log (--verbose shows it here instead).
 """
 
 from __future__ import annotations
@@ -18,25 +19,31 @@ from yxanul.config import human_count, load_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = job_parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = job_parser(__doc__.splitlines()[0], verbose=True).parse_args(argv)
     cfg = load_config(args.config, args.overrides)
 
+    from yxanul.console import Console, log_path, name_run, say
     from yxanul.train.launch import describe, train
 
     if args.dry_run:
         print(describe(cfg))
         return 0
-    result = train(cfg)
-    state = "finished" if result.finished else "stopped (resume with the same run.name)"
-    print(f"training {state} at {human_count(result.tokens)} tokens")
-    for key in sorted(k for k in result.metrics if k.startswith(("val/", "train/loss"))):
-        print(f"  {key} = {result.metrics[key]:.4f}")
-    if result.run_id:
-        from yxanul.tracking import resolve_tracking_uri
+    log = log_path(cfg.run.storage_path, cfg.run.name)
+    with Console(log, verbose=args.verbose):
+        name_run(cfg.run.name, cfg.run.name)
+        say(f"training {cfg.run.name}: {cfg.scaling.num_workers} worker(s), {human_count(cfg.train.max_tokens)} "
+            "tokens; rank 0 reports here" + ("" if args.verbose else f"; Ray's output: {log} (--verbose shows it)"))
+        result = train(cfg)
+        state = "finished" if result.finished else "stopped (resume with the same run.name)"
+        say(f"training {state} at {human_count(result.tokens)} tokens")
+        for key in sorted(k for k in result.metrics if k.startswith(("val/", "train/loss"))):
+            say(f"  {key} = {result.metrics[key]:.4f}")
+        if result.run_id:
+            from yxanul.tracking import resolve_tracking_uri
 
-        print(f"MLflow run {result.run_id} in {resolve_tracking_uri(cfg.tracking.uri)}")
-    if result.checkpoint_path:
-        print(f"checkpoint: {result.checkpoint_path}")
+            say(f"MLflow run {result.run_id} in {resolve_tracking_uri(cfg.tracking.uri)}")
+        if result.checkpoint_path:
+            say(f"checkpoint: {result.checkpoint_path}")
     return 0
 
 

@@ -15,15 +15,23 @@ from typing import Any
 from yxanul.errors import YxanulError
 
 
-def job_parser(description: str, config_required: bool = True) -> argparse.ArgumentParser:
-    """Parser with the positional CONFIG, the dotted overrides and --dry-run."""
+def job_parser(description: str, config_required: bool = True, verbose: bool = False) -> argparse.ArgumentParser:
+    """Parser with the positional CONFIG, the dotted overrides and --dry-run (and --verbose for the jobs
+    that run Ray Train or Tune: their console shows one line per event unless it is given)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("config", nargs=None if config_required else "?", metavar="CONFIG",
                         help="YAML config file (see experiments/)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides, e.g. train.max_tokens=2e6 precision.mode=bf16")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan, then exit")
+    if verbose:
+        add_verbose(parser)
     return parser
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's and Tune's own output here too (by default it goes to the job's log file)")
 
 
 def run_job(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:

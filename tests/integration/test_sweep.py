@@ -5,6 +5,7 @@ stopping a trial at a token milestone with its MLflow run ended."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,18 @@ max_concurrent_trials: 2
         assert "no GPU" in skipped.data.tags["yxanul.reason"] and skipped.data.metrics == {}
         assert skipped.data.tags["yxanul.pair"] == f"curriculum={curriculum}"
     assert "not runnable: precision.mode=fp8" in printed and "finished" in printed
+    # The console: one line per trial event under the trial's name; Ray's and Tune's output is in the log.
+    for label in ("t00 curriculum=short,precision.mode=fp32", "t02 curriculum=long,precision.mode=fp32"):
+        mine = [line.removeprefix(f"{label} | ") for line in printed.splitlines() if line.startswith(f"{label} | ")]
+        assert mine[0] == "started" and mine[-1] == "finished: at 8192 tokens", mine
+        progress = [line for line in mine if " step " in line]
+        assert [re.search(r" step (\d+)/8 ", line).group(1) for line in progress] == ["2", "4", "6", "8"]
+        assert all(re.search(r"loss \d+\.\d+ .* [\d,]+ tok/s .*eta \S+$", line) for line in progress), progress
+        assert len([line for line in mine if re.match(r"validation at [\d.]+k tokens: bpb \d", line)]) == 4
+    assert not re.search(r"pid=\d+.*yxanul\[grid-t0", printed)  # no raw forwarded worker line
+    log = (env["root"] / "ray" / "sweeps" / "grid.log").read_text()
+    assert "Ray and Tune output: " + str(env["root"] / "ray" / "sweeps" / "grid.log") in printed
+    assert re.search(r"\(RayTrainWorker pid=\d+.*\) yxanul\[grid-t00\] .* step 2/8 ", log)
 
     # The same command again restores the (finished) Tune experiment: no trial runs again, no new runs.
     outcome = run_sweep(*load_sweep(path, ["sweep.name=grid"]))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pickle
 import threading
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq

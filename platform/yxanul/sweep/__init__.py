@@ -36,7 +36,7 @@ from yxanul.sweep.records import summarize
 from yxanul.sweep.spec import (AxisSpec, BaseSpec, ResourcesSpec, SchedulerSpec, SweepSpec, find_sweep, load_sweep,
                                spec_yaml)
 from yxanul.sweep.text import format_plan, format_rows
-from yxanul.sweep.tune import SweepOutcome, run_sweep, sweep_storage
+from yxanul.sweep.tune import SweepOutcome, run_sweep, sweep_log_path, sweep_storage
 
 __all__ = [
     "AxisSpec",
@@ -60,5 +60,6 @@ __all__ = [
     "run_sweep",
     "spec_yaml",
     "summarize",
+    "sweep_log_path",
     "sweep_storage",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from yxanul.errors import ConfigError
@@ -114,39 +115,50 @@ def record_not_runnable(plan: SweepPlan, uri: str, experiment_id: str, parent_id
         end_run(uri, rid, Status.NOT_RUNNABLE, reason=trial.reason)
 
 
-def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str,
-                           horizons: dict[str, tuple[int, int]]) -> Any:
+def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizons: dict[str, tuple[int, int]],
+                           announce: Callable[[str, str, str], None] | None = None) -> Any:
     """A Tune callback (driver side, the scheduler's side) that records the verdict of a trial's MLflow run.
 
     ``horizons``: run name -> (train.max_tokens as planned, tokens where the run stops by itself). The
     verdict follows from the tokens the trial last reported to Tune, which only Tune holds: at the end,
     ``finished`` (the trial ended it itself; here only if it is still running); short of where it stops by
     itself, ``stopped_early`` by the scheduler. Sweep trials leave an unfinished run RUNNING
-    (``train(end_unfinished=False)``), so this is the only writer of that verdict: no race, no wait."""
+    (``train(end_unfinished=False)``), so this is the only writer of that verdict: no race, no wait.
+    ``announce(run name, status, reason)`` is told every verdict (the console's trial lines)."""
     from ray.tune import Callback
 
     class _EndTrialRuns(Callback):
         def _finish(self, trial: Any, error: bool) -> None:
             name = trial.config["trial"]["run_name"]
+            status, reason = self._verdict(trial, error)
+            if announce is not None:
+                announce(name, status, reason)
+
+        def _verdict(self, trial: Any, error: bool) -> tuple[str, str]:
+            name = trial.config["trial"]["run_name"]
+            tokens = int((trial.last_result or {}).get(TOKENS_ATTR, 0) or 0)
             found = client(uri).search_runs([experiment_id], max_results=1, filter_string=(
                 f"tags.`mlflow.parentRunId` = {_quote(parent_id)} and tags.`yxanul.run_name` = {_quote(name)}"))
-            if not found:
-                if error:  # failed before its run was created (bad data, config): record it anyway
-                    _record_failed(uri, experiment_id, parent_id, trial)
-                return
-            run = found[0]
             if error:
-                end_run(uri, run.info.run_id, Status.FAILED, reason=_error_line(trial))
-                return
-            tokens = int((trial.last_result or {}).get(TOKENS_ATTR, 0) or 0)
+                reason = _error_line(trial)
+                if found:
+                    end_run(uri, found[0].info.run_id, Status.FAILED, reason=reason)
+                else:  # failed before its run was created (bad data, config): record it anyway
+                    _record_failed(uri, experiment_id, parent_id, trial)
+                return Status.FAILED, reason
             total, own_stop = horizons.get(name, (0, 0))
             if total and tokens >= total:  # finished training; Tune may end the trial before the trial does
-                end_run(uri, run.info.run_id, Status.FINISHED, only_if_running=True)
-            elif own_stop and tokens >= own_stop:  # train.stop_after_tokens
-                end_run(uri, run.info.run_id, Status.STOPPED, reason=f"train.stop_after_tokens at {tokens} tokens")
+                if found:
+                    end_run(uri, found[0].info.run_id, Status.FINISHED, only_if_running=True)
+                return Status.FINISHED, f"at {tokens} tokens"
+            if own_stop and tokens >= own_stop:
+                status, reason, tags = Status.STOPPED, f"train.stop_after_tokens at {tokens} tokens", {}
             else:
-                end_run(uri, run.info.run_id, Status.STOPPED_EARLY, tags={"yxanul.stopped_at_tokens": str(tokens)},
-                        reason=f"stopped by the ASHA scheduler at {tokens} tokens")
+                status, reason = Status.STOPPED_EARLY, f"stopped by the ASHA scheduler at {tokens} tokens"
+                tags = {"yxanul.stopped_at_tokens": str(tokens)}
+            if found:
+                end_run(uri, found[0].info.run_id, status, tags=tags, reason=reason)
+            return status, reason
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._finish(trial, error=False)

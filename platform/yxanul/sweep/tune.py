@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from yxanul.console import log_path, name_run, say
 from yxanul.errors import ConfigError
 from yxanul.files import absolute_path
 from yxanul.ray_session import ensure_ray
@@ -17,13 +18,19 @@ from yxanul.sweep.text import format_plan, format_rows
 from yxanul.sweep.trials import SweepPlan, build_config, total_tokens
 from yxanul.tracking import Status
 
-__all__ = ["SweepOutcome", "run_sweep", "sweep_storage"]
+__all__ = ["SweepOutcome", "run_sweep", "sweep_log_path", "sweep_storage"]
 
 
 def sweep_storage(plan: SweepPlan) -> str:
     """Ray Tune experiment folder of the sweep: ``<base run.storage_path>/sweeps/<sweep name>``."""
     base = build_config(plan.base_path, plan.base_overrides, {})
     return f"{absolute_path(base.run.storage_path).rstrip('/')}/sweeps"
+
+
+def sweep_log_path(plan: SweepPlan) -> Path:
+    """The sweep's log of Ray's and Tune's own output: ``<storage>/sweeps/<sweep name>.log`` (beside its Tune
+    folder), appended to when the sweep resumes."""
+    return log_path(sweep_storage(plan), plan.name)
 
 
 def _tune_report_callback() -> Any:
@@ -106,9 +113,11 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None) -> SweepO
     resume = tune.Tuner.can_restore(tune_path)
     parent_id = records.open_parent(plan, uri, experiment_id, tune_path, resume)
     records.record_not_runnable(plan, uri, experiment_id, parent_id)
-    print(format_plan(plan), flush=True)
-    print(f"MLflow parent run {parent_id} ({uri}); Ray Tune folder {tune_path}"
-          + (" (resuming)" if resume else ""), flush=True)
+    say(format_plan(plan))
+    say(f"MLflow parent run {parent_id} ({uri}); Ray Tune folder {tune_path}" + (" (resuming)" if resume else ""))
+    shown = {t.run_name: f"t{t.index:02d} {t.label}" for t in plan.trials}
+    for run_name, text in shown.items():
+        name_run(run_name, text)
 
     # Log-only reports carry train/* but not the metric; Tune's strict check would reject them.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -131,7 +140,8 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None) -> SweepO
                 tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=asha.scheduler(plan),
                                             max_concurrent_trials=spec.max_concurrent_trials or _default_concurrency(plan)),
                 run_config=tune.RunConfig(name=plan.name, storage_path=storage, verbose=1, callbacks=[
-                    records.end_trial_run_callback(uri, experiment_id, parent_id, horizons)]))
+                    _trial_events_callback()(shown), records.end_trial_run_callback(
+                        uri, experiment_id, parent_id, horizons, announce=_announcer(shown))]))
         try:
             results = tuner.fit()
         except BaseException:
@@ -149,3 +159,27 @@ def _horizon(cfg: Any) -> tuple[int, int]:
     total = total_tokens(cfg)
     stop = cfg.train.stop_after_tokens
     return total, min(total, stop) if stop else total
+
+
+def _announcer(shown: dict[str, str]) -> Any:
+    """The console line of a trial's verdict: ``t01 curriculum=none | finished at 32768 tokens``."""
+    def announce(run_name: str, status: str, reason: str) -> None:
+        say(f"{shown.get(run_name, run_name)} | {status}" + (f": {reason}" if reason else ""))
+
+    return announce
+
+
+def _trial_events_callback() -> Any:
+    from ray.tune import Callback
+
+    class TrialEvents(Callback):
+        """Console lines for the Tune events that are not verdicts: a trial started (or restarted)."""
+
+        def __init__(self, shown: dict[str, str]) -> None:
+            self.shown = shown
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            name = trial.config["trial"]["run_name"]
+            say(f"{self.shown.get(name, name)} | started")
+
+    return TrialEvents

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from yxanul.config import ExperimentConfig, PrecisionConfig, human_count
+from yxanul.console import worker_line
 from yxanul.curriculum import CurriculumPlan, Stage, build_plan, microbatch_budget
 from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load_validation
 from yxanul.errors import YxanulError
@@ -162,15 +163,15 @@ class _Loop:
         with checkpoint.as_directory() as directory:
             state, data = load_checkpoint(directory, rank=self.rank, model=self.step_model, optimizer=self.optimizer)
         check_compatible(state, {**resume_values(self.cfg), "scaling.num_workers": self.world}, where=checkpoint.path)
-        if self.setup.run_id and state.run_id and state.run_id != self.setup.run_id:
-            print(f"warning: checkpoint was logged to MLflow run {state.run_id}, continuing in {self.setup.run_id}",
-                  file=sys.stderr)
+        if self.rank == 0 and self.setup.run_id and state.run_id and state.run_id != self.setup.run_id:
+            print(worker_line(self.cfg.run.name, f"warning: checkpoint was logged to MLflow run {state.run_id}, "
+                              f"continuing in {self.setup.run_id}"), file=sys.stderr)
         state.run_id = self.setup.run_id or state.run_id
         state.config_hash = self.cfg.config_hash()
         self.state, self.data_position = state, data
         if self.rank == 0:
-            print(f"resumed from {checkpoint.path}: step {state.step}, {human_count(state.tokens)} tokens, "
-                  f"stage {state.stage}", flush=True)
+            print(worker_line(self.cfg.run.name, f"resumed from {checkpoint.path}: step {state.step}, "
+                              f"{human_count(state.tokens)} tokens, stage {state.stage}"), flush=True)
 
     def _tracker(self) -> Tracker:
         if self.rank != 0 or not self.setup.tracking:
@@ -212,8 +213,8 @@ class _Loop:
         self.valsets: dict[str, ValidationSet] = load_validation(
             self.dataset, self.cfg.eval.seq_len, self.cfg.eval.max_tokens_per_domain)
         if self.rank == 0 and not self.valsets:
-            print(f"warning: {self.dataset.path} has no validation rows of {self.cfg.eval.seq_len} tokens; "
-                  f"no validation metrics", file=sys.stderr)
+            print(worker_line(self.cfg.run.name, f"warning: {self.dataset.path} has no validation rows of "
+                              f"{self.cfg.eval.seq_len} tokens; no validation metrics"), file=sys.stderr)
         tps = self.cfg.train.tokens_per_step
         total_steps = self.plan.total_steps
         stop_tokens = self.cfg.train.stop_after_tokens
@@ -270,7 +271,8 @@ class _Loop:
                         f"data, or set train.on_nan=skip to skip such steps")
                 self.state.skipped_steps += 1
                 if self.rank == 0:
-                    print(f"warning: skipped {where}: non-finite gradient", file=sys.stderr, flush=True)
+                    print(worker_line(self.cfg.run.name, f"warning: skipped {where}: non-finite gradient"),
+                          file=sys.stderr, flush=True)
             else:
                 loss_sum += result.loss
                 loss_steps += 1
@@ -365,10 +367,10 @@ class _Loop:
             mfu = f" mfu {100 * throughput.mfu_bf16:.1f}%" if throughput.mfu_bf16 is not None else ""
             mem = f" mem {throughput.peak_mem_gib:.1f}GiB" if throughput.peak_mem_gib is not None else ""
             per_gpu = f" ({throughput.tokens_per_s_per_gpu:,.0f}/gpu)" if self.world > 1 else ""
-            print(f"{_bar(self.state.step, stop_step)} step {self.state.step}/{stop_step} "
+            print(worker_line(self.cfg.run.name, f"{_bar(self.state.step, stop_step)} step {self.state.step}/{stop_step} "
                   f"tokens {human_count(self.state.tokens)} stage {stage.index} seq {stage.seq_len} loss {loss} "
                   f"lr {lr:.2e} gnorm {metrics['train/grad_norm']:.3f} {throughput.tokens_per_s:,.0f} tok/s"
-                  f"{per_gpu}{mfu}{mem} eta {_format_eta(tokens_left / rate)}", flush=True)
+                  f"{per_gpu}{mfu}{mem} eta {_format_eta(tokens_left / rate)}"), flush=True)
         return metrics
 
     @torch.no_grad()
@@ -408,8 +410,8 @@ class _Loop:
         self.tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("val/")}, step=self.state.tokens)
         if self.rank == 0:
             domains = " ".join(f"{d} {metrics[f'val/{d}/bpb']:.4f}" for d in self.valsets)
-            print(f"validation at {human_count(self.state.tokens)} tokens: bpb {metrics['val/bpb']:.4f} ({domains})",
-                  flush=True)
+            print(worker_line(self.cfg.run.name, f"validation at {human_count(self.state.tokens)} tokens: "
+                              f"bpb {metrics['val/bpb']:.4f} ({domains})"), flush=True)
         return metrics
 
     def _report(self, metrics: dict[str, float], with_checkpoint: bool, train: Any) -> None:
@@ -448,7 +450,8 @@ class _Loop:
         with tempfile.TemporaryDirectory(prefix="yxanul-export-") as tmp:
             out = export_hf(model, Path(tmp) / "model", vocab_size=self.vocab)
             self.tracker.log_artifact(out, "model")
-        print("logged the final model (Hugging Face format) to MLflow under artifacts/model", flush=True)
+        print(worker_line(self.cfg.run.name, "logged the final model (Hugging Face format) to MLflow under "
+                          "artifacts/model"), flush=True)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

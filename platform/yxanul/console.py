@@ -1,0 +1,176 @@
+"""What a person sees while a job runs: one line per event, Ray's and Tune's own output in a log file.
+
+Training workers print their lines (progress, validation, warnings) through :func:`worker_line`, which
+marks them with the run's name. Ray forwards every worker's output to the driver; inside a
+:class:`Console` the driver's ``sys.stdout``/``sys.stderr`` go to the log file, and only the marked lines
+come through to the terminal, with the trial's name in front (``t01 curriculum=none | step 4/16 ...``).
+The job's own lines go through :func:`say`. ``--verbose`` turns the filter off: everything is shown, as
+Ray and Tune print it.
+
+    with Console(log_path, verbose=args.verbose) as console:
+        console.name_run("grid-t01", "t01 curriculum=none")
+        say("sweep grid: 4 trials")       # terminal and log
+        run_the_sweep()                   # Ray/Tune output -> log; marked worker lines -> terminal
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["Console", "log_path", "name_run", "say", "worker_line"]
+
+_MARK = re.compile(r"yxanul\[(?P<run>[^\]\s]+)\] (?P<text>.*)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_active: Console | None = None
+
+
+def log_path(storage: str, name: str) -> Path:
+    """Where Ray's and Tune's output of a job named ``name`` goes: ``<storage>/<name>.log`` beside the run's
+    (or the sweep's) folder; ``outputs/logs/<name>.log`` when the storage is a URI (s3://...)."""
+    from yxanul.files import absolute_path, is_uri
+
+    if is_uri(storage):
+        return Path("outputs/logs").resolve() / f"{name}.log"
+    return Path(absolute_path(storage)) / f"{name}.log"
+
+
+def worker_line(run_name: str, text: str) -> str:
+    """A line a training worker prints for the console: marked with its run, so the driver shows it under the
+    trial's name (and with the run's name where no console filters, e.g. a library caller)."""
+    return f"yxanul[{run_name}] {text}"
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """Print a line of the job's own for the person at the terminal (and into the log when a console is on)."""
+    if _active is not None:
+        _active.say(text)
+    else:
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def name_run(run_name: str, shown_as: str) -> None:
+    """Show the active console's marked lines of ``run_name`` as ``shown_as`` (no console: nothing to do)."""
+    if _active is not None:
+        _active.name_run(run_name, shown_as)
+
+
+class _Filter:
+    """Stands in for sys.stdout/sys.stderr: every line to the log; marked worker lines to the terminal."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        with self._console.lock:
+            self._pending += text
+            *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._console.from_output(line)
+        return len(text)
+
+    def flush(self) -> None:
+        self._console.flush()
+
+    def isatty(self) -> bool:  # Ray and Tune print plain text (no live tables or colours) into a file
+        return False
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+    def fileno(self) -> int:  # some libraries ask; the log file's descriptor is where bytes would land
+        return self._console.log_fileno()
+
+
+class Console:
+    """Route a job's output: see the module docstring. ``log_path`` None (or ``verbose``): no redirection."""
+
+    def __init__(self, log_path: str | Path | None, *, verbose: bool = False) -> None:
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.verbose = verbose or log_path is None
+        self.lock = threading.RLock()
+        self._names: dict[str, str] = {}
+        self._log: IO[str] | None = None
+        self._terminal: Any = None
+        self._saved: tuple[Any, Any] | None = None
+        self._handlers: list[tuple[logging.StreamHandler, Any]] = []
+
+    def name_run(self, run_name: str, shown_as: str) -> None:
+        """Show the marked lines of ``run_name`` as ``shown_as`` (e.g. a sweep trial's number and variant)."""
+        self._names[run_name] = shown_as
+
+    def say(self, text: str) -> None:
+        with self.lock:
+            if self._terminal is not None:
+                self._terminal.write(text + "\n")
+                self._terminal.flush()
+            if self._log is not None:
+                self._log.write(text + "\n")
+                self._log.flush()
+
+    def from_output(self, line: str) -> None:
+        """A line printed in this process (by Ray's log forwarding, Tune, a library): to the log; when it is a
+        marked worker line, also to the terminal under the run's name."""
+        with self.lock:
+            if self._log is not None:
+                self._log.write(line + "\n")
+        found = _MARK.search(_ANSI.sub("", line))
+        if found and self._terminal is not None:
+            run = found.group("run")
+            with self.lock:
+                self._terminal.write(f"{self._names.get(run, run)} | {found.group('text').rstrip()}\n")
+                self._terminal.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            if self._log is not None:
+                self._log.flush()
+
+    def log_fileno(self) -> int:
+        if self._log is None:
+            raise OSError("no log file")
+        return self._log.fileno()
+
+    def __enter__(self) -> Console:
+        global _active
+        self._terminal = sys.stdout
+        if not self.verbose and self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "a", encoding="utf-8", buffering=1)
+            self._log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
+            self._saved = (sys.stdout, sys.stderr)
+            out, err = _Filter(self), _Filter(self)  # one each: a partial line on one never joins the other's
+            # Handlers bound to the terminal streams when they were made (not Ray's: it looks sys.stderr up
+            # at each record) would bypass the swap below: point them at the filter too, until exit.
+            for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+                for handler in getattr(logger, "handlers", []):
+                    if isinstance(handler, logging.StreamHandler) and handler.stream in self._saved:
+                        self._handlers.append((handler, handler.stream))
+                        handler.setStream(err)  # type: ignore[arg-type]
+            sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+        _active = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _active
+        _active = None
+        if self._saved is not None:
+            for stream in (sys.stdout, sys.stderr):
+                if isinstance(stream, _Filter) and stream._pending:
+                    self.from_output(stream._pending)
+                    stream._pending = ""
+            sys.stdout, sys.stderr = self._saved
+            for handler, stream in self._handlers:
+                handler.setStream(stream)
+            self._saved, self._handlers = None, []
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self._terminal = None
