@@ -22,6 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--sweep", help="sweep name (tag yxanul.sweep): compares the children of its latest parent run")
     which.add_argument("--experiment", help="MLflow experiment name: compares all its runs")
+    parser.add_argument("--parent-run-id", default=None,
+                        help="with --sweep: this parent run rather than the latest of that name")
     parser.add_argument("--out", required=True, help="folder for comparison.csv/.md, the PNGs and report.html")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db)")
@@ -43,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     command = shlex.join(["python", "-m", "jobs.compare", *(sys.argv[1:] if argv is None else argv)])
     report = compare_runs(uri, sweep=args.sweep, experiment=args.experiment, target_bpb=args.target_bpb,
-                          reference=args.reference, command=command)
+                          reference=args.reference, command=command, parent_run_id=args.parent_run_id)
     files = write_report(report, args.out)
     say(format_summary(report))
     parent_id = report.parent_run_id

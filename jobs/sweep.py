@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.compare:
             from jobs import compare
 
-            compare.main(["--sweep", spec.name, "--out", args.compare, "--tracking-uri", outcome.tracking_uri])
+            compare.main(["--sweep", spec.name, "--parent-run-id", outcome.parent_run_id, "--out", args.compare,
+                          "--tracking-uri", outcome.tracking_uri])
         else:
             say(f"compare: python -m jobs.compare --sweep {spec.name} --out outputs/reports/{spec.name} "
                 f"--tracking-uri {outcome.tracking_uri}")

@@ -1,7 +1,7 @@
 """What a person sees while a job runs: one line per event, Ray's and Tune's own output in a log file.
 
-Training workers print their lines (progress, validation, warnings) through :func:`worker_line`, which
-marks them with the run's name. Ray forwards every worker's output to the driver; inside a
+Training workers print their lines (progress, validation, warnings) through :func:`worker_print`, which
+marks them with the run's name (:func:`worker_line`). Ray forwards every worker's output to the driver; inside a
 :class:`Console` the driver's ``sys.stdout``/``sys.stderr`` go to the log file, and only the marked lines
 come through to the terminal, with the trial's name in front (``t01 curriculum=none | step 4/16 ...``).
 The job's own lines go through :func:`say`. ``--verbose`` turns the filter off: everything is shown, as
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["Console", "log_path", "name_run", "say", "worker_line"]
+__all__ = ["Console", "log_path", "name_run", "say", "worker_line", "worker_print"]
 
 _MARK = re.compile(r"yxanul\[(?P<run>[^\]\s]+)\] (?P<text>.*)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -44,6 +44,16 @@ def worker_line(run_name: str, text: str) -> str:
     """A line a training worker prints for the console: marked with its run, so the driver shows it under the
     trial's name (and with the run's name where no console filters, e.g. a library caller)."""
     return f"yxanul[{run_name}] {text}"
+
+
+def worker_print(run_name: str, text: str, *, err: bool = False) -> None:
+    """Print a worker's :func:`worker_line` once, to the process's own stdout (stderr with ``err``).
+
+    Not ``print``: Ray Train (2.60) patches ``print`` in its workers to go through the root logger as
+    well (``RAY_TRAIN_ENABLE_PRINT_PATCH``), and every line then reached the driver twice."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(worker_line(run_name, text) + "\n")
+    stream.flush()
 
 
 def say(text: str, *, err: bool = False) -> None:

@@ -112,6 +112,16 @@ def test_compare_local_sqlite_store(local_store, tmp_path, capsys):
     assert ("precision.mode=fp8 vs precision.mode=bf16 (curriculum=none) on unknown card, 1 seed: final val/bpb "
             "+0.2500 (1 seed: no interval, no verdict); tokens/s 1.250x (1 seed: no interval, no verdict)") in printed
 
+    # The same parent by id (what jobs.sweep --compare and jobs.demo pass), and a wrong id refused.
+    assert compare.main(["--sweep", "syn-sweep", "--parent-run-id", parent, "--out", str(tmp_path / "by-id"),
+                         "--tracking-uri", uri, "--no-log"]) == 0
+    check_report(tmp_path / "by-id")
+    from yxanul.errors import TrackingError
+
+    with pytest.raises(TrackingError, match="no parent run 0123456789abcdef"):
+        compare.main(["--sweep", "syn-sweep", "--parent-run-id", "0123456789abcdef", "--out", str(tmp_path / "x"),
+                      "--tracking-uri", uri])
+
     # The same runs by experiment name.
     assert compare.main(["--experiment", "syn", "--out", str(tmp_path / "by-exp"), "--tracking-uri", uri,
                          "--no-log", "--target-bpb", "1.75"]) == 0

@@ -115,7 +115,7 @@ max_concurrent_trials: 2
     assert not re.search(r"pid=\d+.*yxanul\[grid-t0", printed)  # no raw forwarded worker line
     log = (env["root"] / "ray" / "sweeps" / "grid.log").read_text()
     assert "Ray and Tune output: " + str(env["root"] / "ray" / "sweeps" / "grid.log") in printed
-    assert re.search(r"\(RayTrainWorker pid=\d+.*\) yxanul\[grid-t00\] .* step 2/8 ", log)
+    assert re.search(r"\(RayTrainWorker pid=\d+[^)]*\)(\x1b\[0m)? yxanul\[grid-t00\] .* step 2/8 ", log)
 
     # The same command again restores the (finished) Tune experiment: no trial runs again, no new runs.
     outcome = run_sweep(*load_sweep(path, ["sweep.name=grid"]))

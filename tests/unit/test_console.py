@@ -50,3 +50,20 @@ def test_log_path_is_beside_the_run_folder_or_local_for_uri_storage(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     assert log_path("outputs/ray", "pulse") == tmp_path / "outputs" / "ray" / "pulse.log"
     assert log_path("s3://bucket/runs", "pulse") == tmp_path / "outputs" / "logs" / "pulse.log"
+
+
+def test_worker_print_writes_once_even_where_print_is_patched(capfd, monkeypatch):
+    import builtins
+
+    from yxanul.console import worker_print
+
+    def doubled(*args, **kwargs):  # what Ray Train's print patch amounts to: the line twice
+        original(*args, **kwargs)
+        original(*args, **kwargs)
+
+    original = builtins.print
+    monkeypatch.setattr(builtins, "print", doubled)
+    worker_print("pulse", "step 2/8 loss 5.5")
+    worker_print("pulse", "warning: skipped", err=True)
+    out, err = capfd.readouterr()
+    assert out == "yxanul[pulse] step 2/8 loss 5.5\n" and err == "yxanul[pulse] warning: skipped\n"

@@ -162,7 +162,7 @@ def _horizon(cfg: Any) -> tuple[int, int]:
 
 
 def _announcer(shown: dict[str, str]) -> Any:
-    """The console line of a trial's verdict: ``t01 curriculum=none | finished at 32768 tokens``."""
+    """The console line of a trial's verdict: ``t01 curriculum=none | finished: at 32768 tokens``."""
     def announce(run_name: str, status: str, reason: str) -> None:
         say(f"{shown.get(run_name, run_name)} | {status}" + (f": {reason}" if reason else ""))
 

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,11 +27,11 @@ import numpy as np
 import torch
 
 from yxanul.config import ExperimentConfig, PrecisionConfig, human_count
-from yxanul.console import worker_line
+from yxanul.console import worker_print
 from yxanul.curriculum import CurriculumPlan, Stage, build_plan, microbatch_budget
 from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load_validation
 from yxanul.errors import YxanulError
-from yxanul.files import atomic_write
+from yxanul.files import absolute_path, atomic_write, is_uri
 from yxanul.spikes import SpikeDetector, format_spikes
 from yxanul.tracking import MLflowTracker, NullTracker, Tracker, device_tags, node_tags
 from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, resume_values, save_checkpoint
@@ -74,10 +73,9 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 def fp8_plan_cache_dir(cfg: ExperimentConfig) -> Path:
     """Where measured FP8 plans are kept: ``<run.storage_path>/fp8-plans`` (shared by a sweep's trials, which
     share the storage path), or ``~/.cache/yxanul/fp8-plans`` when the storage is a URI (s3://...)."""
-    storage = cfg.run.storage_path
-    if "://" in storage:
+    if is_uri(cfg.run.storage_path):
         return Path.home() / ".cache" / "yxanul" / "fp8-plans"
-    return Path(storage).expanduser().resolve() / "fp8-plans"
+    return Path(absolute_path(cfg.run.storage_path)) / "fp8-plans"
 
 
 class _Loop:
@@ -111,7 +109,7 @@ class _Loop:
 
         _seed_everything(self.cfg.run.seed)
         longest = max(s.seq_len for s in self.plan.stages)
-        say = (lambda msg: print(msg, flush=True)) if self.rank == 0 else None
+        say = (lambda msg: worker_print(self.cfg.run.name, msg)) if self.rank == 0 else None
         # scaling.simulate_accelerators, and nothing else, makes a bf16/fp8 run train in fp32 (on CPU, with
         # logical GPUs); the run's tags say so (_tracker).
         precision_cfg = (PrecisionConfig(mode="fp32") if self.cfg.scaling.simulate_accelerators
@@ -152,7 +150,7 @@ class _Loop:
             self.tracker.log_text(json.dumps(built.microbatch_fit, indent=2), "microbatch_fit.json")
         self.tracker.set_tags(tags)
         if self.rank == 0:
-            print(f"model: {built.describe()}", flush=True)
+            worker_print(self.cfg.run.name, f"model: {built.describe()}")
 
     def _restore(self) -> None:
         import ray.train
@@ -164,14 +162,14 @@ class _Loop:
             state, data = load_checkpoint(directory, rank=self.rank, model=self.step_model, optimizer=self.optimizer)
         check_compatible(state, {**resume_values(self.cfg), "scaling.num_workers": self.world}, where=checkpoint.path)
         if self.rank == 0 and self.setup.run_id and state.run_id and state.run_id != self.setup.run_id:
-            print(worker_line(self.cfg.run.name, f"warning: checkpoint was logged to MLflow run {state.run_id}, "
-                              f"continuing in {self.setup.run_id}"), file=sys.stderr)
+            worker_print(self.cfg.run.name, f"warning: checkpoint was logged to MLflow run {state.run_id}, "
+                         f"continuing in {self.setup.run_id}", err=True)
         state.run_id = self.setup.run_id or state.run_id
         state.config_hash = self.cfg.config_hash()
         self.state, self.data_position = state, data
         if self.rank == 0:
-            print(worker_line(self.cfg.run.name, f"resumed from {checkpoint.path}: step {state.step}, "
-                              f"{human_count(state.tokens)} tokens, stage {state.stage}"), flush=True)
+            worker_print(self.cfg.run.name, f"resumed from {checkpoint.path}: step {state.step}, "
+                         f"{human_count(state.tokens)} tokens, stage {state.stage}")
 
     def _tracker(self) -> Tracker:
         if self.rank != 0 or not self.setup.tracking:
@@ -213,8 +211,8 @@ class _Loop:
         self.valsets: dict[str, ValidationSet] = load_validation(
             self.dataset, self.cfg.eval.seq_len, self.cfg.eval.max_tokens_per_domain)
         if self.rank == 0 and not self.valsets:
-            print(worker_line(self.cfg.run.name, f"warning: {self.dataset.path} has no validation rows of "
-                              f"{self.cfg.eval.seq_len} tokens; no validation metrics"), file=sys.stderr)
+            worker_print(self.cfg.run.name, f"warning: {self.dataset.path} has no validation rows of "
+                         f"{self.cfg.eval.seq_len} tokens; no validation metrics", err=True)
         tps = self.cfg.train.tokens_per_step
         total_steps = self.plan.total_steps
         stop_tokens = self.cfg.train.stop_after_tokens
@@ -259,9 +257,9 @@ class _Loop:
                 self.compile_s += seconds
                 meter.add_untimed(seconds)
                 if self.rank == 0:
-                    print(f"first step at seq_len {stage.seq_len} x {stage.micro_batch}: {seconds:.1f} s "
-                          f"({'compilation + ' if self.built.compiled else ''}warm-up; not counted in tokens/s)",
-                          flush=True)
+                    worker_print(self.cfg.run.name, f"first step at seq_len {stage.seq_len} x {stage.micro_batch}: "
+                                 f"{seconds:.1f} s ({'compilation + ' if self.built.compiled else ''}warm-up; not "
+                                 "counted in tokens/s)")
             if result.skipped:
                 where = (f"step {step} (tokens {self.state.tokens}, curriculum stage {stage.index}, seq_len "
                          f"{stage.seq_len}, lr {lr:.3g})")
@@ -271,8 +269,7 @@ class _Loop:
                         f"data, or set train.on_nan=skip to skip such steps")
                 self.state.skipped_steps += 1
                 if self.rank == 0:
-                    print(worker_line(self.cfg.run.name, f"warning: skipped {where}: non-finite gradient"),
-                          file=sys.stderr, flush=True)
+                    worker_print(self.cfg.run.name, f"warning: skipped {where}: non-finite gradient", err=True)
             else:
                 loss_sum += result.loss
                 loss_steps += 1
@@ -358,7 +355,7 @@ class _Loop:
             metrics[f"train/spike_{spike.kind}"] = spike.size  # the record (survives resumes); the tag is for the UI
             self.tracker.set_tags({"yxanul.spikes": format_spikes(self.spikes.spikes)})
             if self.rank == 0:
-                print(f"warning: {spike.describe()}", file=sys.stderr, flush=True)
+                worker_print(self.cfg.run.name, f"warning: {spike.describe()}", err=True)
         self.tracker.log_metrics(metrics, step=self.state.tokens)
         if self.rank == 0:
             tokens_left = (stop_step - self.state.step) * self.cfg.train.tokens_per_step
@@ -367,10 +364,10 @@ class _Loop:
             mfu = f" mfu {100 * throughput.mfu_bf16:.1f}%" if throughput.mfu_bf16 is not None else ""
             mem = f" mem {throughput.peak_mem_gib:.1f}GiB" if throughput.peak_mem_gib is not None else ""
             per_gpu = f" ({throughput.tokens_per_s_per_gpu:,.0f}/gpu)" if self.world > 1 else ""
-            print(worker_line(self.cfg.run.name, f"{_bar(self.state.step, stop_step)} step {self.state.step}/{stop_step} "
-                  f"tokens {human_count(self.state.tokens)} stage {stage.index} seq {stage.seq_len} loss {loss} "
-                  f"lr {lr:.2e} gnorm {metrics['train/grad_norm']:.3f} {throughput.tokens_per_s:,.0f} tok/s"
-                  f"{per_gpu}{mfu}{mem} eta {_format_eta(tokens_left / rate)}"), flush=True)
+            worker_print(self.cfg.run.name, f"{_bar(self.state.step, stop_step)} step {self.state.step}/{stop_step} "
+                         f"tokens {human_count(self.state.tokens)} stage {stage.index} seq {stage.seq_len} loss {loss} "
+                         f"lr {lr:.2e} gnorm {metrics['train/grad_norm']:.3f} {throughput.tokens_per_s:,.0f} tok/s"
+                         f"{per_gpu}{mfu}{mem} eta {_format_eta(tokens_left / rate)}")
         return metrics
 
     @torch.no_grad()
@@ -410,8 +407,8 @@ class _Loop:
         self.tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("val/")}, step=self.state.tokens)
         if self.rank == 0:
             domains = " ".join(f"{d} {metrics[f'val/{d}/bpb']:.4f}" for d in self.valsets)
-            print(worker_line(self.cfg.run.name, f"validation at {human_count(self.state.tokens)} tokens: "
-                              f"bpb {metrics['val/bpb']:.4f} ({domains})"), flush=True)
+            worker_print(self.cfg.run.name, f"validation at {human_count(self.state.tokens)} tokens: "
+                         f"bpb {metrics['val/bpb']:.4f} ({domains})")
         return metrics
 
     def _report(self, metrics: dict[str, float], with_checkpoint: bool, train: Any) -> None:
@@ -450,8 +447,8 @@ class _Loop:
         with tempfile.TemporaryDirectory(prefix="yxanul-export-") as tmp:
             out = export_hf(model, Path(tmp) / "model", vocab_size=self.vocab)
             self.tracker.log_artifact(out, "model")
-        print(worker_line(self.cfg.run.name, "logged the final model (Hugging Face format) to MLflow under "
-                          "artifacts/model"), flush=True)
+        worker_print(self.cfg.run.name, "logged the final model (Hugging Face format) to MLflow under "
+                     "artifacts/model")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
