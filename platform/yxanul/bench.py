@@ -26,6 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from yxanul.config import ModelConfig, OptimConfig, PrecisionConfig
+from yxanul.errors import first_line
 from yxanul.metrics import device_spec, flops_per_token, mfu, peak_memory_gib, reset_peak_memory
 from yxanul.model import Yxanul, parameter_count, resolve_vocab_size
 
@@ -285,7 +286,7 @@ def run_bench(cfg: BenchConfig, log: Any = print) -> list[BenchResult]:
             else:
                 _run_ours(cfg, mcfg, prec, device, result)
         except Exception as exc:  # a benchmark matrix reports a failed cell and goes on
-            result.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            result.error = f"{type(exc).__name__}: {first_line(str(exc))}"[:300]
             log(traceback.format_exc())
         _free()
         log(f"[bench]   -> {_summary(result)}")
