@@ -114,7 +114,7 @@ def test_compare_local_sqlite_store(local_store, tmp_path, capsys):
 
     # The same parent by id (what jobs.sweep --compare and jobs.demo pass), and a wrong id refused.
     assert compare.main(["--sweep", "syn-sweep", "--parent-run-id", parent, "--out", str(tmp_path / "by-id"),
-                         "--tracking-uri", uri, "--no-log"]) == 0
+                         "--tracking-uri", uri, "--target-bpb", "1.75", "--no-log"]) == 0
     check_report(tmp_path / "by-id")
     from yxanul.errors import TrackingError
 

@@ -137,7 +137,7 @@ def test_ray_job_submit_runs_pulse_and_logs_to_mlflow(tmp_path, ray_head, mlflow
     assert JobSubmissionClient(address).get_job_status(job_id) == JobStatus.SUCCEEDED
     assert "training finished at 16.4k tokens" in done.stdout
     # Rank 0 speaks, under the run's name; Ray's own output (every worker's, the controller's) is in the log.
-    progress = [line for line in done.stdout.splitlines() if line.startswith("pulse | ") and " step " in line]
+    progress = [line for line in done.stdout.splitlines() if line.startswith("pulse | ") and "% step " in line]
     assert [line.split(" step ")[1].split()[0] for line in progress] == ["2/8", "4/8", "6/8", "8/8"], done.stdout
     assert "RayTrainWorker" not in done.stdout and "TrainController" not in done.stdout
     log = (tmp_path / "ray" / "pulse.log").read_text()

@@ -108,7 +108,7 @@ max_concurrent_trials: 2
     for label in ("t00 curriculum=short,precision.mode=fp32", "t02 curriculum=long,precision.mode=fp32"):
         mine = [line.removeprefix(f"{label} | ") for line in printed.splitlines() if line.startswith(f"{label} | ")]
         assert mine[0] == "started" and mine[-1] == "finished: at 8192 tokens", mine
-        progress = [line for line in mine if " step " in line]
+        progress = [line for line in mine if "% step " in line]  # the progress bar's lines
         assert [re.search(r" step (\d+)/8 ", line).group(1) for line in progress] == ["2", "4", "6", "8"]
         assert all(re.search(r"loss \d+\.\d+ .* [\d,]+ tok/s .*eta \S+$", line) for line in progress), progress
         assert len([line for line in mine if re.match(r"validation at [\d.]+k tokens: bpb \d", line)]) == 4
