@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from yxanul.config import ModelConfig, OptimConfig, PrecisionConfig
 from yxanul.errors import first_line
+from yxanul.files import atomic_write
 from yxanul.metrics import device_spec, flops_per_token, mfu, peak_memory_gib, reset_peak_memory
 from yxanul.model import Yxanul, parameter_count, resolve_vocab_size
 
@@ -363,10 +364,6 @@ def _write(cfg: BenchConfig, results: list[BenchResult]) -> None:
     out = Path(cfg.output)  # type: ignore[arg-type]
     out.parent.mkdir(parents=True, exist_ok=True)
     env = environment()
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w") as f:
-        for r in results:
-            f.write(json.dumps({**asdict(r), **env, "label": r.label}) + "\n")
-    tmp.replace(out)
+    atomic_write(out, "".join(json.dumps({**asdict(r), **env, "label": r.label}) + "\n" for r in results))
     out.with_suffix(".md").write_text(
         f"{env['card']}, torch {env['torch']}, {env['date']}\n\n{format_table(results)}\n")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from typing import Any
 import torch
 
 from yxanul.config import ModelConfig
+from yxanul.files import atomic_write
 from yxanul.model import padded_vocab_size, resolve_vocab_size
 
 __all__ = ["GROUPS", "MIN_GAIN", "Fp8Plan", "group_shapes", "measure_fp8_plan", "plan_key"]
@@ -200,11 +200,8 @@ def measure_fp8_plan(cfg: ModelConfig, vocab_size: int | None, *, tokens_per_mic
     plan = Fp8Plan(layers=layers_kept, timings=timings, key=key, measure_s=time.perf_counter() - t0)
     if path is not None:
         plan.source = str(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # concurrent trials write identical content
-        tmp.write_text(json.dumps({"layers": list(plan.layers), "timings": timings, "key": key,
-                                   "measure_s": plan.measure_s}, indent=2))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps({"layers": list(plan.layers), "timings": timings, "key": key,  # concurrent
+                                       "measure_s": plan.measure_s}, indent=2))  # trials write identical content
     if log:
         log(plan.table())
     return plan
