@@ -34,8 +34,8 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-FAKE_PEAK_TFLOPS = "0.001"
-"""The BF16 peak the session's Ray workers declare (yxanul.metrics.PEAK_ENV): 1 GFLOP/s, a CPU's order."""
+FAKE_PEAK_TFLOPS = "0.1"
+"""The BF16 peak the session's Ray workers declare (yxanul.metrics.PEAK_ENV): 100 GFLOP/s, about a 2-core CPU's."""
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ from yxanul.config import ModelConfig, OptimConfig, PrecisionConfig
 from yxanul.errors import first_line
 from yxanul.files import atomic_write
 from yxanul.metrics import device_spec, flops_per_token, mfu, peak_memory_gib, reset_peak_memory
-from yxanul.model import Yxanul, parameter_count, resolve_vocab_size
+from yxanul.model import parameter_count, resolve_vocab_size
 
 __all__ = ["BenchConfig", "BenchResult", "plan", "run_bench", "format_table"]
 

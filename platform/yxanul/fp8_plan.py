@@ -158,9 +158,7 @@ def _time_group(layers: list[tuple[int, int]], tokens: int, fp8: bool, recipe_ob
                     y = mod(x)
             y.backward(g)
 
-    ms = _median_ms(once, warmup, iters)
-    del mods, inputs, grads
-    return ms
+    return _median_ms(once, warmup, iters)
 
 
 def measure_fp8_plan(cfg: ModelConfig, vocab_size: int | None, *, tokens_per_microbatch: int, recipe: str,

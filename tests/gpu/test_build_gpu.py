@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 
-from tests.gpu.test_fp8 import DEV, VOCAB, markov_batches, small_cfg
+from tests.gpu.test_fp8 import DEV, markov_batches, small_cfg
 from yxanul.config import ModelConfig, OptimConfig, PrecisionConfig
 from yxanul.fp8_plan import GROUPS, measure_fp8_plan
 from yxanul.model import Yxanul

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 # Not part of the project: hidden tool/cache folders and stray wheels in a shared checkout (Ray refuses uploads
 # over 100 MiB). The job needs only jobs/ and experiments/ (yxanul is installed in the venv).
-UPLOAD_EXCLUDES = [".ray*", ".te*", ".hypothesis", ".pytest_cache", "*.whl", "outputs"]
+UPLOAD_EXCLUDES = [".ray*", ".te*", ".gk*", ".gl", ".whl", ".hypothesis", ".pytest_cache", "*.whl", "outputs"]
 
 
 @pytest.fixture(scope="module")
