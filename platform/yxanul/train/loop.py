@@ -122,8 +122,8 @@ class _Loop:
         self.built = built
         if self.cfg.train.max_tokens_per_microbatch == "auto":  # the measured budget changes the batch shapes
             self.plan = build_plan(self.cfg, self.world, self.dataset.seq_len_ok, built.tokens_per_microbatch)
-            if self.rank == 0:
-                print(self.plan.table(), flush=True)
+            if say is not None:
+                say(self.plan.table())
         self.tokens_per_microbatch = built.tokens_per_microbatch or microbatch_budget(self.cfg)
         self.precision = built.precision
         # self.model: the model itself (DDP's inner module; under FSDP the sharded model, which is both);
