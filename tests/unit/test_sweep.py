@@ -261,3 +261,20 @@ seeds: [0, 1]
                          (["sweep.reference={precision: fp8, lr: 2.0e-3}"], "is excluded")):
         with pytest.raises(ConfigError, match=message):
             load_sweep(path, bad)
+
+
+def test_one_trial_per_gpu_on_a_two_gpu_host_unless_the_sweep_caps_it():
+    from yxanul.sweep.placement import planned_concurrency
+
+    plan = plan_sweep(*load_sweep(experiments_dir() / "sweeps/fp8-vs-bf16.yaml"),
+                      cluster=ClusterView(("H200", "H200"), True, "test: 2 x H200"))
+    assert len(plan.runnable) == 6 and {t.cfg.scaling.num_workers for t in plan.runnable} == {1}
+    assert {t.cfg.scaling.accelerator_type for t in plan.runnable} == {"H200"}  # pairs on one card type
+    assert planned_concurrency(plan.runnable, {"GPU": 2.0, "CPU": 32.0}) == 2
+    assert planned_concurrency(plan.runnable, {"GPU": 1.0, "CPU": 16.0}) == 1
+    assert planned_concurrency(plan.runnable, {"GPU": 8.0, "CPU": 128.0}, cap=3) == 3
+    assert planned_concurrency(plan.runnable, {"CPU": 2.0}) == 1  # nothing fits yet (autoscaling): one at a time
+    two_workers = plan_sweep(*load_sweep(experiments_dir() / "sweeps/fp8-vs-bf16.yaml", ["sweep.resources={num_workers: 2, gpus_per_worker: 1}"]),
+                             cluster=ClusterView(("H200",), True, "test"))
+    assert {t.cfg.scaling.num_workers for t in two_workers.runnable} == {2}
+    assert planned_concurrency(two_workers.runnable, {"GPU": 4.0, "CPU": 64.0}) == 2

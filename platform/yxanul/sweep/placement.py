@@ -3,13 +3,14 @@ FP8-capable type; trials that cannot run recorded as not runnable with the reaso
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from yxanul.sweep.cluster import ClusterView
 from yxanul.sweep.spec import SweepSpec
 from yxanul.sweep.trials import Trial, build_config
 
-__all__ = ["place"]
+__all__ = ["place", "planned_concurrency"]
 
 
 def place(trials: list[Trial], spec: SweepSpec, cluster: ClusterView,
@@ -50,3 +51,21 @@ def place(trials: list[Trial], spec: SweepSpec, cluster: ClusterView,
             if ok and trial.cfg.scaling.use_gpu and not available:
                 ok, reason = False, "not runnable: scaling.use_gpu=true but the cluster has no GPU"
             trial.runnable, trial.reason = ok, reason
+
+
+def planned_concurrency(trials: list[Trial], resources: Mapping[str, float], cap: int | None = None) -> int:
+    """Trials that run at once: as many as the cluster's resources hold side by side (a GPU trial of W workers
+    takes W GPUs, a CPU trial W x cpus_per_worker CPUs), for the hungriest runnable trial, at least 1; a sweep's
+    ``max_concurrent_trials`` caps it. On one host with 2 GPUs, two 1-GPU trials run at once, one per GPU (Ray
+    gives each Train worker its own device). Train workers are not Tune trial resources, so Tune itself would not
+    limit this; without a cap it would start every trial and leave the others pending."""
+    counts = []
+    for trial in trials:
+        sc = trial.cfg.scaling
+        if sc.use_gpu:
+            counts.append(int(resources.get("GPU", 0) // sc.num_workers))
+        else:
+            counts.append(int(resources.get("CPU", 0) // (sc.num_workers * sc.cpus_per_worker)))
+    fits = max(1, min(counts)) if counts else 1
+    return min(fits, cap) if cap else fits
+

@@ -65,19 +65,12 @@ def _trial_fn(config: dict[str, Any]) -> None:
           end_unfinished=False)
 
 
-def _default_concurrency(plan: SweepPlan) -> int:
-    """How many trials fit the cluster at once (Train workers are not Tune trial resources)."""
+def _concurrency(plan: SweepPlan, spec: SweepSpec) -> int:
     import ray
 
-    resources = ray.cluster_resources()
-    counts = []
-    for t in plan.runnable:
-        sc = t.cfg.scaling
-        if sc.use_gpu:
-            counts.append(int(resources.get("GPU", 0) // sc.num_workers))
-        else:
-            counts.append(int(resources.get("CPU", 0) // (sc.num_workers * sc.cpus_per_worker)))
-    return max(1, min(counts)) if counts else 1
+    from yxanul.sweep.placement import planned_concurrency
+
+    return planned_concurrency(plan.runnable, ray.cluster_resources(), spec.max_concurrent_trials)
 
 
 @dataclass
@@ -138,7 +131,7 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None) -> SweepO
                 trainable,
                 param_space={"sweep": consts, "trial": tune.grid_search([t.to_param() for t in plan.runnable])},
                 tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=asha.scheduler(plan),
-                                            max_concurrent_trials=spec.max_concurrent_trials or _default_concurrency(plan)),
+                                            max_concurrent_trials=_concurrency(plan, spec)),
                 run_config=tune.RunConfig(name=plan.name, storage_path=storage, verbose=1, callbacks=[
                     _trial_events_callback()(shown), records.end_trial_run_callback(
                         uri, experiment_id, parent_id, horizons, announce=_announcer(shown))]))
