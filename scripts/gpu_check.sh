@@ -35,16 +35,7 @@ tests() {
     $py -m pytest -m gpu tests/gpu -p no:cacheprovider -q -rA -s --timeout 500 2>&1 | tee "$out/gpu_tests.log" | grep -v "^$" | tail -60
     return "${PIPESTATUS[0]}"
 }
-prepare() {
-    [ -f "$work/data/manifest.json" ] && { echo "dataset exists: $work/data"; return 0; }
-    $py -m jobs.tokenizer experiments/runs/tokenizer-bpe-8k.yaml "tokenizer.path=$work/tokenizer/tokenizer.json" \
-        tokenizer.train_sample_bytes=4M 2>&1 | tee "$work/tokenizer.log" | tail -3
-    [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
-    $py -m jobs.prepare experiments/runs/prepare-default.yaml "data.output_dir=$work/data" data.mode=packed \
-        data.seq_len=2048 "tokenizer.path=$work/tokenizer/tokenizer.json" \
-        'data.validation_sources={"code": ["builtin:humaneval"]}' 2>&1 | tee "$work/prepare.log" | tail -6
-    return "${PIPESTATUS[0]}"
-}
+prepare() { bash scripts/gpu_prepare.sh "$work"; }
 tvb() {  # $@ = train_vs_bench.py arguments
     $py scripts/train_vs_bench.py --data "$work/data" --out "$work/tvb" "$@" 2>&1 | tee -a "$work/tvb.log" \
         | grep -v "^$" | grep -v "Failed to query Ray Train Controller" | tail -30

@@ -79,17 +79,7 @@ scaling: {num_workers: 1, use_gpu: true, cpus_per_worker: 2}
 EOF
 }
 
-prepare() {
-    [ -f "$out/data/manifest.json" ] && { echo "dataset exists: $out/data"; return 0; }
-    $py -m jobs.tokenizer experiments/runs/tokenizer-bpe-8k.yaml "tokenizer.path=$out/tokenizer/tokenizer.json" \
-        tokenizer.train_sample_bytes=4M 2>&1 | tee "$out/tokenizer.log" | tail -5
-    [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
-    $py -m jobs.prepare experiments/runs/prepare-default.yaml "data.output_dir=$out/data" data.mode=packed \
-        data.seq_len=2048 data.max_documents=4000 "tokenizer.path=$out/tokenizer/tokenizer.json" \
-        'data.validation_sources={"code": ["builtin:humaneval"]}' 2>&1 \
-        | tee "$out/prepare.log" | tail -8
-    return "${PIPESTATUS[0]}"
-}
+prepare() { bash scripts/gpu_prepare.sh "$out" data.max_documents=4000; }
 
 train() {  # $1 = run name, rest = overrides; prints the job's last lines, log in $out/<name>.log
     local name=$1; shift

@@ -273,7 +273,8 @@ def test_one_trial_per_gpu_on_a_two_gpu_host_unless_the_sweep_caps_it():
     assert planned_concurrency(plan.runnable, {"GPU": 2.0, "CPU": 32.0}) == 2
     assert planned_concurrency(plan.runnable, {"GPU": 1.0, "CPU": 16.0}) == 1
     assert planned_concurrency(plan.runnable, {"GPU": 8.0, "CPU": 128.0}, cap=3) == 3
-    assert planned_concurrency(plan.runnable, {"CPU": 2.0}) == 1  # nothing fits yet (autoscaling): one at a time
+    assert planned_concurrency(plan.runnable, {"CPU": 2.0}) == 1  # no GPU node yet (autoscaling): one at a time
+    assert planned_concurrency(plan.runnable, {"CPU": 2.0}, cap=3) == 3  # ... unless the sweep says how many
     two_workers = plan_sweep(*load_sweep(experiments_dir() / "sweeps/fp8-vs-bf16.yaml", ["sweep.resources={num_workers: 2, gpus_per_worker: 1}"]),
                              cluster=ClusterView(("H200",), True, "test"))
     assert {t.cfg.scaling.num_workers for t in two_workers.runnable} == {2}

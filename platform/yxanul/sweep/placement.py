@@ -54,11 +54,13 @@ def place(trials: list[Trial], spec: SweepSpec, cluster: ClusterView,
 
 
 def planned_concurrency(trials: list[Trial], resources: Mapping[str, float], cap: int | None = None) -> int:
-    """Trials that run at once: as many as the cluster's resources hold side by side (a GPU trial of W workers
-    takes W GPUs, a CPU trial W x cpus_per_worker CPUs), for the hungriest runnable trial, at least 1; a sweep's
-    ``max_concurrent_trials`` caps it. On one host with 2 GPUs, two 1-GPU trials run at once, one per GPU (Ray
-    gives each Train worker its own device). Train workers are not Tune trial resources, so Tune itself would not
-    limit this; without a cap it would start every trial and leave the others pending."""
+    """Trials that run at once. A sweep's ``max_concurrent_trials`` (``cap``) is used as it is: on an autoscaling
+    cluster the nodes it needs do not exist yet. Without it: as many as the cluster's resources hold side by side
+    now (a GPU trial of W workers takes W GPUs, a CPU trial W x cpus_per_worker CPUs), for the hungriest runnable
+    trial, at least 1. On one host with 2 GPUs, two 1-GPU trials run at once, one per GPU (Ray gives each Train
+    worker its own device). Train workers are not Tune trial resources, so Tune itself would not limit this."""
+    if cap:
+        return cap
     counts = []
     for trial in trials:
         sc = trial.cfg.scaling
@@ -66,6 +68,5 @@ def planned_concurrency(trials: list[Trial], resources: Mapping[str, float], cap
             counts.append(int(resources.get("GPU", 0) // sc.num_workers))
         else:
             counts.append(int(resources.get("CPU", 0) // (sc.num_workers * sc.cpus_per_worker)))
-    fits = max(1, min(counts)) if counts else 1
-    return min(fits, cap) if cap else fits
+    return max(1, min(counts)) if counts else 1
 
