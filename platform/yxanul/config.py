@@ -150,6 +150,9 @@ class DataConfig(_Section):
     """Read at most this many documents per source (quick runs); None reads everything."""
     cache_dir: str = "~/.cache/yxanul"
     """Where built-in corpora are materialised as parquet, once."""
+    builtin_max_bytes: Count | None = None
+    """Cap on builtin:installed-python (the other built-ins are a few MB): files are taken in the order of their
+    content hash until this many bytes, a deterministic sample; None takes every file."""
     default_domain: str = Field("english", pattern=r"^[A-Za-z0-9_\-]+$")
     """Validation domain of held-out documents from user sources (built-in corpora carry their own)."""
     tokenize_actors: int | None = Field(None, gt=0)
@@ -200,7 +203,12 @@ class ModelConfig(_Section):
     preset: str | None = "tiny"
     """Shape preset from experiments/models/<preset>.yaml; keys given here override the preset's."""
     vocab_size: int | None = Field(None, gt=0)
-    """Tokenizer vocabulary size; None takes it from the tokenizer. Padded to a multiple of 128 in the model."""
+    """Tokenizer vocabulary size; None (the default: leave it unset) takes it from the tokenizer. Padded to a
+    multiple of 128 in the model. Training refuses a vocabulary larger than the tokenizer's beyond that padding
+    (logits that are never a target cost compute and memory) unless allow_unused_vocab is set."""
+    allow_unused_vocab: bool = False
+    """Let model.vocab_size exceed the tokenizer's vocabulary (speed benchmarks of the seed's 200k head on a
+    smaller tokenizer's data); the extra rows are never a target. Never for experiments."""
     hidden: int = Field(128, gt=0)
     """Model width."""
     n_layers: int = Field(2, gt=0)

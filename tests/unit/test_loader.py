@@ -123,3 +123,28 @@ def test_validation_is_fixed_and_bytes_match_the_tokens_used(decomposed):
     docs = pq.read_table(decomposed.validation_files["english"][0]).column("tokens").to_pylist()
     flat = [t for d in docs for t in d]
     assert a["english"].rows.reshape(-1).tolist() == flat[:a["english"].num_tokens]
+
+
+def test_unigram_bpb_is_the_training_frequencies_cost_of_the_validation_rows(tmp_path):
+    import json
+    import math
+
+    from yxanul.data.loader import ValidationSet, unigram_bpb
+
+    root = make_dataset(tmp_path / "d", {64: 4}, mode="packed")
+    dataset = PreparedDataset.open(root)
+    rows = np.array([[1, 2, 2, 3], [3, 1, 1, 1]], np.int64)
+    valset = ValidationSet("code", rows, num_bytes=16.0)  # 2 bytes per token
+    assert unigram_bpb(dataset, valset) is None  # prepared without counts: no baseline, not a wrong one
+    counts = np.zeros(5, np.int64)
+    counts[[1, 2, 3]] = [5, 3, 1]  # training frequencies; ids 0 and 4 never seen
+    np.save(root / "token_counts.npy", counts, allow_pickle=False)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["train"]["token_counts"] = "token_counts.npy"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    dataset = PreparedDataset.open(root)
+    # add-one smoothing over the 5 ids: p = (count + 1) / (9 + 5); predicted tokens are rows[:, 1:]
+    p = {1: 6 / 14, 2: 4 / 14, 3: 2 / 14}
+    predicted = [2, 2, 3, 1, 1, 1]
+    nats = -sum(math.log(p[t]) for t in predicted) / len(predicted)
+    assert unigram_bpb(dataset, valset) == pytest.approx(nats / (math.log(2) * 2.0), rel=1e-12)

@@ -36,7 +36,9 @@ def test_shapes_and_padded_vocab():
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (experiments_dir() / "models").glob("*.yaml")))
 def test_parameter_count_is_exact_for_every_preset(preset):
-    c = ModelConfig(preset=preset) if preset != "tiny" else ModelConfig(preset=preset, vocab_size=VOCAB)
+    c = ModelConfig(preset=preset)
+    if c.vocab_size is None:  # a preset whose vocabulary comes from its tokenizer
+        c = ModelConfig(preset=preset, vocab_size=VOCAB)
     with torch.device("meta"):
         model = Yxanul(c)
     assert model.num_parameters() == parameter_count(c).total
@@ -47,6 +49,13 @@ def test_parameter_count_of_the_270m_preset():
     assert count.total == 273_329_792
     assert count.embedding == 200064 * 128 + 128 * 640
     assert count.head == 200064 * 640
+
+
+def test_the_science_preset_is_the_270m_body_with_a_16k_head():
+    science = parameter_count(ModelConfig(preset="science", vocab_size=16384))
+    body = parameter_count(ModelConfig(preset="yxanul-270m"))
+    assert science.blocks == body.blocks and science.head == 16384 * 640
+    assert science.embedding == 16384 * 128 + 128 * 640 and science.total == 132_263_552
 
 
 def test_tied_head_shares_the_embedding():

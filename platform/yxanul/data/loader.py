@@ -41,7 +41,7 @@ import numpy as np
 
 from yxanul.errors import DataError
 
-__all__ = ["PreparedDataset", "TrainStream", "ValidationSet", "load_validation"]
+__all__ = ["PreparedDataset", "TrainStream", "ValidationSet", "load_validation", "unigram_bpb"]
 
 
 @dataclass(frozen=True)
@@ -294,3 +294,22 @@ def load_validation(dataset: PreparedDataset, seq_len: int, max_tokens: int) -> 
         found[domain] = ValidationSet(domain, tokens[:usable].reshape(-1, seq_len), num_bytes)
     return found
 
+
+
+def unigram_bpb(dataset: PreparedDataset, valset: ValidationSet) -> float | None:
+    """Bits per byte of the trivial model on ``valset``: every predicted token (a row's tokens after its first,
+    as in validation) costs -log2 of its frequency in the training split (``manifest.train.token_counts``,
+    add-one smoothed). A model that does not beat this has learned nothing but token frequencies. None for a
+    dataset prepared without the counts."""
+    name = (dataset.manifest.get("train") or {}).get("token_counts")
+    if not name or not (dataset.path / name).is_file():
+        return None
+    counts = np.load(dataset.path / name, allow_pickle=False).astype(np.float64)
+    vocab = max(counts.size, int(valset.rows.max()) + 1)
+    probs = np.ones(vocab)
+    probs[:counts.size] += counts
+    nats = -np.log(probs / probs.sum())
+    predicted = valset.rows[:, 1:]
+    mean_nats = float(nats[predicted].mean())
+    # The same conversion as validation's: nats per predicted token over the bytes per token of the rows.
+    return mean_nats / (np.log(2) * valset.bytes_per_token)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from yxanul.config import ExperimentConfig
-from yxanul.corpora import Source, is_uri, resolve_sources
+from yxanul.corpora import Source, corpus_summary, is_uri, resolve_sources
 from yxanul.data.decompose import Packer, bucket_lengths
 from yxanul.data.split import split_key_column
 from yxanul.errors import DataError, YxanulError, first_line, root_cause, user_error
@@ -38,6 +38,9 @@ from yxanul.ray_session import ensure_ray
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+TOKEN_COUNTS = "token_counts.npy"
+"""How often each token id occurs in the training split (int64, one entry per vocabulary id): the unigram
+baseline that validation is measured against (:func:`yxanul.data.loader.unigram_bpb`)."""
 _MAX_RETRIES = 8
 
 
@@ -148,9 +151,9 @@ def _check_local_files(plan: Plan) -> None:
 
     from yxanul.data.normalize import is_text_type
 
-    data = plan.cfg.data
     for source, _ in plan.sources:
-        columns = [source.text_column] + ([data.id_column] if data.id_column else [])
+        key_column = split_key_column(source)
+        columns = [source.text_column] + ([key_column] if key_column else [])
         for path in source.files:
             try:
                 schema = pq.read_schema(path)
@@ -198,7 +201,7 @@ def build_dataset(plan: Plan, eos_id: int, sources: list[tuple[Source, bool]] | 
         paths = [p for p in source.paths if p not in plan.bad_files]
         if not paths:
             continue
-        id_column = split_key_column(source, data.id_column)
+        id_column = split_key_column(source)
         columns = [source.text_column] + ([id_column] if id_column else [])
         try:
             with footer_readers(None if source.uri is not None else len(paths)):
@@ -262,10 +265,11 @@ def footer_readers(files: int | None) -> Iterator[None]:
 class _Collector:
     """Consumes the ordered tokenized stream: counts, cuts into buckets, writes part files."""
 
-    def __init__(self, plan: Plan, root: Path) -> None:
+    def __init__(self, plan: Plan, root: Path, vocab: int) -> None:
         from yxanul.data.writer import PartWriter
 
         self.plan = plan
+        self.token_counts = np.zeros(vocab, np.int64)
         self.data = plan.cfg.data
         self.writer = PartWriter(root)
         nsrc = len(plan.sources)
@@ -317,6 +321,9 @@ class _Collector:
         self.train["bytes"] += int(nb[train].sum())
         docs = tokens.filter(pa.array(train))
         flat = docs.flatten()
+        ids = flat.to_numpy(zero_copy_only=False)
+        if ids.size:
+            self.token_counts += np.bincount(ids, minlength=self.token_counts.size)[:self.token_counts.size]
         if self.data.mode == "packed":
             self.writer.add_fixed(f"bucket={self.data.seq_len}", self.packer.add(flat.to_numpy()), self.data.seq_len)
             return
@@ -344,10 +351,11 @@ def run(plan: Plan, *, force: bool = False) -> dict[str, Any] | None:
     if out.exists() and read_manifest(out) is None and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"data.output_dir {out} exists and is not a prepared dataset (no {MANIFEST}); "
                         "remove it or choose another data.output_dir")
-    from yxanul.tokenizer import eos_id, load_tokenizer
+    from yxanul.tokenizer import eos_id, load_tokenizer, vocab_size
 
     tok = load_tokenizer(plan.tokenizer_path)
     eos = eos_id(tok)
+    vocab = vocab_size(tok)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_siblings(out)
     ensure_ray()
@@ -355,11 +363,12 @@ def run(plan: Plan, *, force: bool = False) -> dict[str, Any] | None:
     for _attempt in range(_MAX_RETRIES):
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         tmp.mkdir()
-        collector = _Collector(plan, tmp)
+        collector = _Collector(plan, tmp, vocab)
         try:
             for batch in build_dataset(plan, eos).iter_batches(batch_format="pyarrow", batch_size=None):
                 collector.add(batch)
             collector.writer.close()
+            np.save(tmp / TOKEN_COUNTS, collector.token_counts, allow_pickle=False)
             manifest = _manifest(plan, collector, tok, eos, time.perf_counter() - start)
             _write_json(tmp / MANIFEST, manifest)
             _publish(tmp, out)
@@ -431,9 +440,13 @@ def _manifest(plan: Plan, col: _Collector, tok, eos: int, seconds: float) -> dic
     sources = []
     for index, (source, is_val) in enumerate(plan.sources):
         skipped = {r: n for (i, r), n in sorted(col.skipped.items()) if i == index}
-        sources.append({"uri": source.spec, "paths": list(source.paths), "role": "validation" if is_val else "train",
-                        "domain": source.domain, "rows": int(col.rows[index]), "bytes": int(col.bytes[index]),
-                        "skipped": skipped})
+        entry = {"uri": source.spec, "paths": list(source.paths), "role": "validation" if is_val else "train",
+                 "domain": source.domain, "rows": int(col.rows[index]), "bytes": int(col.bytes[index]),
+                 "skipped": skipped}
+        corpus = corpus_summary(source)
+        if corpus is not None:
+            entry["corpus"] = _split_packages(corpus, data.validation_fraction, is_val)
+        sources.append(entry)
     skipped: Counter[str] = Counter()
     for (_, reason), n in col.skipped.items():
         skipped[reason] += n
@@ -444,6 +457,7 @@ def _manifest(plan: Plan, col: _Collector, tok, eos: int, seconds: float) -> dic
         raise DataError("no training documents left: every document was skipped or held out "
                         f"(skipped: {dict(skipped) or 'none'}); check data.sources and data.validation_fraction")
     train["bytes_per_token"] = train["bytes"] / train["tokens"] if train["tokens"] else 0.0
+    train["token_counts"] = TOKEN_COUNTS
     train["dropped_tokens"] = int(col.packer.residual.size)
     return {
         "format_version": FORMAT_VERSION,
@@ -464,6 +478,19 @@ def _manifest(plan: Plan, col: _Collector, tok, eos: int, seconds: float) -> dic
         "bad_files": dict(sorted(plan.bad_files.items())),
         "seconds": round(seconds, 3),
     }
+
+
+def _split_packages(corpus: dict[str, Any], fraction: float, validation_only: bool) -> dict[str, Any]:
+    """A corpus summary (installed-python) with its packages listed by the side of the split they fall on."""
+    from yxanul.data.split import held_out
+
+    packages = corpus.pop("packages", {})
+    sides: dict[str, dict[str, int]] = {"train": {}, "validation": {}}
+    for name, info in packages.items():
+        side = "validation" if validation_only or held_out(name, fraction) else "train"
+        sides[side][name] = info["bytes"]
+    return {**corpus, "packages": sides,
+            "split": "whole top-level packages by a stable hash of the package name (data.validation_fraction)"}
 
 
 def _publish(tmp: Path, out: Path) -> None:

@@ -2,7 +2,8 @@
 
 A document belongs to the validation slice when a stable hash of its key falls below
 ``data.validation_fraction``. The key is the document id (``data.id_column``; built-in corpora: their
-``id`` column), else the text itself. jobs.prepare holds that slice out of training, and the tokenizer
+``id`` column, or for ``builtin:installed-python`` the top-level package, so that a whole package is on
+one side), else the text itself. jobs.prepare holds that slice out of training, and the tokenizer
 never trains on it, because both ask this module.
 """
 
@@ -14,10 +15,10 @@ from typing import Any
 __all__ = ["held_out", "split_key_column"]
 
 
-def split_key_column(source: Any, id_column: str | None) -> str | None:
+def split_key_column(source: Any) -> str | None:
     """Column whose value decides the split for ``source`` (a :class:`yxanul.corpora.Source`):
-    ``data.id_column``, a built-in corpus's ``id``, or None (the text itself)."""
-    return id_column or ("id" if source.builtin else None)
+    ``data.id_column`` for user sources, a built-in corpus's own key column, or None (the text itself)."""
+    return source.split_column
 
 
 def held_out(doc_key: str, fraction: float) -> bool:

@@ -29,7 +29,7 @@ def _iter_source_texts(source: Any, data: Any) -> Iterator[tuple[str, Any]]:
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
-    id_column = split_key_column(source, data.id_column)
+    id_column = split_key_column(source)
     text_column = source.text_column
 
     def batches_of(path: str, names: list[str], reader: Any) -> Iterator[tuple[str, Any]]:

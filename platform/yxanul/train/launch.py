@@ -113,9 +113,8 @@ def _check(cfg: ExperimentConfig) -> tuple[PreparedDataset, CurriculumPlan]:
     dataset.check_plan(plan, _curriculum_label(cfg))
     if cfg.model.vocab_size is None and dataset.vocab_size is None:
         raise DataError(f"{dataset.path}/manifest.json has no tokenizer.vocab_size; set model.vocab_size")
-    if cfg.model.vocab_size and dataset.vocab_size and cfg.model.vocab_size < dataset.vocab_size:
-        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the vocabulary of the tokenizer "
-                          f"that prepared {dataset.path} ({dataset.vocab_size}); raise model.vocab_size or unset it")
+    if cfg.model.vocab_size and dataset.vocab_size:
+        check_vocab(cfg, dataset.vocab_size, f"the tokenizer that prepared {dataset.path}")
     longest = max(s.seq_len for s in plan.stages)
     if longest > cfg.model.max_positions or cfg.eval.seq_len > cfg.model.max_positions:
         raise ConfigError(f"sequences of {max(longest, cfg.eval.seq_len)} tokens (curriculum / eval.seq_len) exceed "
@@ -123,6 +122,26 @@ def _check(cfg: ExperimentConfig) -> tuple[PreparedDataset, CurriculumPlan]:
     if cfg.scaling.use_gpu is False and cfg.precision.mode == "fp8":
         raise ConfigError("precision.mode=fp8 needs GPUs: set scaling.use_gpu=true (FP8 runs on CUDA only)")
     return dataset, plan
+
+
+def check_vocab(cfg: ExperimentConfig, tokenizer_vocab: int, what: str) -> None:
+    """``model.vocab_size`` against the tokenizer's vocabulary: never smaller, and never larger beyond the
+    padding to a multiple of 128 unless ``model.allow_unused_vocab`` says so (the rows past the tokenizer's
+    are never a target: a 200k head on an 8k tokenizer computes 25x the logits it needs)."""
+    from yxanul.model import padded_vocab_size
+
+    model_vocab = cfg.model.vocab_size
+    if model_vocab is None:
+        return
+    if model_vocab < tokenizer_vocab:
+        raise ConfigError(f"model.vocab_size={model_vocab} is smaller than the vocabulary of {what} "
+                          f"({tokenizer_vocab}); unset model.vocab_size (model.vocab_size=null) to take the "
+                          "tokenizer's")
+    if model_vocab > padded_vocab_size(tokenizer_vocab) and not cfg.model.allow_unused_vocab:
+        raise ConfigError(f"model.vocab_size={model_vocab} is larger than the vocabulary of {what} "
+                          f"({tokenizer_vocab}): {model_vocab - tokenizer_vocab:,} logits per position would never "
+                          "be a target; unset model.vocab_size (model.vocab_size=null) to take the tokenizer's, or "
+                          "set model.allow_unused_vocab=true for a speed benchmark")
 
 
 def describe(cfg: ExperimentConfig) -> str:

@@ -32,7 +32,7 @@ from yxanul.curriculum import CurriculumPlan, Stage, build_plan, microbatch_budg
 from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load_validation
 from yxanul.errors import YxanulError
 from yxanul.files import absolute_path, atomic_write, is_uri
-from yxanul.spikes import SpikeDetector, format_spikes
+from yxanul.spikes import SpikeDetector, format_spikes, spike_start_tokens
 from yxanul.tracking import MLflowTracker, NullTracker, Tracker, device_tags, node_tags
 from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, resume_values, save_checkpoint
 from yxanul.train.setup import WorkerSetup
@@ -91,7 +91,8 @@ class _Loop:
         self.plan: CurriculumPlan = build_plan(cfg, self.world, self.dataset.seq_len_ok)
         self.vocab = cfg.model.vocab_size or self.dataset.vocab_size
         self.curriculum_label = setup.curriculum_label
-        self.spikes = SpikeDetector()  # fed at the logging interval (values already on the host)
+        # Fed at the logging interval with the interval's largest grad norm and loss (already on the host).
+        self.spikes = SpikeDetector(start_tokens=spike_start_tokens(cfg.train.max_tokens, cfg.optim.warmup_tokens))
 
     def _device(self) -> torch.device:
         if not self.cfg.scaling.use_gpu or self.cfg.scaling.simulate_accelerators:
@@ -151,6 +152,22 @@ class _Loop:
         self.tracker.set_tags(tags)
         if self.rank == 0:
             worker_print(self.cfg.run.name, f"model: {built.describe()}")
+
+    def _log_unigram(self) -> None:
+        """The trivial baseline on the validation rows (``val/<domain>/unigram_bpb``, ``val/unigram_bpb`` as the
+        same mean over domains as ``val/bpb``), logged once at token 0 for the report's reference line."""
+        from yxanul.data.loader import unigram_bpb
+
+        values = {d: unigram_bpb(self.dataset, v) for d, v in self.valsets.items()}
+        if not values or None in values.values():
+            return
+        metrics = {f"val/{d}/unigram_bpb": v for d, v in values.items()}
+        metrics["val/unigram_bpb"] = sum(values.values()) / len(values)
+        self.tracker.log_metrics(metrics, step=0)
+        if self.rank == 0 and self.state.step == 0:
+            worker_print(self.cfg.run.name, f"unigram baseline (training-split token frequencies): bpb "
+                         f"{metrics['val/unigram_bpb']:.4f} (" + " ".join(f"{d} {v:.4f}" for d, v in values.items())
+                         + ")")
 
     def _restore(self) -> None:
         import ray.train
@@ -213,6 +230,7 @@ class _Loop:
         if self.rank == 0 and not self.valsets:
             worker_print(self.cfg.run.name, f"warning: {self.dataset.path} has no validation rows of "
                          f"{self.cfg.eval.seq_len} tokens; no validation metrics", err=True)
+        self._log_unigram()
         tps = self.cfg.train.tokens_per_step
         total_steps = self.plan.total_steps
         stop_tokens = self.cfg.train.stop_after_tokens
@@ -228,6 +246,7 @@ class _Loop:
         loss_sum = torch.zeros((), device=self.device)
         loss_steps = 0
         grad_norm = torch.zeros((), device=self.device)
+        peaks = self._no_peaks()  # (largest grad norm, largest loss) of the steps since the last log
         lr = 0.0
         elapsed_base = self.state.elapsed_s
         meter.start()
@@ -274,6 +293,9 @@ class _Loop:
                 loss_sum += result.loss
                 loss_steps += 1
                 grad_norm = result.grad_norm
+                if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP (every rank calls: collective)
+                    grad_norm = grad_norm.full_tensor()
+                peaks = torch.maximum(peaks, torch.stack([grad_norm.float(), result.loss.detach().float()]))
             before = self.state.tokens
             self.state.step += 1
             self.state.tokens += tps
@@ -293,9 +315,10 @@ class _Loop:
             if self.state.step % self.cfg.log.every_steps == 0 or do_eval or do_ckpt:
                 throughput = meter.read()  # deliberate sync: the clock must cover finished work
                 self.state.elapsed_s = elapsed_base + throughput.elapsed_s
-                metrics.update(self._log(stage, lr, loss_sum, loss_steps, grad_norm, throughput, stop_step))
+                metrics.update(self._log(stage, lr, loss_sum, loss_steps, grad_norm, throughput, stop_step, peaks))
                 loss_sum = torch.zeros((), device=self.device)
                 loss_steps = 0
+                peaks = self._no_peaks()
             if do_eval or do_ckpt:
                 meter.pause()  # the training clock stops for validation and checkpoints
             if do_eval and self.valsets:
@@ -323,17 +346,23 @@ class _Loop:
 
     # -- hooks -------------------------------------------------------------------------------------
 
-    def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+    def _all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         if self.world > 1:
             import torch.distributed as dist
 
-            dist.all_reduce(tensor)
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
         return tensor
 
+    def _no_peaks(self) -> torch.Tensor:
+        return torch.full((2,), -math.inf, device=self.device)
+
     def _log(self, stage: Stage, lr: float, loss_sum: torch.Tensor, loss_steps: int, grad_norm: torch.Tensor,
-             throughput: Any, stop_step: int) -> dict[str, float]:
+             throughput: Any, stop_step: int, peaks: torch.Tensor) -> dict[str, float]:
         packed = torch.stack([loss_sum.float(), torch.tensor(float(loss_steps), device=self.device)])
         loss_total, steps_total = self._all_reduce(packed).tolist()  # deliberate sync: the logging interval
+        # The largest per-worker step loss and the (global) grad norm of the interval: a one-step spike
+        # between two logging points is seen.
+        grad_norm_max, loss_max = self._all_reduce(peaks.clone(), op="max").tolist()
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
             grad_norm = grad_norm.full_tensor()
         metrics = {"train/lr": lr, "train/grad_norm": float(grad_norm), "train/seq_len": float(stage.seq_len),
@@ -344,14 +373,16 @@ class _Loop:
             metrics["train/tokens_per_s_per_gpu"] = throughput.tokens_per_s_per_gpu
         if steps_total:
             metrics["train/loss"] = loss_total / steps_total
+            metrics["train/grad_norm_max"] = grad_norm_max
+            metrics["train/loss_max"] = loss_max
         for key, value in (("train/mfu_bf16", throughput.mfu_bf16), ("train/mfu_fp8", throughput.mfu_fp8),
                            ("train/peak_mem_gib", throughput.peak_mem_gib)):
             if value is not None and (key == "train/peak_mem_gib" or throughput.tokens_per_s > 0):
                 metrics[key] = value
         if self.state.skipped_steps:
             metrics["train/skipped_steps"] = float(self.state.skipped_steps)
-        for spike in self.spikes.observe(self.state.tokens, loss=metrics.get("train/loss"),
-                                         grad_norm=metrics["train/grad_norm"]):
+        for spike in self.spikes.observe(self.state.tokens, loss=metrics.get("train/loss_max"),
+                                         grad_norm=metrics.get("train/grad_norm_max")):
             metrics[f"train/spike_{spike.kind}"] = spike.size  # the record (survives resumes); the tag is for the UI
             self.tracker.set_tags({"yxanul.spikes": format_spikes(self.spikes.spikes)})
             if self.rank == 0:
@@ -412,6 +443,8 @@ class _Loop:
         return metrics
 
     def _report(self, metrics: dict[str, float], with_checkpoint: bool, train: Any) -> None:
+        # What the spike check covered so far: "not checked" must never read as "no spike".
+        self.tracker.set_tags({"yxanul.spike_check": self.spikes.status()})
         payload = {**metrics, "tokens": self.state.tokens, "step": self.state.step,
                    "done": float(self.state.step >= self.plan.total_steps)}
         if not with_checkpoint:

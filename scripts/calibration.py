@@ -1,0 +1,130 @@
+"""The science setup's calibration: read the BF16 calibration runs from MLflow, pick the learning rate, and hold
+the chosen setup against the criteria of docs/results/calibration/README.md.
+
+    python scripts/calibration.py choose --tracking-uri URI             # prints the best learning rate
+    python scripts/calibration.py collect --tracking-uri URI --out DIR  # DIR/runs.jsonl + DIR/criteria.json
+
+A run's row: learning rate, seed, final val/bpb (and per domain), the unigram baseline it was measured
+against, the largest interval grad norm after the spike check began, the spike check's verdict, tokens/s,
+compile and wall seconds, epochs of the training split, the card. ``choose`` takes the rate with the lowest
+final val/bpb among finished runs of seed 0 with no spike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+EXPERIMENT = "science-calibration"
+
+
+def _runs(uri: str) -> list[dict]:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        raise SystemExit(f"error: no MLflow experiment {EXPERIMENT!r} at {uri}")
+    rows = []
+    for run in client.search_runs([experiment.experiment_id], max_results=1000):
+        tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+        if tags.get("yxanul.role") == "parent" or "optim.lr" not in params:
+            continue
+
+        def series(key: str) -> list[tuple[int, float]]:
+            return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+
+        val = series("val/bpb")
+        grad = series("train/grad_norm_max")
+        rates = [v for _, v in series("train/tokens_per_s")]
+        manifest_tokens = None
+        try:
+            path = client.download_artifacts(run.info.run_id, "data_manifest.json")
+            manifest_tokens = json.loads(Path(path).read_text())["train"]["tokens"]
+        except Exception:  # an artifact store that is gone: the row says so by a null
+            pass
+        tokens = val[-1][0] if val else None
+        start_tokens = max(int(params.get("optim.warmup_tokens", 0)), int(0.05 * int(params["train.max_tokens"])))
+        rows.append({
+            "run_id": run.info.run_id, "status": tags.get("yxanul.status", run.info.status),
+            "sweep": tags.get("yxanul.sweep"), "lr": float(params["optim.lr"]), "seed": int(params["run.seed"]),
+            "tokens": tokens, "max_tokens": int(params["train.max_tokens"]),
+            "final_val_bpb": val[-1][1] if val else None,
+            "final_val_bpb_by_domain": {k.split("/")[1]: v for k, v in metrics.items()
+                                        if k.startswith("val/") and k.endswith("/bpb") and k != "val/bpb"},
+            "unigram_bpb": metrics.get("val/unigram_bpb"),
+            "val_bpb_curve": val,
+            "max_grad_norm_after_check_start": max((v for t, v in grad if t >= start_tokens), default=None),
+            "spike_check": tags.get("yxanul.spike_check"), "spikes": tags.get("yxanul.spikes", ""),
+            "tokens_per_s_median": statistics.median(rates) if rates else None,
+            "compile_s": metrics.get("train/compile_s"), "train_s": metrics.get("train/elapsed_s"),
+            "wall_s": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
+            "training_split_tokens": manifest_tokens,
+            "epochs": tokens / manifest_tokens if tokens and manifest_tokens else None,
+            "gpu": tags.get("yxanul.gpu_name"), "git_sha": tags.get("yxanul.git_sha"),
+        })
+    return sorted(rows, key=lambda r: (r["lr"], r["seed"]))
+
+
+def _finished(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["status"] == "finished" and r["final_val_bpb"] is not None]
+
+
+def choose(rows: list[dict]) -> float:
+    candidates = [r for r in _finished(rows) if r["seed"] == 0 and not r["spikes"]]
+    if not candidates:
+        raise SystemExit("error: no finished seed-0 calibration run without a spike")
+    return min(candidates, key=lambda r: r["final_val_bpb"])["lr"]
+
+
+def criteria(rows: list[dict], lr: float, sweep_wall_s: float | None) -> dict:
+    """(a)-(e) of the science setup for the runs at ``lr`` (docs/results/calibration/README.md)."""
+    chosen = [r for r in _finished(rows) if r["lr"] == lr]
+    finals = [r["final_val_bpb"] for r in chosen]
+    ratio = [r["final_val_bpb"] / r["unigram_bpb"] for r in chosen if r["unigram_bpb"]]
+    sd = statistics.stdev(finals) if len(finals) > 1 else None
+    walls = [r["wall_s"] for r in chosen if r["wall_s"]]
+    return {
+        "lr": lr, "seeds": sorted(r["seed"] for r in chosen), "final_val_bpb": finals,
+        "mean_final_val_bpb": statistics.fmean(finals) if finals else None,
+        "a_max_ratio_to_unigram": max(ratio) if ratio else None, "a_ok": bool(ratio) and max(ratio) <= 0.6,
+        "b_seed_sd_bpb": sd, "b_ok": sd is not None and len(finals) >= 3 and sd <= 0.01,
+        "c_spikes": {r["seed"]: r["spikes"] or "none" for r in chosen},
+        "c_spike_checks": {r["seed"]: r["spike_check"] for r in chosen},
+        "c_ok": bool(chosen) and all(not r["spikes"] and (r["spike_check"] or "").startswith("checked")
+                                      for r in chosen),
+        "d_run_wall_s": walls, "d_sweep_wall_s_measured": sweep_wall_s,
+        "d_projected_2x3_sweep_min": 2 * 3 * statistics.fmean(walls) / 60 if walls else None,
+        "e_epochs": max((r["epochs"] for r in chosen if r["epochs"]), default=None),
+        "e_ok": all(r["epochs"] is not None and r["epochs"] <= 1 for r in chosen) and bool(chosen),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["choose", "collect"])
+    parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--out", type=Path, help="collect: folder for runs.jsonl and criteria.json")
+    parser.add_argument("--lr", type=float, help="collect: the chosen rate (default: choose's)")
+    parser.add_argument("--sweep-wall-s", type=float, help="collect: measured wall seconds of the seed sweep(s)")
+    args = parser.parse_intermixed_args(argv)
+    rows = _runs(args.tracking_uri)
+    if args.command == "choose":
+        print(choose(rows))
+        return 0
+    lr = args.lr if args.lr is not None else choose(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = criteria(rows, lr, args.sweep_wall_s)
+    (args.out / "criteria.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The science setup on one GPU machine: its data, and the calibration that chose its recipe.
+#   scripts/science.sh STAGE [STAGE ...]
+#
+#   prepare   tokenizer (16k BPE on the science sources) + packed 2048 dataset + decomposed dataset, timed
+#   lr        the learning-rate sweep at seed 0 (experiments/sweeps/science-calibration.yaml)
+#   seeds     seeds 1 and 2 at the best rate of `lr` (seed 0 is the lr sweep's run), timed
+#   collect   runs.jsonl + criteria.json (scripts/calibration.py) of everything above
+#   tests     pytest -m gpu tests/gpu
+#
+# Everything runs from the repository root with the default relative paths of experiments/runs/science.yaml
+# (./outputs/...); on the GPU machine ./outputs is a link into $WORK (default /tmp/yxanul-science), which
+# outlives one call on a warm machine. Results go to $OUT (default ./outputs/science): prepare.jsonl, the
+# calibration rows, logs and a copy of the MLflow store. Needs no network. CPU machines can run `prepare`;
+# SCIENCE_OVERRIDES="key=value ..." is added to every job (a CPU rehearsal: data.builtin_max_bytes=20M ...).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-./outputs/science}
+work=${WORK:-/tmp/yxanul-science}
+if [ -n "${OUT:-}" ] && [ ! -e outputs ]; then mkdir -p "$work" && ln -s "$work" outputs; fi  # the GPU machine
+mkdir -p "$out" outputs
+export PYTHONPATH=/tmp/site:$PWD/platform:$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+run=experiments/runs/science.yaml
+read -r -a extra <<< "${SCIENCE_OVERRIDES:-}"  # e.g. "data.builtin_max_bytes=20M" for a quick CPU rehearsal
+uri="sqlite:///$PWD/outputs/mlflow.db"
+rc=0
+
+timed() {  # $1 = step name, rest = command; appends {"step", "seconds", "rc"} to $out/prepare.jsonl
+    local name=$1 start end status; shift
+    start=$(date +%s%N)
+    "$@" 2>&1 | tee -a "$out/$name.log" | grep -v "^$" | tail -4
+    status=${PIPESTATUS[0]}
+    end=$(date +%s%N)
+    printf '{"step": "%s", "seconds": %s, "rc": %d, "host": "%s", "date": "%s"}\n' "$name" \
+        "$(awk "BEGIN {printf \"%.1f\", ($end - $start) / 1e9}")" "$status" "$(hostname)" "$(date -u +%FT%TZ)" \
+        >> "$out/prepare.jsonl"
+    return "$status"
+}
+prepare() {
+    timed tokenizer $py -m jobs.tokenizer $run "${extra[@]}" || return 1
+    timed prepare-packed $py -m jobs.prepare $run "${extra[@]}" || return 1
+    timed prepare-decomposed $py -m jobs.prepare $run data.mode=decompose \
+        data.output_dir=./outputs/data/science-decomposed "${extra[@]}" || return 1
+    $py - "$out" <<'EOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+for name in ("science-packed-2048", "science-decomposed"):
+    m = json.loads(Path(f"outputs/data/{name}/manifest.json").read_text())
+    code = next(s for s in m["sources"] if s["uri"] == "builtin:installed-python")
+    corpus = code.get("corpus", {})
+    row = {"dataset": name, "train_tokens": m["train"]["tokens"], "train_bytes": m["train"]["bytes"],
+           "train_documents": m["train"]["documents"], "bytes_per_token": m["train"]["bytes_per_token"],
+           "validation": {d: {k: v[k] for k in ("documents", "tokens", "bytes")} for d, v in m["validation"].items()},
+           "installed_python": {k: corpus.get(k) for k in ("python", "roots", "files", "bytes", "skipped")},
+           "packages": {side: len(p) for side, p in corpus.get("packages", {}).items()},
+           "validation_packages": corpus.get("packages", {}).get("validation"),
+           "prepare_seconds": m["seconds"], "tokenizer_sha256": m["tokenizer"]["sha256"]}
+    print(json.dumps({k: row[k] for k in ("dataset", "train_tokens", "train_bytes", "prepare_seconds")}))
+    with open(out / "datasets.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+EOF
+}
+sweep() {  # $1 = log name, rest = jobs.sweep arguments
+    local name=$1 start; shift
+    start=$(date +%s)
+    $py -m jobs.sweep science-calibration "tracking.uri=$uri" "${extra[@]}" "$@" 2>&1 | tee -a "$out/$name.log" \
+        | grep -v "^$" | grep -v "Failed to query Ray Train Controller" | tail -25
+    local status=${PIPESTATUS[0]}
+    echo "{\"sweep\": \"$name\", \"wall_s\": $(( $(date +%s) - start )), \"rc\": $status}" >> "$out/sweeps.jsonl"
+    return "$status"
+}
+seeds() {
+    local lr
+    lr=$($py scripts/calibration.py choose --tracking-uri "$uri") || return 1
+    echo "best learning rate at seed 0: $lr"
+    sweep seeds sweep.name=science-seeds 'sweep.axes={}' 'sweep.seeds=[1,2]' "optim.lr=$lr"
+}
+collect() {
+    local wall
+    wall=$($py -c "import json; print(sum(json.loads(l)['wall_s'] for l in open('$out/sweeps.jsonl') if '\"seeds\"' in l))" 2>/dev/null)
+    $py scripts/calibration.py collect --tracking-uri "$uri" --out "$out" ${wall:+--sweep-wall-s "$wall"} | tail -40
+    cp outputs/mlflow.db "$out/mlflow.db" 2>/dev/null
+}
+tests() {
+    $py -m pytest -m gpu tests/gpu -p no:cacheprovider -q -rA -s --timeout 500 2>&1 | tee "$out/gpu_tests.log" \
+        | grep -v "^$" | tail -40
+    return "${PIPESTATUS[0]}"
+}
+[ $# -gt 0 ] || { sed -n '3,10p' "$0"; exit 2; }
+{ date -u +%FT%TZ; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null; } \
+    >> "$out/env.txt"
+for stage in "$@"; do
+    case $stage in
+        prepare) prepare || rc=$? ;;
+        lr) sweep lr || rc=$? ;;
+        seeds) seeds || rc=$? ;;
+        collect) collect || rc=$? ;;
+        tests) tests || rc=$? ;;
+        *) echo "unknown stage $stage" >&2; exit 2 ;;
+    esac
+done
+exit "$rc"
