@@ -3,6 +3,8 @@ the chosen setup against the criteria of docs/results/calibration/README.md.
 
     python scripts/calibration.py choose --tracking-uri URI             # prints the best learning rate
     python scripts/calibration.py collect --tracking-uri URI --out DIR  # DIR/runs.jsonl + DIR/criteria.json
+    ... --experiment NAME                                                # another MLflow experiment (default
+                                                                         # science-calibration)
 
 A run's row: learning rate, seed, final val/bpb (and per domain), the unigram baseline it was measured
 against, the largest interval grad norm after the spike check began, the spike check's verdict, tokens/s,
@@ -21,15 +23,15 @@ from pathlib import Path
 EXPERIMENT = "science-calibration"
 
 
-def _runs(uri: str) -> list[dict]:
+def _runs(uri: str, name: str = EXPERIMENT) -> list[dict]:
     import mlflow
     from mlflow.tracking import MlflowClient
 
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
-    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        raise SystemExit(f"error: no MLflow experiment {EXPERIMENT!r} at {uri}")
+        raise SystemExit(f"error: no MLflow experiment {name!r} at {uri}")
     rows = []
     for run in client.search_runs([experiment.experiment_id], max_results=1000):
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
@@ -51,7 +53,7 @@ def _runs(uri: str) -> list[dict]:
         tokens = val[-1][0] if val else None
         start_tokens = max(int(params.get("optim.warmup_tokens", 0)), int(0.05 * int(params["train.max_tokens"])))
         rows.append({
-            "run_id": run.info.run_id, "status": tags.get("yxanul.status", run.info.status),
+            "experiment": name, "run_id": run.info.run_id, "status": tags.get("yxanul.status", run.info.status),
             "sweep": tags.get("yxanul.sweep"), "lr": float(params["optim.lr"]), "seed": int(params["run.seed"]),
             "tokens": tokens, "max_tokens": int(params["train.max_tokens"]),
             "final_val_bpb": val[-1][1] if val else None,
@@ -66,6 +68,7 @@ def _runs(uri: str) -> list[dict]:
             "wall_s": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
             "training_split_tokens": manifest_tokens,
             "epochs": tokens / manifest_tokens if tokens and manifest_tokens else None,
+            "sources": json.loads(params.get("data.sources", "[]")),
             "gpu": tags.get("yxanul.gpu_name"), "git_sha": tags.get("yxanul.git_sha"),
         })
     return sorted(rows, key=lambda r: (r["lr"], r["seed"]))
@@ -109,19 +112,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["choose", "collect"])
     parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment of the calibration runs")
     parser.add_argument("--out", type=Path, help="collect: folder for runs.jsonl and criteria.json")
     parser.add_argument("--lr", type=float, help="collect: the chosen rate (default: choose's)")
     parser.add_argument("--sweep-wall-s", type=float, help="collect: measured wall seconds of the seed sweep(s)")
+    parser.add_argument("--split-tokens", type=int, help="collect: training-split tokens, where the runs' manifest "
+                        "artifacts are not reachable from here (a store copied off the GPU machine)")
     args = parser.parse_intermixed_args(argv)
-    rows = _runs(args.tracking_uri)
+    rows = _runs(args.tracking_uri, args.experiment)
+    for row in rows:
+        if row["training_split_tokens"] is None and args.split_tokens:
+            row["training_split_tokens"] = args.split_tokens
+            row["epochs"] = row["tokens"] / args.split_tokens if row["tokens"] else None
     if args.command == "choose":
         print(choose(rows))
         return 0
     lr = args.lr if args.lr is not None else choose(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    suffix = "" if args.experiment == EXPERIMENT else f"-{args.experiment}"
+    (args.out / f"runs{suffix}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = criteria(rows, lr, args.sweep_wall_s)
-    (args.out / "criteria.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"criteria{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 

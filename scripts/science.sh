@@ -42,12 +42,12 @@ prepare() {
     timed tokenizer $py -m jobs.tokenizer $run "${extra[@]}" || return 1
     timed prepare-packed $py -m jobs.prepare $run "${extra[@]}" || return 1
     timed prepare-decomposed $py -m jobs.prepare $run data.mode=decompose \
-        data.output_dir=./outputs/data/science-decomposed "${extra[@]}" || return 1
+        data.output_dir=./outputs/data/science-code-decomposed "${extra[@]}" || return 1
     $py - "$out" <<'EOF'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-for name in ("science-packed-2048", "science-decomposed"):
+for name in ("science-code-2048", "science-code-decomposed"):
     m = json.loads(Path(f"outputs/data/{name}/manifest.json").read_text())
     code = next(s for s in m["sources"] if s["uri"] == "builtin:installed-python")
     corpus = code.get("corpus", {})
