@@ -179,3 +179,27 @@ def test_a_single_50mb_document(env):
     assert code == 0 and m["train"]["documents"] == 2 and m["train"]["bytes"] == len(doc.encode()) + 9
     assert m["buckets"]["2048"]["sequences"] >= m["train"]["tokens"] // 2048 - 1
     assert sum(b["tokens"] for b in m["buckets"].values()) + m["train"]["dropped_tokens"] == m["train"]["tokens"]
+
+
+def test_installed_python_holds_out_whole_packages_and_counts_training_tokens(env):
+    """builtin:installed-python through jobs.prepare: a package is on one side of the split only, the manifest
+    lists the packages per side, the validation documents are exactly the held-out packages' files, and
+    token_counts.npy (the unigram baseline's counts) sums to the training tokens."""
+    root, _ = env
+    fraction = 0.3
+    code, m = _prepare(env, "pysrc", "data.sources=[builtin:installed-python]", "data.builtin_max_bytes=400000",
+                       "data.validation_sources={}", f"data.validation_fraction={fraction}", "data.mode=packed",
+                       "data.seq_len=256", "data.max_documents=null")
+    assert code == 0
+    [source] = m["sources"]
+    corpus = source["corpus"]
+    train_pkgs, val_pkgs = set(corpus["packages"]["train"]), set(corpus["packages"]["validation"])
+    assert train_pkgs and val_pkgs and not train_pkgs & val_pkgs
+    assert all(held_out(p, fraction) for p in val_pkgs) and not any(held_out(p, fraction) for p in train_pkgs)
+    assert corpus["files"] == source["rows"] and corpus["bytes"] <= 400_000
+    table = pq.read_table(source["paths"][0], columns=["package"])
+    packages = table.column("package").to_pylist()
+    assert m["validation"]["code"]["documents"] == sum(p in val_pkgs for p in packages)
+    assert m["train"]["documents"] == sum(p in train_pkgs for p in packages)
+    counts = np.load(root / "pysrc" / m["train"]["token_counts"], allow_pickle=False)
+    assert counts.sum() == m["train"]["tokens"] and counts.size == m["tokenizer"]["vocab_size"]

@@ -28,16 +28,18 @@ def test_fp8_and_bf16_arms_have_identical_parameter_groups_decay_and_learning_ra
     pairs: dict[str, list] = {}
     for trial in plan.trials:
         pairs.setdefault(trial.pair, []).append(trial.cfg)
-    assert len(pairs) == 3  # one pair per seed
-    for pair, (bf16, fp8) in pairs.items():
-        assert (bf16.precision.mode, fp8.precision.mode) == ("bf16", "fp8")
-        assert bf16.run.seed == fp8.run.seed  # same initialisation and data order
-        bf16_table, fp8_table = table(bf16), table(fp8)
-        assert bf16_table == fp8_table, pair
-        assert bf16.optim == fp8.optim and bf16.train == fp8.train
-        steps = bf16.train.max_tokens // bf16.train.tokens_per_step
-        assert [lr_for_step(s, bf16.train.tokens_per_step, bf16.optim, bf16.train.max_tokens) for s in range(steps)] == \
-            [lr_for_step(s, fp8.train.tokens_per_step, fp8.optim, fp8.train.max_tokens) for s in range(steps)]
+    assert len(pairs) == 3  # one group of arms per seed: bf16 and the two fp8 arms
+    for pair, (bf16, *fp8_arms) in pairs.items():
+        assert [bf16.precision.mode] + [c.precision.mode for c in fp8_arms] == ["bf16", "fp8", "fp8"]
+        bf16_table = table(bf16)
+        for fp8 in fp8_arms:
+            assert bf16.run.seed == fp8.run.seed  # same initialisation and data order
+            assert bf16_table == table(fp8), pair
+            assert bf16.optim == fp8.optim and bf16.train == fp8.train
+            steps = bf16.train.max_tokens // bf16.train.tokens_per_step
+            assert [lr_for_step(s, bf16.train.tokens_per_step, bf16.optim, bf16.train.max_tokens)
+                    for s in range(steps)] == \
+                [lr_for_step(s, fp8.train.tokens_per_step, fp8.optim, fp8.train.max_tokens) for s in range(steps)]
     # The table is the real one: matrices decay, embeddings and norms do not, every parameter appears once.
     rows = table(next(iter(pairs.values()))[0])
     cfg = plan.trials[0].cfg

@@ -166,10 +166,10 @@ def test_dry_run_prints_the_trial_table_without_ray(capsys, monkeypatch):
     was_running = ray.is_initialized()
     assert sweep_job.main(["fp8-vs-bf16", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "sweep fp8-vs-bf16: 6 trials" in out
-    assert "2 variants x 3 seeds (0, 1, 2; shared by every variant) = 6 trials; token budget 21M per trial, 126M in all" in out
-    assert "reference arm: precision.mode=bf16; target for time-to-target: the reference arm's mean final val/bpb" in out
-    assert "precision.mode=bf16" in out and "precision.mode=fp8" in out and "placement" in out
+    assert "sweep fp8-vs-bf16: 9 trials" in out
+    assert "3 variants x 3 seeds (0, 1, 2; shared by every variant) = 9 trials; token budget 39.3M per trial, 354M in all" in out
+    assert "reference arm: precision=bf16; target for time-to-target: the reference arm's mean final val/bpb" in out
+    assert "precision=bf16" in out and "precision=fp8-auto" in out and "precision=fp8-all" in out and "placement" in out
     assert ray.is_initialized() == was_running
 
 
@@ -268,7 +268,7 @@ def test_one_trial_per_gpu_on_a_two_gpu_host_unless_the_sweep_caps_it():
 
     plan = plan_sweep(*load_sweep(experiments_dir() / "sweeps/fp8-vs-bf16.yaml"),
                       cluster=ClusterView(("H200", "H200"), True, "test: 2 x H200"))
-    assert len(plan.runnable) == 6 and {t.cfg.scaling.num_workers for t in plan.runnable} == {1}
+    assert len(plan.runnable) == 9 and {t.cfg.scaling.num_workers for t in plan.runnable} == {1}
     assert {t.cfg.scaling.accelerator_type for t in plan.runnable} == {"H200"}  # pairs on one card type
     assert planned_concurrency(plan.runnable, {"GPU": 2.0, "CPU": 32.0}) == 2
     assert planned_concurrency(plan.runnable, {"GPU": 1.0, "CPU": 16.0}) == 1
