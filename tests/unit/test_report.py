@@ -3,9 +3,9 @@ statistics (means, 95% intervals, paired verdicts), one seed, a failed seed, spi
 
 from __future__ import annotations
 
-import pytest
-
 import math
+
+import pytest
 
 from yxanul.report import RunSeries, arm_of, build_report, human, interpolate_crossing, sentence, value_at_tokens
 

@@ -10,8 +10,20 @@ import subprocess
 import pytest
 
 from yxanul.errors import TrackingError
-from yxanul.tracking import (MLflowTracker, NullTracker, Status, Tracker, check_reachable, connect, create_run,
-                             end_run, git_state, provenance_tags, reopen_run, resolve_tracking_uri)
+from yxanul.tracking import (
+    MLflowTracker,
+    NullTracker,
+    Status,
+    Tracker,
+    check_reachable,
+    connect,
+    create_run,
+    end_run,
+    git_state,
+    provenance_tags,
+    reopen_run,
+    resolve_tracking_uri,
+)
 
 
 def test_uri_precedence_config_then_env_then_local_store(monkeypatch, tmp_path):

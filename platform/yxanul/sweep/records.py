@@ -13,8 +13,7 @@ from yxanul.errors import ConfigError
 from yxanul.sweep.spec import spec_yaml
 from yxanul.sweep.text import format_plan
 from yxanul.sweep.trials import TOKENS_ATTR, SweepPlan
-from yxanul.tracking import (REASON_TAG, STATUS_TAG, Status, client, create_run, end_run, git_state,
-                             reopen_run)
+from yxanul.tracking import REASON_TAG, STATUS_TAG, Status, client, create_run, end_run, git_state, reopen_run
 
 __all__ = ["end_parent", "end_running_children", "end_trial_run_callback", "fingerprint", "open_parent",
            "record_not_runnable",

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from yxanul.config import human_count
-from yxanul.text import table
 from yxanul.sweep.plan import prepare_command
 from yxanul.sweep.trials import SweepPlan, override_text
+from yxanul.text import table
 
 __all__ = ["format_plan", "format_rows"]
 
