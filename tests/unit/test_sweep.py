@@ -70,6 +70,11 @@ seeds: [0, 1]
     for trial in plan.trials:
         pairs.setdefault(trial.pair, []).append(trial.cfg.precision.mode)
     assert all(sorted(v) == ["bf16", "fp8"] for v in pairs.values()) and len(pairs) == 4
+    # the run's tags say its arm and grid point, so a reader never parses the label back
+    assert t.identity_tags() == {
+        "yxanul.variant": "precision.mode=bf16,curriculum=b,seed=1", "yxanul.pair": "curriculum=b,seed=1",
+        "yxanul.trial": "3", "yxanul.run_name": "s-t03", "yxanul.arm": "precision.mode=bf16,curriculum=b",
+        "yxanul.axes": '{"precision.mode": "bf16", "curriculum": "b"}'}
 
 
 def test_choice_axes_are_sampled_reproducibly(tmp_path):

@@ -33,6 +33,17 @@ from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load
 from yxanul.errors import YxanulError
 from yxanul.files import absolute_path, atomic_write, is_uri
 from yxanul.spikes import SpikeDetector, format_spikes
+from yxanul.tags import (
+    COMPILED_TAG,
+    FP8_LAYERS_TAG,
+    FP8_PLAN_TAG_PREFIX,
+    MICROBATCH_TOKENS_TAG,
+    PRECISION_PLAN_TAG,
+    PRECISION_RAN_TAG,
+    SIMULATED_TAG,
+    SIMULATION_TAG,
+    SPIKES_TAG,
+)
 from yxanul.tracking import MLflowTracker, NullTracker, Tracker, device_tags, node_tags
 from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, resume_values, save_checkpoint
 from yxanul.train.setup import WorkerSetup
@@ -139,12 +150,13 @@ class _Loop:
         """What the build decided on the card (compiled, micro-batch budget, FP8 plan): tags, an artifact, the
         console. Tags, not params: MLflow params are written by the driver and cannot change on resume."""
         built = self.built
-        tags = {"yxanul.compiled": str(built.compiled).lower(), "yxanul.precision_plan": built.precision.describe(),
-                "yxanul.microbatch_tokens": str(self.tokens_per_microbatch)}
+        tags = {COMPILED_TAG: str(built.compiled).lower(), PRECISION_PLAN_TAG: built.precision.describe(),
+                MICROBATCH_TOKENS_TAG: str(self.tokens_per_microbatch)}
+        if built.precision.mode == "fp8":  # forced or measured: the groups that really run in FP8 (the report's word)
+            tags[FP8_LAYERS_TAG] = "+".join(built.precision.fp8_layers or ()) or "none"
         if built.fp8_plan is not None:
-            tags["yxanul.fp8_layers"] = "+".join(built.fp8_plan.layers) or "none"
             for group, row in built.fp8_plan.timings.items():
-                tags[f"yxanul.fp8_plan.{group}"] = f"bf16 {row['bf16_ms']:.2f} ms, fp8 {row['fp8_ms']:.2f} ms"
+                tags[f"{FP8_PLAN_TAG_PREFIX}{group}"] = f"bf16 {row['bf16_ms']:.2f} ms, fp8 {row['fp8_ms']:.2f} ms"
             self.tracker.log_text(json.dumps(built.fp8_plan.to_json(), indent=2), "fp8_plan.json")
         if built.microbatch_fit is not None:
             self.tracker.log_text(json.dumps(built.microbatch_fit, indent=2), "microbatch_fit.json")
@@ -179,9 +191,9 @@ class _Loop:
         tags = {**device_tags(self.cfg.scaling.use_gpu and not simulated, self.world), **node_tags()}
         if simulated:
             ran = self.precision.mode
-            tags.update({"yxanul.simulated_accelerators": "true", "yxanul.precision_ran": ran,
-                         "yxanul.simulation": f"precision.mode={self.cfg.precision.mode} ran as {ran} on CPU because "
-                                              "scaling.simulate_accelerators=true (logical GPUs only)"})
+            tags.update({SIMULATED_TAG: "true", PRECISION_RAN_TAG: ran,
+                         SIMULATION_TAG: f"precision.mode={self.cfg.precision.mode} ran as {ran} on CPU because "
+                                         "scaling.simulate_accelerators=true (logical GPUs only)"})
         tracker.set_tags(tags)
         return tracker
 
@@ -353,7 +365,7 @@ class _Loop:
         for spike in self.spikes.observe(self.state.tokens, loss=metrics.get("train/loss"),
                                          grad_norm=metrics["train/grad_norm"]):
             metrics[f"train/spike_{spike.kind}"] = spike.size  # the record (survives resumes); the tag is for the UI
-            self.tracker.set_tags({"yxanul.spikes": format_spikes(self.spikes.spikes)})
+            self.tracker.set_tags({SPIKES_TAG: format_spikes(self.spikes.spikes)})
             if self.rank == 0:
                 worker_print(self.cfg.run.name, f"warning: {spike.describe()}", err=True)
         self.tracker.log_metrics(metrics, step=self.state.tokens)
