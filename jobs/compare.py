@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="reference arm label, e.g. 'precision.mode=bf16' (default: the sweep's reference, "
                              "else the first arm)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     import shlex
 

@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "and tokenizer.compare)")
     parser.add_argument("--out", default="outputs/reports/tokenizers", help="folder for the CSV and Markdown")
     parser.add_argument("--repeats", type=int, default=3, help="timed encodes per measurement (best counts)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     from yxanul.config import load_config
 

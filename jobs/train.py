@@ -19,7 +19,7 @@ from yxanul.config import human_count, load_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = job_parser(__doc__.splitlines()[0], verbose=True).parse_args(argv)
+    args = job_parser(__doc__.splitlines()[0], verbose=True).parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
 
     from yxanul.console import Console, log_path, name_run, say
