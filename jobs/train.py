@@ -15,7 +15,8 @@ import sys
 from collections.abc import Sequence
 
 from yxanul.cli import job_parser, run_job
-from yxanul.config import human_count, load_config
+from yxanul.config import load_config
+from yxanul.formatting import human_count
 
 
 def main(argv: Sequence[str] | None = None) -> int:

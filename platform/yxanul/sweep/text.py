@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from yxanul.config import human_count
+from yxanul.formatting import human_count
 from yxanul.sweep.plan import prepare_command
 from yxanul.sweep.trials import SweepPlan, override_text
 from yxanul.text import table

@@ -21,11 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from yxanul.config import ExperimentConfig, human_count
+from yxanul.config import ExperimentConfig
 from yxanul.curriculum import CurriculumPlan, build_plan
 from yxanul.data.loader import PreparedDataset
 from yxanul.errors import ConfigError, DataError, TrackingError, first_line, user_error
 from yxanul.files import absolute_path, is_uri
+from yxanul.formatting import human_count
 from yxanul.tags import (
     CURRICULUM_TAG,
     DATA_TRAIN_TOKENS_TAG,

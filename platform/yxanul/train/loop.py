@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from yxanul.config import ExperimentConfig, PrecisionConfig, human_count
+from yxanul.config import ExperimentConfig, PrecisionConfig
 from yxanul.console import worker_print
 from yxanul.curriculum import CurriculumPlan, Stage, build_plan, microbatch_budget
 from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load_validation
 from yxanul.errors import YxanulError
 from yxanul.files import absolute_path, atomic_write, is_uri
+from yxanul.formatting import clock, human_count
 from yxanul.spikes import SpikeDetector, format_spikes
 from yxanul.tags import (
     COMPILED_TAG,
@@ -66,14 +67,6 @@ def _seed_everything(seed: int) -> None:
 def _crossed(before: int, after: int, every: int) -> bool:
     """Whether a multiple of ``every`` lies in (before, after]."""
     return every > 0 and after // every > before // every
-
-
-def _format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
@@ -379,7 +372,7 @@ class _Loop:
             worker_print(self.cfg.run.name, f"{_bar(self.state.step, stop_step)} step {self.state.step}/{stop_step} "
                          f"tokens {human_count(self.state.tokens)} stage {stage.index} seq {stage.seq_len} loss {loss} "
                          f"lr {lr:.2e} gnorm {metrics['train/grad_norm']:.3f} {throughput.tokens_per_s:,.0f} tok/s"
-                         f"{per_gpu}{mfu}{mem} eta {_format_eta(tokens_left / rate)}")
+                         f"{per_gpu}{mfu}{mem} eta {clock(tokens_left / rate)}")
         return metrics
 
     @torch.no_grad()
