@@ -4,14 +4,17 @@ Fixed decimals per quantity, so that a column of one quantity lines up and two r
 bits/byte 4 decimals (``3.0169``), differences signed (``+0.0038``, ``-0.0424``), ratios 3 decimals with an
 ``x`` (``0.830x``), seconds 1 decimal (``27.7 s``, ``1,234.5 s``), shares as percent with 1 decimal
 (``40.8%``). Counts are human (``10.5M``, ``655k``), never ``1.04858e+07`` or ``10485760``. Text never uses
-exponent notation.
+exponent notation. Paths in text meant to be committed are shown relative to the current folder, or by their
+last two parts (:func:`shown_paths`).
 """
 
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
-__all__ = ["bpb", "clock", "count_or_blank", "gib", "human_count", "percent", "ratio", "seconds", "signed"]
+__all__ = ["bpb", "clock", "count_or_blank", "gib", "human_count", "percent", "ratio", "seconds", "shown_paths", "signed"]
 
 _UNITS = (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3))
 
@@ -81,3 +84,28 @@ def percent(share: float | None) -> str:
 def gib(v: float | None) -> str:
     """Memory in GiB, 1 decimal (``47.6 GiB``)."""
     return "" if v is None or not math.isfinite(v) else f"{v:.1f} GiB"
+
+
+_ABSOLUTE = re.compile(r"(sqlite:///|file://)?(/[^\s'\",\]);]+)")
+
+
+def _short_path(path: str) -> str:
+    """A path under the current folder relative to it; another machine-local path as ``.../<last two parts>``."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        parts = Path(path).parts[1:]  # without the root
+        return ".../" + "/".join(parts[-2:]) if parts else path
+
+
+def shown_paths(text: str) -> str:
+    """``text`` with its absolute paths (bare, ``key=/path``, ``sqlite:////path``, ``file:///path``) relative to
+    the current folder, or shortened to their last two parts: a committed report names no machine's paths."""
+    def sub(m: re.Match) -> str:
+        prefix, path = m.group(1) or "", m.group(2)
+        before = text[m.start() - 1] if m.start() else " "
+        if not prefix and before not in " =[\"'(,":
+            return m.group(0)  # part of a relative path or a URL
+        return prefix + _short_path(path)
+
+    return _ABSOLUTE.sub(sub, text)

@@ -24,3 +24,14 @@ def test_fixed_decimals_per_quantity():
     assert seconds(56.44) == "56.4 s" and seconds(74.0) == "74.0 s" and seconds(1234.56) == "1,234.6 s"
     assert clock(245) == "4m05s" and clock(3725) == "1h02m" and clock(float("inf")) == "?"
     assert count_or_blank(None) == "" and count_or_blank(7_366_820.0) == "7.37M"
+
+
+def test_paths_in_committed_text_are_relative_or_shortened(tmp_path, monkeypatch):
+    from yxanul.formatting import shown_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    text = (f"tracking.uri=sqlite:///{tmp_path}/docs/mlflow.db data.output_dir=/tmp/gpu-box/data "
+            f"--out {tmp_path}/docs ['/srv/x/y/z.parquet'] docs/results/a.db http://127.0.0.1:5000/#/x")
+    assert shown_paths(text) == ("tracking.uri=sqlite:///docs/mlflow.db data.output_dir=.../gpu-box/data --out docs "
+                                 "['.../y/z.parquet'] docs/results/a.db http://127.0.0.1:5000/#/x")
