@@ -290,6 +290,8 @@ def test_seed_statistics_from_a_real_store(seeded_report):
     assert HEADLINE in md and "at least 1.327x faster than BF16's whole run" in md
     assert "FP8 reached it at 2/2 seeds, BF16 at 0/2" in md
     assert "target: 2.7950 bits/byte (fixed in the sweep file (target_bpb))" in md
+    assert "noise floor: 0.0721 bits/byte (seed standard deviation of the reference arm's final val/bpb over the 3 " \
+           "seeds it finished)" in md  # sqrt((0.02^2 + 0.06^2 + 0.08^2) / 2)
     assert "# seeded: FP8 vs BF16, 1x NVIDIA H100 80GB HBM3, 1970-01-01, 3k tokens per run" in md
     assert "*The sweep file says: BF16 vs FP8 (layers planned by measurement)*" in md
     for line in ("- card: 1x NVIDIA H100 80GB HBM3 (driver 580.95.05, CUDA 12.8)",

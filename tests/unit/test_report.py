@@ -18,6 +18,11 @@ from yxanul.report.render import format_summary, markdown
 from yxanul.report.tables import tables
 from yxanul.report.words import arm_names, design_lines, facts, headline, title, warnings
 
+def _sd(xs: list[float]) -> float:
+    mean = sum(xs) / len(xs)
+    return math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+
+
 T975 = {1: 12.706205, 2: 4.302653}  # Student t 97.5% quantiles (published tables)
 T80 = {1: math.tan(0.3 * math.pi)}  # t(0.80, 1) in closed form
 
@@ -97,6 +102,10 @@ def test_arms_use_matched_seeds_and_unmatched_runs_are_listed_with_their_real_st
                      ("precision.mode=fp8", 2): "did not finish: sweep interrupted"}
     assert c.unpaired == ["seed 2: arm did not finish: sweep interrupted"]
     assert design_lines(report)[0] == "2 arms x seeds 0, 1, 2; matched seeds (every arm finished): 0, 1; 2 runs listed apart"
+    # the noise floor is the reference arm's seed spread over every seed it finished (a property of the arm)
+    assert report.noise_floor.std == pytest.approx(_sd([2.80, 2.84, 2.70]), rel=1e-12)
+    assert design_lines(report)[1] == (f"noise floor: {_sd([2.80, 2.84, 2.70]):.4f} bits/byte (seed standard deviation "
+                                       "of the reference arm's final val/bpb over the 3 seeds it finished)")
 
 
 def test_ratios_are_geometric_means_with_log_scale_intervals_and_the_design_states_its_mde():
@@ -212,7 +221,7 @@ def test_one_seed_gives_numbers_without_interval_or_verdict():
     report = build_report(runs, "t")
     [c] = report.comparisons
     assert c.bpb_gap.n == 1 and c.bpb_gap.low is None and c.quality_verdict == "1 seed: no verdict"
-    assert report.noise_floor is None and c.mde_bpb is None
+    assert report.noise_floor.std is None and c.mde_bpb is None
     text = headline(report, c)
     assert "1 matched seed: final val/bpb -0.0400 (1 seed: no interval, no verdict); tokens/s 0.800x (1 seed: no " \
            "interval, no verdict)" in text

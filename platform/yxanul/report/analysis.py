@@ -464,10 +464,11 @@ class ComparisonReport:
         return [a for a in self.arms if a.rows]
 
     @property
-    def noise_floor(self) -> float | None:
-        """Seed standard deviation of the reference arm's final val/bpb over the matched seeds."""
+    def noise_floor(self) -> Estimate | None:
+        """The reference arm's final val/bpb over every seed it finished (its ``std`` is the noise floor): the
+        seed-to-seed spread is a property of the arm, and a seed another arm lost still measures it."""
         ref = self.reference_arm
-        return ref.val_bpb.std if ref and ref.val_bpb else None
+        return mean_interval([r.val_bpb for r in ref.finished_rows]) if ref else None
 
     @property
     def simulated(self) -> list[RunSeries]:

@@ -219,12 +219,11 @@ def design_lines(report: ComparisonReport) -> list[str]:
              + (f"; {len(report.unmatched)} run{'s' if len(report.unmatched) != 1 else ''} listed apart"
                 if report.unmatched else "")]
     floor = report.noise_floor
-    ref = report.reference_arm
-    if floor is not None and ref is not None and ref.val_bpb is not None:
-        lines.append(f"noise floor: {bpb(floor)} bits/byte (seed standard deviation of the reference arm's final "
-                     f"val/bpb over {ref.val_bpb.n} matched seeds)")
+    if floor is not None and floor.std is not None:
+        lines.append(f"noise floor: {bpb(floor.std)} bits/byte (seed standard deviation of the reference arm's final "
+                     f"val/bpb over the {floor.n} seeds it finished)")
     else:
-        lines.append("noise floor: not measured (fewer than 2 matched seeds of the reference arm)")
+        lines.append("noise floor: not measured (the reference arm finished fewer than 2 seeds)")
     lines.append(target_text(report))
     for c in report.comparisons:
         _, _, _, arm, ref_short = arm_names(c)
@@ -551,7 +550,7 @@ METHOD = """\
 - minimal detectable effect: (t(0.975, n-1) + t(0.80, n-1)) x sd / sqrt(n) for n seed pairs, sd the standard
   deviation of the per-seed differences (of the log ratios for tokens/s, shown as a percent): the smallest true
   effect a paired t test of this design detects with 80% power at 95%.
-- noise floor: the seed standard deviation of the reference arm's final val/bpb (matched seeds).
+- noise floor: the seed standard deviation of the reference arm's final val/bpb over every seed it finished.
 - {target}. Tokens and seconds to target: the first validation point at or below it, linearly interpolated with
   the point before; seconds are the training clock (val/elapsed_s, validation excluded) minus the compilation and
   warm-up seconds up to that point (train/compile_s), which tokens/s leaves out too. A run that does not reach
