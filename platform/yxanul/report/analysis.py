@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from yxanul.errors import TrackingError
 from yxanul.formatting import shown_paths
 from yxanul.report.fetch import DID_NOT_FINISH, SweepRecord
-from yxanul.report.runs import RanPrecision, RunSeries, Series, ran_precision
+from yxanul.report.runs import RanPrecision, RunSeries, Series, ran_precision, run_spikes
 from yxanul.stats import (
     Estimate,
     geometric_interval,
@@ -238,8 +238,6 @@ class ArmSummary:
 
     @property
     def spiking(self) -> list[RunSeries]:
-        from yxanul.report.runs import run_spikes
-
         return [r.run for r in self.rows if run_spikes(r.run)]
 
 
@@ -357,8 +355,6 @@ class Comparison:
 
     @property
     def spiking(self) -> list[RunSeries]:
-        from yxanul.report.runs import run_spikes
-
         return [r for p in self.pairs for r in (p.reference.run, p.arm.run) if run_spikes(r)]
 
 

@@ -9,6 +9,7 @@ variants (``raw=True``) keep full precision.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from yxanul.formatting import bpb, count_or_blank, gib, percent, ratio, seconds, signed
@@ -34,7 +35,7 @@ class Table:
     """Shown folded (``<details>``) on the page."""
 
 
-def _ci(e: Estimate | None, fmt) -> tuple[str, str]:
+def _ci(e: Estimate | None, fmt: Callable[[float], str]) -> tuple[str, str]:
     """(mean, '95% CI' cell) with fixed decimals; one seed: the mean and 'no interval'."""
     if e is None:
         return "", ""
@@ -43,7 +44,7 @@ def _ci(e: Estimate | None, fmt) -> tuple[str, str]:
     return fmt(e.mean), f"{fmt(e.low)} to {fmt(e.high)}"
 
 
-def _reached_cell(row: RunRow, value: float | None, fmt) -> str:
+def _reached_cell(row: RunRow, value: float | None, fmt: Callable[[float | None], str]) -> str:
     if row.reached is None:
         return ""
     return fmt(value) if row.reached else "not reached"

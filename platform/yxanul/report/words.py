@@ -6,11 +6,12 @@ Markdown and the console read the same."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from yxanul.formatting import bpb, human_count, percent, ratio, shown_paths, signed
-from yxanul.report.analysis import ArmSummary, Comparison, ComparisonReport, status_text
+from yxanul.report.analysis import ArmSummary, Comparison, ComparisonReport, RunRow, status_text
 from yxanul.report.runs import RunSeries, ran_precision, run_spikes
 from yxanul.stats import LEVEL, POWER, Estimate, t_quantile
 from yxanul.tags import (
@@ -78,6 +79,8 @@ def arm_names(c: Comparison) -> tuple[str, str, str, str, str]:
         diff = _differing(arm, other)
         fp8 = "fp8" in (arm.asked_precision, other.asked_precision)
         parts = [f"{k}={v}" for k, v in diff if not (fp8 and _precision_key(k))]
+        if len(parts) > 3:  # runs without axes differing in many params: the table of differences has them all
+            parts = [*parts[:3], f"+{len(parts) - 3} more keys"]
         if fp8 or any(_precision_key(k) for k, _ in diff):
             parts.append(arm.precision_text)
             short = ", ".join(p for p in parts[:-1]) + (", " if len(parts) > 1 else "") + _short_precision(arm)
@@ -97,7 +100,7 @@ def arm_names(c: Comparison) -> tuple[str, str, str, str, str]:
 # Numbers in words
 
 
-def interval(e: Estimate | None, fmt) -> str:
+def interval(e: Estimate | None, fmt: Callable[[float], str]) -> str:
     """``-0.0424 (95% CI -0.4537 to +0.3689)``; one seed: ``-0.0424 (1 seed: no interval)``."""
     if e is None:
         return "no data"
@@ -106,7 +109,7 @@ def interval(e: Estimate | None, fmt) -> str:
     return f"{fmt(e.mean)} ({LEVEL:.0%} CI {fmt(e.low)} to {fmt(e.high)})"
 
 
-def _said(what: str, e: Estimate | None, fmt, verdict_word: str) -> str:
+def _said(what: str, e: Estimate | None, fmt: Callable[[float], str], verdict_word: str) -> str:
     if e is not None and e.low is None:  # one seed: the number, never a verdict
         return f"{what} {fmt(e.mean)} (1 seed: no interval, no verdict)"
     return f"{what} {interval(e, fmt)}: {verdict_word}"
@@ -390,7 +393,7 @@ def facts(report: ComparisonReport) -> list[Fact]:
     if not arms:
         return []
 
-    def per_arm(fn) -> list[str]:
+    def per_arm(fn: Callable[[RunSeries, RunRow], str]) -> list[str]:
         out = []
         for a in arms:
             texts = list(dict.fromkeys(fn(r.run, r) for r in a.rows))
