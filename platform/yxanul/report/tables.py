@@ -58,8 +58,9 @@ def _spike_cell(row: RunRow) -> str:
 
 
 def _comparison_name(c: Comparison) -> str:
-    _, _, _, arm, ref = arm_names(c)
-    return f"{arm} vs {ref}"
+    """``FP8 vs BF16`` (with the shared grid point when there is one: ``FP8 vs BF16 (curriculum=none)``)."""
+    _, _, shared, arm, ref = arm_names(c)
+    return f"{arm} vs {ref}" + (f" ({shared})" if shared else "")
 
 
 def tables(report: ComparisonReport) -> list[Table]:
@@ -69,7 +70,8 @@ def tables(report: ComparisonReport) -> list[Table]:
     out: list[Table] = []
 
     for i, c in enumerate(report.comparisons):  # the evidence for each headline first
-        out.append(_seed_table(report, c, i))
+        if c.pairs:
+            out.append(_seed_table(report, c, i))
 
     all_facts = facts(report)
     shared = [f for f in all_facts if f.shared]
@@ -167,6 +169,7 @@ def _seed_table(report: ComparisonReport, c: Comparison, index: int) -> Table:
     """The per-seed view of one comparison (open on the page): every number the headline rests on."""
     _, _, _, arm, ref = arm_names(c)
     head = ["seed", f"{ref} bpb", f"{arm} bpb", "gap", f"{ref} tok/s", f"{arm} tok/s", "ratio"]
+    name = _comparison_name(c)
     if report.target_bpb is not None:
         head += [f"{ref} s to target", f"{arm} s to target", "time ratio"]
     body = []
@@ -184,7 +187,7 @@ def _seed_table(report: ComparisonReport, c: Comparison, index: int) -> Table:
             "to the target (>= x: only the arm reached it, x = the reference's whole run / the arm's time)")
     if c.unpaired:
         note += "; not paired: " + "; ".join(c.unpaired)
-    return Table(f"seeds_{index}", f"Per seed: {arm} vs {ref}", head, body, note=note, text_columns=set())
+    return Table(f"seeds_{index}", f"Per seed: {name}", head, body, note=note, text_columns=set())
 
 
 def _time_cell(report: ComparisonReport, c: Comparison) -> str:

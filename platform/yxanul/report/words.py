@@ -229,7 +229,11 @@ def design_lines(report: ComparisonReport) -> list[str]:
         lines.append("noise floor: not measured (the reference arm finished fewer than 2 seeds)")
     lines.append(target_text(report))
     for c in report.comparisons:
-        _, _, _, arm, ref_short = arm_names(c)
+        if not c.pairs:
+            continue  # no comparison (its headline says why)
+        _, _, shared, arm, ref_short = arm_names(c)
+        if shared:
+            ref_short += f" ({shared})"
         if c.mde_bpb is None:
             lines.append(f"minimal detectable effect, {arm} vs {ref_short}: not computable with {c.n} seed pair"
                          f"{'s' if c.n != 1 else ''} (needs 2 or more)")
