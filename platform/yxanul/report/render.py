@@ -49,7 +49,8 @@ def markdown(report: ComparisonReport) -> str:
     parts = [f"# {title(report)}", ""]
     if report.description:
         parts += [f"*{_subtitle(report)}*", ""]
-    parts += [f"> **Warning:** {w}" for w in warnings(report)] + ([""] if warnings(report) else [])
+    for w in warnings(report):
+        parts += [f"> **Warning:** {w}", ""]
     if report.comparisons:
         parts += ["**Answer:**", ""] + [f"- {headline(report, c)}" for c in report.comparisons] + [""]
     parts += ["**Design:**", ""] + [f"- {line}" for line in design_lines(report)] + [""]
