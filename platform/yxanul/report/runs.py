@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from yxanul.formatting import human_count
 from yxanul.tags import (
     ARM_TAG,
     AXES_TAG,
@@ -233,8 +234,6 @@ class Spike:
     """x the running median (grad norm) or nats above it (loss)."""
 
     def describe(self) -> str:
-        from yxanul.formatting import human_count
-
         if self.kind == "grad_norm":
             return f"grad norm at {human_count(self.tokens)} tokens ({self.size:.1f}x median)"
         return f"loss at {human_count(self.tokens)} tokens (+{self.size:.2f} nats)"

@@ -412,7 +412,8 @@ def facts(report: ComparisonReport) -> list[Fact]:
         Fact("tokens per run", per_arm(lambda run, row: f"{human_count(row.final_tokens)} trained of "
                                                          f"{_count_param(run, 'train.max_tokens')} planned")),
         Fact("learning rate", per_arm(lambda run, row: _lr_text(run))),
-        Fact("curriculum", per_arm(lambda run, row: run.params.get("curriculum.preset") or "custom")),
+        Fact("curriculum", per_arm(lambda run, row: run.params.get("curriculum.preset", "null")
+                                   if run.params.get("curriculum.preset", "null") != "null" else "custom stages")),
         Fact("data", per_arm(lambda run, row: _data_text(run, row.final_tokens))),
         Fact("card", per_arm(lambda run, row: run.machine)),
     ]
