@@ -78,7 +78,6 @@ __all__ = [
 ]
 
 
-
 class Status:
     """Values of :data:`STATUS_TAG`."""
 
