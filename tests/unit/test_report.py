@@ -18,6 +18,7 @@ from yxanul.report.render import format_summary, markdown
 from yxanul.report.tables import tables
 from yxanul.report.words import arm_names, design_lines, facts, headline, title, warnings
 
+
 def _sd(xs: list[float]) -> float:
     mean = sum(xs) / len(xs)
     return math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
