@@ -14,7 +14,7 @@ from yxanul.config import load_config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = job_parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = job_parser(__doc__.splitlines()[0]).parse_intermixed_args(argv)
     from yxanul.bench import BenchConfig, describe_plan, environment, format_table, run_bench
 
     cfg = load_config(args.config, args.overrides, model=BenchConfig)

@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = job_parser(__doc__.strip().splitlines()[0])
     parser.add_argument("--target-mb", type=float, default=64.0, help="repeat the text up to this many MB")
     parser.add_argument("--batch", type=int, default=512, help="documents per encode_batch call (baseline)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
         print(cfg.to_yaml())

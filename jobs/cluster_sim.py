@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sweep", default=None, help="sweep to submit (a file, or a name under experiments/sweeps)")
     parser.add_argument("--idle-timeout-minutes", type=float, default=0.2,
                         help="idle nodes are removed after this long (cluster.yaml says 10; short here to watch it)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     from yxanul.cluster_sim import SimulatedCluster, simulated_config
 

@@ -3,9 +3,11 @@
     python -m jobs.compare --sweep fp8-vs-bf16 --out outputs/reports/fp8-vs-bf16
     python -m jobs.compare --experiment yxanul --out outputs/reports/all --tracking-uri http://127.0.0.1:5000
 
-Reads MLflow only. Seeds are replicates: per arm, means with 95% intervals; per comparison, seed-paired
-differences and a verdict (better / worse / within noise). The files are also logged to the sweep's parent
-run (artifact folder comparison/).
+Reads MLflow only. Says what ran (the arms' recorded configuration, resolved FP8 plan, model, data), then
+per arm means with 95% intervals over the matched seeds, per comparison seed-paired gaps and ratios (geometric
+means, log-scale intervals) with a verdict (better / worse / no difference detected), the design's minimal
+detectable effect and a censoring-aware time to target. The files are also logged to the sweep's parent run
+(artifact folder comparison/).
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db)")
     parser.add_argument("--target-bpb", type=float, default=None,
                         help="bits/byte target for time-to-target (default: the sweep's target_bpb, else the "
-                             "reference arm's mean final val/bpb); fix it before looking at the results")
+                             "worst final val/bpb of the reference arm's runs); fix it before looking at the results")
     parser.add_argument("--reference", default=None,
                         help="reference arm label, e.g. 'precision.mode=bf16' (default: the sweep's reference, "
                              "else the first arm)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     import shlex
 
@@ -48,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           reference=args.reference, command=command, parent_run_id=args.parent_run_id)
     files = write_report(report, args.out)
     say(format_summary(report))
-    parent_id = report.parent_run_id
+    parent_id = report.parent.run_id if report.parent else None
     if parent_id and not args.no_log:
         log_report(uri, parent_id, files)
         say(f"logged to MLflow run {parent_id} (artifacts: comparison/)")

@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a much smaller budget (the test suite runs this)")
     add_verbose(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     start = time.perf_counter()
 
     from yxanul.console import Console

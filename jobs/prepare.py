@@ -30,7 +30,7 @@ def describe(plan) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = job_parser(__doc__.strip().splitlines()[0])
     parser.add_argument("--force", action="store_true", help="rebuild even if an up-to-date dataset exists")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
 
     from yxanul.data.prepare import make_plan, run, summary

@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = job_parser(__doc__.splitlines()[0], verbose=True)
     parser.add_argument("--compare", metavar="DIR", default=None,
                         help="after the sweep, write the comparison report (jobs.compare) into DIR")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     from yxanul.console import Console, say
     from yxanul.sweep import format_plan, format_rows, load_sweep, plan_sweep, run_sweep, sweep_log_path

@@ -19,9 +19,10 @@ from yxanul.cli import job_parser, run_job
 def main(argv: Sequence[str] | None = None) -> int:
     parser = job_parser(__doc__.splitlines()[0])
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
-    from yxanul.config import human_count, load_config
+    from yxanul.config import load_config
+    from yxanul.formatting import human_count
 
     cfg = load_config(args.config, args.overrides)
     tok = cfg.tokenizer

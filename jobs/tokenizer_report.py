@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "and tokenizer.compare)")
     parser.add_argument("--out", default="outputs/reports/tokenizers", help="folder for the CSV and Markdown")
     parser.add_argument("--repeats", type=int, default=3, help="timed encodes per measurement (best counts)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     from yxanul.config import load_config
 
@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _log_to_mlflow(cfg, specs, rows, files) -> None:
+    from yxanul.tags import JOB_TAG
     from yxanul.tracking import MLflowTracker, Status, connect, end_run, resolve_tracking_uri
 
     uri = resolve_tracking_uri(cfg.tracking.uri)
@@ -70,7 +71,7 @@ def _log_to_mlflow(cfg, specs, rows, files) -> None:
     params = {"tokenizers": ",".join(specs), "domains": ",".join(sorted({r["domain"] for r in rows})),
               "report_bytes_per_domain": str(cfg.tokenizer.report_bytes_per_domain)}
     tracker = MLflowTracker.create(uri, experiment_id, "tokenizer-report",
-                                   tags={"yxanul.job": "tokenizer_report"}, params=params)
+                                   tags={JOB_TAG: "tokenizer_report"}, params=params)
     metrics = {f"tok/{r['tokenizer']}/{r['domain']}/{key}": float(r[key]) for r in rows
                for key in ("chars_per_token", "bytes_per_token", "encode_mb_per_cpu_s", "round_trip_failures")}
     metrics.update({f"tok/{r['tokenizer']}/vocab_size": float(r["vocab_size"]) for r in rows})

@@ -15,11 +15,12 @@ import sys
 from collections.abc import Sequence
 
 from yxanul.cli import job_parser, run_job
-from yxanul.config import human_count, load_config
+from yxanul.config import load_config
+from yxanul.formatting import human_count
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = job_parser(__doc__.splitlines()[0], verbose=True).parse_args(argv)
+    args = job_parser(__doc__.splitlines()[0], verbose=True).parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
 
     from yxanul.console import Console, log_path, name_run, say

@@ -46,6 +46,8 @@ def bench_rows(preset: str, micro_batch: int, steps: int, peer: bool) -> list[di
 def train_row(preset: str, precision: str, micro_batch: int, steps: int, data: Path, out: Path) -> dict:
     from mlflow import MlflowClient
 
+    from yxanul.tags import COMPILED_TAG, FP8_LAYERS_TAG
+
     tokens_per_step = micro_batch * 2048
     uri = f"sqlite:///{out / 'mlflow.db'}"
     name = f"tvb-{preset}-{precision}-{int(time.time())}"
@@ -76,11 +78,11 @@ def train_row(preset: str, precision: str, micro_batch: int, steps: int, data: P
         return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
     rates = values("train/tokens_per_s_per_gpu")[1:]  # the first window still warms the allocator up
-    row.update({"fp8_layers": tags.get("yxanul.fp8_layers"), "tokens_per_s": statistics.median(rates) if rates else None,
+    row.update({"fp8_layers": tags.get(FP8_LAYERS_TAG), "tokens_per_s": statistics.median(rates) if rates else None,
                 "mfu_bf16": statistics.median(values("train/mfu_bf16")[1:] or [float("nan")]),
                 "peak_gib": max(values("train/peak_mem_gib") or [float("nan")]),
                 "compile_s": (values("train/compile_s") or [None])[-1], "windows": len(rates),
-                "compiled": tags.get("yxanul.compiled"), "run_id": run_id})
+                "compiled": tags.get(COMPILED_TAG), "run_id": run_id})
     return row
 
 

@@ -1,7 +1,9 @@
 """The shared command-line contract of every job.
 
 ``python -m jobs.<name> CONFIG [dotted.key=value ...] [--dry-run]``: exit 0 on success; on bad
-input or bad config, one readable ``error: ...`` line on stderr (no traceback) and exit 2.
+input or bad config, one readable ``error: ...`` line on stderr (no traceback) and exit 2. Options and
+overrides mix in any order (``CONFIG --dry-run key=value``): jobs parse with argparse's
+``parse_intermixed_args``, because plain ``parse_args`` ends the ``KEY=VALUE`` list at the first option.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from yxanul.errors import YxanulError
 
 def job_parser(description: str, config_required: bool = True, verbose: bool = False) -> argparse.ArgumentParser:
     """Parser with the positional CONFIG, the dotted overrides and --dry-run (and --verbose for the jobs
-    that run Ray Train or Tune: their console shows one line per event unless it is given)."""
+    that run Ray Train or Tune: their console shows one line per event unless it is given). Parse with
+    ``parse_intermixed_args`` so that options may come between the overrides."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("config", nargs=None if config_required else "?", metavar="CONFIG",
                         help="YAML config file (see experiments/)")

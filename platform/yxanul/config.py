@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import urllib.parse
@@ -612,13 +611,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ValidationError as exc:
         overridden = {".".join(parse_override(o)[0]) for o in overrides}
         raise ConfigError(format_validation_error(exc, source, overridden)) from None
-
-
-def human_count(n: float) -> str:
-    """12_345_678 -> '12.3M' (for plans and summaries)."""
-    if n == 0 or not math.isfinite(n):
-        return str(n)
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:g}"

@@ -21,8 +21,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from yxanul.config import ExperimentConfig, StageConfig, human_count
+from yxanul.config import ExperimentConfig, StageConfig
 from yxanul.errors import ConfigError
+from yxanul.formatting import human_count
 from yxanul.text import table as text_table
 
 __all__ = ["AUTO_MICROBATCH_CPU", "CurriculumPlan", "Stage", "build_plan", "microbatch_budget"]

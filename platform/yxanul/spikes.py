@@ -121,7 +121,7 @@ def _median_sorted(values: list[float]) -> float:
 
 
 def _tokens(n: int) -> str:
-    from yxanul.config import human_count
+    from yxanul.formatting import human_count
 
     return human_count(n) if n else "0"
 

@@ -1,11 +1,12 @@
 """Seed statistics for comparisons: means with Student-t 95% intervals, seed-paired differences and
-ratios, and the verdict a comparison may state. Pure Python (no scipy, no numpy): the report and its
-tests call it on plain lists.
+ratios (geometric means with log-scale intervals), the minimal detectable effect of a design, and the verdict
+a comparison may state. Pure Python (no scipy, no numpy): the report and its tests call it on plain lists.
 
-    est = mean_interval([2.79, 2.81, 2.80])           # Estimate(mean, half_width, n, std)
+    est = mean_interval([2.79, 2.81, 2.80])           # Estimate(mean, low, high, n, std)
     gap = mean_interval([-0.11, -0.10, -0.12])        # per-seed differences arm - reference (paired)
-    verdict(gap, lower_is_better=True)                # "better" / "worse" / "within noise" / "1 seed: no verdict"
-    speed = paired_ratio({0: 1.3e5, 1: 1.4e5}, {0: 1.0e5, 1: 1.1e5})   # per-seed ratios, mean and interval
+    verdict(gap, lower_is_better=True)                # "better" / "worse" / "no difference detected" / no verdict
+    speed = paired_ratio({0: 1.3e5, 1: 1.4e5}, {0: 1.0e5, 1: 1.1e5})   # geometric mean of per-seed ratios
+    minimal_detectable_effect(gap.std, gap.n)         # the smallest effect 3 seeds detect at 80% power
 
 Seeds are replicates: the arms of a comparison share each seed (same initialisation, same data order),
 so the difference is taken per seed and the interval is over those differences (a paired t interval),
@@ -18,7 +19,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Estimate", "mean_interval", "paired_ratio", "t_quantile", "verdict"]
+__all__ = ["NO_DIFFERENCE", "POWER", "Estimate", "geometric_interval", "mean_interval", "minimal_detectable_effect",
+           "paired_ratio", "t_quantile", "verdict"]
 
 LEVEL = 0.95
 """Two-sided confidence level of every interval the report prints."""
@@ -97,28 +99,45 @@ def t_quantile(p: float, df: float) -> float:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean over seeds with its two-sided 95% Student-t interval."""
+    """A mean over seeds with its two-sided 95% Student-t interval ``[low, high]``.
+
+    On the log scale (``log_scale=True``, for ratios and other positive quantities whose spread is a factor:
+    tokens/s, times, tokens to a target) the mean is the geometric mean and the interval is the t interval of
+    the logs, exponentiated: it is never negative and a ratio's interval is symmetric in its reciprocal.
+    """
 
     mean: float
-    half_width: float | None
-    """Half width of the interval (mean ± half_width); None with one value (no interval)."""
+    low: float | None
+    """Lower bound of the interval; None with one value (no interval)."""
+    high: float | None
     n: int
     std: float | None
-    """Sample standard deviation across seeds (n-1 denominator); None with one value."""
+    """Sample standard deviation across seeds (n-1 denominator) of the values, or of their natural logs on the
+    log scale; None with one value."""
+    log_scale: bool = False
 
     @property
-    def low(self) -> float | None:
-        return None if self.half_width is None else self.mean - self.half_width
-
-    @property
-    def high(self) -> float | None:
-        return None if self.half_width is None else self.mean + self.half_width
+    def half_width(self) -> float | None:
+        """Half width of a linear-scale interval (mean ± half_width); None on the log scale or without one."""
+        if self.log_scale or self.low is None or self.high is None:
+            return None
+        return (self.high - self.low) / 2
 
     def contains(self, value: float) -> bool | None:
         """Whether the interval contains ``value`` (None without an interval)."""
-        if self.half_width is None:
+        if self.low is None or self.high is None:
             return None
-        return self.mean - self.half_width <= value <= self.mean + self.half_width
+        return self.low <= value <= self.high
+
+
+def _t_interval(xs: list[float], level: float) -> tuple[float, float | None, float | None]:
+    """(mean, half width, std) of the Student-t interval of ``xs`` (None, None with one value)."""
+    n = len(xs)
+    mean = sum(xs) / n
+    if n == 1:
+        return mean, None, None
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    return mean, t_quantile(0.5 + level / 2.0, n - 1) * std / math.sqrt(n), std
 
 
 def mean_interval(values: Sequence[float], level: float = LEVEL) -> Estimate | None:
@@ -126,33 +145,67 @@ def mean_interval(values: Sequence[float], level: float = LEVEL) -> Estimate | N
     xs = [float(v) for v in values]
     if not xs:
         return None
-    n = len(xs)
-    mean = sum(xs) / n
-    if n == 1:
-        return Estimate(mean, None, 1, None)
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    half = t_quantile(0.5 + level / 2.0, n - 1) * std / math.sqrt(n)
-    return Estimate(mean, half, n, std)
+    mean, half, std = _t_interval(xs, level)
+    if half is None:
+        return Estimate(mean, None, None, 1, None)
+    return Estimate(mean, mean - half, mean + half, len(xs), std)
+
+
+def geometric_interval(values: Sequence[float], level: float = LEVEL) -> Estimate | None:
+    """Geometric mean of positive ``values`` and the t interval of their logs, exponentiated (None when there
+    are none). Non-positive values have no logarithm: a ValueError names them."""
+    xs = [float(v) for v in values]
+    if not xs:
+        return None
+    if any(x <= 0 for x in xs):
+        raise ValueError(f"a geometric mean needs positive values, got {xs}")
+    mean, half, std = _t_interval([math.log(x) for x in xs], level)
+    if half is None:
+        return Estimate(math.exp(mean), None, None, 1, None, log_scale=True)
+    return Estimate(math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(xs), std, log_scale=True)
 
 
 def paired_ratio(numerator: Mapping[int, float], denominator: Mapping[int, float],
                  level: float = LEVEL) -> Estimate | None:
-    """Mean of ``numerator[s] / denominator[s]`` over the seeds both have (e.g. FP8 tokens/s over BF16
-    tokens/s per seed), with a t interval over the per-seed ratios."""
-    seeds = sorted(s for s in set(numerator) & set(denominator) if denominator[s])
-    return mean_interval([numerator[s] / denominator[s] for s in seeds], level)
+    """Geometric mean of ``numerator[s] / denominator[s]`` over the seeds both have (e.g. FP8 tokens/s over BF16
+    tokens/s per seed), with the t interval of the log ratios: the paired test of a ratio."""
+    seeds = sorted(s for s in set(numerator) & set(denominator) if denominator[s] and numerator[s])
+    return geometric_interval([numerator[s] / denominator[s] for s in seeds], level)
+
+
+POWER = 0.8
+"""The power at which the report states the minimal detectable effect."""
+
+
+def minimal_detectable_effect(std: float | None, n: int, level: float = LEVEL, power: float = POWER) -> float | None:
+    """The smallest true effect a paired t test of ``n`` seeds detects with probability ``power`` at the two-sided
+    ``level``, given the standard deviation ``std`` of the per-seed differences:
+
+        MDE = (t(1 - alpha/2, n - 1) + t(power, n - 1)) x std / sqrt(n),   alpha = 1 - level
+
+    (the usual normal-approximation formula with t quantiles in place of z, as for a one-sample t test). For a
+    ratio, pass the standard deviation of the log ratios: the MDE is then a log factor (``exp(MDE) - 1`` as a
+    share). None with fewer than 2 seeds or no standard deviation."""
+    if std is None or n < 2:
+        return None
+    return (t_quantile(0.5 + level / 2.0, n - 1) + t_quantile(power, n - 1)) * std / math.sqrt(n)
+
+
+NO_DIFFERENCE = "no difference detected"
+"""The verdict when the interval contains the null: the data allow every value in it, no difference included."""
 
 
 def verdict(estimate: Estimate | None, *, lower_is_better: bool, null: float = 0.0,
             words: tuple[str, str] = ("better", "worse")) -> str:
-    """better / worse when the interval excludes ``null`` (0 for a difference, 1 for a ratio), else
-    "within noise"; with one seed there is no interval and so no verdict."""
+    """better / worse when the interval excludes ``null`` (0 for a difference, 1 for a ratio), else "no
+    difference detected" (which is not "no difference": read the interval); one seed gives no interval and so
+    no verdict."""
     if estimate is None:
         return "no data"
     inside = estimate.contains(null)
     if inside is None:
         return "1 seed: no verdict"
     if inside:
-        return "within noise"
+        return NO_DIFFERENCE
     good = estimate.mean < null if lower_is_better else estimate.mean > null
     return words[0] if good else words[1]

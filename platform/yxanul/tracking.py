@@ -34,6 +34,30 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from yxanul.errors import TrackingError, first_line
+from yxanul.tags import (
+    CONFIG_HASH_TAG,
+    CUDA_VERSION_TAG,
+    DATA_MODE_TAG,
+    ERROR_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    GIT_DIFF_SHA256_TAG,
+    GIT_DIRTY_TAG,
+    GIT_SHA_TAG,
+    GPU_COUNT_TAG,
+    GPU_DRIVER_TAG,
+    GPU_NAME_TAG,
+    HOST_TAG,
+    MANIFEST_SHA256_TAG,
+    NODE_ID_TAG,
+    NODE_TYPE_TAG,
+    NUM_WORKERS_TAG,
+    REASON_TAG,
+    STATUS_TAG,
+    TOKENIZER_SHA256_TAG,
+    TORCH_VERSION_TAG,
+    VERSION_TAG_PREFIX,
+)
 
 __all__ = [
     "REASON_TAG",
@@ -52,14 +76,6 @@ __all__ = [
     "reopen_run",
     "resolve_tracking_uri",
 ]
-
-STATUS_TAG = "yxanul.status"
-"""The run's verdict in words (a :class:`Status` value); MLflow's own status says only RUNNING/FINISHED/
-FAILED/KILLED. Reports read this tag first."""
-REASON_TAG = "yxanul.reason"
-"""Why a run was stopped, not run or failed, in one line."""
-ERROR_TAG = "yxanul.error"
-"""A failed run's error message (up to 5000 characters)."""
 
 
 class Status:
@@ -219,8 +235,12 @@ def connect(uri: str, experiment: str, timeout_s: float = 10.0) -> str:
             if found.lifecycle_stage == "deleted":
                 raise TrackingError(f"MLflow experiment {experiment!r} at {uri} is deleted; restore it in the MLflow UI "
                                     f"or choose another tracking.experiment")
+            if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # created before the platform set it
+                client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
-        return client.create_experiment(experiment, artifact_location=_artifact_root(uri))
+        # The kind makes MLflow 3.x's UI open the experiment as model training, not in its GenAI view.
+        return client.create_experiment(experiment, artifact_location=_artifact_root(uri),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except TrackingError:
         raise
     except Exception as exc:  # MLflow raises many types (MlflowException, OperationalError, requests errors)
@@ -402,18 +422,29 @@ def provenance_tags(config_hash: str, manifest_path: str | Path | None = None,
     GPU name and count are added by rank 0 (the driver may run on a machine without the training GPUs).
     """
     git = git if git is not None else git_state()
-    tags = {"yxanul.git_sha": git["sha"], "yxanul.git_dirty": git["dirty"], "yxanul.config_hash": config_hash,
-            "yxanul.host": _platform.node()}
-    tags.update({f"yxanul.version.{k}": v for k, v in _versions().items()})
+    tags = {GIT_SHA_TAG: git["sha"], GIT_DIRTY_TAG: git["dirty"], CONFIG_HASH_TAG: config_hash,
+            HOST_TAG: _platform.node(), **git_diff_tags(git)}
+    tags.update({f"{VERSION_TAG_PREFIX}{k}": v for k, v in _versions().items()})
     if manifest_path is not None and Path(manifest_path).is_file():
-        tags["yxanul.manifest_sha256"] = file_sha256(manifest_path)
+        tags[MANIFEST_SHA256_TAG] = file_sha256(manifest_path)
         manifest: dict[str, Any] = json.loads(Path(manifest_path).read_text())
         tokenizer = manifest.get("tokenizer") or {}
         if tokenizer.get("sha256"):
-            tags["yxanul.tokenizer_sha256"] = str(tokenizer["sha256"])
+            tags[TOKENIZER_SHA256_TAG] = str(tokenizer["sha256"])
         if manifest.get("mode"):
-            tags["yxanul.data_mode"] = str(manifest["mode"])
+            tags[DATA_MODE_TAG] = str(manifest["mode"])
     return tags
+
+
+GIT_DIFF_ARTIFACT = "provenance/git_diff.patch"
+"""Where a dirty checkout's diff goes among the run's artifacts (its sha256 is a tag)."""
+
+
+def git_diff_tags(git: Mapping[str, str]) -> dict[str, str]:
+    """The diff's sha256 when the checkout was dirty (the diff itself goes to :data:`GIT_DIFF_ARTIFACT`), so
+    two runs say whether they ran the same uncommitted code."""
+    diff = git.get("diff") or ""
+    return {GIT_DIFF_SHA256_TAG: hashlib.sha256(diff.encode()).hexdigest()} if diff else {}
 
 
 def node_tags() -> dict[str, str]:
@@ -426,14 +457,31 @@ def node_tags() -> dict[str, str]:
         return {}
     ctx = ray.get_runtime_context()
     node_type = ctx.get_node_labels().get("ray.io/node-group") or os.environ.get("RAY_NODE_TYPE_NAME", "")
-    return {"yxanul.node_id": ctx.get_node_id(), "yxanul.node_type": node_type}
+    return {NODE_ID_TAG: ctx.get_node_id(), NODE_TYPE_TAG: node_type}
 
 
 def device_tags(use_gpu: bool, num_workers: int) -> dict[str, str]:
-    """GPU name and count as seen by the calling (rank 0) process."""
-    if not use_gpu:
-        return {"yxanul.gpu_name": "none", "yxanul.gpu_count": "0", "yxanul.num_workers": str(num_workers)}
+    """GPU name and count, and the torch build, CUDA and NVIDIA driver versions as seen by the calling (rank 0)
+    process (the driver process may run on a machine without the training GPUs)."""
     import torch
 
+    tags = {TORCH_VERSION_TAG: torch.__version__, NUM_WORKERS_TAG: str(num_workers)}
+    if not use_gpu:
+        return {**tags, GPU_NAME_TAG: "none", GPU_COUNT_TAG: "0"}
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "unavailable"
-    return {"yxanul.gpu_name": name, "yxanul.gpu_count": str(num_workers), "yxanul.num_workers": str(num_workers)}
+    tags.update({GPU_NAME_TAG: name, GPU_COUNT_TAG: str(num_workers), CUDA_VERSION_TAG: str(torch.version.cuda)})
+    driver = _nvidia_driver()
+    if driver:
+        tags[GPU_DRIVER_TAG] = driver
+    return tags
+
+
+def _nvidia_driver() -> str | None:
+    """The NVIDIA driver version from ``nvidia-smi`` (None where it is missing or fails: the tag is left out)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.strip().splitlines() if out.returncode == 0 else []
+    return lines[0].strip() if lines else None

@@ -1,11 +1,14 @@
-"""jobs.compare against real MLflow stores (local SQLite and an HTTP `mlflow server`), on synthetic runs
-logged with the MLflow client under the naming contract. Numbers are checked exactly: single runs, and a
-3-seed sweep (means, 95% intervals, paired verdicts, a failed seed, a spiking run, the sweep's fixed
-target); report.html is rendered in a real headless Chromium."""
+"""jobs.compare against real MLflow stores (local SQLite and an HTTP `mlflow server`), on synthetic runs logged with
+the MLflow client under the naming contract (yxanul.tags). Numbers are checked exactly where the report only adds
+and divides, and to 1e-6 where a t quantile enters: a 1-seed sweep recorded before the arm/axes tags existed, and a
+3-seed sweep whose FP8 seed 2 was left running by an interrupted sweep (matched seeds, geometric-mean ratios with
+log-scale intervals, the minimal detectable effect, a censored time to target, the FP8 layers that ran). The page
+is rendered in a real headless Chromium at a laptop's width."""
 
 from __future__ import annotations
 
 import csv
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +18,15 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from jobs import compare
+from yxanul import tags as T
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("val_bpb_vs_tokens.png", "val_bpb_vs_seconds.png", "paired_difference.png", "train_loss.png",
+         "grad_norm.png", "throughput.png")
 
-# (variant, pair, precision, val/bpb points, val/elapsed_s, english loss, code loss, tokens/s)
+# A sweep recorded before yxanul.arm / yxanul.axes: (variant, pair, precision, val/bpb, val/elapsed_s, english
+# loss, code loss, tokens/s)
 RUNS = [
     ("precision.mode=bf16,curriculum=none", "curriculum=none", "bf16",
      [(1000, 3.0), (2000, 2.0), (3000, 1.5), (4000, 1.25)], [10.0, 20.0, 30.0, 40.0],
@@ -35,11 +42,11 @@ RUNS = [
 def log_synthetic_sweep(uri: str, experiment: str, sweep: str, artifact_location: str | None = None) -> str:
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.create_experiment(experiment, artifact_location=artifact_location)
-    parent = client.create_run(exp_id, run_name=sweep, tags={"yxanul.sweep": sweep}).info.run_id
+    parent = client.create_run(exp_id, run_name=sweep, tags={T.SWEEP_TAG: sweep}).info.run_id
     for i, (variant, pair, precision, bpb, clock, eng, code, tps) in enumerate(RUNS):
         rid = client.create_run(exp_id, run_name=f"{sweep}-t{i:02d}", start_time=1_000 + i, tags={
-            "mlflow.parentRunId": parent, "yxanul.sweep": sweep, "yxanul.variant": variant,
-            "yxanul.pair": pair, "yxanul.status": "finished"}).info.run_id
+            T.PARENT_RUN_ID_TAG: parent, T.SWEEP_TAG: sweep, T.VARIANT_TAG: variant, T.PAIR_TAG: pair,
+            T.STATUS_TAG: "finished"}).info.run_id
         metrics = []
         for (tokens, b), s, e, c in zip(bpb, clock, eng, code):
             metrics += [Metric("val/bpb", b, 0, tokens), Metric("val/elapsed_s", s, 0, tokens),
@@ -50,41 +57,48 @@ def log_synthetic_sweep(uri: str, experiment: str, sweep: str, artifact_location
         client.log_batch(rid, metrics=metrics, params=[Param("precision.mode", precision)])
         client.set_terminated(rid, "FINISHED")
     skipped = client.create_run(exp_id, run_name=f"{sweep}-t03", start_time=2_000, tags={
-        "mlflow.parentRunId": parent, "yxanul.sweep": sweep, "yxanul.variant": "precision.mode=fp8,curriculum=seed-ultra",
-        "yxanul.pair": "curriculum=seed-ultra", "yxanul.status": "not_runnable",
-        "yxanul.reason": "not runnable: precision.mode=fp8 needs FP8 tensor cores"}).info.run_id
+        T.PARENT_RUN_ID_TAG: parent, T.SWEEP_TAG: sweep, T.VARIANT_TAG: "precision.mode=fp8,curriculum=seed-ultra",
+        T.PAIR_TAG: "curriculum=seed-ultra", T.STATUS_TAG: "not_runnable",
+        T.REASON_TAG: "not runnable: precision.mode=fp8 needs FP8 tensor cores"}).info.run_id
     client.log_batch(skipped, params=[Param("precision.mode", "fp8")], tags=[RunTag("x", "y")])
     client.set_terminated(skipped, "KILLED")
     return parent
 
 
+def rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
 def check_report(out: Path) -> None:
     from matplotlib.image import imread
 
-    rows = {r["variant"]: r for r in csv.DictReader(open(out / "comparison.csv"))}
-    assert len(rows) == 3
-    bf16, fp8, ultra = (rows[v[0]] for v in RUNS)
-    assert bf16["seed"] == "0" and bf16["spikes"] == ""
-    assert (bf16["tokens_to_target"], bf16["seconds_to_target"]) == ("2500", "25")
+    runs = {r["variant"]: r for r in rows(out / "comparison.csv")}
+    assert len(runs) == 4
+    bf16, fp8, ultra = (runs[v[0]] for v in RUNS)
+    assert bf16["seed"] == "0" and bf16["spikes"] == "" and bf16["matched"] == "true"
+    # no train/compile_s logged: the training clock is val/elapsed_s as it is
+    assert (bf16["tokens_to_target"], bf16["seconds_to_target"], bf16["reached_target"]) == ("2500", "25", "true")
     assert (fp8["tokens_to_target"], fp8["seconds_to_target"]) == ("3000", "24")
     assert (ultra["tokens_to_target"], ultra["seconds_to_target"]) == ("1750", "17.5")
     assert (bf16["tokens_per_s"], fp8["tokens_per_s"]) == ("100", "125")
     assert bf16["val_english_loss"] == "1.5" and bf16["val_code_bpb"] == "0.75" and bf16["peak_mem_gib"] == "1.5"
-    [pair] = [p for p in csv.DictReader(open(out / "pairs.csv")) if p["arm"] == RUNS[1][0]]
-    assert pair["arm"] == RUNS[1][0] and pair["reference"] == RUNS[0][0]
+    skipped = runs["precision.mode=fp8,curriculum=seed-ultra"]
+    assert skipped["status"] == "not runnable: precision.mode=fp8 needs FP8 tensor cores" and skipped["tokens"] == ""
+    [pair] = [p for p in rows(out / "pairs.csv") if p["arm"] == RUNS[1][0]]
+    assert pair["reference"] == RUNS[0][0]
     assert (pair["at_tokens"], pair["loss_gap"], pair["bpb_gap"], pair["speedup_tokens_per_s"]) == \
         ("3000", "0.25", "0.25", "1.25")
-    assert float(pair["speedup_time_to_target"]) == 25.0 / 24.0
+    assert float(pair["time_ratio"]) == 25.0 / 24.0
     md = (out / "comparison.md").read_text()
     assert "not runnable: precision.mode=fp8 needs FP8 tensor cores" in md
-    assert "1.7500 bits/byte (given by --target-bpb)" in md
-    for name in ("val_bpb_vs_tokens.png", "val_bpb_vs_seconds.png", "throughput.png"):
-        data = (out / name).read_bytes()
-        assert data.startswith(PNG_SIGNATURE)
+    assert "target: 1.7500 bits/byte (given by --target-bpb)" in md
+    for name in PLOTS:
+        assert (out / name).read_bytes().startswith(PNG_SIGNATURE)
         image = imread(out / name)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "<table>" in page and "src=\"http" not in page
+    assert page.count("data:image/png;base64,") == len(PLOTS) and "<table" in page and "src='http" not in page
     assert "1 seed: no interval, no verdict" in page
     assert not list(out.glob(".report-*"))  # the staging folder is gone
 
@@ -109,8 +123,9 @@ def test_compare_local_sqlite_store(local_store, tmp_path, capsys):
     assert {"comparison.csv", "comparison.md", "report.html", "throughput.png"} <= logged_files(uri, parent)
     printed = capsys.readouterr().out
     assert "report: " in printed
-    assert ("precision.mode=fp8 vs precision.mode=bf16 (curriculum=none) on unknown card, 1 seed: final val/bpb "
-            "+0.2500 (1 seed: no interval, no verdict); tokens/s 1.250x (1 seed: no interval, no verdict)") in printed
+    # runs from before the plan tag: the mode ran as asked, its FP8 groups unknown
+    assert ("FP8 (layer groups not recorded) vs BF16, 1 matched seed: final val/bpb +0.2500 (1 seed: no interval, "
+            "no verdict); tokens/s 1.250x (1 seed: no interval, no verdict)") in printed
 
     # The same parent by id (what jobs.sweep --compare and jobs.demo pass), and a wrong id refused.
     assert compare.main(["--sweep", "syn-sweep", "--parent-run-id", parent, "--out", str(tmp_path / "by-id"),
@@ -137,6 +152,8 @@ def test_compare_http_server(mlflow_server, tmp_path):
     assert proc.returncode == 0, proc.stderr
     check_report(out)
     assert {"comparison.csv", "pairs.csv", "report.html", "val_bpb_vs_tokens.png"} <= logged_files(mlflow_server, parent)
+    exp_id = MlflowClient(mlflow_server).get_experiment_by_name("syn-http").experiment_id
+    assert f"MLflow: {mlflow_server}/#/experiments/{exp_id}/runs/{parent}" in (out / "comparison.md").read_text()
 
 
 def test_compare_errors_are_one_line_and_write_nothing(local_store, tmp_path):
@@ -152,55 +169,75 @@ def test_compare_errors_are_one_line_and_write_nothing(local_store, tmp_path):
         compare.main(["--sweep", "other", "--out", str(tmp_path / "o"), "--tracking-uri", local_store[0]])
     with pytest.raises(TrackingError, match="no MLflow experiment named 'x'; experiments: .*syn"):
         compare.main(["--experiment", "x", "--out", str(tmp_path / "o"), "--tracking-uri", local_store[0]])
+    with pytest.raises(TrackingError, match="reference arm 'nope' is not among the runs' arms: .*; check --reference"):
+        compare.main(["--sweep", "syn-sweep", "--out", str(tmp_path / "o"), "--tracking-uri", local_store[0],
+                      "--reference", "nope"])
     assert not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------------------------------------------
-# A 3-seed sweep: statistics, verdicts, a failed seed, a spike, the sweep's own target; the page in Chromium
+# A 3-seed sweep with today's tags, interrupted: FP8 seed 2 left running. Matched seeds 0 and 1.
 
-SEED_BF16 = {0: (2.79, 100.0), 1: (2.83, 110.0), 2: (2.78, 90.0)}   # final val/bpb, tokens/s
-SEED_FP8 = {0: (2.70, 104.0), 1: (2.73, 115.5)}                      # seed 2 fails: reported, not dropped
-T975_1 = 12.706205  # Student t 97.5% quantile, 1 degree of freedom (2 paired seeds)
+SEED_BF16 = {0: (2.80, 100.0), 1: (2.84, 110.0), 2: (2.70, 90.0)}   # final val/bpb, tokens/s per GPU
+SEED_FP8 = {0: (2.76, 80.0), 1: (2.79, 99.0)}                       # gaps -0.04, -0.05; ratios 0.8x, 0.9x
+TARGET = 2.795  # fixed in the sweep file: FP8 reaches it at both matched seeds, BF16 at neither
+T975_1, T80_1 = 12.706205, math.tan(0.3 * math.pi)  # t(0.975, 1) and t(0.80, 1)
+HEADLINE = ("FP8 (delayed) on head, planned by measurement vs BF16 on 1x NVIDIA H100 80GB HBM3, 2 matched seeds: "
+            "final val/bpb -0.0450 (95% CI -0.1085 to +0.0185): no difference detected; tokens/s 0.849x (95% CI ")
 
 
 def log_seeded_sweep(uri: str, root: Path) -> str:
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.create_experiment("seeded", artifact_location=(root / "artifacts").as_uri())
     parent = client.create_run(exp_id, run_name="sweep-seeded", tags={
-        "yxanul.sweep": "seeded", "yxanul.role": "sweep", "mlflow.note.content": "BF16 vs FP8, 3 seeds",
-        "yxanul.command": "python -m jobs.sweep seeded", "yxanul.git_sha": "0123456789abcdef"}).info.run_id
-    client.log_batch(parent, params=[Param("sweep.reference", "precision.mode=bf16"), Param("sweep.target_bpb", "2.8")])
+        T.SWEEP_TAG: "seeded", T.ROLE_TAG: T.ROLE_SWEEP, T.NOTE_TAG: "BF16 vs FP8 (layers planned by measurement)",
+        T.COMMAND_TAG: "python -m jobs.sweep seeded train.max_tokens=3000 data.output_dir=/tmp/gpu-box/data",
+        T.GIT_SHA_TAG: "0123456789abcdef" * 2 + "01234567", T.INTERRUPTIONS_TAG: "1"}).info.run_id
+    client.log_batch(parent, params=[Param("sweep.reference", "precision.mode=bf16"),
+                                     Param("sweep.target_bpb", repr(TARGET)),
+                                     Param("sweep.command_overrides", '["train.max_tokens=3000"]')])
     trial = 0
     for precision, table in (("bf16", SEED_BF16), ("fp8", SEED_FP8)):
         for seed in range(3):
-            variant = f"precision.mode={precision},seed={seed}"
-            tags = {"mlflow.parentRunId": parent, "yxanul.sweep": "seeded", "yxanul.variant": variant,
-                    "yxanul.pair": f"seed={seed}", "yxanul.trial": str(trial), "yxanul.gpu_name": "NVIDIA H200",
-                    "yxanul.git_sha": "0123456789abcdef", "yxanul.git_dirty": "false"}
-            params = [Param("precision.mode", precision), Param("run.seed", str(seed)), Param("train.max_tokens", "3000")]
-            if seed not in table:
-                rid = client.create_run(exp_id, run_name=f"seeded-t{trial:02d}", start_time=1_000 + trial, tags={
-                    **tags, "yxanul.status": "failed", "yxanul.reason": "CUDA error: out of memory"}).info.run_id
+            tags = {T.PARENT_RUN_ID_TAG: parent, T.SWEEP_TAG: "seeded", T.VARIANT_TAG: f"precision.mode={precision},"
+                    f"seed={seed}", T.ARM_TAG: f"precision.mode={precision}", T.AXES_TAG: f'{{"precision.mode": '
+                    f'"{precision}"}}', T.PAIR_TAG: f"seed={seed}", T.TRIAL_TAG: str(trial),
+                    T.GPU_NAME_TAG: "NVIDIA H100 80GB HBM3", T.GPU_COUNT_TAG: "1", T.GPU_DRIVER_TAG: "580.95.05",
+                    T.CUDA_VERSION_TAG: "12.8", T.GIT_SHA_TAG: "0123456789abcdef" * 2 + "01234567",
+                    T.GIT_DIRTY_TAG: "true", T.GIT_DIFF_SHA256_TAG: "ab" * 32, T.TORCH_VERSION_TAG: "2.11.0+cu130",
+                    f"{T.VERSION_TAG_PREFIX}transformer_engine": "2.20.2", f"{T.VERSION_TAG_PREFIX}python": "3.12.3"}
+            params = [Param("precision.mode", precision), Param("run.seed", str(seed)),
+                      Param("train.max_tokens", "3000"), Param("precision.recipe", "delayed")]
+            if precision == "fp8":
+                params.append(Param("precision.fp8_layers", "auto"))
+                tags.update({T.PRECISION_PLAN_TAG: "fp8 (delayed; auto -> head)", T.FP8_LAYERS_TAG: "head"})
+            else:
+                tags[T.PRECISION_PLAN_TAG] = "bf16"
+            if seed not in table:  # the sweep was interrupted while this trial trained: left RUNNING
+                rid = client.create_run(exp_id, run_name=f"seeded-t{trial:02d}", start_time=1_000 + trial,
+                                        tags={**tags, T.STATUS_TAG: "running"}).info.run_id
                 client.log_batch(rid, params=params)
-                client.set_terminated(rid, "FAILED")
                 trial += 1
                 continue
             final, tps = table[seed]
             rid = client.create_run(exp_id, run_name=f"seeded-t{trial:02d}", start_time=1_000 + trial,
-                                    tags={**tags, "yxanul.status": "finished"}).info.run_id
-            clock = 24.0 if precision == "fp8" else 30.0
-            metrics = []
-            for tokens, bpb in ((1000, final + 1.0), (2000, final + 0.5), (3000, final)):
+                                    tags={**tags, T.STATUS_TAG: "finished"}).info.run_id
+            compile_s, per_k = (20.0, 8.0) if precision == "fp8" else (10.0, 10.0)
+            metrics = [Metric("train/compile_s", compile_s, 0, t) for t in (500, 1000, 2000, 3000)]
+            for tokens, bpb in ((1000, final + 0.4), (2000, final + 0.2), (3000, final)):
                 metrics += [Metric("val/bpb", bpb, 0, tokens), Metric("val/english/bpb", bpb, 0, tokens),
                             Metric("val/english/loss", bpb, 0, tokens),
-                            Metric("val/elapsed_s", clock * tokens / 3000, 0, tokens)]
-            metrics += [Metric("train/tokens_per_s", tps, 0, 1500), Metric("train/tokens_per_s", tps, 0, 3000)]
+                            Metric("val/elapsed_s", compile_s + per_k * tokens / 1000, 0, tokens),
+                            Metric("train/loss", bpb + 1, 0, tokens), Metric("train/grad_norm", 1.0, 0, tokens)]
+            metrics += [Metric("train/tokens_per_s_per_gpu", tps, 0, t) for t in (1500, 3000)]
+            metrics.append(Metric(T.UNIGRAM_BPB_METRIC, 4.5, 0, 0))
             if precision == "fp8" and seed == 0:
                 metrics.append(Metric("train/spike_grad_norm", 10.2, 0, 2000))
             client.log_batch(rid, metrics=metrics, params=params)
             client.set_terminated(rid, "FINISHED")
             trial += 1
-    client.set_terminated(parent, "FINISHED")
+    client.set_tag(parent, T.STATUS_TAG, "interrupted")
+    client.set_terminated(parent, "KILLED")
     return parent
 
 
@@ -208,55 +245,89 @@ def log_seeded_sweep(uri: str, root: Path) -> str:
 def seeded_report(tmp_path_factory):
     root = tmp_path_factory.mktemp("seeded")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    log_seeded_sweep(uri, root)
+    parent = log_seeded_sweep(uri, root)
     out = root / "report"
     assert compare.main(["--sweep", "seeded", "--out", str(out), "--tracking-uri", uri]) == 0
-    return out
+    return out, parent
 
 
-def test_seed_statistics_and_verdicts_from_a_real_store(seeded_report):
-    import math
-
-    out = seeded_report
-    arms = {r["arm"]: r for r in csv.DictReader(open(out / "arms.csv"))}
+def test_seed_statistics_from_a_real_store(seeded_report):
+    out, parent = seeded_report
+    arms = {r["arm"]: r for r in rows(out / "arms.csv")}
     bf16, fp8 = arms["precision.mode=bf16"], arms["precision.mode=fp8"]
-    std = math.sqrt((0.01 ** 2 + 0.03 ** 2 + 0.02 ** 2) / 2)
-    assert float(bf16["val_bpb_mean"]) == pytest.approx(2.80) and float(bf16["val_bpb_std"]) == pytest.approx(std)
-    assert float(bf16["val_bpb_half_width"]) == pytest.approx(4.302653 * std / math.sqrt(3), rel=1e-6)
-    assert (bf16["seeds"], fp8["seeds"], fp8["runs"], fp8["spiking_seeds"]) == ("0 1 2", "0 1", "3", "0")
-    assert bf16["reached_target"] == "2" and fp8["reached_target"] == "2"  # target 2.8 fixed in the sweep
-    [c] = list(csv.DictReader(open(out / "comparisons.csv")))
+    # matched seeds only: BF16's seed 2 is not averaged in while FP8's seed 2 never finished
+    assert (bf16["seeds"], fp8["seeds"], fp8["runs"], fp8["spiking_seeds"]) == ("0 1", "0 1", "3", "0")
+    assert float(bf16["val_bpb_mean"]) == pytest.approx(2.82) and float(fp8["val_bpb_mean"]) == pytest.approx(2.775)
+    assert fp8["precision_ran"] == "FP8 (delayed) on head, planned by measurement"
+    assert (bf16["reached_target"], fp8["reached_target"]) == ("0", "2")
+    [c] = rows(out / "comparisons.csv")
     assert (c["arm"], c["reference"], c["kind"], c["seeds_paired"]) == (
         "precision.mode=fp8", "precision.mode=bf16", "precision pair", "2")
-    assert float(c["bpb_gap_mean"]) == pytest.approx(-0.095)
-    assert float(c["bpb_gap_half_width"]) == pytest.approx(T975_1 * 0.005, rel=1e-6)
-    assert c["quality_verdict"] == "better"
-    assert float(c["speedup_mean"]) == pytest.approx(1.045) and c["speed_verdict"] == "within noise"
-    assert c["unpaired"] == "seed 2: arm: failed (CUDA error: out of memory)"  # reported, not dropped
-    runs = {r["variant"]: r for r in csv.DictReader(open(out / "comparison.csv"))}
-    assert runs["precision.mode=bf16,seed=1"]["tokens_to_target"] == "not reached"
-    assert runs["precision.mode=fp8,seed=0"]["spikes"].startswith("1: grad_norm at 2k tokens")
+    # bpb gap: arithmetic mean, t interval, MDE = (t(.975,1) + t(.80,1)) sd / sqrt(2)
+    sd_gap = 0.01 / math.sqrt(2)
+    assert float(c["bpb_gap_mean"]) == pytest.approx(-0.045)
+    assert float(c["bpb_gap_high"]) == pytest.approx(-0.045 + T975_1 * sd_gap / math.sqrt(2), rel=1e-6)
+    assert float(c["mde_bpb"]) == pytest.approx((T975_1 + T80_1) * sd_gap / math.sqrt(2), rel=1e-6)
+    assert c["quality_verdict"] == "no difference detected"
+    # tokens/s: geometric mean of 0.8x and 0.9x with the t interval of the log ratios
+    logs = [math.log(0.8), math.log(0.9)]
+    sd_log = abs(logs[0] - logs[1]) / math.sqrt(2)
+    assert float(c["speedup_mean"]) == pytest.approx(math.sqrt(0.72), rel=1e-12)
+    assert float(c["speedup_low"]) == pytest.approx(math.exp(sum(logs) / 2 - T975_1 * sd_log / math.sqrt(2)), rel=1e-6)
+    assert float(c["speedup_high"]) == pytest.approx(math.exp(sum(logs) / 2 + T975_1 * sd_log / math.sqrt(2)), rel=1e-6)
+    # time to target: FP8 reached it at both seeds, BF16 at neither: bounds, no ratio
+    assert (c["arm_reached"], c["reference_reached"], c["time_speedup_mean"]) == ("2", "0", "")
+    fp8_s = {0: 16 + (2.96 - TARGET) / 0.2 * 8, 1: 16 + (2.99 - TARGET) / 0.2 * 8}  # compile (20 s) left out
+    for p in rows(out / "pairs.csv"):
+        assert p["time_bound"].startswith(">=") and float(p["time_bound"][2:]) == pytest.approx(30 / fp8_s[int(p["seed"])])
+    assert c["unpaired"] == "seed 2: arm did not finish: sweep interrupted"
+    runs = {(r["arm"], r["seed"]): r for r in rows(out / "comparison.csv")}
+    assert runs["precision.mode=fp8", "2"]["status"] == "did not finish: sweep interrupted"
+    assert runs["precision.mode=bf16", "2"]["matched"] == "false"
+    assert float(runs["precision.mode=fp8", "0"]["seconds_to_target"]) == pytest.approx(fp8_s[0])
+    assert runs["precision.mode=fp8", "0"]["compile_seconds"] == "20"
     md = (out / "comparison.md").read_text()
-    assert "target: 2.8000 bits/byte (fixed in the sweep file (target_bpb))" in md
-    assert "noise floor: 0.0265 bits/byte" in md and "3 seeds (0, 1, 2)" in md
-    assert "- card: H200" in md and "- git SHA: 0123456789ab" in md and "python -m jobs.sweep seeded" in md
+    assert HEADLINE in md and "at least 1.327x faster than BF16's whole run" in md
+    assert "FP8 reached it at 2/2 seeds, BF16 at 0/2" in md
+    assert "target: 2.7950 bits/byte (fixed in the sweep file (target_bpb))" in md
+    assert "noise floor: 0.0721 bits/byte (seed standard deviation of the reference arm's final val/bpb over the 3 " \
+           "seeds it finished)" in md  # sqrt((0.02^2 + 0.06^2 + 0.08^2) / 2)
+    assert "# seeded: FP8 vs BF16, 1x NVIDIA H100 80GB HBM3, 1970-01-01, 3k tokens per run" in md
+    assert "*The sweep file says: BF16 vs FP8 (layers planned by measurement)*" in md
+    for line in ("- card: 1x NVIDIA H100 80GB HBM3 (driver 580.95.05, CUDA 12.8)",
+                 "- software: torch 2.11.0+cu130, Transformer Engine 2.20.2, Python 3.12.3",
+                 f"- code: {'0123456789abcdef' * 2}01234567 + uncommitted diff sha256 abababababababab",
+                 "- sweep command: python -m jobs.sweep seeded train.max_tokens=3000 data.output_dir=.../gpu-box/data",
+                 "- overrides on the sweep file: train.max_tokens=3000",
+                 f"- sweep run: {parent} (experiment ",
+                 "- history: sweep run interrupted; 1 interruptions; precision.mode=fp8 seed 2: did not finish"):
+        assert line in md, line
+    assert "/tmp/gpu-box" not in md
 
 
 def test_report_html_renders_in_headless_chromium(seeded_report, tmp_path):
-    """The page as a person sees it: Chromium (Debian package `chromium`; .ci/run installs it) loads it at
-    a laptop's width; a script added to a copy records, after the load event, how many images decoded and
-    how wide the page is."""
+    """The page as a person sees it: Chromium (Debian package `chromium`; .ci/run installs it) loads it at a
+    laptop's width; a script added to a copy opens every folded section and records, after the load event, how
+    many images decoded, how wide the page is, and every table wider than its column."""
+    import json
     import re
     import shutil
 
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser, "headless Chromium is needed for this test: apt-get install chromium (.ci/run does)"
-    probe = ("<script>addEventListener('load', () => { const imgs = [...document.images];"
+    probe = ("<script>addEventListener('load', () => {"
+             " document.querySelectorAll('details').forEach(d => { d.open = true; });"
+             " const imgs = [...document.images];"
+             " const wide = [...document.querySelectorAll('table')].filter(t =>"
+             "   t.getBoundingClientRect().width > t.parentElement.clientWidth + 0.5)"
+             "   .map(t => t.id + ':' + Math.round(t.getBoundingClientRect().width));"
              " document.body.dataset.images = imgs.length;"
              " document.body.dataset.loaded = imgs.filter(i => i.complete && i.naturalWidth > 0).length;"
-             " document.body.dataset.width = document.documentElement.scrollWidth; });</script>")
+             " document.body.dataset.width = document.documentElement.scrollWidth;"
+             " document.body.dataset.tables = document.querySelectorAll('table').length;"
+             " document.body.dataset.wide = JSON.stringify(wide); });</script>")
     page = tmp_path / "report.html"
-    page.write_text((seeded_report / "report.html").read_text().replace("</body>", probe + "</body>"))
+    page.write_text((seeded_report[0] / "report.html").read_text().replace("</body>", probe + "</body>"))
     proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1366,768",
                            "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
@@ -264,11 +335,12 @@ def test_report_html_renders_in_headless_chromium(seeded_report, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     dom = proc.stdout
     body = re.search(r"<body([^>]*)>", dom).group(1)
-    attrs = dict(re.findall(r'data-(\w+)="(\d+)"', body))
-    assert attrs["images"] == "3" and attrs["loaded"] == "3", body  # every plot decoded
+    attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', body))
+    assert attrs["images"] == str(len(PLOTS)) and attrs["loaded"] == str(len(PLOTS)), body  # every plot decoded
     assert int(attrs["width"]) <= 1366, body  # no horizontal scrolling at a laptop's width
-    assert ("precision.mode=fp8 vs precision.mode=bf16 on H200, 2 seeds: final val/bpb -0.0950 ± 0.0635 (better); "
-            "tokens/s 1.045x ± 0.064 (within noise)") in dom
-    assert "Not paired: seed 2: arm: failed (CUDA error: out of memory)." in dom
+    assert int(attrs["tables"]) >= 10, body
+    assert json.loads(attrs["wide"].replace("&quot;", '"')) == [], body  # no table wider than its column
+    assert HEADLINE in dom
+    assert "Not paired: seed 2: arm did not finish: sweep interrupted." in dom
     assert "Rests on a run with a spike: precision.mode=fp8 seed 0" in dom
-    assert dom.count("<details>") >= 3  # the detail tables are folded
+    assert "<details open=\"\"><summary>Per seed: FP8 vs BF16</summary>" in dom  # the per-seed view is open

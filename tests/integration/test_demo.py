@@ -27,10 +27,11 @@ def test_demo_smoke_runs_the_whole_chain(tmp_path, monkeypatch, ray_cluster, cap
     for name in ("comparison.csv", "comparison.md", "val_bpb_vs_tokens.png", "throughput.png"):
         assert (report.parent / name).is_file()
     assert imread(report.parent / "val_bpb_vs_tokens.png").ndim == 3
-    # the table: both curricula trained to the end in fp32, fp8 listed with the reason it cannot run here
-    assert re.search(r"curriculum=none,precision\.mode=fp32\s+finished\s+32768", out)
-    assert re.search(r"curriculum=seed-ultra,precision\.mode=fp32\s+finished\s+32768", out)
-    assert re.search(r"curriculum=none,precision\.mode=fp8\s+not runnable: precision\.mode=fp8", out)
+    # the report's table of every run: both curricula trained to the end in fp32 (human token counts, bpb with 4
+    # decimals, the full run id), fp8 listed with the reason it cannot run here
+    assert re.search(r"curriculum=none,precision\.mode=fp32\s+0\s+finished\s+32\.8k\s+\d\.\d{4}\s+[0-9a-f]{32}", out)
+    assert re.search(r"curriculum=seed-ultra,precision\.mode=fp32\s+0\s+finished\s+32\.8k\s+\d\.\d{4}", out)
+    assert re.search(r"curriculum=none,precision\.mode=fp8\s+0\s+not runnable: precision\.mode=fp8", out)
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("demo-smoke")

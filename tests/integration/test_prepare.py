@@ -14,8 +14,8 @@ import pytest
 
 from jobs.prepare import main
 from yxanul.cli import run_job
-from yxanul.data.tokenize import encode_documents
 from yxanul.data.split import held_out
+from yxanul.data.tokenize import encode_documents
 from yxanul.tokenizer import load_tokenizer, train_bpe
 
 pytestmark = pytest.mark.integration

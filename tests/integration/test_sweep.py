@@ -85,6 +85,7 @@ max_concurrent_trials: 2
     # what jobs.compare needs to compare fairly: the reference arm, the command (no target fixed here)
     assert parent.data.params["sweep.reference"] == "curriculum=short,precision.mode=fp32"
     assert "sweep.target_bpb" not in parent.data.params and parent.data.tags["yxanul.command"]
+    assert parent.data.params["sweep.command_overrides"] == "[]"  # sweep.name=grid changes the sweep, not the runs
     runs = children(client, parent.info.run_id)
     assert sorted(runs) == ["curriculum=long,precision.mode=fp32", "curriculum=long,precision.mode=fp8",
                             "curriculum=short,precision.mode=fp32", "curriculum=short,precision.mode=fp8"]
@@ -93,6 +94,9 @@ max_concurrent_trials: 2
         tags = ran.data.tags
         assert ran.info.status == "FINISHED" and tags["yxanul.status"] == "finished"
         assert (tags["yxanul.sweep"], tags["yxanul.pair"]) == ("grid", f"curriculum={curriculum}")
+        # the arm and grid point as tags (the report reads them; it never parses the label)
+        assert tags["yxanul.arm"] == f"curriculum={curriculum},precision.mode=fp32"
+        assert tags["yxanul.axes"] == f'{{"curriculum": "{curriculum}", "precision.mode": "fp32"}}'
         assert ran.data.params["precision.mode"] == "fp32" and ran.data.params["run.seed"] == "0"
         assert steps(client, ran.info.run_id, "val/bpb") == [2048, 4096, 6144, 8192]
         assert steps(client, ran.info.run_id, "train/loss") == [2048, 4096, 6144, 8192]  # log every 2 steps
@@ -103,6 +107,7 @@ max_concurrent_trials: 2
         assert skipped.data.tags["yxanul.reason"].startswith("not runnable: precision.mode=fp8")
         assert "no GPU" in skipped.data.tags["yxanul.reason"] and skipped.data.metrics == {}
         assert skipped.data.tags["yxanul.pair"] == f"curriculum={curriculum}"
+        assert skipped.data.tags["yxanul.arm"] == f"curriculum={curriculum},precision.mode=fp8"
     assert "not runnable: precision.mode=fp8" in printed and "finished" in printed
     # The console: one line per trial event under the trial's name; Ray's and Tune's output is in the log.
     for label in ("t00 curriculum=short,precision.mode=fp32", "t02 curriculum=long,precision.mode=fp32"):

@@ -4,6 +4,7 @@ provenance, checkpoints, exact resume across a curriculum stage boundary, and th
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -68,6 +69,14 @@ def test_two_worker_run_logs_metrics_params_provenance_and_checkpoints(env, unin
     assert tags["yxanul.tokenizer_sha256"] == "0" * 64
     assert tags["yxanul.gpu_name"] == "none" and tags["yxanul.num_workers"] == "2"
     assert {"yxanul.git_sha", "yxanul.git_dirty", "yxanul.version.torch", "yxanul.version.ray"} <= set(tags)
+    # what the report says about the model and the data: from the run, not from the sweep file
+    from yxanul.model import parameter_count
+
+    manifest = json.loads((env["data"] / "manifest.json").read_text())
+    assert tags["yxanul.model_params"] == str(parameter_count(cfg.model, 256).total)
+    assert (tags["yxanul.vocab_size"], tags["yxanul.tokenizer_vocab"]) == ("256", "256")
+    assert tags["yxanul.data_train_tokens"] == str(manifest["train"]["tokens"])
+    assert tags["yxanul.torch_version"] and "yxanul.fp8_layers" not in tags  # not an FP8 run
     # the resolved config is an artifact and reloads to the same config
     text = Path(client.download_artifacts(result.run_id, "config.yaml", str(env["root"] / "dl"))).read_text()
     assert ExperimentConfig.model_validate(yaml.safe_load(text)) == cfg

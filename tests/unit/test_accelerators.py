@@ -24,7 +24,6 @@ from yxanul.accelerators import (
 )
 from yxanul.errors import ConfigError
 
-
 # --- the table -------------------------------------------------------------------------------------
 
 def test_datasheet_peaks_of_the_cards_the_cluster_uses():

@@ -139,12 +139,10 @@ def test_worker_setup_is_typed_picklable_and_carries_the_run_id_once(tmp_path):
 
 
 def test_split_rule_is_stable_and_keyed_by_id_or_text():
-    from types import SimpleNamespace
-
-    from yxanul.data.split import held_out, split_key_column
 
     from yxanul.config import load_config
     from yxanul.corpora import resolve_source
+    from yxanul.data.split import held_out, split_key_column
 
     data = load_config(None, ["data.id_column=doc_id"]).data
     assert split_key_column(resolve_source("builtin:humaneval", data, materialise_builtin=False)) == "id"

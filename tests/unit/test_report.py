@@ -1,44 +1,70 @@
-"""Comparison numbers on fixed curves: target reach (interpolated), gap at equal tokens, speedup; seed
-statistics (means, 95% intervals, paired verdicts), one seed, a failed seed, spikes, the target rule."""
+"""The report's numbers and words on synthetic runs with known per-seed values: crossings and gaps, matched seeds,
+geometric-mean ratios with log-scale intervals, the minimal detectable effect, compile time kept out of the time to
+target, censored time-to-target sentences that agree with the per-seed table, headlines naming the FP8 layers that
+ran, and numbers formatted as people read them. Tolerances follow from the arithmetic: exact where the report only
+adds and divides, 1e-6 relative where a t quantile (bisection to 1e-12) enters."""
 
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
 
-import math
+from yxanul.report import RunSeries, build_report, interpolate_crossing, legacy_arm, ran_precision, value_at_tokens
+from yxanul.report.analysis import training_clock
+from yxanul.report.fetch import DID_NOT_FINISH
+from yxanul.report.render import format_summary, markdown
+from yxanul.report.tables import tables
+from yxanul.report.words import arm_names, design_lines, facts, headline, title, warnings
 
-from yxanul.report import RunSeries, arm_of, build_report, human, interpolate_crossing, sentence, value_at_tokens
+
+def _sd(xs: list[float]) -> float:
+    mean = sum(xs) / len(xs)
+    return math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
 
 
-def run(run_id, variant, pair, precision, bpb, clock, eng, code, tps, status="finished"):
+T975 = {1: 12.706205, 2: 4.302653}  # Student t 97.5% quantiles (published tables)
+T80 = {1: math.tan(0.3 * math.pi)}  # t(0.80, 1) in closed form
+
+
+def seeded(arm: str, seed: int, final: float, tps: float, *, precision: str = "bf16", compile_s: float = 10.0,
+           per_k: float = 10.0, status: str = "finished", tags: dict | None = None, params: dict | None = None,
+           reason: str = "") -> RunSeries:
+    """val/bpb final+0.4, +0.2, final at 1000/2000/3000 tokens; the training clock ``per_k`` seconds per 1000
+    tokens plus ``compile_s`` of compilation spent before the first logging point (val/elapsed_s includes it)."""
+    bpb = [(1000, final + 0.4), (2000, final + 0.2), (3000, final)]
     metrics = {
-        "val/bpb": bpb, "val/elapsed_s": clock,
-        "val/english/loss": eng, "val/code/loss": code,
-        "val/english/bpb": [(t, v + 0.5) for t, v in bpb], "val/code/bpb": [(t, v - 0.5) for t, v in bpb],
-        "train/tokens_per_s": tps, "train/peak_mem_gib": [(500, 1.0), (1500, 1.5), (2500, 1.25)],
-        "train/mfu_bf16": [(500, 0.25), (1500, 0.5), (2500, 0.375)],
-        "train/elapsed_s": [(bpb[-1][0], clock[-1][1])],
+        "val/bpb": bpb, "val/english/bpb": [(t, v + 0.25) for t, v in bpb], "val/english/loss": bpb,
+        "val/elapsed_s": [(t, compile_s + per_k * t / 1000) for t, _ in bpb],
+        "train/compile_s": [(500, compile_s), (1000, compile_s), (2000, compile_s), (3000, compile_s)],
+        "train/tokens_per_s_per_gpu": [(1500, tps), (3000, tps)],
+        "train/loss": [(500, 5.0), (1000, 4.0), (2000, 3.5), (3000, 3.2)],
+        "train/grad_norm": [(500, 1.0), (1000, 0.8), (2000, 0.7), (3000, 0.6)],
     }
-    return RunSeries(run_id, run_id, variant, pair, precision, status, metrics=metrics)
+    if status != "finished":
+        metrics = {}
+    run_params = {"precision.mode": precision, "run.seed": str(seed), "train.max_tokens": "3000",
+                  "run.name": f"t-{arm}-{seed}", "model.preset": "tiny", **(params or {})}
+    run_tags = {"yxanul.gpu_name": "NVIDIA H100 80GB HBM3", "yxanul.gpu_count": "1", **(tags or {})}
+    return RunSeries(f"{arm}-{seed}", f"r{seed}", f"{arm},seed={seed}", arm, pair=f"seed={seed}",
+                     axes={"precision.mode": precision}, seed=seed, status=status, reason=reason, metrics=metrics,
+                     tags=run_tags, params=run_params, start_time_ms=1_796_126_141_188 + seed)
 
 
-BF16 = run("a", "precision.mode=bf16,curriculum=none", "curriculum=none", "bf16",
-           bpb=[(1000, 3.0), (2000, 2.0), (3000, 1.5), (4000, 1.25)],
-           clock=[(1000, 10.0), (2000, 20.0), (3000, 30.0), (4000, 40.0)],
-           eng=[(1000, 2.5), (2000, 2.0), (3000, 1.75), (4000, 1.5)],
-           code=[(1000, 3.5), (2000, 3.0), (3000, 2.5), (4000, 2.25)],
-           tps=[(500, 80.0), (1000, 100.0), (1500, 100.0), (2000, 110.0), (2500, 100.0)])
-FP8 = run("b", "precision.mode=fp8,curriculum=none", "curriculum=none", "fp8",
-          bpb=[(1000, 3.25), (2000, 2.5), (3000, 1.75)],
-          clock=[(1000, 8.0), (2000, 16.0), (3000, 24.0)],
-          eng=[(1000, 2.75), (2000, 2.25), (3000, 2.0)],
-          code=[(1000, 3.75), (2000, 3.25), (3000, 2.75)],
-          tps=[(500, 100.0), (1000, 125.0), (1500, 130.0)])
-ULTRA = run("c", "precision.mode=bf16,curriculum=seed-ultra", "curriculum=seed-ultra", "bf16",
-            bpb=[(1000, 2.5), (2000, 1.5)], clock=[(1000, 10.0), (2000, 20.0)],
-            eng=[(1000, 2.0), (2000, 1.5)], code=[(1000, 3.0), (2000, 2.5)], tps=[(500, 90.0)])
-SKIPPED = RunSeries("d", "d", "precision.mode=fp8,curriculum=seed-ultra", "curriculum=seed-ultra", "fp8",
-                    "not_runnable", reason="not runnable: no GPU")
+FP8_HEAD = {"yxanul.precision_plan": "fp8 (delayed; auto -> head)", "yxanul.fp8_layers": "head"}
+FP8_PARAMS = {"precision.recipe": "delayed", "precision.fp8_layers": "auto"}
+BF16 = {0: (2.80, 100.0), 1: (2.84, 110.0), 2: (2.70, 90.0)}   # final val/bpb, tokens/s
+FP8 = {0: (2.76, 80.0), 1: (2.79, 99.0)}                        # seed 2 never finished: gaps -0.04, -0.05
+
+
+def sweep_runs(fp8_tags: dict | None = None) -> list[RunSeries]:
+    runs = [seeded("precision.mode=bf16", s, f, t, tags={"yxanul.precision_plan": "bf16"}) for s, (f, t) in BF16.items()]
+    runs += [seeded("precision.mode=fp8", s, f, t, precision="fp8", compile_s=20.0, per_k=8.0,
+                    tags=fp8_tags or FP8_HEAD, params=FP8_PARAMS) for s, (f, t) in FP8.items()]
+    runs.append(seeded("precision.mode=fp8", 2, 0, 0, precision="fp8", status=DID_NOT_FINISH,
+                       reason="sweep interrupted", params=FP8_PARAMS))
+    return runs
 
 
 def test_crossing_is_interpolated_between_bracketing_validation_points():
@@ -52,200 +78,226 @@ def test_crossing_is_interpolated_between_bracketing_validation_points():
     assert value_at_tokens(pts, 3500) is None
 
 
-def test_report_numbers_are_exact():
-    default = build_report([BF16, FP8, ULTRA, SKIPPED], "sweep syn")
-    assert default.target_bpb == 1.25  # the reference arm's (first arm: bf16, none) mean final val/bpb
-    assert default.target_source == "the mean final val/bpb of the reference arm precision.mode=bf16,curriculum=none over 1 seed"
-    rows = {r.run.run_id: r for r in default.rows}
-    assert rows["b"].tokens_to_target is None and rows["a"].tokens_to_target == 4000.0  # not reached: None
-
-    report = build_report([BF16, FP8, ULTRA, SKIPPED], "sweep syn", target_bpb=1.75)
-    assert report.target_bpb == 1.75 and report.target_source == "given"
-    rows = {r.run.run_id: r for r in report.rows}
-    assert (rows["a"].tokens_to_target, rows["a"].seconds_to_target) == (2500.0, 25.0)
-    assert (rows["b"].tokens_to_target, rows["b"].seconds_to_target) == (3000.0, 24.0)
-    assert (rows["c"].tokens_to_target, rows["c"].seconds_to_target) == (1750.0, 17.5)
-    assert rows["a"].tokens_per_s == 100.0 and rows["b"].tokens_per_s == 125.0
-    assert rows["a"].peak_mem_gib == 1.5 and rows["a"].mfu_bf16 == 0.375 and rows["a"].mfu_fp8 is None
-    assert rows["a"].final_tokens == 4000 and rows["a"].val_bpb == 1.25
-    assert rows["a"].domain_loss == {"code": 2.25, "english": 1.5}
-    assert rows["a"].train_seconds == 40.0
-    assert report.domains == ["code", "english"]
-    assert [r.run_id for r in report.skipped] == ["d"]
-
-    # seed-ultra's fp8 arm did not run: its precision pair has no seed pair; ultra vs none is one axis apart
-    [pair] = [p for p in report.pairs if p.arm.precision == "fp8"]
-    assert (pair.reference.run_id, pair.arm.run_id) == ("a", "b")
-    assert pair.tokens == 3000  # last token count both arms validated at
-    assert pair.loss_gap == (2.0 + 2.75) / 2 - (1.75 + 2.5) / 2 == 0.25
-    assert pair.bpb_gap == 0.25
-    assert pair.speedup == 1.25
-    assert pair.time_to_target_speedup == 25.0 / 24.0
+def test_the_training_clock_leaves_compilation_out_across_a_resume():
+    """val/elapsed_s includes the first step of each batch shape (compilation); train/compile_s restarts at 0 when a
+    run resumes, so the compile seconds are summed over the segments."""
+    run = seeded("a", 0, 2.0, 1.0, compile_s=10.0)
+    assert training_clock(run) == [(1000, 10.0), (2000, 20.0), (3000, 30.0)]
+    run.metrics["train/compile_s"] = [(500, 10.0), (1000, 12.0), (2000, 3.0), (3000, 3.0)]  # resumed after 1000
+    run.metrics["val/elapsed_s"] = [(1000, 32.0), (2000, 45.0), (3000, 55.0)]
+    assert training_clock(run) == [(1000, 20.0), (2000, 30.0), (3000, 40.0)]
 
 
-def test_gap_interpolates_the_arm_at_the_reference_tokens():
-    arm = run("e", "precision.mode=fp8", "", "fp8", bpb=[(1500, 2.5), (3500, 1.5)],
-              clock=[(1500, 1.0), (3500, 2.0)], eng=[(1500, 2.5), (3500, 1.5)], code=[(1500, 3.5), (3500, 2.5)],
-              tps=[(1, 1.0)])
-    ref = run("f", "precision.mode=bf16", "", "bf16", bpb=[(1000, 3.0), (3000, 2.0), (4000, 1.0)],
-              clock=[(1000, 1.0), (3000, 2.0), (4000, 3.0)], eng=[(1000, 3.0), (3000, 2.0), (4000, 1.0)],
-              code=[(1000, 4.0), (3000, 3.0), (4000, 2.0)], tps=[(1, 2.0)])
-    [pair] = build_report([ref, arm], "t").pairs
-    assert pair.tokens == 3000
-    assert pair.bpb_gap == pytest.approx(1.75 - 2.0, abs=0)  # arm at 3000 = 2.5 - 0.75
-    assert pair.speedup == 0.5
-
-
-def test_explicit_target_and_unreached_target():
-    report = build_report([BF16, FP8], "t", target_bpb=1.4)
-    rows = {r.run.run_id: r for r in report.rows}
-    assert rows["a"].tokens_to_target == 3000 + (1.5 - 1.4) / (1.5 - 1.25) * 1000
-    assert rows["b"].tokens_to_target is None and rows["b"].seconds_to_target is None
-    assert report.pairs[0].time_to_target_speedup is None
-
-
-# ---------------------------------------------------------------------------------------------------
-# Seeds: exact means, intervals and verdicts on synthetic replicates
-
-T975_2 = 4.302653  # Student t, 97.5% quantile, 2 degrees of freedom (3 seeds)
-
-
-def seeded(variant, seed, final, tps, precision="bf16", pair="base", status="finished", spikes=None, seconds=30.0):
-    """val/bpb final+1, final+0.5, final at 1000/2000/3000 tokens; the training clock linear to ``seconds``."""
-    bpb = [(1000, final + 1.0), (2000, final + 0.5), (3000, final)]
-    metrics = {"val/bpb": bpb, "val/elapsed_s": [(t, seconds * t / 3000) for t, _ in bpb],
-               "val/english/bpb": [(t, v + 0.25) for t, v in bpb], "val/english/loss": bpb,
-               "train/tokens_per_s": [(1500, tps), (3000, tps)]}
-    if spikes:
-        metrics["train/spike_grad_norm"] = spikes
-    return RunSeries(f"{variant}-{seed}", f"r{seed}", f"{variant},seed={seed}", f"{pair},seed={seed}", precision,
-                     status, metrics=metrics, params={"train.max_tokens": "3000"})
-
-
-BF16_FINALS, FP8_FINALS = (2.79, 2.83, 2.78), (2.70, 2.73, 2.67)  # paired gaps -0.09, -0.10, -0.11
-BF16_TPS, FP8_TPS = (100.0, 110.0, 90.0), (104.0, 115.5, 92.7)   # ratios 1.04, 1.05, 1.03
-
-
-def three_seeds(fp8_extra=None):
-    runs = [seeded("precision.mode=bf16", s, BF16_FINALS[s], BF16_TPS[s]) for s in range(3)]
-    runs += [seeded("precision.mode=fp8", s, FP8_FINALS[s], FP8_TPS[s], precision="fp8",
-                    **({"seconds": 24.0} | (fp8_extra or {}).get(s, {}))) for s in range(3)]
-    return runs
-
-
-def test_three_seeds_give_exact_means_intervals_and_verdicts():
-    report = build_report(three_seeds(), "sweep fp8-vs-bf16")
-    assert report.seeds == [0, 1, 2] and report.reference == "precision.mode=bf16"
+def test_arms_use_matched_seeds_and_unmatched_runs_are_listed_with_their_real_status():
+    report = build_report(sweep_runs(), "sweep fp8-vs-bf16", reference="precision.mode=bf16")
     bf16, fp8 = report.arms
-    std = math.sqrt((0.01 ** 2 + 0.03 ** 2 + 0.02 ** 2) / 2)
-    assert bf16.val_bpb.mean == pytest.approx(2.80) and bf16.val_bpb.std == pytest.approx(std)
-    assert bf16.val_bpb.half_width == pytest.approx(T975_2 * std / math.sqrt(3), rel=1e-6)
-    assert report.noise_floor == pytest.approx(std)
-    assert report.target_bpb == pytest.approx(2.80)  # the reference arm's mean final val/bpb
-    assert fp8.domain_bpb["english"].mean == pytest.approx(2.70 + 0.25)
-    assert fp8.tokens_per_s.mean == pytest.approx((104.0 + 115.5 + 92.7) / 3)
-    # bf16 seed 1 ends at 2.83 > 2.80: never reaches the target; seeds 0 and 2 do (at 2980 and 2960 tokens)
-    assert bf16.reached == 2 and bf16.tokens_to_target.mean == pytest.approx((2980 + 2960) / 2)
-    assert bf16.seconds_to_target.mean == pytest.approx((29.8 + 29.6) / 2)
-    assert fp8.reached == 3
-
+    assert report.matched_seeds == [0, 1]
+    assert bf16.seeds == [0, 1] and fp8.seeds == [0, 1]  # not BF16 over 3 seeds and FP8 over 2
+    assert bf16.val_bpb.mean == pytest.approx(2.82) and fp8.val_bpb.mean == pytest.approx(2.775)
+    # the arms' difference is the paired gap: both on seeds 0 and 1
     [c] = report.comparisons
-    assert c.kind == "precision pair" and len(c.pairs) == 3 and not c.unpaired
-    assert c.bpb_gap.mean == pytest.approx(-0.10) and c.bpb_gap.std == pytest.approx(0.01)
-    assert c.bpb_gap.half_width == pytest.approx(T975_2 * 0.01 / math.sqrt(3), rel=1e-6)
-    assert c.quality_verdict == "better"
-    assert c.speedup.mean == pytest.approx(1.04) and c.speed_verdict == "faster"
-    assert c.time_pairs == 2  # bf16 seed 1 did not reach the target: no time pair at seed 1
-    text = sentence(c, report.target_bpb)
-    assert text.startswith("precision.mode=fp8 vs precision.mode=bf16 on unknown card, 3 seeds: final val/bpb "
-                           "-0.1000 ± 0.0248 (better); tokens/s 1.040x ± 0.025 (faster); time to 2.8000 bpb ")
-    assert "; 2 of 3 seeds reached it in both arms)" in text
+    assert fp8.val_bpb.mean - bf16.val_bpb.mean == pytest.approx(c.bpb_gap.mean, abs=1e-12)
+    apart = {(run.arm, run.replicate): why for run, why in report.unmatched}
+    assert apart == {("precision.mode=bf16", 2): "finished; seed 2 not matched (precision.mode=fp8: did not finish: "
+                                                 "sweep interrupted)",
+                     ("precision.mode=fp8", 2): "did not finish: sweep interrupted"}
+    assert c.unpaired == ["seed 2: arm did not finish: sweep interrupted"]
+    assert design_lines(report)[0] == "2 arms x seeds 0, 1, 2; matched seeds (every arm finished): 0, 1; 2 runs listed apart"
+    # the noise floor is the reference arm's seed spread over every seed it finished (a property of the arm)
+    assert report.noise_floor.std == pytest.approx(_sd([2.80, 2.84, 2.70]), rel=1e-12)
+    assert design_lines(report)[1] == (f"noise floor: {_sd([2.80, 2.84, 2.70]):.4f} bits/byte (seed standard deviation "
+                                       "of the reference arm's final val/bpb over the 3 seeds it finished)")
 
 
-def test_within_noise_when_the_interval_contains_zero():
-    runs = three_seeds()
-    for run, final in zip(runs[3:], (2.81, 2.80, 2.79)):  # gaps +0.01, -0.02, +0.01
-        run.metrics["val/bpb"][-1] = (3000, final)
-    [c] = build_report(runs, "t").comparisons
-    assert c.bpb_gap.mean == pytest.approx(0.0, abs=1e-12) and c.quality_verdict == "within noise"
-    assert "(within noise)" in sentence(c, None)
-
-
-def test_one_seed_gives_no_interval_and_no_verdict():
-    report = build_report([r for r in three_seeds() if r.seed == 0], "t")
+def test_ratios_are_geometric_means_with_log_scale_intervals_and_the_design_states_its_mde():
+    report = build_report(sweep_runs(), "sweep fp8-vs-bf16")
     [c] = report.comparisons
-    assert c.bpb_gap.n == 1 and c.bpb_gap.half_width is None and c.quality_verdict == "1 seed: no verdict"
-    assert report.noise_floor is None
-    text = sentence(c, report.target_bpb)
-    assert "1 seed: final val/bpb -0.0900 (1 seed: no interval, no verdict); tokens/s 1.040x (1 seed: no " \
+    logs = [math.log(80 / 100), math.log(99 / 110)]  # 0.8x and 0.9x
+    mean_log, sd_log = sum(logs) / 2, abs(logs[0] - logs[1]) / math.sqrt(2)
+    assert c.speedup.mean == pytest.approx(math.sqrt(0.8 * 0.9), rel=1e-12)
+    assert c.speedup.std == pytest.approx(sd_log, rel=1e-12)
+    half = T975[1] * sd_log / math.sqrt(2)
+    assert c.speedup.low == pytest.approx(math.exp(mean_log - half), rel=1e-6)
+    assert c.speedup.high == pytest.approx(math.exp(mean_log + half), rel=1e-6)
+    assert c.speedup.low > 0  # a linear interval would go to 0.849 - 12.7 x 0.05 / sqrt(2) ...
+    sd_gap = 0.01 / math.sqrt(2)  # gaps -0.04 and -0.05
+    assert c.bpb_gap.mean == pytest.approx(-0.045) and c.bpb_gap.std == pytest.approx(sd_gap, rel=1e-9)
+    assert c.mde_bpb == pytest.approx((T975[1] + T80[1]) * sd_gap / math.sqrt(2), rel=1e-6)
+    assert c.mde_speed == pytest.approx(math.exp((T975[1] + T80[1]) * sd_log / math.sqrt(2)) - 1, rel=1e-6)
+    assert f"final val/bpb {c.mde_bpb:.4f} bits/byte, tokens/s {100 * c.mde_speed:.1f}%" in design_lines(report)[3]
+    # per arm, tokens/s is a geometric mean too (never a negative lower bound)
+    assert report.arms[1].tokens_per_s.mean == pytest.approx(math.sqrt(80 * 99), rel=1e-12)
+
+
+def test_default_target_is_the_worst_reference_run_and_compile_time_is_excluded():
+    report = build_report(sweep_runs(), "sweep fp8-vs-bf16")
+    assert report.target_bpb == 2.84  # the worst final of the reference arm's matched runs (seed 1): all reach it
+    assert report.target_source.startswith("by rule: the worst final val/bpb of the reference arm's 2 runs (seed 1)")
+    rows = {(r.run.arm, r.seed): r for r in report.rows}
+    bf16_0, bf16_1 = rows["precision.mode=bf16", 0], rows["precision.mode=bf16", 1]
+    fp8_0, fp8_1 = rows["precision.mode=fp8", 0], rows["precision.mode=fp8", 1]
+    # BF16 seed 0 crosses 2.84 at 80% of the way from 2000 (3.00) to 3000 (2.80): 2800 tokens, 28 s of training
+    # (val/elapsed_s 38 s minus 10 s of compilation); seed 1 ends exactly on it.
+    assert bf16_0.tokens_to_target == pytest.approx(2800) and bf16_0.seconds_to_target == pytest.approx(28.0)
+    assert (bf16_1.tokens_to_target, bf16_1.seconds_to_target) == (3000.0, 30.0)
+    assert fp8_0.seconds_to_target == pytest.approx(16 + 0.6 * 8) and fp8_1.seconds_to_target == pytest.approx(22.0)
+    assert (bf16_0.compile_seconds, fp8_0.compile_seconds, fp8_0.train_seconds) == (10.0, 20.0, 24.0)
+    [c] = report.comparisons
+    assert [p.time_ratio for p in c.pairs] == [pytest.approx(28 / 20.8), pytest.approx(30 / 22)]
+    assert c.time_speedup.mean == pytest.approx(math.sqrt(28 / 20.8 * 30 / 22), rel=1e-12)
+
+
+def test_censored_time_to_target_sentences_agree_with_the_per_seed_table():
+    """Target 2.795 fixed in advance: FP8 reaches it at both seeds, BF16 at neither. The pairs are not dropped: each
+    bounds the speedup by BF16's whole training time (30 s without compilation)."""
+    report = build_report(sweep_runs(), "sweep fp8-vs-bf16", target_bpb=2.795, target_source="fixed in the sweep file")
+    [c] = report.comparisons
+    assert c.reached == (2, 0) and c.time_speedup is None
+    fp8_s = [16 + (2.96 - 2.795) / 0.2 * 8, 16 + (2.99 - 2.795) / 0.2 * 8]
+    assert [p.time_bound for p in c.pairs] == [(">=", pytest.approx(30 / fp8_s[0])), (">=", pytest.approx(30 / fp8_s[1]))]
+    text = headline(report, c)
+    assert ("time to 2.7950 bpb (compile excluded): FP8 reached it at 2/2 seeds, BF16 at 0/2; "
+            f"seed 0: only FP8 reached it, at least {30 / fp8_s[0]:.3f}x faster than BF16's whole run; "
+            f"seed 1: only FP8 reached it, at least {30 / fp8_s[1]:.3f}x faster than BF16's whole run") in text
+    [seed_table] = [t for t in tables(report) if t.key == "seeds_0"]
+    assert [row[-3:] for row in seed_table.body] == [
+        ["not reached", f"{fp8_s[0]:.1f} s", f">= {30 / fp8_s[0]:.3f}x"],
+        ["not reached", f"{fp8_s[1]:.1f} s", f">= {30 / fp8_s[1]:.3f}x"]]
+    [arms] = [t for t in tables(report) if t.key == "arms"]
+    assert [row[4] for row in arms.body] == ["0/2", "2/2"]
+    # neither arm reaches an unreachable target: said per seed, never a ratio
+    none = build_report(sweep_runs(), "s", target_bpb=1.0)
+    assert "FP8 reached it at 0/2 seeds, BF16 at 0/2; neither reached it at seeds 0, 1" in headline(none, none.comparisons[0])
+
+
+def test_headline_names_the_fp8_layers_that_ran_not_the_ones_asked():
+    report = build_report(sweep_runs(), "sweep fp8-vs-bf16")
+    [c] = report.comparisons
+    text = headline(report, c)
+    assert text.startswith("FP8 (delayed) on head, planned by measurement vs BF16 on 1x NVIDIA H100 80GB HBM3, "
+                           "2 matched seeds: final val/bpb -0.0450 (95% CI -0.1085 to +0.0185): no difference "
+                           "detected; tokens/s 0.849x (95% CI ")
+    assert title(report) == "fp8-vs-bf16: FP8 vs BF16, 1x NVIDIA H100 80GB HBM3, 2026-12-01, 3k tokens per run"
+    # a measured plan that kept no FP8 group did not train in FP8, whatever precision.mode says
+    none = build_report(sweep_runs({"yxanul.precision_plan": "fp8 (delayed; auto -> no layer pays: all GEMMs bf16)"}),
+                        "sweep fp8-vs-bf16")
+    assert headline(none, none.comparisons[0]).startswith("BF16 (FP8 asked; the plan kept no layer in FP8) vs BF16 on")
+    assert arm_names(none.comparisons[0])[3] == "BF16 (FP8 asked)"
+    # runs from before yxanul.fp8_layers: the worker's plan sentence, never the precision.fp8_layers param
+    legacy = build_report(sweep_runs({"yxanul.precision_plan": "fp8 (delayed; attention,mlp,head)"}), "s")
+    assert headline(legacy, legacy.comparisons[0]).startswith("FP8 (delayed) on attention+mlp+head vs BF16 on")
+    run = sweep_runs()[3]
+    run.tags = {"yxanul.precision_plan": "fp8 (delayed; attention,mlp)"}
+    run.params = {**run.params, "precision.fp8_layers": '["attention", "mlp", "head"]'}
+    assert ran_precision(run).describe() == "FP8 (delayed) on attention+mlp"
+
+
+def test_what_was_compared_comes_from_the_runs_params_and_tags():
+    runs = sweep_runs()
+    for run in runs:
+        run.params.update({"model.vocab_size": "200005", "tokenizer.vocab_size": "8192", "tokenizer.kind": "bpe",
+                           "train.tokens_per_step": "65536", "data.sources": '["builtin:wiki-en"]',
+                           "data.mode": "packed", "data.output_dir": "/tmp/gpu-machine/data",
+                           "optim.schedule": "cosine", "optim.lr": "0.001", "optim.warmup_tokens": "262144"})
+        run.tags.update({"yxanul.data_train_tokens": "1500", "yxanul.manifest_sha256": "7b9dbe3c744ed2" + "0" * 50,
+                         "yxanul.model_params": "273000000", "yxanul.model_params_non_embedding": "248000000"})
+    report = build_report(runs, "sweep fp8-vs-bf16")
+    found = {f.name: f.values for f in facts(report)}
+    assert found["precision (ran)"] == ["BF16", "FP8 (delayed) on head, planned by measurement"]
+    assert found["precision.mode"] == ["bf16", "fp8"] and found["precision.fp8_layers"] == ["unset", "auto"]
+    assert found["vocabulary"] == ["model 200,005; tokenizer bpe 8,192"] * 2
+    assert found["tokens per step"] == ["65.5k"] * 2 and found["model"][0].endswith("273M parameters (248M without "
+                                                                                    "the embedding)")
+    assert found["data"][0] == ("[builtin:wiki-en] (packed); manifest 7b9dbe3c744e; 1.5k training tokens, 2.00 epochs "
+                                "trained")
+    assert "run.name" not in found and "data.output_dir" not in found  # per run / a machine's path: never a difference
+    said = " ".join(warnings(report))
+    assert "the model's vocabulary (200,005) is 24x the tokenizer's (8,192) in every arm" in said
+    assert "runs trained 2.00 epochs of their data" in said
+    assert "only 2 seed pairs. The 95% interval uses t = 12.71" in said
+
+
+def test_one_seed_gives_numbers_without_interval_or_verdict():
+    runs = [r for r in sweep_runs() if r.replicate == 0]
+    report = build_report(runs, "t")
+    [c] = report.comparisons
+    assert c.bpb_gap.n == 1 and c.bpb_gap.low is None and c.quality_verdict == "1 seed: no verdict"
+    assert report.noise_floor.std is None and c.mde_bpb is None
+    text = headline(report, c)
+    assert "1 matched seed: final val/bpb -0.0400 (1 seed: no interval, no verdict); tokens/s 0.800x (1 seed: no " \
            "interval, no verdict)" in text
+    assert "not computable with 1 seed pair" in design_lines(report)[3]
 
 
-def test_a_failed_seed_is_reported_not_dropped():
-    runs = three_seeds()
-    runs[5] = RunSeries("fp8-2", "r", "precision.mode=fp8,seed=2", "base,seed=2", "fp8", "failed",
-                        reason="CUDA error: out of memory")
+def test_a_verdict_needs_an_interval_that_excludes_the_null():
+    runs = sweep_runs()
+    for run, final in ((runs[3], 2.70), (runs[4], 2.75)):  # gaps -0.10, -0.09: every seed lower
+        run.metrics["val/bpb"][-1] = (3000, final)
+    runs.append(seeded("precision.mode=fp8", 2, 2.61, 76.5, precision="fp8", params=FP8_PARAMS, tags=FP8_HEAD))
     report = build_report(runs, "t")
     [c] = report.comparisons
-    assert len(c.pairs) == 2 and c.unpaired == ["seed 2: arm: failed (CUDA error: out of memory)"]
-    assert c.bpb_gap.mean == pytest.approx(-0.095) and c.bpb_gap.n == 2
-    assert "Not paired: seed 2: arm: failed (CUDA error: out of memory)." in sentence(c, report.target_bpb)
-    fp8 = report.arms[1]
-    assert [r.run_id for r in fp8.unfinished] == ["fp8-2"] and fp8.val_bpb.n == 2
-    assert [r.run_id for r in report.skipped] == ["fp8-2"]
+    assert c.n == 3 and c.bpb_gap.mean == pytest.approx(-0.28 / 3, abs=1e-12)  # gaps -0.10, -0.09, -0.09
+    assert c.bpb_gap.high == pytest.approx(c.bpb_gap.mean + T975[2] * c.bpb_gap.std / math.sqrt(3), rel=1e-6)
+    assert c.quality_verdict == "better" and c.speed_verdict == "slower"  # tokens/s 0.80x, 0.90x, 0.85x
 
 
-def test_a_verdict_resting_on_a_spiking_run_says_so():
-    report = build_report(three_seeds({0: {"spikes": [(2000, 10.2)]}}), "t")
-    [c] = report.comparisons
-    assert [r.run_id for r in c.spiking] == ["precision.mode=fp8-0"]
-    assert "Rests on a run with a spike: precision.mode=fp8 seed 0 (grad_norm at 2k tokens (10.2x median))" in \
-        sentence(c, report.target_bpb)
+def test_a_spike_is_marked_in_the_sentence_the_tables_and_the_plot_data():
+    runs = sweep_runs()
+    runs[3].metrics["train/spike_grad_norm"] = [(2000, 10.2)]
+    report = build_report(runs, "t")
+    assert "Rests on a run with a spike: precision.mode=fp8 seed 0 (grad norm at 2k tokens (10.2x median))" in \
+        headline(report, report.comparisons[0])
+    [speed] = [t for t in tables(report) if t.key == "runs_speed"]
+    assert speed.body[2][-1] == "1: grad norm at 2k tokens (10.2x median)"
 
 
-def test_target_rule_and_one_axis_comparisons_against_the_sweep_reference():
-    runs = [seeded(f"data={d},precision=bf16", s, f, 100.0, pair=f"data={d}") for d, f in (("bpe", 2.8), ("superbpe", 2.7))
-            for s in range(2)]
-    report = build_report(runs, "t", reference="data=superbpe,precision=bf16")
-    assert report.target_bpb == pytest.approx(2.7) and report.target_source.endswith("arm data=superbpe,precision=bf16 over 2 seeds")
-    [c] = report.comparisons
-    assert (c.arm.arm, c.reference.arm, c.kind) == ("data=bpe,precision=bf16", "data=superbpe,precision=bf16", "vs reference")
-    assert c.names() == ("data=bpe", "data=superbpe", "precision=bf16")
-    fixed = build_report(runs, "t", target_bpb=3.0, target_source="fixed in the sweep file (target_bpb)")
-    assert fixed.target_bpb == 3.0 and fixed.target_source == "fixed in the sweep file (target_bpb)"
-    with pytest.raises(Exception, match="reference arm 'nope' is not among"):
-        build_report(runs, "t", reference="nope")
-
-
-def test_labels_and_human_numbers():
-    assert arm_of('precision.fp8_layers=["head","mlp"],curriculum=none,seed=2') == \
+def test_legacy_runs_without_arm_and_axes_tags():
+    assert legacy_arm('precision.fp8_layers=["head","mlp"],curriculum=none,seed=2') == \
         'precision.fp8_layers=["head","mlp"],curriculum=none'
-    assert human(6_248_990) == "6.25M" and human(132_500) == "132.5k" and human(20_971_520) == "21M"
-    assert human(0.375) == "0.375" and human(None) == ""
-
-
-def test_tokens_per_s_is_per_gpu_when_the_run_logged_it():
-    """A 2-worker arm logs a global rate twice its per-GPU rate: the report compares per-GPU rates (what MFU is
-    computed from); a run without the per-GPU series (older runs) falls back to the global one."""
-    two_gpus = run("e", "precision.mode=bf16,curriculum=none", "curriculum=none", "bf16",
-                   bpb=[(1000, 3.0)], clock=[(1000, 10.0)], eng=[(1000, 2.5)], code=[(1000, 3.5)],
-                   tps=[(500, 200.0), (1000, 220.0), (1500, 240.0)])
-    two_gpus.metrics["train/tokens_per_s_per_gpu"] = [(500, 100.0), (1000, 110.0), (1500, 120.0)]
-    rows = {r.run.run_id: r for r in build_report([two_gpus, FP8], "sweep gpus").rows}
-    assert rows["e"].tokens_per_s == 110.0
-    assert rows["b"].tokens_per_s == 125.0  # global series only
-
-
-def test_simulated_runs_are_flagged_in_every_view():
-    from dataclasses import replace
-
-    from yxanul.report import _markdown, format_summary
-
-    runs = [r for r in three_seeds() if r.seed == 0]
-    assert build_report(runs, "t").simulation_note is None
-    runs = [replace(r, tags={"yxanul.simulated_accelerators": "true"}) for r in runs]
+    assert legacy_arm("seed=0") == "seed=0" and legacy_arm("lr=1,sample=3,seed=1") == "lr=1"
+    runs = sweep_runs()
+    for run in runs:
+        run.axes = None  # recorded before yxanul.axes: names come from the params the arms differ in
     report = build_report(runs, "t")
-    assert report.simulation_note.startswith("2 of 2 runs are simulated (scaling.simulate_accelerators): they "
-                                             "trained in fp32 on CPU")
-    assert f"**Simulated:** {report.simulation_note}." in _markdown(report)
-    assert format_summary(report).endswith(f"simulated: {report.simulation_note}")
+    assert arm_names(report.comparisons[0])[:2] == ("FP8 (delayed) on head, planned by measurement", "BF16")
+
+
+def test_the_console_formats_numbers_as_the_page_does():
+    report = build_report(sweep_runs(), "sweep fp8-vs-bf16")
+    text = format_summary(report)
+    assert not re.search(r"\d\.\d+e[+-]\d", text), "exponent notation"
+    assert not re.search(r"(?<![\w.])\d{5,}(?![\w.])", text.replace(report.runs[0].run_id, "")), "a raw integer"
+    for line in (headline(report, report.comparisons[0]), *design_lines(report)):
+        assert line in text and line in markdown(report)
+    assert "2.80  " not in text and "2.8000" in text  # bpb with 4 decimals everywhere
+
+
+def test_the_unigram_baseline_is_read_when_runs_logged_it():
+    runs = sweep_runs()
+    assert build_report(runs, "t").unigram_bpb == []
+    for run in runs[:5]:
+        run.metrics["val/unigram_bpb"] = [(0, 4.5)]
+    assert build_report(runs, "t").unigram_bpb == [4.5]
+
+
+def test_the_mlflow_ui_is_a_link_for_a_server_and_an_exact_command_for_a_local_store(tmp_path, monkeypatch):
+    from yxanul.report.fetch import SweepRecord
+    from yxanul.report.words import mlflow_link
+
+    parent = SweepRecord("p" * 32, "s", "7", "interrupted", running=False)
+    report = build_report(sweep_runs(), "sweep s", parent=parent, tracking_uri="http://mlflow.example:5000/")
+    assert mlflow_link(report) == f"http://mlflow.example:5000/#/experiments/7/runs/{'p' * 32}"
+    monkeypatch.chdir(tmp_path)
+    local = build_report(sweep_runs(), "sweep s", parent=parent, tracking_uri=f"sqlite:///{tmp_path}/store/mlflow.db")
+    assert mlflow_link(local) == "mlflow ui --backend-store-uri sqlite:///store/mlflow.db"
+    elsewhere = build_report(sweep_runs(), "sweep s", parent=parent, tracking_uri="sqlite:////srv/runs/mlflow.db")
+    assert mlflow_link(elsewhere) == "mlflow ui --backend-store-uri sqlite:////srv/runs/mlflow.db"
+
+
+def test_simulated_runs_are_flagged():
+    runs = [r for r in sweep_runs() if r.replicate == 0]
+    for run in runs:
+        run.tags.update({"yxanul.simulated_accelerators": "true", "yxanul.precision_ran": "fp32"})
+    report = build_report(runs, "t")
+    assert any(w.startswith("2 of 2 runs are simulated (scaling.simulate_accelerators)") for w in warnings(report))
+    assert "FP32 (simulated; FP8 asked)" in headline(report, report.comparisons[0])

@@ -13,14 +13,6 @@ from tokenizers import Tokenizer
 from tests.unit.test_tokenizer import ROUND_TRIP, _stdlib_texts
 from yxanul.corpora import materialise
 from yxanul.data.split import held_out
-from yxanul.tokenizer.superbpe import (
-    MAX_WORDS_PER_TOKEN,
-    default_transition,
-    token_bytes,
-    token_words,
-    train_superbpe,
-    violates_stage2_rules,
-)
 from yxanul.tokenizer import (
     EOS,
     STAGE1_REGEX,
@@ -32,6 +24,14 @@ from yxanul.tokenizer import (
     tokenizer_sha256,
     train_bpe,
     vocab_size,
+)
+from yxanul.tokenizer.superbpe import (
+    MAX_WORDS_PER_TOKEN,
+    default_transition,
+    token_bytes,
+    token_words,
+    train_superbpe,
+    violates_stage2_rules,
 )
 
 VOCAB, TRANSITION = 2048, 1536

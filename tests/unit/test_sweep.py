@@ -70,6 +70,11 @@ seeds: [0, 1]
     for trial in plan.trials:
         pairs.setdefault(trial.pair, []).append(trial.cfg.precision.mode)
     assert all(sorted(v) == ["bf16", "fp8"] for v in pairs.values()) and len(pairs) == 4
+    # the run's tags say its arm and grid point, so a reader never parses the label back
+    assert t.identity_tags() == {
+        "yxanul.variant": "precision.mode=bf16,curriculum=b,seed=1", "yxanul.pair": "curriculum=b,seed=1",
+        "yxanul.trial": "3", "yxanul.run_name": "s-t03", "yxanul.arm": "precision.mode=bf16,curriculum=b",
+        "yxanul.axes": '{"precision.mode": "bf16", "curriculum": "b"}'}
 
 
 def test_choice_axes_are_sampled_reproducibly(tmp_path):
@@ -168,7 +173,8 @@ def test_dry_run_prints_the_trial_table_without_ray(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "sweep fp8-vs-bf16: 9 trials" in out
     assert "3 variants x 3 seeds (0, 1, 2; shared by every variant) = 9 trials; token budget 39.3M per trial, 354M in all" in out
-    assert "reference arm: precision=bf16; target for time-to-target: the reference arm's mean final val/bpb" in out
+    assert ("reference arm: precision=bf16; target for time-to-target: the worst final val/bpb of the reference "
+            "arm's runs (every reference run reaches it)") in out
     assert "precision=bf16" in out and "precision=fp8-auto" in out and "precision=fp8-all" in out and "placement" in out
     assert ray.is_initialized() == was_running
 

@@ -10,8 +10,20 @@ import subprocess
 import pytest
 
 from yxanul.errors import TrackingError
-from yxanul.tracking import (MLflowTracker, NullTracker, Status, Tracker, check_reachable, connect, create_run,
-                             end_run, git_state, provenance_tags, reopen_run, resolve_tracking_uri)
+from yxanul.tracking import (
+    MLflowTracker,
+    NullTracker,
+    Status,
+    Tracker,
+    check_reachable,
+    connect,
+    create_run,
+    end_run,
+    git_state,
+    provenance_tags,
+    reopen_run,
+    resolve_tracking_uri,
+)
 
 
 def test_uri_precedence_config_then_env_then_local_store(monkeypatch, tmp_path):
@@ -41,6 +53,21 @@ def test_local_store_experiment_created_once_with_artifacts_beside_the_db(tmp_pa
 
     location = MlflowClient(uri).get_experiment(first).artifact_location
     assert location == (tmp_path / "store" / "mlartifacts").as_uri()
+
+
+def test_experiments_are_custom_model_development_in_the_mlflow_ui(tmp_path):
+    """MLflow 3.x's UI opens an experiment without mlflow.experimentKind in its GenAI view: every experiment the
+    platform creates carries the training kind, and one created before (without it) gets it when used."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    created = connect(uri, "new")
+    assert client.get_experiment(created).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = client.create_experiment("older")
+    assert "mlflow.experimentKind" not in client.get_experiment(older).tags
+    assert connect(uri, "older") == older
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_resumed_tracker_never_logs_a_step_twice(tmp_path):
@@ -99,6 +126,19 @@ def test_provenance_tags_hash_the_manifest_and_name_the_tokenizer(tmp_path):
     assert tags["yxanul.tokenizer_sha256"] == "ab" * 32
     assert tags["yxanul.config_hash"] == "cafe" and tags["yxanul.git_sha"] == "1" * 40
     assert "yxanul.version.torch" in tags and "yxanul.version.mlflow" in tags
+    assert "yxanul.git_diff_sha256" not in tags  # a clean checkout has no diff
+    dirty = provenance_tags("cafe", manifest, git={"sha": "1" * 40, "dirty": "true", "diff": "+b\n"})
+    assert dirty["yxanul.git_diff_sha256"] == hashlib.sha256(b"+b\n").hexdigest()
+
+
+def test_device_tags_name_the_torch_build_and_the_worker_count():
+    import torch
+
+    from yxanul.tracking import device_tags
+
+    tags = device_tags(use_gpu=False, num_workers=2)
+    assert tags == {"yxanul.torch_version": torch.__version__, "yxanul.num_workers": "2", "yxanul.gpu_name": "none",
+                    "yxanul.gpu_count": "0"}
 
 
 def test_an_interrupted_trial_does_not_overwrite_the_schedulers_verdict(tmp_path):

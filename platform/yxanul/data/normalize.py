@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from yxanul.errors import DataError
 from yxanul.data.split import held_out
+from yxanul.errors import DataError
 
 SKIP_REASONS = ("null", "empty", "whitespace", "invalid_utf8", "null_id")
 

@@ -506,7 +506,7 @@ def _publish(tmp: Path, out: Path) -> None:
 
 def summary(manifest: dict[str, Any]) -> str:
     """One line: documents, tokens, buckets, skipped, seconds, tokens/s."""
-    from yxanul.config import human_count
+    from yxanul.formatting import human_count
 
     train = manifest["train"]
     val_tokens = sum(v["tokens"] for v in manifest["validation"].values())

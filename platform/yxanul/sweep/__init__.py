@@ -31,11 +31,19 @@ scheduler), ``text`` (the trial and result tables), ``records`` (the sweep's MLf
 
 from yxanul.sweep.cluster import ClusterView, local_cluster_view, ray_cluster_view
 from yxanul.sweep.plan import check_data, plan_sweep, prepare_command
-from yxanul.sweep.trials import SweepPlan, Trial
 from yxanul.sweep.records import summarize
-from yxanul.sweep.spec import (AxisSpec, BaseSpec, ResourcesSpec, SchedulerSpec, SweepSpec, find_sweep, load_sweep,
-                               spec_yaml)
+from yxanul.sweep.spec import (
+    AxisSpec,
+    BaseSpec,
+    ResourcesSpec,
+    SchedulerSpec,
+    SweepSpec,
+    find_sweep,
+    load_sweep,
+    spec_yaml,
+)
 from yxanul.sweep.text import format_plan, format_rows
+from yxanul.sweep.trials import SweepPlan, Trial
 from yxanul.sweep.tune import SweepOutcome, run_sweep, sweep_log_path, sweep_storage
 
 __all__ = [

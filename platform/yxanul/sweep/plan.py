@@ -120,7 +120,8 @@ def plan_sweep(spec: SweepSpec, run_overrides: list[str] | None = None,
             cfg = build_config(base_path, base_overrides, overrides)
         except ConfigError as exc:
             raise ConfigError(f"sweep {spec.name}, trial {index} ({label}): {exc}") from None
-        trials.append(Trial(index, label, ",".join(pair_parts) or "base", seed, keys, overrides, cfg, arm=arm))
+        trials.append(Trial(index, label, ",".join(pair_parts) or "base", seed, keys, overrides, cfg, arm=arm,
+                            axes={axis: value for axis, value, _ in choices}))
     if not trials:
         raise ConfigError(f"sweep {spec.name}: `exclude` leaves no trial to run")
     if not reference:
@@ -129,7 +130,7 @@ def plan_sweep(spec: SweepSpec, run_overrides: list[str] | None = None,
     _check_pairs(trials)
     place(trials, spec, cluster, base_path, base_overrides)
     return SweepPlan(spec, base_path, base_overrides, trials, cluster, asha_milestones(spec, trials),
-                     reference=reference)
+                     reference=reference, run_overrides=run_overrides)
 
 
 def _absolute_paths(cfg: ExperimentConfig) -> dict[str, Any]:

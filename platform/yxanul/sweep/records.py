@@ -12,9 +12,36 @@ from typing import Any
 from yxanul.errors import ConfigError
 from yxanul.sweep.spec import spec_yaml
 from yxanul.sweep.text import format_plan
-from yxanul.sweep.trials import TOKENS_ATTR, SweepPlan
-from yxanul.tracking import (REASON_TAG, STATUS_TAG, Status, client, create_run, end_run, git_state,
-                             reopen_run)
+from yxanul.sweep.trials import TOKENS_ATTR, SweepPlan, trial_tags
+from yxanul.tags import (
+    COMMAND_TAG,
+    GIT_DIRTY_TAG,
+    GIT_SHA_TAG,
+    NOTE_TAG,
+    PARENT_RUN_ID_TAG,
+    PRECISION_TAG,
+    REASON_TAG,
+    ROLE_SWEEP,
+    ROLE_TAG,
+    RUN_NAME_TAG,
+    STATUS_TAG,
+    STOPPED_AT_TOKENS_TAG,
+    SWEEP_HASH_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    TUNE_PATH_TAG,
+    VARIANT_TAG,
+)
+from yxanul.tracking import (
+    GIT_DIFF_ARTIFACT,
+    Status,
+    client,
+    create_run,
+    end_run,
+    git_diff_tags,
+    git_state,
+    reopen_run,
+)
 
 __all__ = ["end_parent", "end_running_children", "end_trial_run_callback", "fingerprint", "open_parent",
            "record_not_runnable",
@@ -26,14 +53,16 @@ def _quote(value: str) -> str:
 
 
 def _children(uri: str, experiment_id: str, parent_id: str) -> list[Any]:
-    return client(uri).search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = {_quote(parent_id)}",
+    return client(uri).search_runs([experiment_id], filter_string=f"tags.`{PARENT_RUN_ID_TAG}` = {_quote(parent_id)}",
                                    max_results=5000)
 
 
 def fingerprint(plan: SweepPlan) -> str:
     """A hash of the base and the trials: a resumed sweep must have the same."""
+    # arm and axes follow from the label; left out so that sweeps started before they were carried still resume
+    trials = [{k: v for k, v in t.to_param().items() if k not in ("arm", "axes")} for t in plan.trials]
     blob = json.dumps({"base": str(plan.base_path), "base_overrides": plan.base_overrides,
-                       "trials": [t.to_param() for t in plan.trials]}, sort_keys=True, default=str)
+                       "trials": trials}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -44,10 +73,10 @@ def open_parent(plan: SweepPlan, uri: str, experiment_id: str, tune_path: str, r
     if resume:
         found = mlflow.search_runs(
             [experiment_id], order_by=["attributes.start_time DESC"], max_results=1,
-            filter_string=f"tags.`yxanul.sweep` = {_quote(plan.name)} and tags.`yxanul.tune_path` = {_quote(tune_path)}")
+            filter_string=f"tags.`{SWEEP_TAG}` = {_quote(plan.name)} and tags.`{TUNE_PATH_TAG}` = {_quote(tune_path)}")
         if found:
             parent = found[0]
-            if parent.data.tags.get("yxanul.sweep_hash") != digest:
+            if parent.data.tags.get(SWEEP_HASH_TAG) != digest:
                 raise ConfigError(
                     f"sweep {plan.name!r} at {tune_path} was started with different trials (other axes, overrides "
                     "or base config); resuming would mix them. Start a new sweep with sweep.name=<new name>")
@@ -55,23 +84,27 @@ def open_parent(plan: SweepPlan, uri: str, experiment_id: str, tune_path: str, r
             return parent.info.run_id
         raise ConfigError(
             f"sweep {plan.name!r} has a Ray Tune experiment at {tune_path} but no parent run in {uri} "
-            f"(tag yxanul.tune_path); its trials would log to a missing run. Start a new sweep with "
+            f"(tag {TUNE_PATH_TAG}); its trials would log to a missing run. Start a new sweep with "
             "sweep.name=<new name>, or point tracking.uri at the store it used")
     spec = plan.spec
     git = git_state()
-    tags = {"yxanul.sweep": plan.name, "yxanul.role": "sweep", "yxanul.tune_path": tune_path,
-            "yxanul.sweep_hash": digest, "mlflow.note.content": spec.description,
-            "yxanul.git_sha": git["sha"], "yxanul.git_dirty": git["dirty"], "yxanul.command": _command_line()}
+    tags = {SWEEP_TAG: plan.name, ROLE_TAG: ROLE_SWEEP, TUNE_PATH_TAG: tune_path,
+            SWEEP_HASH_TAG: digest, NOTE_TAG: spec.description,
+            GIT_SHA_TAG: git["sha"], GIT_DIRTY_TAG: git["dirty"], COMMAND_TAG: _command_line(), **git_diff_tags(git)}
     params = {"sweep.metric": spec.metric, "sweep.mode": spec.mode, "sweep.trials": str(len(plan.trials)),
               "sweep.reference": plan.reference,
               "sweep.seeds": json.dumps(spec.seeds), "sweep.base": str(plan.base_path or "defaults"),
               "sweep.base_overrides": " ".join(plan.base_overrides),
+              # what the command line changed on top of the sweep file (the report lists it)
+              "sweep.command_overrides": json.dumps(plan.run_overrides),
               "sweep.milestones_tokens": json.dumps(plan.milestones)}
     if spec.target_bpb is not None:
         params["sweep.target_bpb"] = repr(spec.target_bpb)
     rid = create_run(uri, experiment_id, f"sweep-{plan.name}", tags=tags, params=params)
     mlflow.log_text(rid, spec_yaml(spec), "sweep.yaml")
     mlflow.log_text(rid, format_plan(plan) + "\n", "trials.txt")
+    if git.get("diff"):
+        mlflow.log_text(rid, git["diff"], GIT_DIFF_ARTIFACT)
     return rid
 
 
@@ -104,14 +137,13 @@ def end_running_children(uri: str, experiment_id: str, parent_id: str, status: s
 
 def record_not_runnable(plan: SweepPlan, uri: str, experiment_id: str, parent_id: str) -> None:
     """One ended child run per trial that cannot run here, with the reason (never silently run in BF16)."""
-    existing = {r.data.tags.get("yxanul.run_name") for r in _children(uri, experiment_id, parent_id)}
+    existing = {r.data.tags.get(RUN_NAME_TAG) for r in _children(uri, experiment_id, parent_id)}
     for trial in plan.trials:
         if trial.runnable or trial.run_name in existing:
             continue
         rid = create_run(uri, experiment_id, trial.run_name, tags={
-            "mlflow.parentRunId": parent_id, "yxanul.sweep": plan.name, "yxanul.variant": trial.label,
-            "yxanul.pair": trial.pair, "yxanul.trial": str(trial.index), "yxanul.run_name": trial.run_name,
-            "yxanul.precision": trial.cfg.precision.mode}, params=trial.cfg.flat_params())
+            PARENT_RUN_ID_TAG: parent_id, SWEEP_TAG: plan.name, **trial.identity_tags(),
+            PRECISION_TAG: trial.cfg.precision.mode}, params=trial.cfg.flat_params())
         end_run(uri, rid, Status.NOT_RUNNABLE, reason=trial.reason)
 
 
@@ -138,7 +170,7 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
             name = trial.config["trial"]["run_name"]
             tokens = int((trial.last_result or {}).get(TOKENS_ATTR, 0) or 0)
             found = client(uri).search_runs([experiment_id], max_results=1, filter_string=(
-                f"tags.`mlflow.parentRunId` = {_quote(parent_id)} and tags.`yxanul.run_name` = {_quote(name)}"))
+                f"tags.`{PARENT_RUN_ID_TAG}` = {_quote(parent_id)} and tags.`{RUN_NAME_TAG}` = {_quote(name)}"))
             if error:
                 reason = _error_line(trial)
                 if found:
@@ -155,7 +187,7 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
                 status, reason, tags = Status.STOPPED, f"train.stop_after_tokens at {tokens} tokens", {}
             else:
                 status, reason = Status.STOPPED_EARLY, f"stopped by the ASHA scheduler at {tokens} tokens"
-                tags = {"yxanul.stopped_at_tokens": str(tokens)}
+                tags = {STOPPED_AT_TOKENS_TAG: str(tokens)}
             if found:
                 end_run(uri, found[0].info.run_id, status, tags=tags, reason=reason)
             return status, reason
@@ -182,9 +214,7 @@ def _error_line(trial: Any) -> str:
 def _record_failed(uri: str, experiment_id: str, parent_id: str, trial: Any) -> None:
     params = trial.config["trial"]
     rid = create_run(uri, experiment_id, params["run_name"], tags={
-        "mlflow.parentRunId": parent_id, "yxanul.sweep": trial.config["sweep"]["name"],
-        "yxanul.variant": params["label"], "yxanul.pair": params["pair"], "yxanul.trial": str(params["index"]),
-        "yxanul.run_name": params["run_name"]})
+        PARENT_RUN_ID_TAG: parent_id, SWEEP_TAG: trial.config["sweep"]["name"], **trial_tags(params)})
     end_run(uri, rid, Status.FAILED, reason=_error_line(trial))
 
 
@@ -198,7 +228,7 @@ def summarize(uri: str, experiment_id: str, parent_id: str, metric: str) -> list
         history = mlflow.get_metric_history(run.info.run_id, metric) if metric in run.data.metrics else []
         if history:
             tokens = max(m.step for m in history)
-        rows.append({"index": int(tags.get("yxanul.trial", -1)), "variant": tags.get("yxanul.variant", ""),
+        rows.append({"index": int(tags.get(TRIAL_TAG, -1)), "variant": tags.get(VARIANT_TAG, ""),
                      "status": tags.get(STATUS_TAG) or run.info.status.lower(),
                      "tokens": tokens, metric: run.data.metrics.get(metric),
                      "reason": tags.get(REASON_TAG, ""), "run_id": run.info.run_id})

@@ -134,10 +134,11 @@ class SweepSpec(_Spec):
     entry of one item is not run (e.g. to keep only one-change ablations of a factorial grid)."""
     reference: dict[str, Any] | None = None
     """The reference arm ``{axis name: value or variant name}`` that jobs.compare compares the other arms
-    with and whose mean final val/bpb is the default target; None: the first grid point."""
+    with and whose runs set the default target; None: the first grid point."""
     target_bpb: float | None = Field(None, gt=0)
     """Target validation bits/byte for time-to-target, fixed before the results (jobs.compare
-    --target-bpb overrides); None: the reference arm's mean final val/bpb."""
+    --target-bpb overrides); None: the worst final val/bpb among the reference arm's runs (so that every
+    reference run reaches it)."""
 
     @field_validator("axes", mode="before")
     @classmethod

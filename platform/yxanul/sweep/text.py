@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from yxanul.config import human_count
-from yxanul.text import table
+from yxanul.formatting import human_count
 from yxanul.sweep.plan import prepare_command
 from yxanul.sweep.trials import SweepPlan, override_text
+from yxanul.text import table
 
 __all__ = ["format_plan", "format_rows"]
 
@@ -34,7 +34,7 @@ def format_plan(plan: SweepPlan) -> str:
                  f"{'/'.join(map(human_count, per_trial))} per trial, {human_count(total)} in all"
                  + (f" ({human_count(runnable)} in the {len(plan.runnable)} runnable here)" if runnable != total else ""))
     target = (f"{spec.target_bpb:g} bits/byte (fixed in the sweep)" if spec.target_bpb is not None
-              else "the reference arm's mean final val/bpb")
+              else "the worst final val/bpb of the reference arm's runs (every reference run reaches it)")
     lines.append(f"reference arm: {plan.reference}; target for time-to-target: {target}")
     if spec.scheduler is not None:
         lines.append(f"scheduler: ASHA at tokens {', '.join(human_count(m) for m in plan.milestones)} "

@@ -11,9 +11,10 @@ from typing import Any
 from yxanul.config import ExperimentConfig
 from yxanul.sweep.cluster import ClusterView
 from yxanul.sweep.spec import SweepSpec
+from yxanul.tags import ARM_TAG, AXES_TAG, PAIR_TAG, RUN_NAME_TAG, TRIAL_TAG, VARIANT_TAG
 
 __all__ = ["PRECISION_PREFIX", "TOKENS_ATTR", "SweepPlan", "Trial", "build_config", "is_precision_key",
-           "override_text", "total_tokens"]
+           "override_text", "total_tokens", "trial_tags"]
 
 PRECISION_PREFIX = "precision"
 """Keys under this section are the precision keys: pairs differ only in them."""
@@ -42,7 +43,9 @@ class Trial:
     reason: str = ""
     """Placement verdict: where it runs, or ``not runnable: <why>``."""
     arm: str = ""
-    """The variant label without seed and sample: the trials of one arm are its seed replicates."""
+    """The variant label without seed and sample: the trials of one arm are its seed replicates (tag yxanul.arm)."""
+    axes: dict[str, str] = field(default_factory=dict)
+    """The grid point, ``{axis: value label}`` in the label's order (tag yxanul.axes)."""
 
     @property
     def run_name(self) -> str:
@@ -51,7 +54,11 @@ class Trial:
     def to_param(self) -> dict[str, Any]:
         """What Ray Tune carries for this trial (plain JSON data; the config is rebuilt in the trial)."""
         return {"index": self.index, "label": self.label, "pair": self.pair, "seed": self.seed,
-                "run_name": self.run_name, "overrides": self.overrides}
+                "run_name": self.run_name, "overrides": self.overrides, "arm": self.arm, "axes": self.axes}
+
+    def identity_tags(self) -> dict[str, str]:
+        """The tags that place the trial's MLflow run in its sweep (the sweep's name is added by the caller)."""
+        return trial_tags(self.to_param())
 
 
 @dataclass
@@ -64,6 +71,8 @@ class SweepPlan:
     cluster: ClusterView
     milestones: list[int] = field(default_factory=list)
     """ASHA milestones in tokens (empty without a scheduler)."""
+    run_overrides: list[str] = field(default_factory=list)
+    """The command line's overrides alone (what this sweep changed on top of its file)."""
     reference: str = ""
     """Arm label of the reference arm (the sweep's ``reference``, else the first grid point)."""
 
@@ -78,6 +87,18 @@ class SweepPlan:
     def trial_config(self, overrides: dict[str, Any]) -> ExperimentConfig:
         return build_config(self.base_path, self.base_overrides, overrides)
 
+
+
+def trial_tags(param: dict[str, Any]) -> dict[str, str]:
+    """MLflow tags of a trial from what Ray Tune carries for it (:meth:`Trial.to_param`). A trial of a sweep
+    started before the arm and axes were carried has no arm/axes tags (readers fall back on the label)."""
+    tags = {VARIANT_TAG: param["label"], PAIR_TAG: param["pair"], TRIAL_TAG: str(param["index"]),
+            RUN_NAME_TAG: param["run_name"]}
+    if param.get("arm"):
+        tags[ARM_TAG] = param["arm"]
+    if param.get("axes") is not None:
+        tags[AXES_TAG] = json.dumps(param["axes"])
+    return tags
 
 
 def override_text(key: str, value: Any) -> str:

@@ -15,7 +15,8 @@ from yxanul.sweep.cluster import ray_cluster_view
 from yxanul.sweep.plan import check_data, plan_sweep
 from yxanul.sweep.spec import SweepSpec
 from yxanul.sweep.text import format_plan, format_rows
-from yxanul.sweep.trials import SweepPlan, build_config, total_tokens
+from yxanul.sweep.trials import SweepPlan, build_config, total_tokens, trial_tags
+from yxanul.tags import SWEEP_TAG, TUNE_TRIAL_ID_TAG
 from yxanul.tracking import Status
 
 __all__ = ["SweepOutcome", "run_sweep", "sweep_log_path", "sweep_storage"]
@@ -58,8 +59,7 @@ def _trial_fn(config: dict[str, Any]) -> None:
     sweep, trial = config["sweep"], config["trial"]
     base = Path(sweep["base_path"]) if sweep["base_path"] else None
     cfg = build_config(base, sweep["base_overrides"], trial["overrides"])
-    tags = {"yxanul.sweep": sweep["name"], "yxanul.variant": trial["label"], "yxanul.pair": trial["pair"],
-            "yxanul.trial": str(trial["index"]), "yxanul.tune_trial_id": tune.get_context().get_trial_id()}
+    tags = {SWEEP_TAG: sweep["name"], **trial_tags(trial), TUNE_TRIAL_ID_TAG: tune.get_context().get_trial_id()}
     # end_unfinished=False: a trial Tune stops is recorded by the driver's callback (records.end_trial_run_callback).
     train(cfg, run_config_callbacks=[_tune_report_callback()], extra_tags=tags, parent_run_id=sweep["parent_run_id"],
           end_unfinished=False)

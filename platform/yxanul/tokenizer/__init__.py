@@ -18,11 +18,29 @@ from data.sources, split by :mod:`yxanul.data.split`), ``train`` (train what a c
 """
 
 from yxanul.tokenizer.bpe import byte_level_pre_tokenizer, new_byte_level_bpe, train_bpe, train_stage1
-from yxanul.tokenizer.core import (EOS, EOS_ID_TRAINED, META_SUFFIX, STAGE1_REGEX, STAGE2_REGEX, TokenizerError,
-                                   eos_id, load_tokenizer, meta_path, read_meta, save_tokenizer, tokenizer_sha256,
-                                   vocab_size)
-from yxanul.tokenizer.report import (REPORT_COLUMNS, compare_tokenizers, format_markdown, measure, tokenizer_label,
-                                     write_report)
+from yxanul.tokenizer.core import (
+    EOS,
+    EOS_ID_TRAINED,
+    META_SUFFIX,
+    STAGE1_REGEX,
+    STAGE2_REGEX,
+    TokenizerError,
+    eos_id,
+    load_tokenizer,
+    meta_path,
+    read_meta,
+    save_tokenizer,
+    tokenizer_sha256,
+    vocab_size,
+)
+from yxanul.tokenizer.report import (
+    REPORT_COLUMNS,
+    compare_tokenizers,
+    format_markdown,
+    measure,
+    tokenizer_label,
+    write_report,
+)
 from yxanul.tokenizer.sample import TextSample, sample_texts, validation_texts
 from yxanul.tokenizer.superbpe import MAX_WORDS_PER_TOKEN, default_transition, train_superbpe
 from yxanul.tokenizer.train import train_from_config

@@ -21,11 +21,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from yxanul.config import ExperimentConfig, human_count
+from yxanul.config import ExperimentConfig
 from yxanul.curriculum import CurriculumPlan, build_plan
 from yxanul.data.loader import PreparedDataset
 from yxanul.errors import ConfigError, DataError, TrackingError, first_line, user_error
 from yxanul.files import absolute_path, is_uri
+from yxanul.formatting import human_count
+from yxanul.tags import (
+    CURRICULUM_TAG,
+    DATA_TRAIN_TOKENS_TAG,
+    MODEL_PARAMS_NON_EMBEDDING_TAG,
+    MODEL_PARAMS_TAG,
+    PARENT_RUN_ID_TAG,
+    PRECISION_TAG,
+    RESUMED_TAG,
+    RUN_DIR_TAG,
+    RUN_NAME_TAG,
+    TOKENIZER_VOCAB_TAG,
+    VOCAB_SIZE_TAG,
+)
 
 __all__ = ["RUN_FILE", "TrainResult", "build_trainer", "describe", "find_run_id", "run_dir", "train"]
 
@@ -196,7 +210,15 @@ def _open_mlflow_run(cfg: ExperimentConfig, plan: CurriculumPlan, dataset: Prepa
     """Create (or reopen, on resume) the MLflow run; return {"uri", "run_id"} for the workers."""
     if not cfg.tracking.enabled:
         return None
-    from yxanul.tracking import MLflowTracker, connect, git_state, provenance_tags, reopen_run, resolve_tracking_uri
+    from yxanul.tracking import (
+        GIT_DIFF_ARTIFACT,
+        MLflowTracker,
+        connect,
+        git_state,
+        provenance_tags,
+        reopen_run,
+        resolve_tracking_uri,
+    )
 
     uri = resolve_tracking_uri(cfg.tracking.uri)
     experiment_id = connect(uri, cfg.tracking.experiment)
@@ -205,10 +227,10 @@ def _open_mlflow_run(cfg: ExperimentConfig, plan: CurriculumPlan, dataset: Prepa
         _check_resume(cfg, previous)
     tags = dict(extra_tags or {})
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+        tags[PARENT_RUN_ID_TAG] = parent_run_id
     if previous and previous.get("mlflow_run_id") and previous.get("tracking_uri") == uri:
         try:
-            reopen_run(uri, previous["mlflow_run_id"], {**tags, "yxanul.resumed": "true"})
+            reopen_run(uri, previous["mlflow_run_id"], {**tags, RESUMED_TAG: "true"})
         except Exception as exc:  # the run was deleted, or the store is another one
             raise TrackingError(f"run {cfg.run.name!r} resumes MLflow run {previous['mlflow_run_id']} which {uri} "
                                 f"cannot reopen ({first_line(exc)}); use a new run.name") from None
@@ -218,18 +240,36 @@ def _open_mlflow_run(cfg: ExperimentConfig, plan: CurriculumPlan, dataset: Prepa
 
     git = git_state()
     tags.update(provenance_tags(cfg.config_hash(), dataset.path / "manifest.json", git))
-    tags.update({"yxanul.run_name": cfg.run.name, "yxanul.run_dir": run_dir(cfg),
-                 "yxanul.curriculum": _curriculum_label(cfg), "yxanul.precision": cfg.precision.mode})
+    tags.update({RUN_NAME_TAG: cfg.run.name, RUN_DIR_TAG: run_dir(cfg),
+                 CURRICULUM_TAG: _curriculum_label(cfg), PRECISION_TAG: cfg.precision.mode,
+                 **_model_and_data_tags(cfg, dataset)})
     tracker = MLflowTracker.create(uri, experiment_id, cfg.run.name, tags=tags, params=cfg.flat_params())
     tracker.log_text(cfg.to_yaml(), "config.yaml")
     tracker.log_text(plan.table() + "\n", "curriculum_plan.txt")
     tracker.log_text(json.dumps(dataset.manifest, indent=2), "data_manifest.json")
     if git.get("diff"):
-        tracker.log_text(git["diff"], "provenance/git_diff.patch")
+        tracker.log_text(git["diff"], GIT_DIFF_ARTIFACT)
     _write_run_file(cfg, {"mlflow_run_id": tracker.run_id, "tracking_uri": uri,
                           "experiment": cfg.tracking.experiment,
                           "kept": resume_values(cfg)})
     return {"uri": uri, "run_id": tracker.run_id}
+
+
+def _model_and_data_tags(cfg: ExperimentConfig, dataset: PreparedDataset) -> dict[str, str]:
+    """What the report needs to say what ran, as the run sees it: the model's vocabulary and parameter count,
+    the tokenizer's vocabulary and the training tokens of the prepared dataset (for epochs)."""
+    from yxanul.model import parameter_count
+
+    vocab = cfg.model.vocab_size or dataset.vocab_size
+    count = parameter_count(cfg.model, vocab)
+    tags = {VOCAB_SIZE_TAG: str(vocab), MODEL_PARAMS_TAG: str(count.total),
+            MODEL_PARAMS_NON_EMBEDDING_TAG: str(count.non_embedding)}
+    if dataset.vocab_size:
+        tags[TOKENIZER_VOCAB_TAG] = str(dataset.vocab_size)
+    train_tokens = (dataset.manifest.get("train") or {}).get("tokens")
+    if train_tokens is not None:
+        tags[DATA_TRAIN_TOKENS_TAG] = str(int(train_tokens))
+    return tags
 
 
 def _end_mlflow_run(tracking: dict[str, str] | None, status: str, error: str = "",

@@ -26,13 +26,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from yxanul.config import ExperimentConfig, PrecisionConfig, human_count
+from yxanul.config import ExperimentConfig, PrecisionConfig
 from yxanul.console import worker_print
 from yxanul.curriculum import CurriculumPlan, Stage, build_plan, microbatch_budget
 from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load_validation
 from yxanul.errors import YxanulError
 from yxanul.files import absolute_path, atomic_write, is_uri
+from yxanul.formatting import clock, human_count
 from yxanul.spikes import SpikeDetector, format_spikes, spike_start_tokens
+from yxanul.tags import (
+    COMPILED_TAG,
+    FP8_LAYERS_TAG,
+    FP8_PLAN_TAG_PREFIX,
+    MICROBATCH_TOKENS_TAG,
+    PRECISION_PLAN_TAG,
+    PRECISION_RAN_TAG,
+    SIMULATED_TAG,
+    SIMULATION_TAG,
+    SPIKE_CHECK_TAG,
+    SPIKES_TAG,
+)
 from yxanul.tracking import MLflowTracker, NullTracker, Tracker, device_tags, node_tags
 from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, resume_values, save_checkpoint
 from yxanul.train.setup import WorkerSetup
@@ -55,14 +68,6 @@ def _seed_everything(seed: int) -> None:
 def _crossed(before: int, after: int, every: int) -> bool:
     """Whether a multiple of ``every`` lies in (before, after]."""
     return every > 0 and after // every > before // every
-
-
-def _format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
@@ -140,12 +145,13 @@ class _Loop:
         """What the build decided on the card (compiled, micro-batch budget, FP8 plan): tags, an artifact, the
         console. Tags, not params: MLflow params are written by the driver and cannot change on resume."""
         built = self.built
-        tags = {"yxanul.compiled": str(built.compiled).lower(), "yxanul.precision_plan": built.precision.describe(),
-                "yxanul.microbatch_tokens": str(self.tokens_per_microbatch)}
+        tags = {COMPILED_TAG: str(built.compiled).lower(), PRECISION_PLAN_TAG: built.precision.describe(),
+                MICROBATCH_TOKENS_TAG: str(self.tokens_per_microbatch)}
+        if built.precision.mode == "fp8":  # forced or measured: the groups that really run in FP8 (the report's word)
+            tags[FP8_LAYERS_TAG] = "+".join(built.precision.fp8_layers or ()) or "none"
         if built.fp8_plan is not None:
-            tags["yxanul.fp8_layers"] = "+".join(built.fp8_plan.layers) or "none"
             for group, row in built.fp8_plan.timings.items():
-                tags[f"yxanul.fp8_plan.{group}"] = f"bf16 {row['bf16_ms']:.2f} ms, fp8 {row['fp8_ms']:.2f} ms"
+                tags[f"{FP8_PLAN_TAG_PREFIX}{group}"] = f"bf16 {row['bf16_ms']:.2f} ms, fp8 {row['fp8_ms']:.2f} ms"
             self.tracker.log_text(json.dumps(built.fp8_plan.to_json(), indent=2), "fp8_plan.json")
         if built.microbatch_fit is not None:
             self.tracker.log_text(json.dumps(built.microbatch_fit, indent=2), "microbatch_fit.json")
@@ -196,9 +202,9 @@ class _Loop:
         tags = {**device_tags(self.cfg.scaling.use_gpu and not simulated, self.world), **node_tags()}
         if simulated:
             ran = self.precision.mode
-            tags.update({"yxanul.simulated_accelerators": "true", "yxanul.precision_ran": ran,
-                         "yxanul.simulation": f"precision.mode={self.cfg.precision.mode} ran as {ran} on CPU because "
-                                              "scaling.simulate_accelerators=true (logical GPUs only)"})
+            tags.update({SIMULATED_TAG: "true", PRECISION_RAN_TAG: ran,
+                         SIMULATION_TAG: f"precision.mode={self.cfg.precision.mode} ran as {ran} on CPU because "
+                                         "scaling.simulate_accelerators=true (logical GPUs only)"})
         tracker.set_tags(tags)
         return tracker
 
@@ -384,7 +390,7 @@ class _Loop:
         for spike in self.spikes.observe(self.state.tokens, loss=metrics.get("train/loss_max"),
                                          grad_norm=metrics.get("train/grad_norm_max")):
             metrics[f"train/spike_{spike.kind}"] = spike.size  # the record (survives resumes); the tag is for the UI
-            self.tracker.set_tags({"yxanul.spikes": format_spikes(self.spikes.spikes)})
+            self.tracker.set_tags({SPIKES_TAG: format_spikes(self.spikes.spikes)})
             if self.rank == 0:
                 worker_print(self.cfg.run.name, f"warning: {spike.describe()}", err=True)
         self.tracker.log_metrics(metrics, step=self.state.tokens)
@@ -398,7 +404,7 @@ class _Loop:
             worker_print(self.cfg.run.name, f"{_bar(self.state.step, stop_step)} step {self.state.step}/{stop_step} "
                          f"tokens {human_count(self.state.tokens)} stage {stage.index} seq {stage.seq_len} loss {loss} "
                          f"lr {lr:.2e} gnorm {metrics['train/grad_norm']:.3f} {throughput.tokens_per_s:,.0f} tok/s"
-                         f"{per_gpu}{mfu}{mem} eta {_format_eta(tokens_left / rate)}")
+                         f"{per_gpu}{mfu}{mem} eta {clock(tokens_left / rate)}")
         return metrics
 
     @torch.no_grad()
@@ -444,7 +450,7 @@ class _Loop:
 
     def _report(self, metrics: dict[str, float], with_checkpoint: bool, train: Any) -> None:
         # What the spike check covered so far: "not checked" must never read as "no spike".
-        self.tracker.set_tags({"yxanul.spike_check": self.spikes.status()})
+        self.tracker.set_tags({SPIKE_CHECK_TAG: self.spikes.status()})
         payload = {**metrics, "tokens": self.state.tokens, "step": self.state.step,
                    "done": float(self.state.step >= self.plan.total_steps)}
         if not with_checkpoint:
