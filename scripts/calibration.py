@@ -20,6 +20,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from yxanul.tags import GIT_SHA_TAG, GPU_NAME_TAG, ROLE_TAG, SPIKE_CHECK_TAG, SPIKES_TAG, STATUS_TAG, SWEEP_TAG
+
 EXPERIMENT = "science-calibration"
 
 
@@ -35,7 +37,7 @@ def _runs(uri: str, name: str = EXPERIMENT) -> list[dict]:
     rows = []
     for run in client.search_runs([experiment.experiment_id], max_results=1000):
         tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-        if tags.get("yxanul.role") == "parent" or "optim.lr" not in params:
+        if tags.get(ROLE_TAG) == "parent" or "optim.lr" not in params:
             continue
 
         def series(key: str) -> list[tuple[int, float]]:
@@ -53,8 +55,8 @@ def _runs(uri: str, name: str = EXPERIMENT) -> list[dict]:
         tokens = val[-1][0] if val else None
         start_tokens = max(int(params.get("optim.warmup_tokens", 0)), int(0.05 * int(params["train.max_tokens"])))
         rows.append({
-            "experiment": name, "run_id": run.info.run_id, "status": tags.get("yxanul.status", run.info.status),
-            "sweep": tags.get("yxanul.sweep"), "lr": float(params["optim.lr"]), "seed": int(params["run.seed"]),
+            "experiment": name, "run_id": run.info.run_id, "status": tags.get(STATUS_TAG, run.info.status),
+            "sweep": tags.get(SWEEP_TAG), "lr": float(params["optim.lr"]), "seed": int(params["run.seed"]),
             "tokens": tokens, "max_tokens": int(params["train.max_tokens"]),
             "final_val_bpb": val[-1][1] if val else None,
             "final_val_bpb_by_domain": {k.split("/")[1]: v for k, v in metrics.items()
@@ -62,14 +64,14 @@ def _runs(uri: str, name: str = EXPERIMENT) -> list[dict]:
             "unigram_bpb": metrics.get("val/unigram_bpb"),
             "val_bpb_curve": val,
             "max_grad_norm_after_check_start": max((v for t, v in grad if t >= start_tokens), default=None),
-            "spike_check": tags.get("yxanul.spike_check"), "spikes": tags.get("yxanul.spikes", ""),
+            "spike_check": tags.get(SPIKE_CHECK_TAG), "spikes": tags.get(SPIKES_TAG, ""),
             "tokens_per_s_median": statistics.median(rates) if rates else None,
             "compile_s": metrics.get("train/compile_s"), "train_s": metrics.get("train/elapsed_s"),
             "wall_s": (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None,
             "training_split_tokens": manifest_tokens,
             "epochs": tokens / manifest_tokens if tokens and manifest_tokens else None,
             "sources": json.loads(params.get("data.sources", "[]")),
-            "gpu": tags.get("yxanul.gpu_name"), "git_sha": tags.get("yxanul.git_sha"),
+            "gpu": tags.get(GPU_NAME_TAG), "git_sha": tags.get(GIT_SHA_TAG),
         })
     return sorted(rows, key=lambda r: (r["lr"], r["seed"]))
 

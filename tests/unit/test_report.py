@@ -251,6 +251,24 @@ def test_a_spike_is_marked_in_the_sentence_the_tables_and_the_plot_data():
     assert speed.body[2][-1] == "1: grad norm at 2k tokens (10.2x median)"
 
 
+def test_an_unchecked_run_never_reads_as_spike_free():
+    """yxanul.spike_check: "not checked" (too short) is said in the sentence and the table; a checked run reads
+    "none"; a run from before the tag "not recorded". The plot uses the interval maxima where logged."""
+    from yxanul.report.runs import grad_norm_series
+
+    runs = sweep_runs()
+    runs[0].tags["yxanul.spike_check"] = "not checked: 3 logging points, a check needs more than 3 from 1k tokens on"
+    runs[3].tags["yxanul.spike_check"] = "checked 40 logging points (interval maxima) from 1k tokens: no spike"
+    runs[3].metrics["train/grad_norm_max"] = [(1000, 2.5), (2000, 1.5)]
+    report = build_report(runs, "t")
+    assert "Spikes not checked (too short a run): precision.mode=bf16 seed 0." in headline(report, report.comparisons[0])
+    [speed] = [t for t in tables(report) if t.key == "runs_speed"]
+    # the matched seeds 0 and 1 of both arms (bf16 seed 2 is outside them)
+    assert sorted(row[-1] for row in speed.body) == ["none", "not checked", "not recorded", "not recorded"]
+    assert grad_norm_series(runs[3]) == [(1000, 2.5), (2000, 1.5)]
+    assert grad_norm_series(runs[1]) == runs[1].metrics["train/grad_norm"]
+
+
 def test_legacy_runs_without_arm_and_axes_tags():
     assert legacy_arm('precision.fp8_layers=["head","mlp"],curriculum=none,seed=2') == \
         'precision.fp8_layers=["head","mlp"],curriculum=none'

@@ -33,7 +33,7 @@ __all__ = ["Fetched", "SweepRecord", "fetch_runs", "mlflow_client"]
 
 _TRAIN_METRICS = ("train/tokens_per_s", "train/tokens_per_s_per_gpu", "train/mfu_bf16", "train/mfu_fp8",
                   "train/peak_mem_gib", "train/elapsed_s", "train/compile_s", "train/loss", "train/grad_norm",
-                  "train/spike_grad_norm", "train/spike_loss")
+                  "train/grad_norm_max", "train/loss_max", "train/spike_grad_norm", "train/spike_loss")
 
 
 @dataclass

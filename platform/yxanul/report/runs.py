@@ -24,9 +24,10 @@ from yxanul.tags import (
     PRECISION_PLAN_TAG,
     PRECISION_RAN_TAG,
     SIMULATED_TAG,
+    SPIKE_CHECK_TAG,
 )
 
-__all__ = ["RanPrecision", "RunSeries", "Series", "Spike", "legacy_arm", "ran_precision", "run_spikes",
+__all__ = ["RanPrecision", "RunSeries", "Series", "Spike", "legacy_arm", "ran_precision", "run_spikes", "spike_check",
            "without_replicate"]
 
 Series = list[tuple[int, float]]
@@ -246,6 +247,20 @@ def run_spikes(run: RunSeries) -> list[Spike]:
     return sorted(out, key=lambda s: s.tokens)
 
 
+def spike_check(run: RunSeries) -> str:
+    """What the training loop's spike check covered: ``none`` (checked, nothing found), ``not checked`` (the run
+    was too short to check: never read as "no spike"), ``not recorded`` (a run from before the check tag), or
+    the number of spikes found."""
+    spikes = run_spikes(run)
+    if spikes:
+        return f"{len(spikes)} spike{'s' if len(spikes) != 1 else ''}"
+    status = run.tags.get(SPIKE_CHECK_TAG)
+    if status is None:
+        return "not recorded"
+    return "not checked" if status.startswith("not checked") else "none"
+
+
 def grad_norm_series(run: RunSeries) -> Series:
-    """The gradient norm the loop logged at each logging point."""
-    return run.series("train/grad_norm")
+    """The gradient norm of each logging interval: its largest step (``train/grad_norm_max``, what the spike check
+    reads) where the run logged it, else the interval's last step (``train/grad_norm``, older runs)."""
+    return run.series("train/grad_norm_max") or run.series("train/grad_norm")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from yxanul.formatting import bpb, count_or_blank, gib, percent, ratio, seconds, signed
 from yxanul.report.analysis import Comparison, ComparisonReport, RunRow, status_text
-from yxanul.report.runs import ran_precision, run_spikes
+from yxanul.report.runs import ran_precision, run_spikes, spike_check
 from yxanul.report.words import arm_names, facts
 from yxanul.stats import Estimate
 
@@ -53,7 +53,7 @@ def _reached_cell(row: RunRow, value: float | None, fmt: Callable[[float | None]
 def _spike_cell(row: RunRow) -> str:
     spikes = run_spikes(row.run)
     if not spikes:
-        return ""
+        return spike_check(row.run)  # none / not checked / not recorded: an empty cell would read as "none"
     return f"{len(spikes)}: " + ", ".join(s.describe() for s in spikes[:2]) + (" ..." if len(spikes) > 2 else "")
 
 

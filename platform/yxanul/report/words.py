@@ -12,7 +12,7 @@ from pathlib import Path
 
 from yxanul.formatting import bpb, human_count, percent, ratio, shown_paths, signed
 from yxanul.report.analysis import ArmSummary, Comparison, ComparisonReport, RunRow, status_text
-from yxanul.report.runs import RunSeries, ran_precision, run_spikes
+from yxanul.report.runs import RunSeries, ran_precision, run_spikes, spike_check
 from yxanul.stats import LEVEL, POWER, Estimate, t_quantile
 from yxanul.tags import (
     DATA_TRAIN_TOKENS_TAG,
@@ -173,6 +173,10 @@ def headline(report: ComparisonReport, c: Comparison) -> str:
     if spiking:
         text += " Rests on a run with a spike: " + "; ".join(
             f"{r.arm} seed {r.replicate} ({', '.join(s.describe() for s in run_spikes(r)[:3])})" for r in spiking) + "."
+    unchecked = [r for p in c.pairs for r in (p.reference.run, p.arm.run) if spike_check(r) == "not checked"]
+    if unchecked:
+        text += " Spikes not checked (too short a run): " + ", ".join(
+            f"{r.arm} seed {r.replicate}" for r in unchecked) + "."
     return text
 
 
@@ -565,5 +569,7 @@ METHOD = """\
   the target is censored at its budget: "reached k/n" counts seeds, means are over those that reached it, and a
   seed where only one arm reached it bounds the speedup by the other arm's whole training time.
 - tokens/s and MFU: medians of a run's logged intervals, per GPU; peak memory: the maximum logged.
-- spikes: gradient norm > 5x its running median or loss > 0.5 nats above its running median, detected in
-  training and logged as train/spike_* (yxanul.spikes)."""
+- spikes: the largest gradient norm (loss) of each logging interval > 5x (0.5 nats above) the smaller of its
+  trailing and its run median, checked from the end of the LR warm-up (or 5% of the run), detected in training
+  and logged as train/spike_* (the spikes tag); "not checked" where the run was too short to check (the
+  spike-check tag), "not recorded" for runs from before that tag."""
