@@ -67,13 +67,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from yxanul.console import Console
     from yxanul.ray_session import ensure_ray
     from yxanul.report import compare_runs, format_summary, log_report, write_report
-    from yxanul.sweep import load_sweep, plan_sweep, run_sweep, sweep_log_path
+    from yxanul.sweep import load_sweep, plan_sweep, run_sweep, sweep_layout
 
     name = "demo-smoke" if args.smoke else "demo"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     spec, overrides = load_sweep(name, [*machine_overrides(), f"sweep.name={name}-{stamp}"])
     plan = plan_sweep(spec, overrides)
-    log = sweep_log_path(plan)
+    layout = sweep_layout(spec, overrides)
+    log = layout.sweep_log(spec.name)
     with Console(log, verbose=args.verbose):
         if not args.verbose:
             say(f"Ray, Ray Data and Tune output: {log} (--verbose shows it here)")
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         report = compare_runs(outcome.tracking_uri, sweep=spec.name, parent_run_id=outcome.parent_run_id,
                               command="python -m jobs.demo" + " --smoke" * args.smoke)
-        out = Path(plan.trials[0].cfg.run.storage_path).parent / "reports" / spec.name
+        out = layout.report_dir(spec.name)
         files = write_report(report, out)
         log_report(outcome.tracking_uri, outcome.parent_run_id, files)
         say(f"\n{format_summary(report)}\n")

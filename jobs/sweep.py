@@ -26,13 +26,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     from yxanul.console import Console, say
-    from yxanul.sweep import format_plan, format_rows, load_sweep, plan_sweep, run_sweep, sweep_log_path
+    from yxanul.sweep import format_plan, format_rows, load_sweep, plan_sweep, run_sweep, sweep_layout
 
     spec, overrides = load_sweep(args.config, args.overrides)
     if args.dry_run:
         print(format_plan(plan_sweep(spec, overrides)))
         return 0
-    log = sweep_log_path(plan_sweep(spec, overrides))
+    log = sweep_layout(spec, overrides).sweep_log(spec.name)
     with Console(log, verbose=args.verbose):
         if not args.verbose:
             say(f"Ray and Tune output: {log} (--verbose shows it here)")

@@ -23,13 +23,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = job_parser(__doc__.splitlines()[0], verbose=True).parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
 
-    from yxanul.console import Console, log_path, name_run, say
+    from yxanul.console import Console, name_run, say
+    from yxanul.layout import Layout
     from yxanul.train.launch import describe, train
 
     if args.dry_run:
         print(describe(cfg))
         return 0
-    log = log_path(cfg.run.storage_path, cfg.run.name)
+    log = Layout.of(cfg).run_log(cfg.run.name)
     with Console(log, verbose=args.verbose):
         name_run(cfg.run.name, cfg.run.name)
         say(f"training {cfg.run.name}: {cfg.scaling.num_workers} worker(s), {human_count(cfg.train.max_tokens)} "

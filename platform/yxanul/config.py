@@ -281,6 +281,10 @@ class PrecisionConfig(_Section):
     compile: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
     """torch.compile the model region by region (blocks; around Transformer Engine modules): auto = on for
     CUDA, off for CPU (a first compiled step of even a tiny model takes minutes on CPU)."""
+    compile_cache: bool = True
+    """Keep Inductor's FX-graph and AOT-autograd caches (and Triton's kernels) in ``<run.storage_path>/compile-cache``,
+    shared by every run and sweep trial on that storage, instead of Inductor's per-machine default under /tmp.
+    false leaves Inductor's defaults alone (the before/after measurement, scripts/sweep_overhead.sh)."""
 
     @model_validator(mode="after")
     def _check_layers(self) -> PrecisionConfig:
@@ -402,8 +406,10 @@ class LogConfig(_Section):
 
 
 class CheckpointConfig(_Section):
-    every_tokens: Count = 0
-    """Checkpoint every this many tokens (and at the end); 0 checkpoints only at the end."""
+    every_tokens: Count | None = None
+    """Checkpoint every this many tokens (and at the end). None (the default): at every validation point
+    (``eval.every_tokens``), so an interrupted run or sweep trial resumes from its latest validation; 0: only
+    at the end (a stop loses everything since the start)."""
     keep_last: int = Field(2, gt=0)
     """Checkpoints kept."""
 
@@ -489,6 +495,12 @@ class ExperimentConfig(_Section):
     checkpoint: CheckpointConfig = CheckpointConfig()
     tracking: TrackingConfig = TrackingConfig()
     scaling: ScalingConfig = ScalingConfig()
+
+    def checkpoint_every_tokens(self) -> int:
+        """The checkpoint interval in tokens: ``checkpoint.every_tokens``, or the validation interval when it is
+        unset (None), so that by default a run checkpoints where it validates; 0: only at the end."""
+        every = self.checkpoint.every_tokens
+        return self.eval.every_tokens if every is None else every
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict (what YAML, hashing and MLflow params use)."""

@@ -23,21 +23,11 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["Console", "log_path", "name_run", "say", "worker_line", "worker_print"]
+__all__ = ["Console", "name_run", "say", "worker_line", "worker_print"]
 
 _MARK = re.compile(r"yxanul\[(?P<run>[^\]\s]+)\] (?P<text>.*)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _active: Console | None = None
-
-
-def log_path(storage: str, name: str) -> Path:
-    """Where Ray's and Tune's output of a job named ``name`` goes: ``<storage>/<name>.log`` beside the run's
-    (or the sweep's) folder; ``outputs/logs/<name>.log`` when the storage is a URI (s3://...)."""
-    from yxanul.files import absolute_path, is_uri
-
-    if is_uri(storage):
-        return Path("outputs/logs").resolve() / f"{name}.log"
-    return Path(absolute_path(storage)) / f"{name}.log"
 
 
 def worker_line(run_name: str, text: str) -> str:

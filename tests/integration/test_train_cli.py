@@ -90,3 +90,7 @@ def test_build_trainer_passes_scaling_failure_and_checkpoint_settings(data, tmp_
     assert f"{run.storage_path}/{run.name}" == run_dir(cfg) == f"{tmp_path}/b"
     setup = trainer.train_loop_config["setup"]
     assert setup.data_dir == str(data) and setup.run_id is None and setup.marker_dir == f"{tmp_path}/b/workers"
+    # the shared caches: where yxanul.layout puts them, the compile cache only when precision.compile_cache is on
+    assert (setup.fp8_plan_dir, setup.compile_cache_dir) == (f"{tmp_path}/fp8-plans", f"{tmp_path}/compile-cache")
+    off = build_trainer(cfg.model_copy(update={"precision": cfg.precision.model_copy(update={"compile_cache": False})}))
+    assert off.train_loop_config["setup"].compile_cache_dir is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from yxanul.console import Console, log_path, name_run, say, worker_line
+from yxanul.console import Console, name_run, say, worker_line
 
 
 def test_console_shows_events_and_sends_ray_output_to_the_log(tmp_path, capsys):
@@ -44,12 +44,6 @@ def test_verbose_console_changes_nothing_and_say_prints_without_a_console(tmp_pa
     say("after")
     assert capsys.readouterr().out.splitlines() == ["(RayTrainWorker pid=1) yxanul[r] step 1/2", "done", "after"]
     assert not (tmp_path / "x.log").exists()
-
-
-def test_log_path_is_beside_the_run_folder_or_local_for_uri_storage(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert log_path("outputs/ray", "pulse") == tmp_path / "outputs" / "ray" / "pulse.log"
-    assert log_path("s3://bucket/runs", "pulse") == tmp_path / "outputs" / "logs" / "pulse.log"
 
 
 def test_worker_print_writes_once_even_where_print_is_patched(capfd, monkeypatch):

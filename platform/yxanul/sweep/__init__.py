@@ -30,7 +30,7 @@ scheduler), ``text`` (the trial and result tables), ``records`` (the sweep's MLf
 """
 
 from yxanul.sweep.cluster import ClusterView, local_cluster_view, ray_cluster_view
-from yxanul.sweep.plan import check_data, plan_sweep, prepare_command
+from yxanul.sweep.plan import check_data, plan_sweep, prepare_command, sweep_layout
 from yxanul.sweep.records import summarize
 from yxanul.sweep.spec import (
     AxisSpec,
@@ -44,7 +44,7 @@ from yxanul.sweep.spec import (
 )
 from yxanul.sweep.text import format_plan, format_rows
 from yxanul.sweep.trials import SweepPlan, Trial
-from yxanul.sweep.tune import SweepOutcome, run_sweep, sweep_log_path, sweep_storage
+from yxanul.sweep.tune import SweepOutcome, run_sweep
 
 __all__ = [
     "AxisSpec",
@@ -68,6 +68,5 @@ __all__ = [
     "run_sweep",
     "spec_yaml",
     "summarize",
-    "sweep_log_path",
-    "sweep_storage",
+    "sweep_layout",
 ]

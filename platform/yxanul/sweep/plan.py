@@ -12,13 +12,14 @@ from typing import Any
 from yxanul.config import ExperimentConfig, experiments_dir, parse_override
 from yxanul.errors import ConfigError
 from yxanul.files import absolute_path, is_uri
+from yxanul.layout import Layout
 from yxanul.sweep.asha import milestones as asha_milestones
 from yxanul.sweep.cluster import ClusterView, local_cluster_view
 from yxanul.sweep.placement import place
 from yxanul.sweep.spec import AxisSpec, SweepSpec, value_label
 from yxanul.sweep.trials import SweepPlan, Trial, build_config, is_precision_key, override_text
 
-__all__ = ["check_data", "plan_sweep", "prepare_command"]
+__all__ = ["check_data", "plan_sweep", "prepare_command", "sweep_layout"]
 
 def _resolve_base(config: str | None, sweep_file: Path | None = None) -> Path | None:
     if config is None:
@@ -66,14 +67,26 @@ def _matches(point: dict[str, str], condition: dict[str, Any]) -> bool:
     return all(point.get(name) == value_label(value) for name, value in condition.items())
 
 
+def _base(spec: SweepSpec, run_overrides: list[str]) -> tuple[Path | None, list[str]]:
+    """The base run file and every base override as ``key=value`` text (the sweep file's, then the command's)."""
+    return (_resolve_base(spec.base.config),
+            [override_text(k, v) for k, v in spec.base.overrides.items()] + list(run_overrides))
+
+
+def sweep_layout(spec: SweepSpec, run_overrides: list[str] | None = None) -> Layout:
+    """The storage layout of the sweep (its base config's ``run.storage_path``, which every trial shares), from
+    the base config alone: what a job needs before anything is planned (the log file's path)."""
+    base_path, base_overrides = _base(spec, list(run_overrides or []))
+    return Layout.of(build_config(base_path, base_overrides, {}))
+
+
 def plan_sweep(spec: SweepSpec, run_overrides: list[str] | None = None,
                cluster: ClusterView | None = None) -> SweepPlan:
     """Expand the sweep into trials, build and validate every trial's config, check pairs, and place
     each trial on the cluster (``cluster`` defaults to :func:`local_cluster_view`)."""
     cluster = cluster if cluster is not None else local_cluster_view()
     run_overrides = list(run_overrides or [])
-    base_path = _resolve_base(spec.base.config)
-    base_overrides = [override_text(k, v) for k, v in spec.base.overrides.items()] + run_overrides
+    base_path, base_overrides = _base(spec, run_overrides)
 
     varied = {k for axis in spec.axes.values() for k in ([axis.key] if axis.values is not None else
                                                           [k for b in (axis.variants or {}).values() for k in b])}

@@ -6,32 +6,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yxanul.console import log_path, name_run, say
+from yxanul.console import name_run, say
 from yxanul.errors import ConfigError
-from yxanul.files import absolute_path
 from yxanul.ray_session import ensure_ray
 from yxanul.sweep import asha, records
 from yxanul.sweep.cluster import ray_cluster_view
-from yxanul.sweep.plan import check_data, plan_sweep
+from yxanul.sweep.plan import check_data, plan_sweep, sweep_layout
 from yxanul.sweep.spec import SweepSpec
 from yxanul.sweep.text import format_plan, format_rows
 from yxanul.sweep.trials import SweepPlan, build_config, total_tokens, trial_tags
 from yxanul.tags import SWEEP_TAG, TUNE_TRIAL_ID_TAG
 from yxanul.tracking import Status
 
-__all__ = ["SweepOutcome", "run_sweep", "sweep_log_path", "sweep_storage"]
-
-
-def sweep_storage(plan: SweepPlan) -> str:
-    """Ray Tune experiment folder of the sweep: ``<base run.storage_path>/sweeps/<sweep name>``."""
-    base = build_config(plan.base_path, plan.base_overrides, {})
-    return f"{absolute_path(base.run.storage_path).rstrip('/')}/sweeps"
-
-
-def sweep_log_path(plan: SweepPlan) -> Path:
-    """The sweep's log of Ray's and Tune's own output: ``<storage>/sweeps/<sweep name>.log`` (beside its Tune
-    folder), appended to when the sweep resumes."""
-    return log_path(sweep_storage(plan), plan.name)
+__all__ = ["SweepOutcome", "run_sweep"]
 
 
 def _tune_report_callback() -> Any:
@@ -101,8 +88,8 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None) -> SweepO
         raise ConfigError("sweeps record every trial in MLflow: tracking.enabled=false is not supported here")
     uri = first.tracking.uri or ""
     experiment_id = connect(uri, first.tracking.experiment)
-    storage = sweep_storage(plan)
-    tune_path = f"{storage}/{plan.name}"
+    layout = sweep_layout(spec, run_overrides)
+    tune_path = layout.sweep_dir(plan.name)
     resume = tune.Tuner.can_restore(tune_path)
     parent_id = records.open_parent(plan, uri, experiment_id, tune_path, resume)
     records.record_not_runnable(plan, uri, experiment_id, parent_id)
@@ -132,7 +119,7 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None) -> SweepO
                 param_space={"sweep": consts, "trial": tune.grid_search([t.to_param() for t in plan.runnable])},
                 tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=asha.scheduler(plan),
                                             max_concurrent_trials=_concurrency(plan, spec)),
-                run_config=tune.RunConfig(name=plan.name, storage_path=storage, verbose=1, callbacks=[
+                run_config=tune.RunConfig(name=plan.name, storage_path=layout.sweeps, verbose=1, callbacks=[
                     _trial_events_callback()(shown), records.end_trial_run_callback(
                         uri, experiment_id, parent_id, horizons, announce=_announcer(shown))]))
         try:

@@ -25,8 +25,8 @@ from yxanul.config import ExperimentConfig
 from yxanul.curriculum import CurriculumPlan, build_plan
 from yxanul.data.loader import PreparedDataset
 from yxanul.errors import ConfigError, DataError, TrackingError, first_line, user_error
-from yxanul.files import absolute_path, is_uri
 from yxanul.formatting import human_count
+from yxanul.layout import Layout
 from yxanul.tags import (
     CURRICULUM_TAG,
     DATA_TRAIN_TOKENS_TAG,
@@ -68,8 +68,8 @@ class TrainResult:
 
 
 def run_dir(cfg: ExperimentConfig) -> str:
-    """``<run.storage_path>/<run.name>`` (local paths made absolute)."""
-    return f"{absolute_path(cfg.run.storage_path).rstrip('/')}/{cfg.run.name}"
+    """Ray Train's run folder, ``<run.storage_path>/<run.name>`` (:class:`yxanul.layout.Layout`)."""
+    return Layout.of(cfg).run_dir(cfg.run.name)
 
 
 def _fs(path: str) -> tuple[Any, str]:
@@ -107,7 +107,7 @@ def _check_resume(cfg: ExperimentConfig, previous: dict[str, Any]) -> None:
 
     changed = resume_changes(previous.get("kept", {}), resume_values(cfg))
     if changed:
-        raise ConfigError(f"run {cfg.run.name!r} in {cfg.run.storage_path} already exists and would resume, but "
+        raise ConfigError(f"run {cfg.run.name!r} in {Layout.of(cfg).root} already exists and would resume, but "
                           f"{'; '.join(changed)} (these fix the data order and the learning-rate schedule); restore "
                           f"them, or choose a new run.name")
 
@@ -293,11 +293,12 @@ def loop_config(cfg: ExperimentConfig, dataset: PreparedDataset,
     e.g. the working-dir copy of `ray job submit`)."""
     from yxanul.train.setup import WorkerSetup
 
-    folder = run_dir(cfg)
+    layout = Layout.of(cfg)
     setup = WorkerSetup(data_dir=str(dataset.path.resolve()), curriculum_label=_curriculum_label(cfg),
                         tracking_uri=tracking["uri"] if tracking else None,
                         run_id=tracking["run_id"] if tracking else None,
-                        marker_dir=None if is_uri(folder) else f"{folder}/workers")
+                        marker_dir=layout.worker_markers(cfg.run.name), fp8_plan_dir=str(layout.fp8_plans),
+                        compile_cache_dir=str(layout.compile_cache) if cfg.precision.compile_cache else None)
     return {"cfg": cfg.to_dict(), "setup": setup}
 
 
@@ -310,14 +311,14 @@ def _build(cfg: ExperimentConfig, run_config_callbacks: Sequence[Any] | None,
 
     from yxanul.train.loop import train_loop_per_worker
 
-    folder = run_dir(cfg)
+    layout = Layout.of(cfg)
     scaling = ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                             accelerator_type=cfg.scaling.accelerator_type,
                             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
                                                   **({"GPU": 1} if cfg.scaling.use_gpu else {})})
     # Simulated accelerators: the same resource request, but the (logical) GPUs cannot run NCCL.
     torch_config = TorchConfig(backend="gloo") if cfg.scaling.simulate_accelerators else None
-    run_config = RunConfig(name=cfg.run.name, storage_path=folder.rsplit("/", 1)[0],
+    run_config = RunConfig(name=cfg.run.name, storage_path=layout.root,
                            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
                            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
                            callbacks=list(run_config_callbacks or []))

@@ -31,7 +31,7 @@ from yxanul.console import worker_print
 from yxanul.curriculum import CurriculumPlan, Stage, build_plan, microbatch_budget
 from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load_validation
 from yxanul.errors import YxanulError
-from yxanul.files import absolute_path, atomic_write, is_uri
+from yxanul.files import atomic_write
 from yxanul.formatting import clock, human_count
 from yxanul.spikes import SpikeDetector, format_spikes, spike_start_tokens
 from yxanul.tags import (
@@ -75,14 +75,6 @@ def _bar(done: int, total: int, width: int = 20) -> str:
     return "[" + "#" * filled + "." * (width - filled) + f"] {100 * done / total:5.1f}%"
 
 
-def fp8_plan_cache_dir(cfg: ExperimentConfig) -> Path:
-    """Where measured FP8 plans are kept: ``<run.storage_path>/fp8-plans`` (shared by a sweep's trials, which
-    share the storage path), or ``~/.cache/yxanul/fp8-plans`` when the storage is a URI (s3://...)."""
-    if is_uri(cfg.run.storage_path):
-        return Path.home() / ".cache" / "yxanul" / "fp8-plans"
-    return Path(absolute_path(cfg.run.storage_path)) / "fp8-plans"
-
-
 class _Loop:
     def __init__(self, cfg: ExperimentConfig, setup: WorkerSetup) -> None:
         import ray.train
@@ -124,7 +116,7 @@ class _Loop:
             self.cfg.model, precision_cfg, self.cfg.optim, self.device, vocab_size=self.vocab,
             max_tokens_per_microbatch=self.cfg.train.max_tokens_per_microbatch, seq_len=longest,
             max_sequences=self.cfg.train.tokens_per_step // self.world // longest,
-            strategy=self.cfg.scaling.strategy, plan_cache_dir=fp8_plan_cache_dir(self.cfg), log=say)
+            strategy=self.cfg.scaling.strategy, plan_cache_dir=Path(self.setup.fp8_plan_dir) if self.setup.fp8_plan_dir else None, log=say)
         self.built = built
         if self.cfg.train.max_tokens_per_microbatch == "auto":  # the measured budget changes the batch shapes
             self.plan = build_plan(self.cfg, self.world, self.dataset.seq_len_ok, built.tokens_per_microbatch)
@@ -316,7 +308,7 @@ class _Loop:
 
             do_eval = (final and self.state.step == total_steps) or _crossed(before, self.state.tokens,
                                                                             self.cfg.eval.every_tokens)
-            do_ckpt = final or _crossed(before, self.state.tokens, self.cfg.checkpoint.every_tokens)
+            do_ckpt = final or _crossed(before, self.state.tokens, self.cfg.checkpoint_every_tokens())
             metrics: dict[str, float] = {}
             if self.state.step % self.cfg.log.every_steps == 0 or do_eval or do_ckpt:
                 throughput = meter.read()  # deliberate sync: the clock must cover finished work

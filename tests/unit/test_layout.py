@@ -1,0 +1,60 @@
+"""The storage layout: one owner of every path under run.storage_path (yxanul.layout), and its users asking it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from yxanul.config import load_config
+from yxanul.layout import Layout
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_paths_under_a_local_storage_are_absolute_and_shared_caches_sit_at_the_top(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    layout = Layout("outputs/ray/")
+    root = tmp_path / "outputs" / "ray"
+    assert layout.root == str(root) and layout.is_local
+    assert layout.run_dir("pulse") == f"{root}/pulse" and layout.run_log("pulse") == root / "pulse.log"
+    assert layout.worker_markers("pulse") == f"{root}/pulse/workers"
+    assert layout.sweeps == f"{root}/sweeps" and layout.sweep_dir("grid") == f"{root}/sweeps/grid"
+    assert layout.sweep_log("grid") == root / "sweeps" / "grid.log"
+    assert layout.fp8_plans == root / "fp8-plans" and layout.compile_cache == root / "compile-cache"
+    assert layout.report_dir("grid") == tmp_path / "outputs" / "reports" / "grid"
+    assert Layout.of(load_config(None, ["run.storage_path=outputs/ray"])).root == layout.root
+
+
+def test_a_uri_storage_keeps_local_files_local(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    layout = Layout("s3://bucket/runs")
+    assert not layout.is_local and layout.run_dir("pulse") == "s3://bucket/runs/pulse"
+    assert layout.sweep_dir("grid") == "s3://bucket/runs/sweeps/grid"
+    assert layout.run_log("pulse") == tmp_path / "outputs" / "logs" / "pulse.log"
+    assert layout.sweep_log("grid") == tmp_path / "outputs" / "logs" / "grid.log"
+    assert layout.worker_markers("pulse") is None
+    assert layout.fp8_plans == tmp_path / "home" / ".cache" / "yxanul" / "fp8-plans"
+    assert layout.compile_cache == tmp_path / "home" / ".cache" / "yxanul" / "compile-cache"
+
+
+def test_no_other_module_builds_paths_under_the_storage():
+    """The folder names of the layout appear as string literals in yxanul.layout only, and nothing but the
+    layout and the config reads run.storage_path."""
+    offenders = []
+    for path in [*(ROOT / "platform").rglob("*.py"), *(ROOT / "jobs").glob("*.py")]:
+        if path.name in ("layout.py", "config.py"):
+            continue
+        text = path.read_text()
+        tree = ast.parse(text)
+        docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                if path.name == "spec.py" and node.value == "sweeps":  # experiments/sweeps/, the sweep files
+                    continue
+                if node.value in ("sweeps", "fp8-plans", "compile-cache", "workers", "outputs/logs") or \
+                        node.value.startswith(("/sweeps", "/fp8-plans")):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}")
+            if isinstance(node, ast.Attribute) and node.attr == "storage_path" and path.name != "plan.py":
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: .storage_path")
+    assert not offenders, "paths under run.storage_path built outside yxanul.layout:\n" + "\n".join(offenders)
