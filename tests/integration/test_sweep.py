@@ -210,3 +210,34 @@ axes:
     assert run.info.status == "FINISHED" and run.data.tags["yxanul.resumed"] == "true"
     assert steps(client, run.info.run_id, "val/bpb") == list(range(4096, 32769, 4096))  # none twice
     assert client.get_run(outcome.parent_run_id).info.status == "FINISHED"
+
+
+def test_tune_starts_the_trials_in_the_planned_order(env, ray_cluster, tmp_path):
+    """One trial at a time (as on one GPU), Ray Tune starts the trials in the plan's run order: seed by seed,
+    the arms rotated (tests/unit/test_sweep.py checks the plan itself). A trivial trainable stands in for
+    training: what is tested is the param space and the Tune config the sweep builds."""
+    from ray import tune
+
+    from yxanul.sweep import ClusterView, plan_sweep
+    from yxanul.sweep.tune import param_space
+
+    path = write_sweep(env, "order", """
+axes:
+  optim.lr: [1.0e-3, 2.0e-3, 3.0e-3]
+seeds: [0, 1, 2]
+""")
+    plan = plan_sweep(*load_sweep(path, ["sweep.name=order"]), cluster=ClusterView((), None, "test"))
+    started: list[int] = []
+
+    class Order(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            started.append(trial.config["trial"]["index"])
+
+    tuner = tune.Tuner(tune.with_resources(lambda config: {"done": True}, {"cpu": 0, "node:__internal_head__": 0.01}),
+                       param_space=param_space(plan, {"name": plan.name}),
+                       tune_config=tune.TuneConfig(max_concurrent_trials=1),
+                       run_config=tune.RunConfig(name="order", storage_path=str(tmp_path), verbose=0,
+                                                 callbacks=[Order()]))
+    tuner.fit()
+    assert started == list(range(9))
+    assert [(t.cfg.optim.lr, t.seed) for t in plan.trials][:4] == [(1e-3, 0), (2e-3, 0), (3e-3, 0), (2e-3, 1)]

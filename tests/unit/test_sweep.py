@@ -59,13 +59,16 @@ axes:
 seeds: [0, 1]
 """)
     plan = plan_sweep(*load_sweep(path), cluster=CPU)
-    assert [t.label for t in plan.trials][:3] == ["precision.mode=bf16,curriculum=a,seed=0",
-                                                 "precision.mode=bf16,curriculum=a,seed=1",
-                                                 "precision.mode=bf16,curriculum=b,seed=0"]
-    assert len(plan.trials) == 8
-    t = plan.trials[3]
+    # run order: seed by seed, the four grid points rotated by one place per seed
+    assert [t.label for t in plan.trials][:5] == ["precision.mode=bf16,curriculum=a,seed=0",
+                                                 "precision.mode=bf16,curriculum=b,seed=0",
+                                                 "precision.mode=fp8,curriculum=a,seed=0",
+                                                 "precision.mode=fp8,curriculum=b,seed=0",
+                                                 "precision.mode=bf16,curriculum=b,seed=1"]
+    assert len(plan.trials) == 8 and [t.index for t in plan.trials] == list(range(8))
+    t = plan.trials[4]
     assert t.pair == "curriculum=b,seed=1" and t.cfg.run.seed == 1 and t.cfg.optim.warmup_tokens == 4096
-    assert t.cfg.run.name == "s-t03" and Path(t.cfg.data.output_dir).is_absolute()
+    assert t.cfg.run.name == "s-t04" and Path(t.cfg.data.output_dir).is_absolute()
     pairs = {}
     for trial in plan.trials:
         pairs.setdefault(trial.pair, []).append(trial.cfg.precision.mode)
@@ -73,8 +76,35 @@ seeds: [0, 1]
     # the run's tags say its arm and grid point, so a reader never parses the label back
     assert t.identity_tags() == {
         "yxanul.variant": "precision.mode=bf16,curriculum=b,seed=1", "yxanul.pair": "curriculum=b,seed=1",
-        "yxanul.trial": "3", "yxanul.run_name": "s-t03", "yxanul.arm": "precision.mode=bf16,curriculum=b",
+        "yxanul.trial": "4", "yxanul.run_name": "s-t04", "yxanul.arm": "precision.mode=bf16,curriculum=b",
         "yxanul.axes": '{"precision.mode": "bf16", "curriculum": "b"}'}
+
+
+@pytest.mark.parametrize(("arms", "expected"), [
+    (["bf16", "fp8"], "bf16 s0, fp8 s0, fp8 s1, bf16 s1, bf16 s2, fp8 s2"),
+    (["bf16", "fp8", "fp32"], "bf16 s0, fp8 s0, fp32 s0, fp8 s1, fp32 s1, bf16 s1, fp32 s2, bf16 s2, fp8 s2"),
+])
+def test_arms_alternate_seed_by_seed_in_the_run_order(tmp_path, arms, expected):
+    path = write(tmp_path, BASE + f"""
+axes:
+  precision.mode: [{", ".join(arms)}]
+seeds: [0, 1, 2]
+resources: {{gpus_per_worker: 1}}
+""")
+    plan = plan_sweep(*load_sweep(path), cluster=MIXED)
+    assert all(t.runnable for t in plan.trials)
+    order = ", ".join(f"{t.cfg.precision.mode} s{t.seed}" for t in plan.trials)
+    assert order == expected
+    assert [t.cfg.run.name for t in plan.trials] == [f"s-t{i:02d}" for i in range(len(plan.trials))]
+    # what Ray Tune is given, in that order (one GPU runs them one at a time in this order: tests/integration)
+    from yxanul.sweep.tune import trial_params
+
+    assert [p["index"] for p in trial_params(plan)] == list(range(len(plan.trials)))
+    table = format_plan(plan)
+    assert "trials run in the order of the table: seed by seed, the arms rotated by one place per seed" in table
+    rows = [line.split()[1] for line in table.splitlines() if line.split()[:1] and line.split()[0].isdigit()
+            and "seed=" in line.split()[1]]
+    assert rows == [f"precision.mode={t.cfg.precision.mode},seed={t.seed}" for t in plan.trials]
 
 
 def test_choice_axes_are_sampled_reproducibly(tmp_path):

@@ -5,6 +5,7 @@ what runs."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,27 @@ def _expand(spec: SweepSpec) -> list[tuple[list[tuple[str, str, dict[str, Any]]]
                     axis = spec.axes[n]
                     ordered.append(chosen[n if axis.variants is not None else (axis.key or n)])
                 out.append((ordered, seed, sample))
-    return out
+    return _run_order(out, spec.seeds)
+
+
+def _run_order(expanded: list[tuple[list[tuple[str, str, dict[str, Any]]], int, int]],
+               seeds: list[int]) -> list[tuple[list[tuple[str, str, dict[str, Any]]], int, int]]:
+    """The trials in the order they run: seed by seed (then sample by sample), the arms (grid points) of each
+    seed rotated by one place per seed: A B C at the first seed, B C A at the second, C A B at the third; with
+    two arms, bf16 fp8 | fp8 bf16 | bf16 fp8. So no arm always runs first or last: drift, cold caches and the
+    card's thermal state do not line up with one arm, and a sweep stopped early has whole seeds of every arm.
+    The random draws of ``choice`` axes happen before (in the expansion's own order), so they do not change."""
+    points: dict[str, int] = {}
+    for choices, _, _ in expanded:
+        points.setdefault(json.dumps([c[:2] for c in choices]), len(points))
+    position = {seed: i for i, seed in enumerate(seeds)}
+
+    def key(item: tuple[list[tuple[str, str, dict[str, Any]]], int, int]) -> tuple[int, int, int]:
+        choices, seed, sample = item
+        point = points[json.dumps([c[:2] for c in choices])]
+        return position[seed], sample, (point - position[seed]) % len(points)
+
+    return sorted(expanded, key=key)
 
 
 def _matches(point: dict[str, str], condition: dict[str, Any]) -> bool:

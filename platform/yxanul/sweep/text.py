@@ -36,6 +36,9 @@ def format_plan(plan: SweepPlan) -> str:
     target = (f"{spec.target_bpb:g} bits/byte (fixed in the sweep)" if spec.target_bpb is not None
               else "the worst final val/bpb of the reference arm's runs (every reference run reaches it)")
     lines.append(f"reference arm: {plan.reference}; target for time-to-target: {target}")
+    if len(spec.seeds) > 1 and len(arms) > 1:
+        lines.append("trials run in the order of the table: seed by seed, the arms rotated by one place per seed "
+                     "(no arm always first)")
     if spec.scheduler is not None:
         lines.append(f"scheduler: ASHA at tokens {', '.join(human_count(m) for m in plan.milestones)} "
                      f"(keep 1/{spec.scheduler.reduction_factor:g} at each)")

@@ -18,7 +18,23 @@ from yxanul.sweep.trials import SweepPlan, build_config, total_tokens, trial_tag
 from yxanul.tags import SWEEP_TAG, TUNE_TRIAL_ID_TAG
 from yxanul.tracking import Status
 
-__all__ = ["SweepOutcome", "run_sweep"]
+__all__ = ["SweepOutcome", "param_space", "run_sweep", "trial_params"]
+
+
+def trial_params(plan: SweepPlan) -> list[dict[str, Any]]:
+    """What Ray Tune gets for each runnable trial, in the plan's run order (:func:`yxanul.sweep.plan.plan_sweep`:
+    seed by seed, the arms rotated)."""
+    return [t.to_param() for t in plan.runnable]
+
+
+def param_space(plan: SweepPlan, consts: dict[str, Any]) -> dict[str, Any]:
+    """Tune's param space: the sweep's constants and one grid value per trial. Tune's default search algorithm
+    (BasicVariantGenerator) makes the trials of a grid in the list's order and starts pending trials in the order
+    they were made, so with one trial at a time (one GPU) they run exactly in the planned order
+    (tests/integration/test_sweep.py checks it on a real Tune)."""
+    from ray import tune
+
+    return {"sweep": consts, "trial": tune.grid_search(trial_params(plan))}
 
 
 def _tune_report_callback() -> Any:
@@ -116,7 +132,7 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None) -> SweepO
                       "base_overrides": plan.base_overrides, "parent_run_id": parent_id}
             tuner = tune.Tuner(
                 trainable,
-                param_space={"sweep": consts, "trial": tune.grid_search([t.to_param() for t in plan.runnable])},
+                param_space=param_space(plan, consts),
                 tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=asha.scheduler(plan),
                                             max_concurrent_trials=_concurrency(plan, spec)),
                 run_config=tune.RunConfig(name=plan.name, storage_path=layout.sweeps, verbose=1, callbacks=[
