@@ -26,6 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     from yxanul.console import Console, say
+    from yxanul.interrupt import signals_handled
     from yxanul.sweep import format_plan, format_rows, load_sweep, plan_sweep, run_sweep, sweep_layout
 
     spec, overrides = load_sweep(args.config, args.overrides)
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_plan(plan_sweep(spec, overrides)))
         return 0
     log = sweep_layout(spec, overrides).sweep_log(spec.name)
-    with Console(log, verbose=args.verbose):
+    with Console(log, verbose=args.verbose), signals_handled():  # SIGINT/SIGTERM: one line, 130/143
         if not args.verbose:
             say(f"Ray and Tune output: {log} (--verbose shows it here)")
         outcome = run_sweep(spec, overrides)

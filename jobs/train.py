@@ -24,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
 
     from yxanul.console import Console, name_run, say
+    from yxanul.interrupt import signals_handled
     from yxanul.layout import Layout
     from yxanul.train.launch import describe, train
 
@@ -31,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(describe(cfg))
         return 0
     log = Layout.of(cfg).run_log(cfg.run.name)
-    with Console(log, verbose=args.verbose):
+    with Console(log, verbose=args.verbose), signals_handled():  # SIGINT/SIGTERM: one line, 130/143
         name_run(cfg.run.name, cfg.run.name)
         say(f"training {cfg.run.name}: {cfg.scaling.num_workers} worker(s), {human_count(cfg.train.max_tokens)} "
             "tokens; rank 0 reports here" + ("" if args.verbose else f"; Ray's output: {log} (--verbose shows it)"))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from yxanul.errors import YxanulError
+from yxanul.interrupt import Interrupted
 
 
 def job_parser(description: str, config_required: bool = True, verbose: bool = False) -> argparse.ArgumentParser:
@@ -56,6 +57,9 @@ def run_job(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
             raise
         print(f"error: {refused}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # a job that handles SIGINT/SIGTERM (yxanul.interrupt): its one line
+        print(exc.message, file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

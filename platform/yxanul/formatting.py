@@ -58,6 +58,13 @@ def clock(s: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def timestamp(t: float) -> str:
+    """A moment in UTC, to the second (``2026-12-05T10:31:07Z``): tags that record when something happened."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
 def bpb(v: float | None) -> str:
     """Bits per byte: 4 decimals (``3.0169``)."""
     return "" if v is None or not math.isfinite(v) else f"{v:.4f}"

@@ -30,9 +30,13 @@ def ensure_ray(*, min_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return not remote
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from yxanul.interrupt import reinstall
+
     if remote:
         ray.init(configure_logging=False)
+        reinstall()  # ray.init installed Ray's C++ SIGTERM handler over the job's (yxanul.interrupt)
         return False
     cpus = max(os.cpu_count() or 1, min_cpus) if min_cpus else None
     ray.init(address="local", num_cpus=cpus, configure_logging=False)
+    reinstall()
     return True

@@ -46,6 +46,10 @@ INTERRUPTIONS_TAG = "yxanul.interruptions"
 """How many times the run (or sweep) was interrupted before it ended (shown by the report when present)."""
 RESUMES_TAG = "yxanul.resumes"
 """How many times the run (or sweep) was resumed (shown by the report when present)."""
+LAST_INTERRUPTION_TAG = "yxanul.last_interruption"
+"""The latest interruption: when (UTC), the signal, and where (``at 4.19M tokens in trial t04``)."""
+LAST_RESUME_TAG = "yxanul.last_resume"
+"""When (UTC) the run (or sweep) was last resumed."""
 
 # ---------------------------------------------------------------------------------------------------
 # Sweeps
@@ -145,6 +149,12 @@ SIMULATION_TAG = "yxanul.simulation"
 """The sentence saying which precision ran instead of which, and why."""
 SPIKES_TAG = "yxanul.spikes"
 """The loss / gradient-norm spikes seen since the run's latest start (the metrics are the record)."""
+COMPILE_CACHE_TAG = "yxanul.compile_cache"
+"""Where the compiled model's Inductor caches were (``<storage>/compile-cache``), ``inductor default`` with
+``precision.compile_cache=false``, or ``not compiled``."""
+WORKER_TIMELINE_TAG = "yxanul.worker_timeline"
+"""Rank 0's timeline phases as JSON (``{"phases": {...}, "start": t, "end": t}``, wall-clock times): the driver
+merges them with its own into the ``timeline/*`` metrics (:mod:`yxanul.timeline`)."""
 SPIKE_CHECK_TAG = "yxanul.spike_check"
 """What the spike check covered ("checked N logging points ... from X tokens: no spike") or "not checked: ..."
 for a run too short to check: an empty spike list alone would read as "no spike"."""

@@ -32,15 +32,22 @@ def env(tmp_path_factory):
     return {"root": root, "data": data, "uri": f"sqlite:///{root / 'mlflow.db'}"}
 
 
+PULSE = Path(__file__).parents[2] / "experiments/runs/pulse.yaml"
+
+
 def config(env, name: str, *extra: str) -> ExperimentConfig:
-    return load_config(Path(__file__).parents[2] / "experiments/runs/pulse.yaml", [
+    return load_config(PULSE, overrides(env, name, *extra))
+
+
+def overrides(env, name: str, *extra: str) -> list[str]:
+    return [
         f"data.output_dir={env['data']}", f"run.storage_path={env['root'] / 'ray'}", f"run.name={name}",
         f"tracking.uri={env['uri']}", "tracking.experiment=test-train",
         "curriculum.stages=[{seq_len: 32, until_tokens: 6144}, {seq_len: 64}]",
         f"train.tokens_per_step={TPS}", f"train.max_tokens={STEPS * TPS}", "train.max_tokens_per_microbatch=512",
         "optim.warmup_tokens=2048", "log.every_steps=1", "eval.every_tokens=6144", "eval.seq_len=32",
         "eval.max_tokens_per_domain=256", "checkpoint.every_tokens=4096", "checkpoint.keep_last=2",
-        "scaling.num_workers=2", *extra])
+        "scaling.num_workers=2", *extra]
 
 
 def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -107,6 +114,17 @@ def test_two_worker_run_logs_metrics_params_provenance_and_checkpoints(env, unin
     compile_s = [v for _, v in history(client, result.run_id, "train/compile_s")]
     assert compile_s[0] > 0 and compile_s == sorted(compile_s) and compile_s[6] > compile_s[5]
     assert tags["yxanul.compiled"] == "false" and tags["yxanul.microbatch_tokens"] == "512"
+    assert tags["yxanul.compile_cache"] == "not compiled"
+    # the timeline: exclusive phases that add up to the wall-clock of the train() call, logged at the last step
+    timeline = {k: v for k, v in run.data.metrics.items() if k.startswith("timeline/")}
+    assert timeline == result.timeline
+    phases = {k for k in timeline if k.endswith("_s") and k != "timeline/wall_s"}
+    assert {f"timeline/{p}_s" for p in ("data", "mlflow", "worker_start", "build", "compile", "steps", "validation",
+                                        "checkpoint", "teardown", "other")} <= phases
+    assert sum(timeline[k] for k in phases) == pytest.approx(timeline["timeline/wall_s"])
+    assert 0 < timeline["timeline/efficiency"] < 1 and timeline["timeline/other_s"] > -1
+    assert timeline["timeline/compile_s"] == pytest.approx(compile_s[-1], rel=1e-3)  # the first step of each shape
+    assert history(client, result.run_id, "timeline/steps_s")[0][0] == STEPS * TPS
     # validation at 6144 and at the end, per domain, bits/byte = nats/token / (4 bytes/token) / ln 2
     for domain in ("english", "code"):
         val_loss = history(client, result.run_id, f"val/{domain}/loss")
@@ -141,6 +159,50 @@ def test_interrupted_and_resumed_run_has_identical_losses(env, uninterrupted):
     assert resumed == reference  # bit-identical on CPU fp32, across the stage boundary at 6144
     assert history(client, second.run_id, "val/bpb") == history(client, full.run_id, "val/bpb")
     assert client.get_run(second.run_id).info.status == "FINISHED"
+
+
+def test_sigterm_to_jobs_train_is_one_line_and_the_same_command_resumes_exactly(env, uninterrupted, ray_cluster):
+    """A real SIGTERM to `python -m jobs.train` after its first checkpoint: one line on stderr, exit code 143, no
+    stack dump; the run records the interruption; the same command resumes from the checkpoint and the losses
+    are bit-identical to the uninterrupted run's. The job attaches to the session's Ray (as under `ray job
+    submit`), so only the job's own driver gets the signal."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+
+    cfg = config(env, "sig")
+    command = [sys.executable, "-m", "jobs.train", str(PULSE), *overrides(env, "sig")]
+    environ = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(command, cwd=PULSE.parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=environ)
+    deadline = time.monotonic() + 300
+    checkpoints = Path(run_dir(cfg))
+    while time.monotonic() < deadline and proc.poll() is None and not list(checkpoints.glob("checkpoint_*/state.json")):
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (out, err)
+    assert re.fullmatch(r"interrupted at \S+ tokens in run sig; the same command resumes\n", err), err
+    assert "SIGTERM received" not in out + err and "Traceback" not in out + err
+    client = MlflowClient(env["uri"])
+    [run] = client.search_runs([client.get_experiment_by_name("test-train").experiment_id],
+                               filter_string="tags.`yxanul.run_name` = 'sig'")
+    assert run.data.tags["yxanul.status"] == "killed" and run.data.tags["yxanul.interruptions"] == "1"
+    assert re.match(r"\d{4}-\d\d-\d\dT[\d:]+Z SIGTERM at \S+ tokens in run sig$", run.data.tags["yxanul.last_interruption"])
+
+    again = subprocess.run(command, cwd=PULSE.parents[2], capture_output=True, text=True, env=environ, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "training finished" in again.stdout
+    _, full = uninterrupted
+    assert history(client, run.info.run_id, "train/loss") == history(client, full.run_id, "train/loss")
+    tags = client.get_run(run.info.run_id).data.tags
+    assert tags["yxanul.status"] == "finished" and tags["yxanul.resumes"] == "1" and tags["yxanul.resumed"] == "true"
 
 
 def test_resume_with_another_worker_count_is_refused(env, uninterrupted):

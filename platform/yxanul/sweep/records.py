@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 from yxanul.errors import ConfigError
+from yxanul.interrupt import received, record_resume
 from yxanul.sweep.spec import spec_yaml
 from yxanul.sweep.text import format_plan
 from yxanul.sweep.trials import TOKENS_ATTR, SweepPlan, trial_tags
@@ -21,6 +23,7 @@ from yxanul.tags import (
     PARENT_RUN_ID_TAG,
     PRECISION_TAG,
     REASON_TAG,
+    RESUMES_TAG,
     ROLE_SWEEP,
     ROLE_TAG,
     RUN_NAME_TAG,
@@ -32,6 +35,7 @@ from yxanul.tags import (
     TUNE_PATH_TAG,
     VARIANT_TAG,
 )
+from yxanul.timeline import PREFIX
 from yxanul.tracking import (
     GIT_DIFF_ARTIFACT,
     Status,
@@ -43,7 +47,9 @@ from yxanul.tracking import (
     reopen_run,
 )
 
-__all__ = ["end_parent", "end_running_children", "end_trial_run_callback", "fingerprint", "open_parent",
+__all__ = ["child_run_ids", "end_parent", "end_running_children", "end_trial_run_callback", "fingerprint",
+           "log_parent_timeline",
+           "open_parent", "trial_timelines",
            "record_not_runnable",
            "summarize"]
 
@@ -81,6 +87,8 @@ def open_parent(plan: SweepPlan, uri: str, experiment_id: str, tune_path: str, r
                     f"sweep {plan.name!r} at {tune_path} was started with different trials (other axes, overrides "
                     "or base config); resuming would mix them. Start a new sweep with sweep.name=<new name>")
             reopen_run(uri, parent.info.run_id)
+            if parent.data.tags.get(STATUS_TAG) != Status.FINISHED:  # a finished sweep run again resumes nothing
+                record_resume(uri, parent.info.run_id)
             return parent.info.run_id
         raise ConfigError(
             f"sweep {plan.name!r} has a Ray Tune experiment at {tune_path} but no parent run in {uri} "
@@ -196,6 +204,8 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
             self._finish(trial, error=False)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            if received() is not None:  # lost to the job's signal: the sweep records it as interrupted, not failed
+                return
             self._finish(trial, error=True)
 
     return _EndTrialRuns()
@@ -216,6 +226,34 @@ def _record_failed(uri: str, experiment_id: str, parent_id: str, trial: Any) -> 
     rid = create_run(uri, experiment_id, params["run_name"], tags={
         PARENT_RUN_ID_TAG: parent_id, SWEEP_TAG: trial.config["sweep"]["name"], **trial_tags(params)})
     end_run(uri, rid, Status.FAILED, reason=_error_line(trial))
+
+
+def child_run_ids(uri: str, experiment_id: str, parent_id: str) -> dict[str, str]:
+    """Run name -> MLflow run id of the sweep's child runs."""
+    return {r.data.tags.get(RUN_NAME_TAG, ""): r.info.run_id for r in _children(uri, experiment_id, parent_id)}
+
+
+def trial_timelines(uri: str, experiment_id: str, parent_id: str, run_names: list[str]) -> dict[str, dict[str, float]]:
+    """The latest ``timeline/*`` metrics of the named child runs (their latest start), by run name; a trial that
+    logged none (interrupted, failed) is left out."""
+    wanted = set(run_names)
+    out = {}
+    for run in _children(uri, experiment_id, parent_id):
+        name = run.data.tags.get(RUN_NAME_TAG)
+        timeline = {k: v for k, v in run.data.metrics.items() if k.startswith(PREFIX)}
+        if name in wanted and timeline:
+            out[name] = timeline
+    return out
+
+
+def log_parent_timeline(uri: str, parent_id: str, metrics: dict[str, float]) -> None:
+    """The sweep's timeline on its parent run, at step = this start of the sweep (1, then 2 after a resume, ...)."""
+    from mlflow.entities import Metric
+
+    mlflow = client(uri)
+    step = int(mlflow.get_run(parent_id).data.tags.get(RESUMES_TAG) or 0) + 1
+    now = int(time.time() * 1000)
+    mlflow.log_batch(parent_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
 def summarize(uri: str, experiment_id: str, parent_id: str, metric: str) -> list[dict[str, Any]]:

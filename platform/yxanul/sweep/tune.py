@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import signal
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from yxanul import interrupt
 from yxanul.console import name_run, say
 from yxanul.errors import ConfigError
+from yxanul.formatting import percent, seconds
+from yxanul.layout import Layout
 from yxanul.ray_session import ensure_ray
 from yxanul.sweep import asha, records
 from yxanul.sweep.cluster import ray_cluster_view
@@ -16,6 +21,7 @@ from yxanul.sweep.spec import SweepSpec
 from yxanul.sweep.text import format_plan, format_rows
 from yxanul.sweep.trials import SweepPlan, build_config, total_tokens, trial_tags
 from yxanul.tags import SWEEP_TAG, TUNE_TRIAL_ID_TAG
+from yxanul.timeline import EFFICIENCY_METRIC, PREFIX, WALL_METRIC, metric_name, sweep_metrics
 from yxanul.tracking import Status
 
 __all__ = ["SweepOutcome", "param_space", "run_sweep", "trial_params"]
@@ -55,6 +61,7 @@ def _tune_report_callback() -> Any:
 
 def _trial_fn(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: one TorchTrainer run (via yxanul.train.launch.train) per trial."""
+    started_at = time.time()  # the trial's timeline starts here (imports and config included)
     from ray import tune
 
     from yxanul.train.launch import train
@@ -65,7 +72,7 @@ def _trial_fn(config: dict[str, Any]) -> None:
     tags = {SWEEP_TAG: sweep["name"], **trial_tags(trial), TUNE_TRIAL_ID_TAG: tune.get_context().get_trial_id()}
     # end_unfinished=False: a trial Tune stops is recorded by the driver's callback (records.end_trial_run_callback).
     train(cfg, run_config_callbacks=[_tune_report_callback()], extra_tags=tags, parent_run_id=sweep["parent_run_id"],
-          end_unfinished=False)
+          end_unfinished=False, started_at=started_at)
 
 
 def _concurrency(plan: SweepPlan, spec: SweepSpec) -> int:
@@ -96,6 +103,7 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None) -> SweepO
 
     from yxanul.tracking import connect
 
+    sweep_start = time.time()
     local = ensure_ray()
     plan = plan_sweep(spec, run_overrides, cluster=ray_cluster_view(local))
     check_data(plan)
@@ -117,7 +125,11 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None) -> SweepO
 
     # Log-only reports carry train/* but not the metric; Tune's strict check would reject them.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    if interrupt.active():  # the job handles SIGINT like SIGTERM and hands Tune a SIGUSR1 (yxanul.interrupt)
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     errored = False
+    events = _EVENTS[plan.name] = _Events()
+    slots = 1
     if plan.runnable:
         horizons = {t.run_name: _horizon(t.cfg) for t in plan.runnable}
         # The trial itself only waits on its TorchTrainer, whose workers hold the real resources. It runs on
@@ -136,18 +148,59 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None) -> SweepO
                 tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=asha.scheduler(plan),
                                             max_concurrent_trials=_concurrency(plan, spec)),
                 run_config=tune.RunConfig(name=plan.name, storage_path=layout.sweeps, verbose=1, callbacks=[
-                    _trial_events_callback()(shown), records.end_trial_run_callback(
+                    _trial_events_callback()(shown, plan.name), records.end_trial_run_callback(
                         uri, experiment_id, parent_id, horizons, announce=_announcer(shown))]))
         try:
-            results = tuner.fit()
+            with interrupt.forwarding(signal.SIGUSR1):  # Tune's graceful stop: state saved, trials stopped
+                results = tuner.fit()
         except BaseException:
+            if interrupt.received() is not None:
+                raise _interrupted(plan, events, uri, experiment_id, parent_id) from None
             records.end_running_children(uri, experiment_id, parent_id, Status.KILLED)
             records.end_parent(uri, parent_id, Status.INTERRUPTED)
             raise
+        if interrupt.received() is not None:
+            raise _interrupted(plan, events, uri, experiment_id, parent_id)
         errored = any(r.error is not None for r in results)
+        slots = _concurrency(plan, spec)
+    _sweep_timeline(uri, experiment_id, parent_id, events, time.time() - sweep_start, slots)
     rows = records.summarize(uri, experiment_id, parent_id, spec.metric)
     records.end_parent(uri, parent_id, Status.FAILED if errored else Status.FINISHED, format_rows(rows))
     return SweepOutcome(parent_id, experiment_id, uri, tune_path, resume, rows)
+
+
+def _interrupted(plan: SweepPlan, events: _Events, uri: str, experiment_id: str,
+                 parent_id: str) -> interrupt.Interrupted:
+    """The sweep was stopped by a signal: record where each running trial will resume (its latest checkpoint) on
+    its run and on the parent run, end them ``killed`` and the parent ``interrupted``; the one-line exception."""
+    by_name = {t.run_name: t for t in plan.trials}
+    runs = records.child_run_ids(uri, experiment_id, parent_id)
+    places = []
+    for name in events.running:
+        trial = by_name[name]
+        where = interrupt.resume_point(Layout.of(trial.cfg).run_dir(name), f"trial t{trial.index:02d}")
+        places.append(where)
+        if name in runs:
+            interrupt.record_interruption(uri, runs[name], where)
+    text = ", ".join(places) or "with no trial running"
+    interrupt.record_interruption(uri, parent_id, text)
+    records.end_running_children(uri, experiment_id, parent_id, Status.KILLED)
+    records.end_parent(uri, parent_id, Status.INTERRUPTED)
+    return interrupt.Interrupted(interrupt.received() or signal.SIGINT, f"interrupted {text}; the same command resumes")
+
+
+def _sweep_timeline(uri: str, experiment_id: str, parent_id: str, events: Any, wall_s: float, slots: int) -> None:
+    """The sweep's timeline (:func:`yxanul.timeline.sweep_metrics`) over the trials that ran in this start of the
+    sweep, logged on the parent run (step = this start's number) and printed as one line."""
+    trials = records.trial_timelines(uri, experiment_id, parent_id, list(events.intervals))
+    metrics = sweep_metrics(list(trials.values()), list(events.intervals.values()), wall_s, slots)
+    records.log_parent_timeline(uri, parent_id, metrics)
+    shares = ", ".join(f"{k.removeprefix(PREFIX).removesuffix('_s').replace('_', ' ')} {seconds(v)}"
+                       for k, v in sorted(metrics.items(), key=lambda kv: -kv[1])
+                       if k.endswith("_s") and k not in (WALL_METRIC, metric_name("steps")) and v >= 0.05)
+    say(f"sweep efficiency {percent(metrics[EFFICIENCY_METRIC])}: training steps "
+        f"{seconds(metrics.get(metric_name('steps'), 0.0))} of {seconds(wall_s)} wall x {slots} trial slot(s), "
+        f"{len(trials)} trial(s) timed" + (f"; {shares}" if shares else ""))
 
 
 def _horizon(cfg: Any) -> tuple[int, int]:
@@ -165,17 +218,54 @@ def _announcer(shown: dict[str, str]) -> Any:
     return announce
 
 
+@dataclass
+class _Events:
+    """What the driver saw of its trials in this start of the sweep (kept by :class:`TrialEvents`)."""
+
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """run name -> (start, end) on this machine's clock (the end = the start while it runs)."""
+    running: dict[str, Any] = field(default_factory=dict)
+    """run name -> Tune trial, for the trials running now."""
+
+
+_EVENTS: dict[str, _Events] = {}
+"""Sweep name -> its :class:`_Events` in this process. A module-level record because ``Tuner.restore`` runs the
+callbacks it unpickles from the experiment, not the objects this start of the sweep made."""
+
+
 def _trial_events_callback() -> Any:
     from ray.tune import Callback
 
     class TrialEvents(Callback):
-        """Console lines for the Tune events that are not verdicts: a trial started (or restarted)."""
+        """Console lines for the Tune events that are not verdicts (a trial started, or restarted), and the
+        trials' start and end times and which are running (:data:`_EVENTS`)."""
 
-        def __init__(self, shown: dict[str, str]) -> None:
+        def __init__(self, shown: dict[str, str], sweep: str = "") -> None:
             self.shown = shown
+            self.sweep = sweep
+
+        def _events(self) -> _Events:
+            return _EVENTS.setdefault(self.sweep, _Events())
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             name = trial.config["trial"]["run_name"]
+            now = time.time()
+            self._events().intervals[name] = (now, now)
+            self._events().running[name] = trial
             say(f"{self.shown.get(name, name)} | started")
+
+        def _ended(self, trial: Any) -> None:
+            name = trial.config["trial"]["run_name"]
+            events = self._events()
+            events.running.pop(name, None)
+            if name in events.intervals:
+                events.intervals[name] = (events.intervals[name][0], time.time())
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._ended(trial)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            if interrupt.received() is None:  # a trial lost to the signal stays "running": it was interrupted
+                self._ended(trial)
 
     return TrialEvents

@@ -35,7 +35,7 @@ from yxanul.config import ModelConfig, OptimConfig, PrecisionConfig
 from yxanul.fp8_plan import Fp8Plan, measure_fp8_plan
 from yxanul.precision import Precision, compile_model
 
-__all__ = ["AUTO_HEADROOM", "Built", "build_training", "fit_microbatch"]
+__all__ = ["AUTO_HEADROOM", "Built", "build_training", "fit_microbatch", "use_compile_cache"]
 
 AUTO_HEADROOM = 0.85
 """``max_tokens_per_microbatch: auto`` keeps the measured peak (plus the optimizer state) under this
@@ -126,16 +126,50 @@ def fit_microbatch(model: nn.Module, precision: Precision, seq_len: int, max_seq
     return n * seq_len, info
 
 
+COMPILE_CACHE_ENV = {
+    "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",  # Inductor's compiled graphs, keyed by graph, inputs and versions
+    "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",  # AOT autograd's joint forward/backward graphs (needs the FX cache)
+}
+"""Forced on for a shared compile cache: both are on by default in torch 2.13, but a user's or an image's
+environment may have turned them off, and a cache that is silently off measures nothing."""
+
+
+def use_compile_cache(folder: Path) -> dict[str, str]:
+    """Point Inductor's persistent caches at ``folder`` for this process and the compile workers it starts
+    (they read the environment): ``TORCHINDUCTOR_CACHE_DIR`` (FX-graph and AOT-autograd caches) and
+    ``TRITON_CACHE_DIR`` (``<folder>/triton``, Triton's compiled kernels), and force both caches on. Call before
+    the first compilation; returns what was set.
+
+    Why: by default Inductor caches under ``/tmp/torchinductor_<user>``, per machine and lost with it; a sweep's
+    trials, a resumed run and a later sweep on the same storage share this folder instead (on a cluster, with a
+    shared storage, across nodes too). Every entry is keyed by what it was compiled from (graph, shapes, torch
+    and Triton versions, the card), so a stale entry is never used."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(folder), "TRITON_CACHE_DIR": str(folder / "triton"), **COMPILE_CACHE_ENV}
+    os.environ.update(env)
+    # The config flags read the environment when torch._inductor.config is first imported, which may have
+    # happened already in this process (Ray Train imports torch early): set them too.
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    functorch_config.enable_autograd_cache = True
+    return env
+
+
 def build_training(model_cfg: ModelConfig, precision_cfg: PrecisionConfig, optim_cfg: OptimConfig,
                    device: torch.device, *, vocab_size: int | None = None,
                    max_tokens_per_microbatch: int | Literal["auto"] | None = None, seq_len: int | None = None,
                    max_sequences: int | None = None, strategy: str = "ddp", plan_cache_dir: Path | None = None,
-                   log: Callable[[str], None] | None = None) -> Built:
+                   compile_cache_dir: Path | None = None, log: Callable[[str], None] | None = None) -> Built:
     """Build everything a train step needs, the same way for the loop and the benchmark (module docstring).
 
     ``max_tokens_per_microbatch``: the budget, or "auto" (with ``seq_len``, the longest sequence, and
     ``max_sequences``, the most sequences a micro-batch can usefully hold). The FP8 plan is measured at
-    this budget (or at ``seq_len`` x ``max_sequences`` when no budget is given). Seed the RNG before calling.
+    this budget (or at ``seq_len`` x ``max_sequences`` when no budget is given). ``compile_cache_dir``: Inductor's
+    persistent caches there (:func:`use_compile_cache`), when the model is compiled. Seed the RNG before calling.
     """
     from yxanul.model import Yxanul
     from yxanul.train.parallel import wrap_model
@@ -173,6 +207,8 @@ def build_training(model_cfg: ModelConfig, precision_cfg: PrecisionConfig, optim
     precision.apply(model)
     compiled = precision_cfg.compiles(device.type)
     if compiled:
+        if compile_cache_dir is not None:
+            use_compile_cache(compile_cache_dir)
         compile_model(model)
     step_model = wrap_model(model, strategy, device)  # type: ignore[arg-type]
     optimizer = build_optimizer(model, optim_cfg)  # after FSDP sharding: the shards

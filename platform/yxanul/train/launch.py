@@ -17,10 +17,12 @@ MLflow run, dropping metrics at steps the run already holds.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from yxanul import interrupt
 from yxanul.config import ExperimentConfig
 from yxanul.curriculum import CurriculumPlan, build_plan
 from yxanul.data.loader import PreparedDataset
@@ -37,9 +39,12 @@ from yxanul.tags import (
     RESUMED_TAG,
     RUN_DIR_TAG,
     RUN_NAME_TAG,
+    STATUS_TAG,
     TOKENIZER_VOCAB_TAG,
     VOCAB_SIZE_TAG,
+    WORKER_TIMELINE_TAG,
 )
+from yxanul.timeline import Timeline, format_timeline, timeline_metrics
 
 __all__ = ["RUN_FILE", "TrainResult", "build_trainer", "describe", "find_run_id", "run_dir", "train"]
 
@@ -61,6 +66,9 @@ class TrainResult:
     """The latest checkpoint (a folder under run_dir, or a URI)."""
     finished: bool = False
     """True when the run reached train.max_tokens (False when train.stop_after_tokens stopped it early)."""
+    timeline: dict[str, float] = field(default_factory=dict)
+    """Where this start's wall-clock went: the ``timeline/*`` metrics (:mod:`yxanul.timeline`); empty without
+    tracking (rank 0's phases reach the driver through the MLflow run)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,7 +238,13 @@ def _open_mlflow_run(cfg: ExperimentConfig, plan: CurriculumPlan, dataset: Prepa
         tags[PARENT_RUN_ID_TAG] = parent_run_id
     if previous and previous.get("mlflow_run_id") and previous.get("tracking_uri") == uri:
         try:
+            from yxanul.interrupt import record_resume
+            from yxanul.tracking import Status, client
+
+            ended = client(uri).get_run(previous["mlflow_run_id"]).data.tags.get(STATUS_TAG)
             reopen_run(uri, previous["mlflow_run_id"], {**tags, RESUMED_TAG: "true"})
+            if ended != Status.FINISHED:  # a finished run started again only reports its end: not a resume
+                record_resume(uri, previous["mlflow_run_id"])
         except Exception as exc:  # the run was deleted, or the store is another one
             raise TrackingError(f"run {cfg.run.name!r} resumes MLflow run {previous['mlflow_run_id']} which {uri} "
                                 f"cannot reopen ({first_line(exc)}); use a new run.name") from None
@@ -303,9 +317,13 @@ def loop_config(cfg: ExperimentConfig, dataset: PreparedDataset,
 
 
 def _build(cfg: ExperimentConfig, run_config_callbacks: Sequence[Any] | None,
-           extra_tags: Mapping[str, str] | None, parent_run_id: str | None) -> tuple[Any, dict[str, str] | None]:
-    dataset, plan = _check(cfg)
-    tracking = _open_mlflow_run(cfg, plan, dataset, extra_tags, parent_run_id)
+           extra_tags: Mapping[str, str] | None, parent_run_id: str | None,
+           timeline: Timeline | None = None) -> tuple[Any, dict[str, str] | None]:
+    timeline = timeline or Timeline()
+    with timeline.phase("data"):
+        dataset, plan = _check(cfg)
+    with timeline.phase("mlflow"):
+        tracking = _open_mlflow_run(cfg, plan, dataset, extra_tags, parent_run_id)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -338,7 +356,7 @@ def build_trainer(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] 
 
 def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None = None,
           extra_tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
-          end_unfinished: bool = True) -> TrainResult:
+          end_unfinished: bool = True, started_at: float | None = None) -> TrainResult:
     """Run (or resume) the training ``cfg`` describes on Ray Train and return its :class:`TrainResult`.
 
     The MLflow run ends ``finished`` (reached train.max_tokens), ``stopped`` (by train.stop_after_tokens),
@@ -348,19 +366,29 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
     ``end_unfinished=False`` (sweep trials): a run that neither finished nor failed is left RUNNING, because
     only the caller knows why it ended early; a sweep's scheduler side records "stopped_early" or
     "killed" itself, so no two writers race for the verdict.
+
+    The run's timeline (:mod:`yxanul.timeline`) covers the wall-clock from ``started_at`` (``time.time()``; a
+    sweep trial passes its own start) or this call, to the end of the MLflow run: logged as ``timeline/*``
+    metrics and printed as one line under the run's name.
     """
     from ray.train import TrainingFailedError
 
     from yxanul.ray_session import ensure_ray
     from yxanul.tracking import Status
 
-    trainer, tracking = _build(cfg, run_config_callbacks, extra_tags, parent_run_id)
+    started_at = started_at if started_at is not None else time.time()
+    timeline = Timeline()
+    trainer, tracking = _build(cfg, run_config_callbacks, extra_tags, parent_run_id, timeline)
     ensure_ray()
     try:
-        result = trainer.fit()
+        fit_start = time.time()
+        result = _fit(trainer)
+        fit_end = time.time()
         if result.error is not None:
             raise result.error
     except TrainingFailedError as exc:
+        if interrupt.received() is not None:
+            raise _interrupted(cfg, tracking, end_unfinished) from None
         user = user_error(exc)
         message = str(user) if user else str(exc).strip().splitlines()[-1]
         _end_mlflow_run(tracking, Status.FAILED, message)
@@ -368,6 +396,8 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
             raise type(user)(str(user)) from None
         raise
     except BaseException:
+        if interrupt.received() is not None:
+            raise _interrupted(cfg, tracking, end_unfinished) from None
         if end_unfinished:
             _end_mlflow_run(tracking, Status.KILLED)
         raise
@@ -379,9 +409,83 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
         with result.checkpoint.as_directory() as directory:
             tokens = read_state(directory).tokens
     finished = tokens >= build_plan(cfg).total_tokens
-    if finished:
-        _end_mlflow_run(tracking, Status.FINISHED)
-    elif end_unfinished:
-        _end_mlflow_run(tracking, Status.STOPPED)
+    with timeline.phase("mlflow"):
+        worker = _worker_timeline(tracking)
+        if finished:
+            _end_mlflow_run(tracking, Status.FINISHED)
+        elif end_unfinished:
+            _end_mlflow_run(tracking, Status.STOPPED)
+    metrics = _log_timeline(cfg, tracking, timeline, worker, tokens, started_at, fit_start, fit_end)
     return TrainResult(run_id=tracking["run_id"] if tracking else None, tokens=tokens,
-                       metrics=dict(result.metrics or {}), checkpoint_path=checkpoint_path, finished=finished)
+                       metrics=dict(result.metrics or {}), checkpoint_path=checkpoint_path, finished=finished,
+                       timeline=metrics)
+
+
+def _interrupted(cfg: ExperimentConfig, tracking: dict[str, str] | None, end_unfinished: bool) -> BaseException:
+    """A signal reached this job (:mod:`yxanul.interrupt`), whatever error it caused on the way (workers gone
+    with it): record the interruption where the run will resume, end the run ``killed``; the one-line exception."""
+    from yxanul.tracking import Status
+
+    where = interrupt.resume_point(run_dir(cfg), f"run {cfg.run.name}")
+    if tracking:
+        interrupt.record_interruption(tracking["uri"], tracking["run_id"], where)
+    if end_unfinished:
+        _end_mlflow_run(tracking, Status.KILLED)
+    return interrupt.Interrupted(interrupt.received() or 2, f"interrupted {where}; the same command resumes")
+
+
+def _fit(trainer: Any) -> Any:
+    """``trainer.fit()``; in a job that handles SIGINT/SIGTERM itself (:mod:`yxanul.interrupt`), in a helper thread
+    while the main thread waits, so that Ray Train does not take SIGINT over (it does so only in the main thread)
+    and a signal interrupts the wait at once."""
+    import threading
+
+    if not interrupt.active() or threading.current_thread() is not threading.main_thread():
+        return trainer.fit()
+    box: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # handed to the main thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=fit, name="yxanul-fit", daemon=True)  # daemon: an interrupted job exits
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _worker_timeline(tracking: dict[str, str] | None) -> dict[str, Any] | None:
+    """Rank 0's timeline, as it left it on the MLflow run (None without tracking, or if rank 0 never got there)."""
+    if not tracking:
+        return None
+    from yxanul.tracking import client
+
+    text = client(tracking["uri"]).get_run(tracking["run_id"]).data.tags.get(WORKER_TIMELINE_TAG)
+    return json.loads(text) if text else None
+
+
+def _log_timeline(cfg: ExperimentConfig, tracking: dict[str, str] | None, timeline: Timeline,
+                  worker: dict[str, Any] | None, tokens: int, started_at: float, fit_start: float,
+                  fit_end: float) -> dict[str, float]:
+    """The run's ``timeline/*`` metrics (the driver's phases and rank 0's; worker start and teardown from rank 0's
+    start and end against ``fit()``'s), logged at step ``tokens`` and printed as one line; {} without rank 0's."""
+    if worker is None:
+        return {}
+    from yxanul.console import worker_print
+    from yxanul.tracking import client
+
+    timeline.merge(worker["phases"])
+    timeline.add("worker_start", max(0.0, worker["start"] - fit_start))
+    timeline.add("teardown", max(0.0, fit_end - worker["end"]))
+    metrics = timeline_metrics(timeline.seconds, time.time() - started_at)
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client(tracking["uri"]).log_batch(tracking["run_id"], metrics=[Metric(k, v, now, tokens) for k, v in metrics.items()])
+    worker_print(cfg.run.name, f"timeline: {format_timeline(metrics)}")
+    return metrics

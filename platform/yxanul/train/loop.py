@@ -35,6 +35,7 @@ from yxanul.files import atomic_write
 from yxanul.formatting import clock, human_count
 from yxanul.spikes import SpikeDetector, format_spikes, spike_start_tokens
 from yxanul.tags import (
+    COMPILE_CACHE_TAG,
     COMPILED_TAG,
     FP8_LAYERS_TAG,
     FP8_PLAN_TAG_PREFIX,
@@ -45,7 +46,9 @@ from yxanul.tags import (
     SIMULATION_TAG,
     SPIKE_CHECK_TAG,
     SPIKES_TAG,
+    WORKER_TIMELINE_TAG,
 )
+from yxanul.timeline import Timeline, timed
 from yxanul.tracking import MLflowTracker, NullTracker, Tracker, device_tags, node_tags
 from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, resume_values, save_checkpoint
 from yxanul.train.setup import WorkerSetup
@@ -84,7 +87,10 @@ class _Loop:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = self._device()
-        self.dataset = PreparedDataset.open(setup.data_dir)
+        self.timeline = Timeline()  # rank 0's is logged (yxanul.timeline); the driver adds its own phases
+        self.started_at = time.time()
+        with self.timeline.phase("data"):
+            self.dataset = PreparedDataset.open(setup.data_dir)
         self.plan: CurriculumPlan = build_plan(cfg, self.world, self.dataset.seq_len_ok)
         self.vocab = cfg.model.vocab_size or self.dataset.vocab_size
         self.curriculum_label = setup.curriculum_label
@@ -112,11 +118,17 @@ class _Loop:
         # logical GPUs); the run's tags say so (_tracker).
         precision_cfg = (PrecisionConfig(mode="fp32") if self.cfg.scaling.simulate_accelerators
                          else self.cfg.precision)
-        built = build_training(
-            self.cfg.model, precision_cfg, self.cfg.optim, self.device, vocab_size=self.vocab,
-            max_tokens_per_microbatch=self.cfg.train.max_tokens_per_microbatch, seq_len=longest,
-            max_sequences=self.cfg.train.tokens_per_step // self.world // longest,
-            strategy=self.cfg.scaling.strategy, plan_cache_dir=Path(self.setup.fp8_plan_dir) if self.setup.fp8_plan_dir else None, log=say)
+        with self.timeline.phase("build"):
+            built = build_training(
+                self.cfg.model, precision_cfg, self.cfg.optim, self.device, vocab_size=self.vocab,
+                max_tokens_per_microbatch=self.cfg.train.max_tokens_per_microbatch, seq_len=longest,
+                max_sequences=self.cfg.train.tokens_per_step // self.world // longest,
+                strategy=self.cfg.scaling.strategy, log=say,
+                plan_cache_dir=Path(self.setup.fp8_plan_dir) if self.setup.fp8_plan_dir else None,
+                compile_cache_dir=Path(self.setup.compile_cache_dir) if self.setup.compile_cache_dir else None)
+        if built.fp8_plan is not None and not built.fp8_plan.cached:  # measured inside the build: its own phase
+            self.timeline.add("build", -built.fp8_plan.measure_s)
+            self.timeline.add("fp8_plan", built.fp8_plan.measure_s)
         self.built = built
         if self.cfg.train.max_tokens_per_microbatch == "auto":  # the measured budget changes the batch shapes
             self.plan = build_plan(self.cfg, self.world, self.dataset.seq_len_ok, built.tokens_per_microbatch)
@@ -131,13 +143,16 @@ class _Loop:
                                 seed=self.cfg.run.seed, max_tokens=self.cfg.train.max_tokens,
                                 config_hash=self.cfg.config_hash(), run_id=self.setup.run_id)
         self.data_position: dict[str, Any] | None = None
-        self._restore()
+        with self.timeline.phase("restore"):
+            self._restore()
 
     def _log_build(self) -> None:
         """What the build decided on the card (compiled, micro-batch budget, FP8 plan): tags, an artifact, the
         console. Tags, not params: MLflow params are written by the driver and cannot change on resume."""
         built = self.built
+        cache = (self.setup.compile_cache_dir or "inductor default") if built.compiled else "not compiled"
         tags = {COMPILED_TAG: str(built.compiled).lower(), PRECISION_PLAN_TAG: built.precision.describe(),
+                COMPILE_CACHE_TAG: cache,
                 MICROBATCH_TOKENS_TAG: str(self.tokens_per_microbatch)}
         if built.precision.mode == "fp8":  # forced or measured: the groups that really run in FP8 (the report's word)
             tags[FP8_LAYERS_TAG] = "+".join(built.precision.fp8_layers or ()) or "none"
@@ -221,14 +236,17 @@ class _Loop:
         from yxanul.train.step import train_step
 
         self._build()
-        self.tracker = self._tracker()
+        with self.timeline.phase("mlflow"):
+            self.tracker = timed(self._tracker(), self.timeline, "mlflow")
         self._log_build()
-        self.valsets: dict[str, ValidationSet] = load_validation(
-            self.dataset, self.cfg.eval.seq_len, self.cfg.eval.max_tokens_per_domain)
+        with self.timeline.phase("data"):
+            self.valsets: dict[str, ValidationSet] = load_validation(
+                self.dataset, self.cfg.eval.seq_len, self.cfg.eval.max_tokens_per_domain)
         if self.rank == 0 and not self.valsets:
             worker_print(self.cfg.run.name, f"warning: {self.dataset.path} has no validation rows of "
                          f"{self.cfg.eval.seq_len} tokens; no validation metrics", err=True)
-        self._log_unigram()
+        with self.timeline.phase("data"):
+            self._log_unigram()
         tps = self.cfg.train.tokens_per_step
         total_steps = self.plan.total_steps
         stop_tokens = self.cfg.train.stop_after_tokens
@@ -248,6 +266,8 @@ class _Loop:
         lr = 0.0
         elapsed_base = self.state.elapsed_s
         meter.start()
+        steps_phase = self.timeline.phase("steps")  # the loop's time less the phases measured inside it
+        steps_phase.__enter__()
         while self.state.step < stop_step:
             step = self.state.step
             if stage is None or step >= stage.end_step:
@@ -272,6 +292,7 @@ class _Loop:
                     torch.cuda.synchronize(self.device)  # deliberate sync: once per batch shape
                 seconds = time.perf_counter() - started
                 self.compile_s += seconds
+                self.timeline.took("compile", seconds)
                 meter.add_untimed(seconds)
                 if self.rank == 0:
                     worker_print(self.cfg.run.name, f"first step at seq_len {stage.seq_len} x {stage.micro_batch}: "
@@ -320,14 +341,22 @@ class _Loop:
             if do_eval or do_ckpt:
                 meter.pause()  # the training clock stops for validation and checkpoints
             if do_eval and self.valsets:
-                metrics.update(self._validate())
+                with self.timeline.phase("validation"):
+                    metrics.update(self._validate())
             if do_eval or do_ckpt:  # Ray reports only here: each one is a barrier across workers
-                self._report(metrics, do_ckpt, ray.train)
+                with self.timeline.phase("checkpoint"):
+                    self._report(metrics, do_ckpt, ray.train)
                 meter.start()
         meter.pause()
+        steps_phase.__exit__(None, None, None)
         trained_here = stream is not None  # a finished run started again has nothing to train or export
         if trained_here and self.state.step >= total_steps:
-            self._export()
+            with self.timeline.phase("mlflow"):
+                self._export()
+        # What the driver cannot see: rank 0's phases and when its training function ran (yxanul.timeline).
+        self.tracker.set_tags({WORKER_TIMELINE_TAG: json.dumps({
+            "phases": {k: round(v, 4) for k, v in self.timeline.seconds.items()},
+            "start": self.started_at, "end": time.time()})})
 
     def _stream(self, stage: Stage) -> TrainStream:
         where = f"stage {stage.index} (seq_len {stage.seq_len})"
