@@ -162,10 +162,12 @@ max_concurrent_trials: 1
     assert outcome.rows[1]["status"] == "stopped_early"
 
 
-def test_sweep_resumes_after_the_driver_is_killed(env, ray_cluster):
-    """The driver process is killed mid-trial; the same sweep started again restores the Tune experiment and
-    the trial's TorchTrainer resumes from its checkpoint into the same MLflow child run. The driver attaches
-    to the session's Ray (as `ray job submit` drivers do), so only the driver dies."""
+def test_sigterm_stops_the_sweep_in_one_line_and_the_same_command_resumes_it_exactly(env, ray_cluster):
+    """A real SIGTERM to `python -m jobs.sweep` after the trial's first checkpoint: one line ("interrupted at ...
+    in trial t00; the same command resumes"), exit code 143, no stack dump; the parent and the trial's run record
+    the interruption. The same command resumes the trial from its checkpoint into the same MLflow run, and its
+    losses are bit-identical (CPU fp32) to an uninterrupted sweep's. The driver attaches to the session's Ray (as
+    `ray job submit` drivers do), so only the driver gets the signal."""
     import os
     import signal
     import subprocess
@@ -176,40 +178,50 @@ def test_sweep_resumes_after_the_driver_is_killed(env, ray_cluster):
 axes:
   optim.lr: [3.0e-3]
 """)
-    overrides = ["sweep.name=resume", "train.max_tokens=32768", "eval.every_tokens=4096",
-                 "checkpoint.every_tokens=4096", "log.every_steps=4"]
-    log = open(env["root"] / "resume-driver.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.sweep", str(path), *overrides], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address})
-    client = MlflowClient(env["uri"])
-    exp_id = None
-    child = None
+    overrides = ["train.max_tokens=32768", "eval.every_tokens=4096", "log.every_steps=4"]  # checkpoints follow eval
+    command = [sys.executable, "-m", "jobs.sweep", str(path), "sweep.name=resume", *overrides]
+    environ = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
+    checkpoints = env["root"] / "ray" / "resume-t00"
     deadline = time.monotonic() + 400
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:  # until the trial has validated once
-            exp = client.get_experiment_by_name("sweeps")
-            exp_id = exp.experiment_id if exp else None
-            found = client.search_runs([exp_id], filter_string="tags.`yxanul.run_name` = 'resume-t00'") if exp_id else []
-            if found and found[0].data.metrics.get("val/bpb") is not None:
-                child = found[0]
-                break
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        log.close()
-    assert child is not None, (env["root"] / "resume-driver.log").read_text()[-3000:]
-    killed_at = max(m.step for m in client.get_metric_history(child.info.run_id, "val/bpb"))
-    assert killed_at < 32768 and client.get_run(child.info.run_id).info.status == "RUNNING"
+    while time.monotonic() < deadline and proc.poll() is None and not list(checkpoints.glob("checkpoint_*/state.json")):
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 143, (out[-3000:], err[-3000:])
+    assert re.fullmatch(r"interrupted at \S+ tokens in trial t00; the same command resumes\n", err), err
+    assert "SIGTERM received" not in out + err and "Traceback" not in out + err
+    client = MlflowClient(env["uri"])
+    [parent] = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id],
+                                  filter_string="tags.`yxanul.sweep` = 'resume' and tags.`yxanul.role` = 'sweep'")
+    assert parent.data.tags["yxanul.status"] == "interrupted" and parent.data.tags["yxanul.interruptions"] == "1"
+    assert re.search(r"Z SIGTERM at \S+ tokens in trial t00$", parent.data.tags["yxanul.last_interruption"])
+    [child] = children(client, parent.info.run_id).values()
+    assert child.data.tags["yxanul.status"] == "killed" and child.data.tags["yxanul.interruptions"] == "1"
+    killed_at = max(steps(client, child.info.run_id, "train/loss"))
+    assert killed_at < 32768
 
-    outcome = run_sweep(*load_sweep(path, overrides))
-    assert outcome.resumed
-    [run] = children(client, outcome.parent_run_id).values()
-    assert run.info.run_id == child.info.run_id  # the same child run, continued
-    assert run.info.status == "FINISHED" and run.data.tags["yxanul.resumed"] == "true"
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=environ, timeout=400)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(resuming)" in again.stdout and "t00 optim.lr=0.003 | finished: at 32768 tokens" in again.stdout
+    assert re.search(r"t00 optim.lr=0.003 \| timeline: wall [\d.]+ s: steps [\d.]+ s \([\d.]+%\)", again.stdout)
+    assert re.search(r"sweep efficiency [\d.]+%: training steps [\d.]+ s of [\d.]+ s wall x 1 trial slot", again.stdout)
+    [run] = children(client, parent.info.run_id).values()
+    assert run.info.run_id == child.info.run_id and run.info.status == "FINISHED"  # the same child run, continued
+    assert run.data.tags["yxanul.resumed"] == "true" and run.data.tags["yxanul.resumes"] == "1"
     assert steps(client, run.info.run_id, "val/bpb") == list(range(4096, 32769, 4096))  # none twice
-    assert client.get_run(outcome.parent_run_id).info.status == "FINISHED"
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["yxanul.resumes"] == "1"
+    # the sweep's timeline on the parent, at step 2 (its second start)
+    assert [m.step for m in client.get_metric_history(parent.info.run_id, "timeline/efficiency")] == [2]
+
+    # An uninterrupted sweep of the same trial: the same losses, bit for bit (CPU fp32).
+    reference = run_sweep(*load_sweep(path, ["sweep.name=resume-ref", *overrides]))
+    [ref] = children(client, reference.parent_run_id).values()
+    losses = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert losses == sorted((m.step, m.value) for m in client.get_metric_history(ref.info.run_id, "train/loss"))
+    assert len(losses) >= 8 and losses[-1][0] == 32768
 
 
 def test_tune_starts_the_trials_in_the_planned_order(env, ray_cluster, tmp_path):

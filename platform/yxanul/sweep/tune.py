@@ -162,7 +162,7 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None) -> SweepO
         if interrupt.received() is not None:
             raise _interrupted(plan, events, uri, experiment_id, parent_id)
         errored = any(r.error is not None for r in results)
-        slots = _concurrency(plan, spec)
+        slots = min(_concurrency(plan, spec), len(plan.runnable))
     _sweep_timeline(uri, experiment_id, parent_id, events, time.time() - sweep_start, slots)
     rows = records.summarize(uri, experiment_id, parent_id, spec.metric)
     records.end_parent(uri, parent_id, Status.FAILED if errored else Status.FINISHED, format_rows(rows))
@@ -245,7 +245,11 @@ def _trial_events_callback() -> Any:
             self.sweep = sweep
 
         def _events(self) -> _Events:
-            return _EVENTS.setdefault(self.sweep, _Events())
+            # Through the module, not the global: cloudpickle copies a local class's globals by value, and a
+            # restored sweep runs the unpickled callback.
+            from yxanul.sweep import tune as module
+
+            return module._EVENTS.setdefault(self.sweep, _Events())
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             name = trial.config["trial"]["run_name"]
