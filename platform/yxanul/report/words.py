@@ -20,6 +20,8 @@ from yxanul.tags import (
     GIT_DIRTY_TAG,
     GIT_SHA_TAG,
     INTERRUPTIONS_TAG,
+    LAST_INTERRUPTION_TAG,
+    LAST_RESUME_TAG,
     MANIFEST_SHA256_TAG,
     MODEL_PARAMS_NON_EMBEDDING_TAG,
     MODEL_PARAMS_TAG,
@@ -511,9 +513,11 @@ def _run_history(report: ComparisonReport) -> str:
     parts = []
     if parent is not None:
         parts.append(f"sweep run {parent.status}")
-        for tag, word in ((INTERRUPTIONS_TAG, "interruptions"), (RESUMES_TAG, "resumes")):
+        for tag, word, last in ((INTERRUPTIONS_TAG, "interruptions", LAST_INTERRUPTION_TAG),
+                                (RESUMES_TAG, "resumes", LAST_RESUME_TAG)):
             if parent.tags.get(tag):
-                parts.append(f"{parent.tags[tag]} {word}")
+                parts.append(f"{parent.tags[tag]} {word}"
+                             + (f" (last: {parent.tags[last]})" if parent.tags.get(last) else ""))
     resumed = [r for r in report.runs if r.tags.get(RESUMED_TAG) == "true" or r.tags.get(RESUMES_TAG)]
     if resumed:
         parts.append("resumed runs: " + ", ".join(
