@@ -29,7 +29,9 @@ def format_plan(plan: SweepPlan) -> str:
     per_trial = sorted({t.cfg.train.max_tokens for t in plan.trials})
     total = sum(t.cfg.train.max_tokens for t in plan.trials)
     runnable = sum(t.cfg.train.max_tokens for t in plan.runnable)
-    seeds = f"{len(spec.seeds)} seed{'s' if len(spec.seeds) > 1 else ''} ({', '.join(map(str, spec.seeds))}"
+    seed_list = spec.seed_list
+    seeds = (f"{len(seed_list)} seed{'s' if len(seed_list) > 1 else ''} ({', '.join(map(str, seed_list))}"
+             + (", auto: run one at a time until decided" if spec.seeds == "auto" else ""))
     lines.append(f"{len(arms)} variants x {seeds}; shared by every variant) = {len(plan.trials)} trials; token budget "
                  f"{'/'.join(map(human_count, per_trial))} per trial, {human_count(total)} in all"
                  + (f" ({human_count(runnable)} in the {len(plan.runnable)} runnable here)" if runnable != total else ""))
