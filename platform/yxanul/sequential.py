@@ -146,3 +146,27 @@ def simulate(design: SequentialDesign, effect_sd: float, sims: int = 20000, seed
             used[equivalent] = n
     return {"different": float((state == 1).mean()), "equivalent": float((state == 2).mean()),
             "undecided": float((state == 0).mean()), "mean_seeds": float(used.mean())}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m yxanul.sequential [--max-seeds N] [--margin SD]``: the rule's error rates and power by simulation
+    (per-seed differences in units of their standard deviation), the numbers docs/sweeps.md quotes."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--max-seeds", type=int, nargs="+", default=[4, 6, 8])
+    parser.add_argument("--margin", type=float, default=None, help="equivalence margin in standard deviations")
+    parser.add_argument("--sims", type=int, default=20000)
+    args = parser.parse_args(argv)
+    print("max_seeds  true effect (sd)  different  equivalent  undecided  mean seeds")
+    for max_seeds in args.max_seeds:
+        design = SequentialDesign(max_seeds=max_seeds, margin=args.margin)
+        for effect in (0.0, 1.0, 2.0):
+            r = simulate(design, effect, args.sims)
+            print(f"{max_seeds:9d}  {effect:16.1f}  {r['different']:9.2%}  {r['equivalent']:10.2%}  "
+                  f"{r['undecided']:9.2%}  {r['mean_seeds']:10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
