@@ -30,6 +30,10 @@ class TrackingError(YxanulError):
     """The MLflow tracking server or store cannot be used."""
 
 
+class CheckpointError(YxanulError):
+    """A checkpoint is incomplete, corrupt, or holds something other than data (e.g. a crafted pickle)."""
+
+
 def first_line(exc: BaseException | str, limit: int = 2000) -> str:
     """The first non-empty line of an error message, at most ``limit`` characters; the exception's type
     name when its message is empty (for one-line ``error: ...`` output and MLflow tags)."""

@@ -4,18 +4,24 @@
     atomic_write(path, text)                           # readers see the old file or the new one, never half
     with atomic_path(out) as tmp:                      # for writers that want a path (pyarrow, torch.save)
         pq.write_table(table, tmp)
+    sha256_file(path)                                  # hex digest, read in 1 MiB blocks
+    write_secret(path, token)                          # 0600 file in a 0700 folder, never readable by others
+    uri_secret(uri)                                    # "a password" when the URI carries one, else None
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["absolute_path", "atomic_path", "atomic_write", "is_uri"]
+__all__ = ["absolute_path", "atomic_path", "atomic_write", "is_uri", "secure_secret_file", "sha256_file",
+           "uri_secret", "write_secret"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -60,3 +66,67 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of a file (read in 1 MiB blocks: checkpoints are gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_secret(path: str | os.PathLike[str], text: str) -> Path:
+    """Write a secret (a token, a password file) readable by its owner only: the file 0600, its folder 0700.
+
+    The file is created with mode 0600 (never briefly world-readable, as ``write_text`` then ``chmod`` would
+    leave it), in a temporary name beside it that is renamed over ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secure_secret_file(target)  # the folder (and an old file) of this user: 0700 / 0600
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(name, target)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def secure_secret_file(path: str | os.PathLike[str]) -> bool:
+    """Make an existing secret file of this user 0600 and its folder 0700 (Ray 2.60 writes ``~/.ray/auth_token``
+    0644 in a 0755 folder); return whether anything changed. Files of other users are left alone."""
+    target = Path(path)
+    changed = False
+    for item, mode in ((target.parent, 0o700), (target, 0o600)):
+        try:
+            info = item.stat()
+        except OSError:
+            continue
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            os.chmod(item, mode)
+            changed = True
+    return changed
+
+
+_SECRET_QUERY = re.compile(r"(?i)(password|passwd|pwd|secret|token|api[_-]?key)")
+
+
+def uri_secret(uri: str) -> str | None:
+    """What secret a URI carries, in words (``"a password"``, ``"a token in its query"``), or None.
+
+    Userinfo passwords in any scheme (``http://user:PW@host``, ``postgresql://u:PW@h/db``, ``http://:PW@h``) and
+    query parameters named like a secret. The secret itself is never part of the answer, so callers can put
+    the answer in an error line."""
+    try:
+        parts = urllib.parse.urlsplit(uri.strip())
+    except ValueError:
+        return None
+    if parts.password is not None or (parts.username is not None and ":" in parts.netloc.split("@", 1)[0]):
+        return "a password"
+    if any(_SECRET_QUERY.search(key) for key, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)):
+        return "a secret in its query"
+    return None
