@@ -20,7 +20,7 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["absolute_path", "atomic_path", "atomic_write", "is_uri", "secure_secret_file", "sha256_file",
+__all__ = ["absolute_path", "atomic_path", "atomic_write", "check_writable", "is_uri", "secure_secret_file", "sha256_file",
            "uri_secret", "write_secret"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
@@ -59,6 +59,31 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_writable(folder: str, key: str) -> None:
+    """Raise a one-line :class:`~yxanul.errors.ConfigError` naming ``key`` unless ``folder`` (a path or a URI)
+    can be created and written: checked before anything is started that would then be left half done (an
+    MLflow run nothing ends, a Ray run folder without its files)."""
+    from yxanul.errors import ConfigError, first_line
+
+    probe = f"{folder.rstrip('/')}/.yxanul-write-probe-{os.getpid()}"
+    try:
+        if is_uri(folder):
+            import pyarrow.fs
+
+            fs, base = pyarrow.fs.FileSystem.from_uri(folder)
+            fs.create_dir(base, recursive=True)
+            with fs.open_output_stream(f"{base}/{probe.rsplit('/', 1)[1]}") as stream:
+                stream.write(b"")
+            fs.delete_file(f"{base}/{probe.rsplit('/', 1)[1]}")
+        else:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            Path(probe).touch()
+            Path(probe).unlink()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{key}: cannot write {folder} ({first_line(exc)}); choose a folder (or bucket) this job "
+                          f"can write") from None
 
 
 def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:

@@ -33,7 +33,7 @@ from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load
 from yxanul.errors import YxanulError
 from yxanul.files import absolute_path, atomic_write, is_uri
 from yxanul.spikes import SpikeDetector, format_spikes
-from yxanul.tracking import MLflowTracker, NullTracker, Tracker, device_tags, node_tags
+from yxanul.tracking import SPOOL_DIR, NullTracker, ResilientTracker, Tracker, device_tags, node_tags
 from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, resume_values, save_checkpoint
 from yxanul.train.setup import WorkerSetup
 
@@ -211,7 +211,11 @@ class _Loop:
     def _tracker(self) -> Tracker:
         if self.rank != 0 or not self.setup.tracking:
             return NullTracker()
-        tracker = MLflowTracker(self.setup.tracking_uri, self.setup.run_id, skip_logged=True)
+        # Resilient: an MLflow failure (a rotated password, a server down) is one warning line, never the end of
+        # training; what MLflow does not take by the end is kept in the run folder for `python -m jobs.replay`.
+        tracker = ResilientTracker(self.setup.tracking_uri, self.setup.run_id,
+                                   spool_dir=f"{self.setup.run_dir}/{SPOOL_DIR}" if self.setup.run_dir else None,
+                                   say=lambda text: worker_print(self.cfg.run.name, text, err=True))
         simulated = self.cfg.scaling.simulate_accelerators
         tags = {**device_tags(self.cfg.scaling.use_gpu and not simulated, self.world), **node_tags()}
         if simulated:
@@ -236,14 +240,20 @@ class _Loop:
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> None:
+        self._build()
+        self.tracker = self._tracker()
+        try:
+            self._train()
+        finally:
+            self.tracker.close()  # sends what is left, or keeps it in the run folder
+
+    def _train(self) -> None:
         import ray.train
 
         from yxanul.metrics import ThroughputMeter, flops_per_token, reset_peak_memory
         from yxanul.schedule import lr_for_step
         from yxanul.train.step import train_step
 
-        self._build()
-        self.tracker = self._tracker()
         self._log_build()
         self.valsets: dict[str, ValidationSet] = load_validation(
             self.dataset, self.cfg.eval.seq_len, self.cfg.eval.max_tokens_per_domain)
