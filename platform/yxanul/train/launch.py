@@ -25,7 +25,8 @@ from typing import Any
 from yxanul.config import ExperimentConfig, human_count
 from yxanul.curriculum import CurriculumPlan, build_plan
 from yxanul.data.loader import PreparedDataset
-from yxanul.errors import ConfigError, DataError, TrackingError, YxanulError, first_line, user_error
+from yxanul.errors import (ConfigError, DataError, TrackingError, WorkerDiedError, YxanulError, first_line,
+                           user_error, worker_death)
 from yxanul.files import absolute_path, check_writable, is_uri
 
 __all__ = ["RUN_FILE", "TrainResult", "build_trainer", "describe", "find_run_id", "run_dir", "train"]
@@ -343,10 +344,17 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
             raise result.error
     except TrainingFailedError as exc:
         user = user_error(exc)
-        message = str(user) if user else str(exc).strip().splitlines()[-1]
+        died = None if user else worker_death(exc)
+        if died:  # not a bug: one line that says a worker died, instead of ~100 ending in gloo's connection reset
+            died = (f"{died}; scaling.max_failures={cfg.scaling.max_failures} left no restart. The run resumes from "
+                    f"its last checkpoint in {run_dir(cfg)}: run the same command again (raise "
+                    f"scaling.max_failures to restart by itself)")
+        message = str(user) if user else died or str(exc).strip().splitlines()[-1]
         _end_mlflow_run(tracking, Status.FAILED, message)
         if user is not None:
             raise type(user)(str(user)) from None
+        if died:
+            raise WorkerDiedError(died) from None
         raise
     except BaseException:
         if end_unfinished:
