@@ -51,8 +51,8 @@ export MLFLOW_AUTH_CONFIG_PATH=$state/basic_auth.ini
 MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$state/flask_secret_key")
 export MLFLOW_FLASK_SERVER_SECRET_KEY
 if [[ ! -s $state/admin.env ]]; then
-    printf 'MLFLOW_AUTH_ADMIN_USERNAME=yxanul-admin\nMLFLOW_AUTH_ADMIN_PASSWORD=%s\n' \
-        "$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')" > "$state/admin.env"
+    { echo "MLFLOW_AUTH_ADMIN_USERNAME=yxanul-admin"
+      echo "MLFLOW_AUTH_ADMIN_PASSWORD=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"; } > "$state/admin.env"
 fi
 chmod 600 "$state/admin.env"
 set -a
@@ -77,7 +77,7 @@ for username, password, admin in accounts:
         if not store.has_user(username):
             store.create_user(username, password, is_admin=admin)
         elif not store.authenticate_user(username, password):
-            store.update_user(username, password=password)
+            store.update_user(username, password)  # the file's password wins
         if store.get_user(username).is_admin != admin:
             store.update_user(username, is_admin=admin)
     except Exception as exc:  # e.g. MLflow's password rules: one line, no password in it

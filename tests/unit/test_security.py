@@ -167,3 +167,18 @@ def test_a_local_ray_listens_on_loopback_unless_switched_off(monkeypatch):
     monkeypatch.setenv("YXANUL_RAY_LOOPBACK", "1")
     ray_session._use_loopback()  # Ray already imported (the jobs import ray.train first): its constant follows
     assert not ray_constants.ENABLE_RAY_CLUSTER
+
+
+def test_jobs_make_the_ray_token_private_before_and_after_ray_writes_it(tmp_path, monkeypatch):
+    from yxanul import ray_session
+
+    token = tmp_path / ".ray" / "auth_token"
+    token.parent.mkdir(mode=0o755)
+    token.write_text("ef" * 32)
+    token.chmod(0o644)  # as `ray get-auth-token --generate` and a local ray.init leave it
+    token.parent.chmod(0o755)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ray_session._secure_tokens()  # what ensure_ray does around its ray.init
+    assert token.stat().st_mode & 0o777 == 0o600 and token.parent.stat().st_mode & 0o777 == 0o700
+    session_token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+    assert session_token.stat().st_mode & 0o077 == 0 and session_token.parent.stat().st_mode & 0o077 == 0
