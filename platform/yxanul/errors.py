@@ -106,7 +106,8 @@ def worker_death(exc: BaseException) -> str | None:
             text = str(getattr(failure, "_message", "")) or str(failure)
             pid = re.search(r"\bpid=(\d+)", text)
             node = re.search(r"\bnode_ip='([^']+)'", text)
-            where = ", ".join(filter(None, (f"pid {pid.group(1)}" if pid else "", f"node {node.group(1)}" if node else "")))
+            where = ", ".join(filter(None, (f"pid {pid.group(1)}" if pid else "",
+                                            f"node {node.group(1)}" if node else "")))
             why = first_line(health if health is not None else failure, 300)
             return f"training worker rank {rank}{f' ({where})' if where else ''} died: {why}"
     return None

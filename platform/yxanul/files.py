@@ -20,8 +20,8 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["absolute_path", "atomic_path", "atomic_write", "check_writable", "is_uri", "secure_secret_file", "sha256_file",
-           "uri_secret", "write_secret"]
+__all__ = ["absolute_path", "atomic_path", "atomic_write", "check_writable", "is_uri", "secure_secret_file",
+           "sha256_file", "uri_secret", "write_secret"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 

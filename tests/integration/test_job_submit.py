@@ -227,7 +227,8 @@ def test_no_socket_of_the_head_answers_anonymously_beyond_loopback(ray_head):
     sockets = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in pids]
     assert len(sockets) >= 5, sockets  # GCS, raylet, dashboard, agents (44217/44227 may be taken by another Ray)
     local = [a.address for addrs in psutil.net_if_addrs().values() for a in addrs
-             if a.family in (socket.AF_INET, socket.AF_INET6) and not ipaddress.ip_address(a.address.split("%")[0]).is_loopback]
+             if a.family in (socket.AF_INET, socket.AF_INET6)
+             and not ipaddress.ip_address(a.address.split("%")[0]).is_loopback]
     assert local, "this machine has no non-loopback interface to test from"
     answered = []
     for conn in sockets:
@@ -256,8 +257,9 @@ def test_a_token_client_meeting_a_head_without_authentication_is_one_line(tmp_pa
     env.pop("RAY_ADDRESS", None)
     temp = tempfile.mkdtemp(prefix="/tmp/rayn")
     dashboard, gcs = free_port(), free_port()
-    cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--include-dashboard=true",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
+    cmd = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+           "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+           f"--dashboard-agent-listen-port={free_port()}",
            f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
            f"--ray-client-server-port={free_port()}", f"--metrics-export-port={free_port()}", "--num-cpus=1",
            f"--temp-dir={temp}", "--disable-usage-stats"]

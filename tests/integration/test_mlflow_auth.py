@@ -209,9 +209,11 @@ def test_password_rotated_mid_run_training_finishes_and_replay_sends_every_metri
     assert "training finished at 123k tokens" in out
     warnings = [line for line in out.splitlines() if "MLflow" in line and "warning:" in line]
     assert len(warnings) == 2, out[-4000:]  # one per party: the workers' outage, the driver's verdict
-    assert warnings[0].startswith("rotated | warning: MLflow ") and "HTTP 401 (login refused); training goes on" in warnings[0]
+    assert warnings[0].startswith("rotated | warning: MLflow ")
+    assert "HTTP 401 (login refused); training goes on" in warnings[0]
     run_folder = storage / "rotated"
-    assert warnings[1].startswith(f"warning: MLflow {uri} failed to end run ") and "as finished: HTTP 401" in warnings[1]
+    assert warnings[1].startswith(f"warning: MLflow {uri} failed to end run ")
+    assert "as finished: HTTP 401" in warnings[1]
     assert warnings[1].endswith(f"`python -m jobs.replay {run_folder}` sends them")
     assert old not in out + err and new not in out + err
 

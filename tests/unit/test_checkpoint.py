@@ -44,6 +44,18 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
+class _Shell:
+    """The probe's own payload: a shell command, run as the Train worker's user."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
 def _rewrite_manifest(directory: Path) -> None:
     """What an attacker who can write the storage does too: a manifest that matches the crafted file."""
     from yxanul.files import sha256_file
@@ -71,17 +83,19 @@ def test_round_trip_restores_weights_optimizer_rng_and_position(tmp_path):
     saved_model, saved_optimizer = _model_and_optimizer()
     for (name, a), b in zip(model.state_dict().items(), saved_model.state_dict().values()):
         assert torch.equal(a, b), name
-    assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], saved_optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"],
+                       saved_optimizer.state_dict()["state"][0]["exp_avg"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected  # RNG streams continue exactly
     rank_state = json.loads((directory / "rank0.json").read_text())  # JSON: nothing in it can be code
     assert set(rank_state) == {"rng", "data"}
 
 
-@pytest.mark.parametrize("target", ["model.pt", "optimizer.pt"])
-def test_a_crafted_pickle_is_refused_in_one_line_naming_the_file_and_never_runs(tmp_path, target):
+@pytest.mark.parametrize(("target", "payload", "global_name"), [("model.pt", _Shell, "posix.system"),
+                                                                 ("optimizer.pt", _Payload, "getattr")])
+def test_a_crafted_pickle_is_refused_in_one_line_naming_the_file_and_never_runs(tmp_path, target, payload, global_name):
     directory = _save(tmp_path / "ckpt")
     marker = tmp_path / "the-payload-ran"
-    torch.save({"weights": _Payload(marker)}, directory / target)  # a torch checkpoint whose pickle runs code
+    torch.save({"weights": payload(marker)}, directory / target)  # a torch checkpoint whose pickle runs code
     _rewrite_manifest(directory)
     verify_checkpoint(directory)  # the manifest matches: only reading the file as data can tell
     model, optimizer = _model_and_optimizer()
@@ -91,7 +105,7 @@ def test_a_crafted_pickle_is_refused_in_one_line_naming_the_file_and_never_runs(
     message = str(err.value)
     assert len(message.splitlines()) == 1
     assert message.startswith(f"checkpoint file {directory / target} is not plain tensor data")
-    assert "(it asks for getattr)" in message and "was not loaded: a pickle can run code" in message
+    assert f"(it asks for {global_name})" in message and "was not loaded: a pickle can run code" in message
     # The same payload through plain pickle semantics would have run: the test's payload is real.
     torch.load(directory / target, weights_only=False)
     assert marker.exists()

@@ -361,7 +361,8 @@ def test_start_commands_hand_the_secrets_to_ray_start_not_to_its_command_line(cl
     (home / ".yxanul").mkdir(parents=True)
     bin_dir.mkdir()
     (home / ".yxanul" / "mlflow.env").write_text("MLFLOW_TRACKING_USERNAME=alice\nMLFLOW_TRACKING_PASSWORD=pw-0123456789\n")
-    (bin_dir / "ray").write_text('#!/bin/sh\necho "ARGS $*"\nenv | grep -E "^(RAY_AUTH_MODE|RAY_enable|MLFLOW_)" | sort\n')
+    (bin_dir / "ray").write_text('#!/bin/sh\necho "ARGS $*"\n'
+                                 'env | grep -E "^(RAY_AUTH_MODE|RAY_enable|MLFLOW_)" | sort\n')
     (bin_dir / "ray").chmod(0o755)
     env = {"HOME": str(home), "RAY_HEAD_IP": "10.0.0.5",
            "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin"}

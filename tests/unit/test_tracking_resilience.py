@@ -22,8 +22,8 @@ class _Refused(Exception):
     """What MLflow's client raises when the server refuses a login (its message, verbatim)."""
 
     def __init__(self, code: int = 401) -> None:
-        super().__init__(f"API request to endpoint /api/2.0/mlflow/runs/log-batch failed with error code {code} != 200. "
-                         "Response body: 'You are not authenticated.'")
+        super().__init__(f"API request to endpoint /api/2.0/mlflow/runs/log-batch failed with error code {code} "
+                         "!= 200. Response body: 'You are not authenticated.'")
 
 
 class _Server:
@@ -131,7 +131,8 @@ def test_a_refused_login_at_the_end_is_spooled_at_once_and_replayed_into_mlflow(
     tracker.close()  # a refused login will not change in this process: no waiting
     assert clock.now == 0.0
     ((path, header, count),) = spooled(str(tmp_path / "run"))
-    assert header == {"op": "run", "uri": "http://127.0.0.1:5000", "run_id": run_id, "problem": "HTTP 401 (login refused)"}
+    assert header == {"op": "run", "uri": "http://127.0.0.1:5000", "run_id": run_id,
+                      "problem": "HTTP 401 (login refused)"}
     assert count == 4 and path == tracker.spool_file
 
     # The driver cannot end the run either: its verdict joins the spool, in one warning line.

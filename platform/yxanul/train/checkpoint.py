@@ -288,8 +288,10 @@ def read_state(directory: str | Path) -> TrainState:
     try:
         content = json.loads(path.read_text())
         known = {f.name for f in fields(TrainState)}
-        if not isinstance(content, dict) or set(content) - known:
-            raise ValueError(f"unexpected keys {sorted(set(content) - known)[:5] if isinstance(content, dict) else content!r}")
+        if not isinstance(content, dict):
+            raise ValueError(f"not an object: {content!r:.80}")
+        if set(content) - known:
+            raise ValueError(f"unexpected keys {sorted(set(content) - known)[:5]}")
         return TrainState(**content)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint file {path} is missing: the checkpoint is incomplete") from None
@@ -355,8 +357,8 @@ def _load_tensors(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand \d+", str(exc))
-        what = f" (it asks for {found.group(1) or found.group(0)})" if found else ""
+        found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL (\S+)", str(exc))  # torch 2.13's two wordings
+        what = f" (it asks for {found.group(1)})" if found else ""
         raise CheckpointError(f"checkpoint file {path} is not plain tensor data{what} and was not loaded: a pickle "
                               f"can run code. Resume only from checkpoints this platform wrote, or start a new "
                               f"run.name") from None
