@@ -67,20 +67,22 @@ def check_writable(folder: str, key: str) -> None:
     MLflow run nothing ends, a Ray run folder without its files)."""
     from yxanul.errors import ConfigError, first_line
 
-    probe = f"{folder.rstrip('/')}/.yxanul-write-probe-{os.getpid()}"
     try:
         if is_uri(folder):
             import pyarrow.fs
 
             fs, base = pyarrow.fs.FileSystem.from_uri(folder)
-            fs.create_dir(base, recursive=True)
-            with fs.open_output_stream(f"{base}/{probe.rsplit('/', 1)[1]}") as stream:
+            probe = f"{base.rstrip('/')}/.yxanul-write-probe-{os.getpid()}"
+            with fs.open_output_stream(probe) as stream:  # object stores have no folders to create first
                 stream.write(b"")
-            fs.delete_file(f"{base}/{probe.rsplit('/', 1)[1]}")
+            fs.delete_file(probe)
         else:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            Path(probe).touch()
-            Path(probe).unlink()
+            # Probe in the deepest folder that exists, and leave nothing behind: creating the folder is the
+            # job's, later (a failing check of something else must not leave an empty run folder).
+            existing = Path(folder)
+            while not existing.exists() and existing != existing.parent:
+                existing = existing.parent
+            os.rmdir(tempfile.mkdtemp(prefix=".yxanul-write-probe-", dir=existing))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{key}: cannot write {folder} ({first_line(exc)}); choose a folder (or bucket) this job "
                           f"can write") from None

@@ -26,6 +26,7 @@ could not write (:func:`end_run_or_spool`); ``python -m jobs.replay <run folder>
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import platform as _platform
@@ -37,7 +38,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -617,6 +618,21 @@ class ResilientTracker:
             self._tmp = None
 
 
+@contextlib.contextmanager
+def _client_retries(count: int) -> Iterator[None]:
+    """MLflow's client retries for the calls in the block only (it reads the variable at each request)."""
+    name = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+    before = os.environ.get(name)
+    os.environ[name] = str(count)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def end_run_or_spool(uri: str, run_id: str, status: str, *, spool_dir: str | None, error: str = "",
                      only_if_running: bool = False, wait_s: float = 30.0,
                      say: Callable[[str], None] | None = None) -> bool:
@@ -627,10 +643,10 @@ def end_run_or_spool(uri: str, run_id: str, status: str, *, spool_dir: str | Non
     Also reports, in the same one line, records the workers left in the spool for this run."""
     say = say or (lambda text: print(text, flush=True))
     delay, deadline, problem = 1.0, time.monotonic() + wait_s, ""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     while True:
         try:
-            end_run(uri, run_id, status, error=error, only_if_running=only_if_running)
+            with _client_retries(0):  # the back-off here replaces MLflow's (up to ~4 min per request)
+                end_run(uri, run_id, status, error=error, only_if_running=only_if_running)
             problem = ""
             break
         except Exception as exc:  # the verdict is kept below, whatever MLflow raised
