@@ -261,7 +261,14 @@ def connect(uri: str, experiment: str, timeout_s: float = 10.0) -> str:
                 raise TrackingError(f"MLflow experiment {experiment!r} at {uri} is deleted; restore it in the MLflow UI "
                                     f"or choose another tracking.experiment")
             if found.tags.get(EXPERIMENT_KIND_TAG) is None:  # created before the platform set it
-                client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+                try:
+                    client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+                except Exception as exc:
+                    # Tagging an experiment needs MANAGE on it; the jobs' account may only have EDIT (enough to log
+                    # runs). The tag only chooses the UI's view: go on without it. Whether this account can write
+                    # runs is checked when the run is created, with the error that says so.
+                    if not describe_failure(exc).startswith("HTTP 403"):
+                        raise
             return found.experiment_id
         # The kind makes MLflow 3.x's UI open the experiment as model training, not in its GenAI view.
         return client.create_experiment(experiment, artifact_location=_artifact_root(uri),
