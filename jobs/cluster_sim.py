@@ -52,9 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cluster = SimulatedCluster(args.config, args.out, idle_timeout_minutes=args.idle_timeout_minutes)
     with cluster:
+        from yxanul.ray_session import local_server_env
+
+        loopback = "".join(f" {k}={v}" for k, v in local_server_env().items())  # `ray status` must not leave 127.0.0.1
         print(f"head up: dashboard {cluster.dashboard_url}, config {cluster.config_path}\nclients: export "
-              f"RAY_ADDRESS={cluster.dashboard_url} RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={cluster.token_path}",
-              flush=True)
+              f"RAY_ADDRESS={cluster.dashboard_url} RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={cluster.token_path}"
+              f"{loopback}", flush=True)
         if not args.sweep:
             print("watching nodes; Ctrl-C stops the cluster", flush=True)
             try:

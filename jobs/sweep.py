@@ -23,21 +23,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = job_parser(__doc__.splitlines()[0], verbose=True)
     parser.add_argument("--compare", metavar="DIR", default=None,
                         help="after the sweep, write the comparison report (jobs.compare) into DIR")
+    parser.add_argument("--cluster", metavar="FILE", default=None,
+                        help="cluster-launcher config whose GPU node types the plan prices (default: this checkout's "
+                             "cluster.yaml; prices from cluster-prices.yaml beside it)")
+    parser.add_argument("--noise-floor", metavar="SD", type=float, default=None,
+                        help="seed standard deviation of the sweep's metric to plan seeds with (default: from earlier "
+                             "runs of the reference configuration in the tracking store)")
+    parser.add_argument("--bench", metavar="JSONL", action="append", default=None,
+                        help="jobs.bench / train_vs_bench result rows for the rates (repeatable; default: "
+                             "docs/results/bench/*.jsonl)")
     args = parser.parse_intermixed_args(argv)
 
     from yxanul.console import Console, say
     from yxanul.interrupt import signals_handled
     from yxanul.sweep import format_plan, format_rows, load_sweep, plan_sweep, run_sweep, sweep_layout
+    from yxanul.sweep.budget import sweep_budget
 
     spec, overrides = load_sweep(args.config, args.overrides)
+    budget = {"cluster_file": args.cluster, "noise_floor": args.noise_floor, "bench_files": args.bench}
     if args.dry_run:
-        print(format_plan(plan_sweep(spec, overrides)))
+        plan = plan_sweep(spec, overrides)
+        print(format_plan(plan))
+        print(sweep_budget(plan, **budget).text())
+        if spec.seeds == "auto":
+            print(spec.sequential().describe())
         return 0
     log = sweep_layout(spec, overrides).sweep_log(spec.name)
     with Console(log, verbose=args.verbose), signals_handled():  # SIGINT/SIGTERM: one line, 130/143
         if not args.verbose:
             say(f"Ray and Tune output: {log} (--verbose shows it here)")
-        outcome = run_sweep(spec, overrides)
+        budget_text = sweep_budget(plan_sweep(spec, overrides), **budget).text()
+        outcome = run_sweep(spec, overrides, budget_text)
         say(format_rows(outcome.rows))
         say(f"MLflow: parent run {outcome.parent_run_id} at {outcome.tracking_uri}")
         if args.compare:

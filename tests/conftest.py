@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from yxanul.ray_session import local_server_env  # imports no Ray
+
 
 def _session_ray_token() -> Path:
     """Token authentication on for every Ray server and client the tests start, with a token of this test
@@ -29,6 +31,9 @@ def _session_ray_token() -> Path:
 
 
 RAY_AUTH_TOKEN_FILE = _session_ray_token()
+# Every Ray the tests start (the session's ray.init, the `ray start` heads, cluster_sim) listens on 127.0.0.1 only,
+# as the platform's own do (yxanul.ray_session); set before anything imports Ray, which reads it once.
+os.environ.update(local_server_env())
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

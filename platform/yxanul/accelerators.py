@@ -224,6 +224,14 @@ def _lookup(name: str) -> AcceleratorSpec | None:
     return _BY_KEY.get(str(name).strip().lower()) or spec_for_device_name(str(name))
 
 
+def ray_family(name: str) -> str:
+    """The Ray accelerator type a card of this table's type (or alias, or device name) is labelled with: Ray
+    labels by family, so ``A100-80G`` and ``A100-40G`` are both ``A100``, ``H100-PCIe`` is ``H100``."""
+    spec = _lookup(name)
+    canonical = spec.name if spec is not None else str(name)
+    return canonical if canonical.startswith("GeForce-") else canonical.split("-")[0]
+
+
 def supports_fp8(name: str) -> bool:
     """True when the accelerator type (or device name) has FP8 tensor cores usable by TE."""
     spec = _lookup(name)

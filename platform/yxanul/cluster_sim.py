@@ -208,8 +208,9 @@ class SimulatedCluster:
         if not self.token_path.is_file():
             import secrets
 
-            self.token_path.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
-            self.token_path.chmod(0o600)
+            from yxanul.files import write_secret
+
+            write_secret(self.token_path, secrets.token_hex(32))  # what `ray get-auth-token --generate` writes, 0600
         self.temp_dir = tempfile.mkdtemp(prefix="/tmp/raysim")
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
@@ -229,8 +230,12 @@ class SimulatedCluster:
     def client_env(self) -> dict[str, str]:
         """Environment for a client (``ray status``, ``ray job submit``, a driver): token auth on, this
         cluster's token file, the venv's executables first on PATH."""
+        from yxanul.ray_session import local_server_env
+
         bin_dir = str(Path(sys.executable).parent)
-        env = {**os.environ, "RAY_AUTH_MODE": "token",
+        # local_server_env: the simulated nodes listen on 127.0.0.1 only, and a client (`ray status`) must then
+        # not rewrite 127.0.0.1 into the machine's address (Ray 2.60 does, outside its local-only mode).
+        env = {**os.environ, **local_server_env(), "RAY_AUTH_MODE": "token",
                "RAY_AUTH_TOKEN_PATH": str(self.token_path), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
         env.pop("RAY_AUTH_TOKEN", None)  # it would take precedence over the file
         env.pop("RAY_ADDRESS", None)

@@ -142,8 +142,14 @@ class Console:
         global _active
         self._terminal = sys.stdout
         if not self.verbose and self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "a", encoding="utf-8", buffering=1)
+            try:
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                self._log = open(self.log_path, "a", encoding="utf-8", buffering=1)
+            except OSError as exc:  # e.g. a read-only run.storage_path: one line, before anything starts
+                from yxanul.errors import ConfigError, first_line
+
+                raise ConfigError(f"cannot write the job's log file {self.log_path} ({first_line(exc)}); choose a "
+                                  f"writable run.storage_path (or pass --verbose to print Ray's output here)") from None
             self._log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(sys.argv)}\n")
             self._saved = (sys.stdout, sys.stderr)
             out, err = _Filter(self), _Filter(self)  # one each: a partial line on one never joins the other's

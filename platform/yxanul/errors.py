@@ -30,6 +30,14 @@ class TrackingError(YxanulError):
     """The MLflow tracking server or store cannot be used."""
 
 
+class CheckpointError(YxanulError):
+    """A checkpoint is incomplete, corrupt, or holds something other than data (e.g. a crafted pickle)."""
+
+
+class WorkerDiedError(YxanulError):
+    """A training worker process died (killed, out of memory, its node lost) and no restart was left."""
+
+
 def first_line(exc: BaseException | str, limit: int = 2000) -> str:
     """The first non-empty line of an error message, at most ``limit`` characters; the exception's type
     name when its message is empty (for one-line ``error: ...`` output and MLflow tags)."""
@@ -80,3 +88,26 @@ def root_cause(exc: BaseException) -> BaseException:
             break
         exc = nxt
     return exc
+
+
+def worker_death(exc: BaseException) -> str | None:
+    """``"training worker rank 1 (pid 31363, node 10.0.0.7) died: <why>"`` when a Ray Train failure comes from a
+    worker process that died, else None. Ray Train 2.60 reports it as a failed health check of that rank,
+    next to the other ranks' errors (gloo's "Connection reset by peer"), which say nothing of the cause."""
+    import re
+
+    for err in error_chain(exc):
+        for rank, failure in (getattr(err, "worker_failures", None) or {}).items():
+            health = getattr(failure, "health_check_failure", None)
+            died = health is not None or type(failure).__name__ in ("ActorDiedError", "ActorUnavailableError",
+                                                                   "WorkerCrashedError", "NodeDiedError")
+            if not died:
+                continue
+            text = str(getattr(failure, "_message", "")) or str(failure)
+            pid = re.search(r"\bpid=(\d+)", text)
+            node = re.search(r"\bnode_ip='([^']+)'", text)
+            where = ", ".join(filter(None, (f"pid {pid.group(1)}" if pid else "",
+                                            f"node {node.group(1)}" if node else "")))
+            why = first_line(health if health is not None else failure, 300)
+            return f"training worker rank {rank}{f' ({where})' if where else ''} died: {why}"
+    return None

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = ["NO_DIFFERENCE", "POWER", "Estimate", "geometric_interval", "mean_interval", "minimal_detectable_effect",
-           "paired_ratio", "t_quantile", "verdict"]
+           "paired_ratio", "seeds_needed", "t_quantile", "verdict"]
 
 LEVEL = 0.95
 """Two-sided confidence level of every interval the report prints."""
@@ -189,6 +189,19 @@ def minimal_detectable_effect(std: float | None, n: int, level: float = LEVEL, p
     if std is None or n < 2:
         return None
     return (t_quantile(0.5 + level / 2.0, n - 1) + t_quantile(power, n - 1)) * std / math.sqrt(n)
+
+
+def seeds_needed(std: float, effect: float, level: float = LEVEL, power: float = POWER,
+                 most: int = 1000) -> int | None:
+    """The fewest seed pairs whose :func:`minimal_detectable_effect` is at most ``effect`` (the same formula,
+    so the two agree); None when even ``most`` are not enough."""
+    if std <= 0:
+        return 2
+    for n in range(2, most + 1):
+        mde = minimal_detectable_effect(std, n, level, power)
+        if mde is not None and mde <= effect:
+            return n
+    return None
 
 
 NO_DIFFERENCE = "no difference detected"

@@ -97,18 +97,32 @@ def mlflow_server(tmp_path_factory):
     _kill_group(proc)
 
 
+class AuthServer(tuple):
+    """(URI, the jobs' account as environment variables), plus ``.admin`` (the admin account the server made in
+    its state folder, which only the machine running the server has) and ``.state`` (that folder)."""
+
+    admin: dict[str, str]
+    state: Path
+
+
 @pytest.fixture(scope="session")
 def mlflow_auth_server(tmp_path_factory):
     """A real MLflow server with authentication, started by scripts/mlflow_server.sh exactly as the cluster's
-    head starts it (basic-auth app; admin account from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD),
-    on 127.0.0.1. Yields (URI, the credentials as environment variables); the tests' own environment stays
-    without them, so a client is anonymous unless a test hands them over."""
+    head starts it (basic-auth app; the jobs' non-admin account from MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD, the admin made by the script in STATE_DIR/admin.env), on 127.0.0.1. Yields an
+    :class:`AuthServer`; the tests' own environment stays without the credentials, so a client is anonymous
+    unless a test hands them over."""
     root: Path = tmp_path_factory.mktemp("mlflow-auth")
-    creds = {"MLFLOW_TRACKING_USERNAME": "yxanul-admin", "MLFLOW_TRACKING_PASSWORD": secrets.token_hex(16)}
+    creds = {"MLFLOW_TRACKING_USERNAME": "yxanul", "MLFLOW_TRACKING_PASSWORD": secrets.token_hex(16)}
     env = {**os.environ, **creds, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc, uri = start_mlflow_server(root, ["bash", str(REPO / "scripts" / "mlflow_server.sh"), str(root / "state"),
                                            "--artifacts-destination", str(root / "artifacts")], env=env)
-    yield uri, creds
+    server = AuthServer((uri, creds))
+    admin = dict(line.split("=", 1) for line in (root / "state" / "admin.env").read_text().splitlines())
+    server.admin = {"MLFLOW_TRACKING_USERNAME": admin["MLFLOW_AUTH_ADMIN_USERNAME"],
+                    "MLFLOW_TRACKING_PASSWORD": admin["MLFLOW_AUTH_ADMIN_PASSWORD"]}
+    server.state = root / "state"
+    yield server
     _kill_group(proc)
 
 

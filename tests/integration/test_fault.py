@@ -69,3 +69,43 @@ def test_killed_worker_restarts_from_checkpoint_without_duplicate_steps(tmp_path
     steps = [m.step for m in client.get_metric_history(result.run_id, "train/loss")]
     assert sorted(steps) == [TPS * k for k in range(1, STEPS + 1)]  # every step once: none lost, none twice
     assert client.get_run(result.run_id).info.status == "FINISHED"
+
+
+def test_a_dead_worker_without_restarts_left_is_one_error_line(tmp_path):
+    """With scaling.max_failures=0 a killed worker ended the job in ~100 lines ending in gloo's "Connection reset by
+    peer", never saying a worker died. Now: one line naming the rank and pid, exit code 2, the run FAILED."""
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    repo = Path(__file__).parents[2]
+    data = make_dataset(tmp_path / "data", {32: 300, 64: 150}, row_group_rows=32)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "jobs.train", "experiments/runs/pulse.yaml", f"data.output_dir={data}",
+         f"run.storage_path={tmp_path / 'ray'}", "run.name=dies", f"tracking.uri={uri}", f"train.tokens_per_step={TPS}",
+         f"train.max_tokens={STEPS * TPS}", "train.max_tokens_per_microbatch=512", "eval.every_tokens=0",
+         "eval.seq_len=32", "checkpoint.every_tokens=4096", "scaling.num_workers=2", "scaling.max_failures=0"],
+        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marker = tmp_path / "ray" / "dies" / "workers" / "rank1.json"
+    victim = None
+    deadline = time.monotonic() + 400
+    while job.poll() is None and victim is None and time.monotonic() < deadline:
+        if marker.exists():
+            info = json.loads(marker.read_text() or "{}")
+            if info.get("event") == "checkpoint":
+                victim = info
+                os.kill(info["pid"], signal.SIGKILL)
+        time.sleep(0.05)
+    out, err = job.communicate(timeout=400)
+    assert victim is not None, "the run ended before a checkpoint could be observed"
+    assert job.returncode == 2, out[-3000:] + err[-3000:]
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: training worker rank 1 (pid {victim['pid']}, node 127.0.0.1) died: "), line
+    assert line.endswith(f"scaling.max_failures=0 left no restart. The run resumes from its last checkpoint in "
+                         f"{tmp_path / 'ray' / 'dies'}: run the same command again (raise scaling.max_failures to "
+                         f"restart by itself)"), line
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("pulse").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["yxanul.error"] == line.removeprefix("error: ")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -139,20 +140,42 @@ def test_two_worker_run_logs_metrics_params_provenance_and_checkpoints(env, unin
     # checkpoints every 4096 tokens, the last two kept
     kept = sorted(p.name for p in Path(run_dir(cfg)).glob("checkpoint_*") if p.is_dir())
     assert len(kept) == 2 and Path(result.checkpoint_path).name == kept[-1]
-    assert {"state.json", "model.pt", "optimizer.pt", "rank0.pt", "rank1.pt"} <= {
-        p.name for p in Path(result.checkpoint_path).iterdir()}
+    assert {p.name for p in Path(result.checkpoint_path).iterdir()} == {
+        "state.json", "model.pt", "optimizer.pt", "rank0.json", "rank1.json", "manifest.rank0.json",
+        "manifest.rank1.json"}  # data only: tensors (weights_only) and JSON, each rank's manifest last
 
 
-def test_interrupted_and_resumed_run_has_identical_losses(env, uninterrupted):
+def test_interrupted_and_resumed_run_has_identical_losses(env, uninterrupted, capfd):
+    """Stopped at 8192 tokens (checkpoints at 4096 and 8192), the latest checkpoint truncated as a failed upload
+    or a full disk would leave it: the resume says so in one line naming the file, falls back to the checkpoint
+    at 4096, and the run's losses are still bit-identical to the uninterrupted run's."""
     from mlflow import MlflowClient
 
     _, full = uninterrupted
-    first = train(config(env, "resumed", "train.stop_after_tokens=4096"))
-    assert not first.finished and first.tokens == 4096  # stopped after the first checkpoint, in stage 0
+    first = train(config(env, "resumed", "train.stop_after_tokens=8192"))
+    assert not first.finished and first.tokens == 8192  # stopped after the second checkpoint, in stage 1
     client = MlflowClient(env["uri"])
     assert client.get_run(first.run_id).data.tags["yxanul.status"] == "stopped"
-    second = train(config(env, "resumed"))  # same run.name + storage: resumes from the checkpoint at 4096
+    checkpoints = sorted(p for p in Path(run_dir(config(env, "resumed"))).glob("checkpoint_*") if p.is_dir())
+    assert [json.loads((p / "state.json").read_text())["tokens"] for p in checkpoints] == [4096, 8192]
+    latest = checkpoints[-1] / "model.pt"
+    size = latest.stat().st_size
+    with open(latest, "r+b") as fh:
+        fh.truncate(size // 2)
+    capfd.readouterr()
+    second = train(config(env, "resumed"))  # same run.name + storage: resumes, from 4096
     assert second.finished and second.run_id == first.run_id and second.tokens == STEPS * TPS
+    warning = (f"warning: checkpoint file {latest} is corrupt: {size // 2} bytes, manifest.rank0.json says {size} "
+               f"(truncated or overwritten); resuming from the previous valid checkpoint {checkpoints[0]}")
+    seen = ""
+    for _ in range(40):  # Ray forwards the workers' lines to this process asynchronously
+        out, err = capfd.readouterr()
+        seen += out + err
+        if warning in seen:
+            break
+        time.sleep(0.25)
+    assert len([line for line in seen.splitlines() if "warning: checkpoint" in line]) == 1, seen[-3000:]
+    assert warning in seen and f"resumed from {checkpoints[0]}: step 4, 4.1k tokens" in seen
     resumed = history(client, second.run_id, "train/loss")
     reference = history(client, full.run_id, "train/loss")
     assert [s for s, _ in resumed] == [s for s, _ in reference]  # every step once, none twice

@@ -94,3 +94,36 @@ def test_build_trainer_passes_scaling_failure_and_checkpoint_settings(data, tmp_
     assert (setup.fp8_plan_dir, setup.compile_cache_dir) == (f"{tmp_path}/fp8-plans", f"{tmp_path}/compile-cache")
     off = build_trainer(cfg.model_copy(update={"precision": cfg.precision.model_copy(update={"compile_cache": False})}))
     assert off.train_loop_config["setup"].compile_cache_dir is None
+
+
+def _read_only_folder(tmp_path: Path) -> Path | None:
+    """A folder this process cannot create anything in: a 0555 folder, unless this runs as root (which writes
+    anyway); then sysfs, which refuses new entries even to root. None when neither refuses here."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    for candidate in (folder, Path("/sys/yxanul-read-only")):
+        try:
+            (candidate / "probe").mkdir(parents=True)
+        except OSError:
+            return candidate
+        (candidate / "probe").rmdir()
+    return None
+
+
+def test_read_only_storage_is_one_line_and_leaves_no_mlflow_run(data, tmp_path):
+    """Issue 26: a read-only run.storage_path gave a traceback and, with --verbose, an orphan RUNNING run."""
+    from mlflow import MlflowClient
+
+    storage = _read_only_folder(tmp_path)
+    if storage is None:
+        pytest.skip("no folder here refuses writes to this user")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for verbose in ([], ["--verbose"]):
+        done = job(PULSE, f"data.output_dir={data}", f"run.storage_path={storage}", f"tracking.uri={uri}", *verbose)
+        assert done.returncode == 2, done.stderr[-3000:]
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith("error: ") and str(storage) in line and "run.storage_path" in line, line
+    if (tmp_path / "mlflow.db").exists():
+        client = MlflowClient(uri)
+        assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []

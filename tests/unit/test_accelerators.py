@@ -271,3 +271,10 @@ def test_config_spells_known_accelerator_types_as_ray_does():
     assert accel("h100") == "H100" and accel("l40s") == "L40S" and accel("RTX4090") == "GeForce-RTX-4090"
     assert accel("T4") == "T4" and accel("my-label") == "my-label"  # not in the table: kept as written
     assert load_config(None, []).scaling.accelerator_type is None
+
+
+def test_ray_labels_cards_by_family():
+    from yxanul.accelerators import ray_family
+
+    assert [ray_family(n) for n in ("A100-80G", "A100-40G", "H100-PCIe", "H200", "RTX4090", "L4")] == \
+        ["A100", "A100", "H100", "H200", "GeForce-RTX-4090", "L4"]

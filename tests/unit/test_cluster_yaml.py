@@ -361,17 +361,54 @@ def test_start_commands_hand_the_secrets_to_ray_start_not_to_its_command_line(cl
     (home / ".yxanul").mkdir(parents=True)
     bin_dir.mkdir()
     (home / ".yxanul" / "mlflow.env").write_text("MLFLOW_TRACKING_USERNAME=alice\nMLFLOW_TRACKING_PASSWORD=pw-0123456789\n")
-    (bin_dir / "ray").write_text('#!/bin/sh\necho "ARGS $*"\nenv | grep -E "^(RAY_AUTH_MODE|MLFLOW_)" | sort\n')
+    (bin_dir / "ray").write_text('#!/bin/sh\necho "ARGS $*"\n'
+                                 'env | grep -E "^(RAY_AUTH_MODE|RAY_enable|MLFLOW_)" | sort\n')
     (bin_dir / "ray").chmod(0o755)
     env = {"HOME": str(home), "RAY_HEAD_IP": "10.0.0.5",
            "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin"}
+    uris = []
     for cmd in (cluster["head_start_ray_commands"][1], cluster["worker_start_ray_commands"][1]):
         out = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=120).stdout
         assert "RAY_AUTH_MODE=token" in out.splitlines()
+        assert "RAY_enable_metrics_collection=0" in out.splitlines()  # no anonymous Prometheus exporter
         assert "MLFLOW_TRACKING_USERNAME=alice" in out and "MLFLOW_TRACKING_PASSWORD=pw-0123456789" in out
+        assert "MLFLOW_AUTH_ADMIN" not in out  # the MLflow admin is in no Ray process's environment
         args = next(line for line in out.splitlines() if line.startswith("ARGS "))
         assert args.startswith("ARGS start") and "pw-0123456789" not in args and "alice" not in args
-    assert "MLFLOW_TRACKING_URI=http://10.0.0.5:5000" in out  # the worker's view of the head
+        uris.append(next(line for line in out.splitlines() if line.startswith("MLFLOW_TRACKING_URI=")))
+    assert uris[1] == "MLFLOW_TRACKING_URI=http://10.0.0.5:5000"  # the worker's view of the head
+    # The head's own URI is its network address, never loopback: the driver on the head hands it to Train
+    # workers on other nodes, where 127.0.0.1 would be their own machine.
+    head_host = uris[0].split("//", 1)[1].rsplit(":", 1)[0]
+    assert head_host and not head_host.startswith("127.") and head_host != "localhost", uris[0]
+    head_args = next(line for line in subprocess.run(["bash", "-c", cluster["head_start_ray_commands"][1]], env=env,
+                                                     capture_output=True, text=True, timeout=120).stdout.splitlines()
+                     if line.startswith("ARGS "))
+    assert "--dashboard-host=127.0.0.1" in head_args  # reached through `ray dashboard` (SSH), not the network
+
+
+def test_head_metrics_endpoints_are_dropped_from_outside_the_host(cluster, tmp_path):
+    """Ray 2.60 binds the head's autoscaler (:44217) and dashboard (:44227) Prometheus endpoints to all interfaces
+    on a node with a network address, answering without the token: every host drops what reaches those ports
+    from outside (run with stand-ins for sudo and iptables that record the rule; idempotent)."""
+    import os
+    import subprocess
+
+    (rule,) = [c for c in cluster["initialization_commands"] if "iptables" in c]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
+    (bin_dir / "iptables").write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/calls\n'
+                                      f'case "$1" in -C) grep -q -- "-I" {tmp_path}/calls ;; esac\n')
+    for tool in ("sudo", "iptables"):
+        (bin_dir / tool).chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin"}
+    for _ in range(2):  # `ray up` again: the rule is not added twice
+        assert subprocess.run(["bash", "-c", rule], env=env, timeout=60).returncode == 0
+    calls = (tmp_path / "calls").read_text().splitlines()
+    inserted = [c for c in calls if c.startswith("-I ")]
+    assert inserted == ["-I INPUT -p tcp -m multiport --dports 44217,44227 ! -i lo -j DROP"]
+    assert calls[0].startswith("-C INPUT") and calls[-1].startswith("-C INPUT")
 
 
 def test_mlflow_on_the_head_and_shared_storage(cluster):
@@ -439,7 +476,27 @@ def test_kuberay_auth_on_every_group():
         container = group["template"]["spec"]["containers"][0]
         env = {e["name"]: e for e in container.get("env", [])}
         assert "RAY_AUTH_MODE" not in env and "RAY_AUTH_TOKEN" not in env, name
-        assert container["envFrom"] == [{"secretRef": {"name": "yxanul-mlflow"}}], name  # the MLflow account
-        assert env["MLFLOW_TRACKING_URI"]["value"].startswith("http://"), name
-    start = " ".join(spec["headGroupSpec"]["template"]["spec"]["containers"][0]["lifecycle"]["postStart"]["exec"]["command"])
-    assert "/workspace/yxanul/scripts/mlflow_server.sh /mlflow" in start and "mlflow server" not in start
+        assert container["envFrom"] == [{"secretRef": {"name": "yxanul-mlflow"}}], name  # the jobs' account
+        # Every Ray container, the head's included, logs to the head's MLflow through its Service: the driver on
+        # the head hands its URI to Train workers on GPU pods, where 127.0.0.1 is their own pod.
+        assert env["MLFLOW_TRACKING_URI"]["value"] == "http://yxanul-head-svc:5000", name
+        assert env["RAY_enable_metrics_collection"]["value"] == "0", name  # no anonymous Prometheus exporter
+        assert not container.get("volumeMounts"), name  # MLflow's stores and admin are not in a Ray container
+        assert "lifecycle" not in container, name
+
+
+def test_kuberay_mlflow_runs_apart_with_its_admin_and_only_the_cluster_reaches_its_pods():
+    docs = [d for d in yaml.safe_load_all(KUBERAY_YAML.read_text()) if d]
+    (spec,) = [d["spec"] for d in docs if d.get("kind") == "RayCluster"]
+    pod = spec["headGroupSpec"]["template"]["spec"]
+    ray_head, mlflow = pod["containers"]
+    assert ray_head["name"] == "ray-head" and mlflow["name"] == "mlflow"  # KubeRay's Ray container is the first
+    command = " ".join(mlflow["command"])
+    assert command.startswith("/workspace/yxanul/scripts/mlflow_server.sh /mlflow ") and "--port 5000" in command
+    assert mlflow["envFrom"] == [{"secretRef": {"name": "yxanul-mlflow"}}]  # to create the jobs' account
+    assert mlflow["volumeMounts"] == [{"name": "mlflow-state", "mountPath": "/mlflow"}]  # admin.env lives here
+    assert [v["name"] for v in pod["volumes"]] == ["mlflow-state"]
+    (policy,) = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"ray.io/cluster": "yxanul"}}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {"ray.io/cluster": "yxanul"}}}]}]

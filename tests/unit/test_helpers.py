@@ -173,3 +173,16 @@ def test_bench_data_reads_text_from_a_uri_source_and_refuses_empty_text(tmp_path
     with pytest.raises(DataError, match="no text to benchmark"):
         source_texts(plan)
     assert os.listdir(folder) == ["a.parquet"]
+
+
+def test_check_writable_leaves_nothing_behind_and_names_the_key(tmp_path):
+    import pytest
+
+    from yxanul.errors import ConfigError
+    from yxanul.files import check_writable
+
+    check_writable(str(tmp_path / "not" / "yet" / "there"), "run.storage_path")
+    assert list(tmp_path.iterdir()) == []  # probed in the deepest existing folder, then removed
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match=r"^run.storage_path: cannot write .*a-file/run \(.*\); choose a folder"):
+        check_writable(str(tmp_path / "a-file" / "run"), "run.storage_path")

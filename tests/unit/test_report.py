@@ -319,3 +319,28 @@ def test_simulated_runs_are_flagged():
     report = build_report(runs, "t")
     assert any(w.startswith("2 of 2 runs are simulated (scaling.simulate_accelerators)") for w in warnings(report))
     assert "FP32 (simulated; FP8 asked)" in headline(report, report.comparisons[0])
+
+
+def test_a_seeds_auto_sweep_states_its_stopping_rule_and_each_comparisons_decision():
+    from yxanul.report.fetch import SweepRecord
+    from yxanul.sequential import SequentialDesign
+
+    bf16 = {s: (2.80 + 0.01 * s, 100.0) for s in range(4)}
+    runs = [seeded("precision.mode=bf16", s, f, t) for s, (f, t) in bf16.items()]
+    runs += [seeded("precision.mode=fp8", s, f - 0.05 - 0.001 * s, t, precision="fp8", params=FP8_PARAMS,
+                    tags=FP8_HEAD) for s, (f, t) in bf16.items()]
+    parent = SweepRecord("p" * 32, "s", "7", "finished", running=False,
+                         params={"sweep.seeds": '"auto"', "sweep.max_seeds": "6", "sweep.equivalence_margin": "0.01"})
+    report = build_report(runs, "sweep s", parent=parent)
+    design = report.sequential
+    assert design == SequentialDesign(max_seeds=6, margin=0.01)
+    [c] = report.comparisons
+    decision = c.decision(design)
+    # gaps -0.050 .. -0.053 (arm - reference, seed order): the rule's own call on them, at 4 pairs
+    expected = design.decide([-0.05 - 0.001 * s for s in range(4)])
+    assert (decision.state, decision.n) == ("different", 4)
+    assert decision.mean == pytest.approx(expected.mean, abs=1e-12) and decision.alpha == expected.alpha
+    lines = design_lines(report)
+    assert design.describe() in lines
+    assert any(line.startswith("stopping rule, ") and ": different at " in line for line in lines)
+    assert build_report(runs, "sweep s").sequential is None  # a fixed seed list has no stopping rule

@@ -96,3 +96,89 @@ def test_local_servers_bind_to_loopback_only():
     assert wrong == {}
     assert not [path for path in _LOCAL_SOURCES if "0.0.0.0" in re.sub(r"(?m)(^|\s)#.*$", "", path.read_text())
                 and path.name not in ("test_cluster_yaml.py", "test_security.py")]  # these assert on it
+
+
+@pytest.mark.parametrize("uri", ["http://alice:pw-123@10.0.0.5:5000", "https://alice:pw-123@mlflow.example",
+                                 "http://:pw-123@10.0.0.5:5000", "postgresql://u:pw-123@db/mlflow",
+                                 "http://10.0.0.5:5000/?password=pw-123", "databricks://u:pw-123@workspace"])
+def test_a_password_in_any_uri_form_is_refused_and_never_echoed(uri, capsys, monkeypatch):
+    from yxanul.files import uri_secret
+
+    assert uri_secret(uri) is not None
+    with pytest.raises(TrackingError, match="must not contain") as err:
+        resolve_tracking_uri(uri)
+    assert "pw-123" not in str(err.value)
+    # The issue's probe: `jobs.compare --tracking-uri http://user:PW@host` printed the password in its error.
+    import jobs.compare
+
+    assert run_job(jobs.compare.main, ["--sweep", "s", "--out", "unused", "--tracking-uri", uri]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"error: the tracking URI must not contain {uri_secret(uri)} (runs record their URI, and errors print it); "
+        f"set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead"]
+    assert "pw-123" not in captured.out + captured.err
+
+
+def test_uris_without_secrets_pass():
+    from yxanul.files import uri_secret
+
+    for uri in ("http://10.0.0.5:5000", "http://alice@10.0.0.5:5000", "sqlite:////tmp/mlflow.db", "s3://bucket/x",
+                "http://10.0.0.5:5000/?experiment=tokens"):
+        assert uri_secret(uri) is None, uri
+
+
+def test_secrets_are_written_0600_in_a_0700_folder_and_ray_tokens_tightened(tmp_path):
+    from yxanul.files import secure_secret_file, write_secret
+
+    folder = tmp_path / "secrets"
+    folder.mkdir(mode=0o755)
+    path = write_secret(folder / "auth_token", "ab" * 32)
+    assert path.read_text() == "ab" * 32
+    assert path.stat().st_mode & 0o777 == 0o600 and folder.stat().st_mode & 0o777 == 0o700
+    assert [p.name for p in folder.iterdir()] == ["auth_token"]  # no temporary file left
+    # What Ray 2.60 leaves behind (`ray get-auth-token --generate`, a local ray.init): 0644 in a 0755 folder.
+    ray_dir = tmp_path / "home" / ".ray"
+    ray_dir.mkdir(parents=True, mode=0o755)
+    token = ray_dir / "auth_token"
+    token.write_text("cd" * 32)
+    token.chmod(0o644)
+    ray_dir.chmod(0o755)
+    assert secure_secret_file(token)
+    assert token.stat().st_mode & 0o777 == 0o600 and ray_dir.stat().st_mode & 0o777 == 0o700
+    assert not secure_secret_file(token)  # already private: nothing to change
+
+
+def test_a_local_ray_listens_on_loopback_unless_switched_off(monkeypatch):
+    """The switch the platform uses (yxanul.ray_session): Ray's local-only mode, which this session has on
+    (tests/conftest.py) and which ensure_ray sets before its ray.init; YXANUL_RAY_LOOPBACK=0 turns it off.
+    The listening sockets of a real head: tests/integration/test_job_submit.py."""
+    import ray._private.ray_constants as ray_constants
+    import ray._private.services as services
+
+    from yxanul import ray_session
+
+    assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0" and not ray_constants.ENABLE_RAY_CLUSTER
+    assert services.get_node_ip_address() == "127.0.0.1"  # what Ray binds its servers and exporters to
+    assert services.resolve_ip_for_localhost("127.0.0.1") == "127.0.0.1"  # `ray start --node-ip-address=127.0.0.1`
+    assert ray_session.local_server_env() == {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    monkeypatch.setenv("YXANUL_RAY_LOOPBACK", "0")
+    assert ray_session.local_server_env() == {}
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    monkeypatch.setenv("YXANUL_RAY_LOOPBACK", "1")
+    ray_session._use_loopback()  # Ray already imported (the jobs import ray.train first): its constant follows
+    assert not ray_constants.ENABLE_RAY_CLUSTER
+
+
+def test_jobs_make_the_ray_token_private_before_and_after_ray_writes_it(tmp_path, monkeypatch):
+    from yxanul import ray_session
+
+    token = tmp_path / ".ray" / "auth_token"
+    token.parent.mkdir(mode=0o755)
+    token.write_text("ef" * 32)
+    token.chmod(0o644)  # as `ray get-auth-token --generate` and a local ray.init leave it
+    token.parent.chmod(0o755)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ray_session._secure_tokens()  # what ensure_ray does around its ray.init
+    assert token.stat().st_mode & 0o777 == 0o600 and token.parent.stat().st_mode & 0o777 == 0o700
+    session_token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
+    assert session_token.stat().st_mode & 0o077 == 0 and session_token.parent.stat().st_mode & 0o077 == 0

@@ -30,6 +30,7 @@ from yxanul.errors import TrackingError
 from yxanul.formatting import shown_paths
 from yxanul.report.fetch import DID_NOT_FINISH, SweepRecord
 from yxanul.report.runs import RanPrecision, RunSeries, Series, ran_precision, run_spikes
+from yxanul.sequential import Decision, SequentialDesign
 from yxanul.stats import (
     Estimate,
     geometric_interval,
@@ -357,6 +358,12 @@ class Comparison:
     def spiking(self) -> list[RunSeries]:
         return [r for p in self.pairs for r in (p.reference.run, p.arm.run) if run_spikes(r)]
 
+    def decision(self, design: SequentialDesign) -> Decision:
+        """What the ``seeds: auto`` rule says of this comparison's per-seed val/bpb gaps, in seed order (the
+        sweep's driver stops on the same call)."""
+        gaps = [p.bpb_gap for p in sorted(self.pairs, key=lambda p: p.seed) if p.bpb_gap is not None]
+        return design.decide(gaps)
+
 
 def _pair(ref: RunRow, arm: RunRow) -> SeedPair:
     ref_bpb, arm_bpb = ref.run.series("val/bpb"), arm.run.series("val/bpb")
@@ -465,6 +472,16 @@ class ComparisonReport:
         seed-to-seed spread is a property of the arm, and a seed another arm lost still measures it."""
         ref = self.reference_arm
         return mean_interval([r.val_bpb for r in ref.finished_rows]) if ref else None
+
+    @property
+    def sequential(self) -> SequentialDesign | None:
+        """The stopping rule of a ``seeds: auto`` sweep, from what its parent run recorded (None otherwise)."""
+        params = self.parent.params if self.parent else {}
+        if params.get("sweep.seeds") != '"auto"':
+            return None
+        margin = params.get("sweep.equivalence_margin")
+        return SequentialDesign(max_seeds=int(params.get("sweep.max_seeds", 6)),
+                                margin=float(margin) if margin else None)
 
     @property
     def simulated(self) -> list[RunSeries]:

@@ -234,6 +234,15 @@ def design_lines(report: ComparisonReport) -> list[str]:
     else:
         lines.append("noise floor: not measured (the reference arm finished fewer than 2 seeds)")
     lines.append(target_text(report))
+    design = report.sequential
+    if design is not None:
+        lines.append(design.describe())
+        for c in report.comparisons:
+            if c.pairs:
+                _, _, _, arm, ref_short = arm_names(c)
+                d = c.decision(design)
+                where = (f" (level {d.alpha:.4f}: {signed(d.low)} to {signed(d.high)})" if d.alpha is not None else "")
+                lines.append(f"stopping rule, {arm} vs {ref_short}: {d.state} at {d.n} seed pairs{where}")
     for c in report.comparisons:
         if not c.pairs:
             continue  # no comparison (its headline says why)

@@ -50,7 +50,7 @@ def _expand(spec: SweepSpec) -> list[tuple[list[tuple[str, str, dict[str, Any]]]
     for point in itertools.product(*grid):
         if any(_matches(dict(zip(grid_names, (c[1] for c in point))), e) for e in spec.exclude):
             continue
-        for seed in spec.seeds:
+        for seed in spec.seed_list:
             for sample in range(spec.num_samples):
                 drawn = [rng.choice(opts) for _, opts in choice]
                 chosen = {c[0]: c for c in (*point, *drawn)}
@@ -60,7 +60,7 @@ def _expand(spec: SweepSpec) -> list[tuple[list[tuple[str, str, dict[str, Any]]]
                     axis = spec.axes[n]
                     ordered.append(chosen[n if axis.variants is not None else (axis.key or n)])
                 out.append((ordered, seed, sample))
-    return _run_order(out, spec.seeds)
+    return _run_order(out, spec.seed_list)
 
 
 def _run_order(expanded: list[tuple[list[tuple[str, str, dict[str, Any]]], int, int]],
@@ -119,7 +119,7 @@ def plan_sweep(spec: SweepSpec, run_overrides: list[str] | None = None,
         if key == "run.seed":
             raise ConfigError("run.seed is set per trial from the sweep's `seeds`; use sweep.seeds=[...]")
 
-    multi_seed = len(spec.seeds) > 1
+    multi_seed = len(spec.seed_list) > 1
     trials: list[Trial] = []
     reference = ""
     for index, (choices, seed, sample) in enumerate(_expand(spec)):

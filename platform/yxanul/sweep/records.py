@@ -47,9 +47,8 @@ from yxanul.tracking import (
     reopen_run,
 )
 
-__all__ = ["child_run_ids", "end_parent", "end_running_children", "end_trial_run_callback", "fingerprint",
-           "log_parent_timeline",
-           "open_parent", "trial_timelines",
+__all__ = ["STOPPING_RULE_ARTIFACT", "child_run_ids", "end_parent", "end_running_children", "end_trial_run_callback",
+           "fingerprint", "log_parent_timeline", "open_parent", "trial_timelines",
            "record_not_runnable",
            "summarize"]
 
@@ -72,8 +71,14 @@ def fingerprint(plan: SweepPlan) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def open_parent(plan: SweepPlan, uri: str, experiment_id: str, tune_path: str, resume: bool) -> str:
-    """The sweep's parent MLflow run: the one a resumed sweep already has (reopened), else a new one."""
+STOPPING_RULE_ARTIFACT = "stopping_rule.txt"
+"""On the parent run of a ``seeds: auto`` sweep: the rule and its error rates, in words (the report shows it)."""
+
+
+def open_parent(plan: SweepPlan, uri: str, experiment_id: str, tune_path: str, resume: bool,
+                budget_text: str = "") -> str:
+    """The sweep's parent MLflow run: the one a resumed sweep already has (reopened), else a new one (with the
+    trial table, and the time / cost / power plan ``budget_text`` of the dry run)."""
     mlflow = client(uri)
     digest = fingerprint(plan)
     if resume:
@@ -108,9 +113,19 @@ def open_parent(plan: SweepPlan, uri: str, experiment_id: str, tune_path: str, r
               "sweep.milestones_tokens": json.dumps(plan.milestones)}
     if spec.target_bpb is not None:
         params["sweep.target_bpb"] = repr(spec.target_bpb)
+    if spec.target_effect is not None:
+        params["sweep.target_effect"] = repr(spec.target_effect)
+    if spec.seeds == "auto":
+        params["sweep.max_seeds"] = str(spec.max_seeds)
+        if spec.equivalence_margin is not None:
+            params["sweep.equivalence_margin"] = repr(spec.equivalence_margin)
     rid = create_run(uri, experiment_id, f"sweep-{plan.name}", tags=tags, params=params)
     mlflow.log_text(rid, spec_yaml(spec), "sweep.yaml")
     mlflow.log_text(rid, format_plan(plan) + "\n", "trials.txt")
+    if budget_text:
+        mlflow.log_text(rid, budget_text + "\n", "budget.txt")
+    if spec.seeds == "auto":
+        mlflow.log_text(rid, spec.sequential().describe() + "\n", STOPPING_RULE_ARTIFACT)
     if git.get("diff"):
         mlflow.log_text(rid, git["diff"], GIT_DIFF_ARTIFACT)
     return rid

@@ -113,8 +113,16 @@ class SweepSpec(_Spec):
     """The run every trial starts from."""
     axes: dict[str, AxisSpec] = {}
     """Axis name -> axis. The variant label of a trial is ``axis=value`` for every axis, in order."""
-    seeds: list[int] = [0]
-    """run.seed values; every trial is repeated per seed (a seed fixes initialisation and data order)."""
+    seeds: list[int] | Literal["auto"] = [0]
+    """run.seed values; every trial is repeated per seed (a seed fixes initialisation and data order). ``auto``:
+    seeds 0, 1, ... one at a time until every comparison is decided or ``max_seeds`` (yxanul.sequential)."""
+    max_seeds: int = Field(6, ge=3, le=50)
+    """With ``seeds: auto``: the most seeds per arm (the rule looks from 3 seeds on)."""
+    target_effect: float | None = Field(None, gt=0)
+    """The smallest difference in ``metric`` worth detecting (e.g. 0.01 bpb): the dry run prints how many seeds
+    detect it 80% of the time at 95% from the measured noise floor."""
+    equivalence_margin: float | None = Field(None, gt=0)
+    """With ``seeds: auto``: a comparison may also stop as "equivalent within ±margin" (two one-sided tests)."""
     num_samples: int = Field(1, gt=0)
     """Samples of the choice axes per grid point and seed (must be 1 without choice axes)."""
     sample_seed: int = 0
@@ -140,6 +148,17 @@ class SweepSpec(_Spec):
     --target-bpb overrides); None: the worst final val/bpb among the reference arm's runs (so that every
     reference run reaches it)."""
 
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds trials are planned for: the list, or 0 .. max_seeds - 1 with ``seeds: auto``."""
+        return list(range(self.max_seeds)) if self.seeds == "auto" else list(self.seeds)
+
+    def sequential(self) -> Any:
+        """The stopping rule of ``seeds: auto`` (a :class:`yxanul.sequential.SequentialDesign`)."""
+        from yxanul.sequential import SequentialDesign
+
+        return SequentialDesign(max_seeds=self.max_seeds, margin=self.equivalence_margin)
+
     @field_validator("axes", mode="before")
     @classmethod
     def _short_axes(cls, value: Any) -> Any:
@@ -152,8 +171,11 @@ class SweepSpec(_Spec):
     def _check(self) -> SweepSpec:
         if self.name and not re.fullmatch(r"[A-Za-z0-9][\w.\-]*", self.name):
             raise ValueError(f"sweep name {self.name!r} may hold only letters, digits, '.', '-' and '_'")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        if self.seeds != "auto" and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers or auto, got {self.seeds}")
+        if self.equivalence_margin is not None and self.seeds != "auto":
+            raise ValueError("equivalence_margin is the stopping rule of seeds: auto; with a fixed seed list the "
+                             "report's interval says what the data allow")
         has_choice = any(axis.sample == "choice" for axis in self.axes.values())
         if self.num_samples > 1 and not has_choice:
             raise ValueError("num_samples > 1 without a `sample: choice` axis would repeat identical trials; "

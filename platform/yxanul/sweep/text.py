@@ -29,14 +29,16 @@ def format_plan(plan: SweepPlan) -> str:
     per_trial = sorted({t.cfg.train.max_tokens for t in plan.trials})
     total = sum(t.cfg.train.max_tokens for t in plan.trials)
     runnable = sum(t.cfg.train.max_tokens for t in plan.runnable)
-    seeds = f"{len(spec.seeds)} seed{'s' if len(spec.seeds) > 1 else ''} ({', '.join(map(str, spec.seeds))}"
+    seed_list = spec.seed_list
+    seeds = (f"{len(seed_list)} seed{'s' if len(seed_list) > 1 else ''} ({', '.join(map(str, seed_list))}"
+             + (", auto: run one at a time until decided" if spec.seeds == "auto" else ""))
     lines.append(f"{len(arms)} variants x {seeds}; shared by every variant) = {len(plan.trials)} trials; token budget "
                  f"{'/'.join(map(human_count, per_trial))} per trial, {human_count(total)} in all"
                  + (f" ({human_count(runnable)} in the {len(plan.runnable)} runnable here)" if runnable != total else ""))
     target = (f"{spec.target_bpb:g} bits/byte (fixed in the sweep)" if spec.target_bpb is not None
               else "the worst final val/bpb of the reference arm's runs (every reference run reaches it)")
     lines.append(f"reference arm: {plan.reference}; target for time-to-target: {target}")
-    if len(spec.seeds) > 1 and len(arms) > 1:
+    if len(seed_list) > 1 and len(arms) > 1:
         lines.append("trials run in the order of the table: seed by seed, the arms rotated by one place per seed "
                      "(no arm always first)")
     if spec.scheduler is not None:

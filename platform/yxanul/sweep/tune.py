@@ -94,9 +94,10 @@ class SweepOutcome:
     """Per trial (MLflow's view): index, variant, status, tokens, metric value, reason, run id."""
 
 
-def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None) -> SweepOutcome:
-    """Plan against the Ray cluster, open the MLflow parent run, run (or resume) the Tune experiment,
-    end every trial's MLflow run, and return the per-trial outcome."""
+def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None, budget_text: str = "") -> SweepOutcome:
+    """Plan against the Ray cluster, open the MLflow parent run (with ``budget_text``, the dry run's time, cost
+    and power plan, as an artifact), run (or resume) the Tune experiment, end every trial's MLflow run, and
+    return the per-trial outcome."""
     import os
 
     from ray import tune
@@ -115,9 +116,11 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None) -> SweepO
     layout = sweep_layout(spec, run_overrides)
     tune_path = layout.sweep_dir(plan.name)
     resume = tune.Tuner.can_restore(tune_path)
-    parent_id = records.open_parent(plan, uri, experiment_id, tune_path, resume)
+    parent_id = records.open_parent(plan, uri, experiment_id, tune_path, resume, budget_text)
     records.record_not_runnable(plan, uri, experiment_id, parent_id)
     say(format_plan(plan))
+    if budget_text:
+        say(budget_text)
     say(f"MLflow parent run {parent_id} ({uri}); Ray Tune folder {tune_path}" + (" (resuming)" if resume else ""))
     shown = {t.run_name: f"t{t.index:02d} {t.label}" for t in plan.trials}
     for run_name, text in shown.items():

@@ -1,13 +1,27 @@
-"""Checkpoint layout: everything a run needs to continue exactly where it stopped.
+"""Checkpoint layout: everything a run needs to continue exactly where it stopped, stored as data.
 
 One checkpoint directory per report (Ray Train merges the files every worker writes into it)::
 
-    state.json        rank 0: step, tokens, stage, MLflow run id, workers, seed, tokens_per_step, ...
-    model.pt          rank 0: full model weights (precision- and strategy-portable: no FP8 scaling state,
-                      keyed like a plain single-process model under DDP and FSDP alike)
-    fp8_state.pt      rank 0, FP8 only: Transformer Engine scaling state (opaque, for the same layers)
-    optimizer.pt      rank 0: full AdamW state keyed by parameter name (yxanul.train.parallel)
-    rank<r>.pt        every rank: its RNG states (python, numpy, torch CPU, CUDA) and data position
+    state.json           rank 0: step, tokens, stage, MLflow run id, workers, seed, tokens_per_step, ...
+    model.pt             rank 0: full model weights (precision- and strategy-portable: no FP8 scaling state,
+                         keyed like a plain single-process model under DDP and FSDP alike)
+    fp8_state.pt/.json   rank 0, FP8 only: Transformer Engine's scaling state as plain tensors + JSON
+    optimizer.pt         rank 0: full AdamW state keyed by parameter name (yxanul.train.parallel)
+    rank<r>.json         every rank: its RNG states (python, numpy, torch CPU, CUDA) and data position
+    manifest.rank<r>.json  every rank, written last: the size and sha256 of each file that rank wrote
+
+**Data, not code.** A checkpoint lives where others can write (``run.storage_path``, an S3 bucket), and a
+pickle runs code when it is loaded. So nothing here is unpickled: tensors are read with
+``torch.load(weights_only=True)`` (tensors, numbers, strings, lists and dicts only) and everything else is
+JSON. Transformer Engine pickles its FP8 scaling state (a recipe object among tensors); it is taken apart
+into tensors and JSON when saved and rebuilt, with the run's own recipe object, when loaded
+(:func:`fp8_state_to_data`, :func:`fp8_state_from_data`). A file that is not plain data is refused with
+one :class:`~yxanul.errors.CheckpointError` line naming it.
+
+**Validated before use.** Each rank's manifest is written after its files, so a checkpoint is complete only
+when every rank's manifest is there and every file has the size and hash it lists
+(:func:`verify_checkpoint`). The training loop resumes from the newest checkpoint that verifies and says in
+one line which file made it skip a newer one (:func:`candidates`).
 
 The learning rate needs no state: it is a function of tokens seen (:mod:`yxanul.schedule`). The data
 position is a function of the step as well; it is saved anyway and checked on resume, so a change in
@@ -16,9 +30,15 @@ the data order (a different dataset, another number of workers) is caught instea
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import pickle
 import random
-from dataclasses import asdict, dataclass
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +46,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from yxanul.errors import ConfigError
+from yxanul.errors import CheckpointError, ConfigError, first_line
+from yxanul.files import sha256_file
 from yxanul.precision import split_state_dict
 
-__all__ = ["RESUME_KEYS", "TrainState", "check_compatible", "load_checkpoint", "resume_changes", "resume_values",
-           "save_checkpoint"]
+__all__ = ["RESUME_KEYS", "TrainState", "candidates", "check_compatible", "fp8_state_from_data", "fp8_state_to_data",
+           "load_checkpoint", "read_state", "resume_changes", "resume_values", "save_checkpoint", "verify_checkpoint"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: JSON per-rank state, FP8 state as tensors + JSON, manifests. 1 (pickled per-rank state) is not loaded."""
+
+_MANIFEST = "manifest.rank{rank}.json"
 
 
 @dataclass
@@ -59,19 +83,165 @@ class TrainState:
     format_version: int = FORMAT_VERSION
 
 
+# ---------------------------------------------------------------------------------------------------
+# RNG states as JSON
+
+
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, internal, gauss = random.getstate()
+    algorithm, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": {"algorithm": algorithm, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state().tolist()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    npy = state["numpy"]
+    np.random.set_state((npy["algorithm"], np.asarray(npy["keys"], dtype=np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Transformer Engine's FP8 scaling state as tensors + JSON
+
+_TE_RECIPES = {"DelayedScaling": "delayed", "Float8CurrentScaling": "current", "Float8BlockScaling": "block",
+               "MXFP8BlockScaling": "mxfp8"}
+"""TE recipe class -> precision.recipe: the recipe object is rebuilt from the name (yxanul.precision.build_recipe,
+the function that built it for training), never unpickled."""
+
+
+def _te_payload(value: Any) -> dict[str, Any] | None:
+    """TE's extra state of one layer as the dict TE pickled, or None when the layer has none.
+
+    Only ever called on state this process's own model just returned (``get_extra_state``), never on bytes
+    read from storage: those go through :func:`fp8_state_from_data`."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() == 0:
+            return None
+        return pickle.loads(value.detach().cpu().numpy().tobytes())  # noqa: S301  (our own bytes, in memory)
+    if isinstance(value, io.BytesIO):  # older TE: a torch.save'd dict
+        value.seek(0)
+        return torch.load(value, map_location="cpu", weights_only=False)  # (our own bytes, in memory)
+    if value is None:
+        return None
+    raise CheckpointError(f"unknown Transformer Engine extra state type {type(value).__name__}; expected a byte "
+                          f"tensor (Transformer Engine 2.x)")
+
+
+def _to_json(value: Any, where: str) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, tuple):
+        return {"tuple": [_to_json(v, where) for v in value]}
+    if isinstance(value, list):
+        return [_to_json(v, where) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"dict": {k: _to_json(v, where) for k, v in value.items()}}
+    raise CheckpointError(f"FP8 scaling state {where} holds a {type(value).__name__}, which is not data; this "
+                          f"Transformer Engine version stores something the checkpoint format does not know")
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"tuple"}:
+            return tuple(_from_json(v) for v in value["tuple"])
+        if set(value) == {"dict"}:
+            return {k: _from_json(v) for k, v in value["dict"].items()}
+        raise CheckpointError(f"fp8_state.json holds an object with keys {sorted(value)[:5]}; expected data only")
+    return value
+
+
+def fp8_state_to_data(fp8_state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split TE's FP8 scaling state (``{"<layer>._extra_state": pickled bytes}``, straight from the model) into
+    tensors (``"<layer>._extra_state/<field>"``, for ``torch.save``) and JSON (the recipe's name, the other
+    fields). What TE would restore from its pickle is restored from these (:func:`fp8_state_from_data`)."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {}
+    for key, value in fp8_state.items():
+        payload = _te_payload(value)
+        if payload is None:
+            meta[key] = None
+            continue
+        entry: dict[str, Any] = {"tensors": [], "values": {}}
+        for field, item in payload.items():
+            if isinstance(item, torch.Tensor):
+                tensors[f"{key}/{field}"] = item.detach().cpu().clone()
+                entry["tensors"].append(field)
+            elif field == "recipe":
+                name = _TE_RECIPES.get(type(item).__name__)
+                if name is None:
+                    raise CheckpointError(f"FP8 scaling state of {key} uses the Transformer Engine recipe "
+                                          f"{type(item).__name__}, which the checkpoint format does not know "
+                                          f"(known: {', '.join(sorted(_TE_RECIPES))})")
+                entry["recipe"] = name
+            else:
+                entry["values"][field] = _to_json(item, f"{key}/{field}")
+        meta[key] = entry
+    return tensors, meta
+
+
+def fp8_state_from_data(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
+                        recipe_factory: Callable[[str], Any] | None = None,
+                        keys: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """TE's extra state rebuilt from :func:`fp8_state_to_data`'s tensors and JSON, for the layers in ``keys``
+    (all when None): the payload TE expects, made here from data only, with the recipe object
+    ``recipe_factory(name)`` (default :func:`yxanul.precision.build_recipe`) builds."""
+    if recipe_factory is None:
+        from yxanul.precision import build_recipe as recipe_factory
+    out: dict[str, torch.Tensor] = {}
+    for key, entry in meta.items():
+        if keys is not None and key not in keys:
+            continue
+        if entry is None:
+            out[key] = torch.empty(0, dtype=torch.uint8)
+            continue
+        payload: dict[str, Any] = {field: _from_json(v) for field, v in entry["values"].items()}
+        for field in entry["tensors"]:
+            name = f"{key}/{field}"
+            if name not in tensors:
+                raise CheckpointError(f"fp8_state.pt lacks {name}, which fp8_state.json lists")
+            payload[field] = tensors[name]
+        if "recipe" in entry:
+            payload["recipe"] = recipe_factory(entry["recipe"])
+        out[key] = torch.frombuffer(bytearray(pickle.dumps(payload)), dtype=torch.uint8)
+    return out
+
+
+@contextlib.contextmanager
+def _own_te_payloads() -> Iterator[None]:
+    """Let TE unpickle the FP8 payloads :func:`fp8_state_from_data` just built (TE >= 2.18 refuses a pickled
+    delayed-scaling state unless NVTE_ALLOW_UNSAFE_PICKLE_EXTRA_STATE=1): they were made in this process from
+    tensors read with weights_only and JSON, so they hold nothing but data and our own recipe object."""
+    name = "NVTE_ALLOW_UNSAFE_PICKLE_EXTRA_STATE"
+    before = os.environ.get(name)
+    os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _write_json(path: Path, content: Any) -> None:
+    path.write_text(json.dumps(content, indent=1 if path.name == "state.json" else None))
 
 
 def save_checkpoint(directory: str | Path, *, rank: int, state: TrainState, model: nn.Module,
@@ -80,7 +250,7 @@ def save_checkpoint(directory: str | Path, *, rank: int, state: TrainState, mode
 
     Every rank must call it: under FSDP the full weights and optimizer state are gathered collectively
     (:mod:`yxanul.train.parallel`); rank 0 writes them, keyed like a plain single-process model's, so a
-    checkpoint loads under DDP, FSDP or one process alike.
+    checkpoint loads under DDP, FSDP or one process alike. Each rank's manifest comes last.
     """
     from yxanul.train.parallel import full_optimizer_state_dict, full_state_dict
 
@@ -88,44 +258,166 @@ def save_checkpoint(directory: str | Path, *, rank: int, state: TrainState, mode
     directory.mkdir(parents=True, exist_ok=True)
     weights, fp8_state = split_state_dict(full_state_dict(model))
     optimizer_state = full_optimizer_state_dict(model, optimizer)
-    torch.save({"rng": _rng_state(), "data": data_state}, directory / f"rank{rank}.pt")
+    written = [f"rank{rank}.json"]
+    _write_json(directory / written[0], {"rng": _rng_state(), "data": data_state})
     if rank == 0:
         torch.save(weights, directory / "model.pt")
+        written.append("model.pt")
         if fp8_state:
-            torch.save(fp8_state, directory / "fp8_state.pt")
+            tensors, meta = fp8_state_to_data(fp8_state)
+            torch.save(tensors, directory / "fp8_state.pt")
+            _write_json(directory / "fp8_state.json", meta)
+            written += ["fp8_state.pt", "fp8_state.json"]
         torch.save(optimizer_state, directory / "optimizer.pt")
-        # state.json last: its presence marks rank 0's part as complete.
-        (directory / "state.json").write_text(json.dumps(asdict(state), indent=2))
+        _write_json(directory / "state.json", asdict(state))
+        written += ["optimizer.pt", "state.json"]
+    manifest = {"format_version": FORMAT_VERSION, "rank": rank,
+                "files": {name: {"bytes": (directory / name).stat().st_size, "sha256": sha256_file(directory / name)}
+                          for name in written}}
+    _write_json(directory / _MANIFEST.format(rank=rank), manifest)  # last: the rank's part is complete
     return directory
 
 
+# ---------------------------------------------------------------------------------------------------
+# Reading
+
+
 def read_state(directory: str | Path) -> TrainState:
-    """The ``state.json`` of a checkpoint (no tensors loaded)."""
-    return TrainState(**json.loads((Path(directory) / "state.json").read_text()))
+    """The ``state.json`` of a checkpoint (no tensors loaded; unknown keys are an error, not code)."""
+    path = Path(directory) / "state.json"
+    try:
+        content = json.loads(path.read_text())
+        known = {f.name for f in fields(TrainState)}
+        if not isinstance(content, dict):
+            raise ValueError(f"not an object: {content!r:.80}")
+        if set(content) - known:
+            raise ValueError(f"unexpected keys {sorted(set(content) - known)[:5]}")
+        return TrainState(**content)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {path} is missing: the checkpoint is incomplete") from None
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint file {path} is not a valid state.json ({first_line(exc)})") from None
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {path} is missing: {what}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint file {path} is not valid JSON ({first_line(exc)})") from None
+
+
+def _check_manifest(directory: Path, rank: int) -> None:
+    path = directory / _MANIFEST.format(rank=rank)
+    if not path.exists() and (directory / f"rank{rank}.pt").exists():
+        raise CheckpointError(f"checkpoint {directory} was written by an older version (format 1: pickled per-rank "
+                              f"state, no manifest), which is not loaded because a pickle can run code; start a new "
+                              f"run.name")
+    manifest = _read_json(path, "the checkpoint is incomplete (a worker's part was not written or uploaded)")
+    try:
+        listed = dict(manifest["files"])
+        version = manifest["format_version"]
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"checkpoint file {path} is not a manifest (no files / format_version)") from None
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {directory} has format {version}; this version reads format "
+                              f"{FORMAT_VERSION} only")
+    for name, expected in listed.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+            raise CheckpointError(f"checkpoint file {path} lists {name!r}, which is not a file of this checkpoint")
+        file = directory / name
+        try:
+            size = file.stat().st_size
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint file {file} is missing (listed in {path.name})") from None
+        if size != expected["bytes"]:
+            raise CheckpointError(f"checkpoint file {file} is corrupt: {size} bytes, {path.name} says "
+                                  f"{expected['bytes']} (truncated or overwritten)")
+        if sha256_file(file) != expected["sha256"]:
+            raise CheckpointError(f"checkpoint file {file} is corrupt: its sha256 differs from {path.name}")
+
+
+def verify_checkpoint(directory: str | Path) -> TrainState:
+    """Check every rank's manifest and every file it lists; return the checkpoint's state.
+
+    Raises :class:`CheckpointError` naming the first file that is missing, truncated or changed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {directory} is missing")
+    _check_manifest(directory, 0)
+    state = read_state(directory)
+    for rank in range(1, state.num_workers):
+        _check_manifest(directory, rank)
+    return state
+
+
+def _load_tensors(path: Path) -> Any:
+    """``torch.load`` of data only: a file holding anything but tensors and plain containers is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"(?:Unsupported global: |unsupported )GLOBAL (\S+)", str(exc))  # torch 2.13's two wordings
+        what = f" (it asks for {found.group(1)})" if found else ""
+        raise CheckpointError(f"checkpoint file {path} is not plain tensor data{what} and was not loaded: a pickle "
+                              f"can run code. Resume only from checkpoints this platform wrote, or start a new "
+                              f"run.name") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {path} is missing") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint file {path} cannot be read ({first_line(exc, 300)})") from None
 
 
 def load_checkpoint(directory: str | Path, *, rank: int, model: nn.Module,
                     optimizer: torch.optim.Optimizer) -> tuple[TrainState, dict[str, Any]]:
     """Restore model, optimizer (plain, DDP or FSDP: every rank calls) and this rank's RNG states; return the
-    loop state and this rank's data position."""
+    loop state and this rank's data position. Call :func:`verify_checkpoint` first; this reads data only."""
     directory = Path(directory)
     state = read_state(directory)
-    from yxanul.train.parallel import load_full_optimizer_state_dict, load_full_state_dict
+    from yxanul.train.parallel import load_full_optimizer_state_dict, load_full_state_dict, unwrap
 
-    weights = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
-    fp8_path = directory / "fp8_state.pt"
-    # FP8 extra state holds pickled recipe metadata, so it is not loadable with weights_only.
-    fp8_state = torch.load(fp8_path, map_location="cpu", weights_only=False) if fp8_path.exists() else None
-    load_full_state_dict(model, weights, fp8_state)
-    load_full_optimizer_state_dict(model, optimizer, torch.load(directory / "optimizer.pt", map_location="cpu",
-                                                                weights_only=True))
-    mine = directory / f"rank{rank}.pt"
+    weights = _load_tensors(directory / "model.pt")
+    fp8_state = None
+    if (directory / "fp8_state.json").exists():
+        meta = _read_json(directory / "fp8_state.json", "")
+        own = {k for k in unwrap(model).state_dict() if k in meta}  # a BF16 model has none: no TE needed
+        if own:
+            fp8_state = fp8_state_from_data(_load_tensors(directory / "fp8_state.pt"), meta, keys=own)
+    with _own_te_payloads() if fp8_state else contextlib.nullcontext():
+        load_full_state_dict(model, weights, fp8_state)
+    load_full_optimizer_state_dict(model, optimizer, _load_tensors(directory / "optimizer.pt"))
+    mine = directory / f"rank{rank}.json"
     if not mine.exists():
         raise ConfigError(f"checkpoint {directory} has no state for worker rank {rank} (it was written by "
                           f"{state.num_workers} workers); resume with scaling.num_workers={state.num_workers}")
-    per_rank = torch.load(mine, weights_only=False)  # RNG states are python/numpy objects
-    _set_rng_state(per_rank["rng"])
-    return state, per_rank["data"]
+    per_rank = _read_json(mine, "")
+    try:
+        _set_rng_state(per_rank["rng"])
+        data = dict(per_rank["data"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint file {mine} is not a valid per-rank state ({first_line(exc)})") from None
+    return state, data
+
+
+# ---------------------------------------------------------------------------------------------------
+# Which checkpoint to resume from
+
+
+def candidates(latest: Any) -> list[Any]:
+    """``latest`` (a ``ray.train.Checkpoint``) and then the older checkpoints of the same run folder, newest
+    first: where to fall back when the latest does not verify. Ray names them ``checkpoint_<date>_<time>``,
+    so names sort by age."""
+    import pyarrow.fs
+    from ray.train import Checkpoint
+
+    folder, _, name = latest.path.rstrip("/").rpartition("/")
+    try:
+        infos = latest.filesystem.get_file_info(pyarrow.fs.FileSelector(folder))
+    except OSError:
+        return [latest]
+    older = sorted((i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory
+                    and i.base_name.startswith("checkpoint_") and i.base_name < name), reverse=True)
+    return [latest, *(Checkpoint(path=f"{folder}/{n}", filesystem=latest.filesystem) for n in older)]
 
 
 RESUME_KEYS: dict[str, str] = {"scaling.num_workers": "num_workers", "train.tokens_per_step": "tokens_per_step",

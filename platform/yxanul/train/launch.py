@@ -16,6 +16,7 @@ MLflow run, dropping metrics at steps the run already holds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,17 @@ from yxanul import interrupt
 from yxanul.config import ExperimentConfig
 from yxanul.curriculum import CurriculumPlan, build_plan
 from yxanul.data.loader import PreparedDataset
-from yxanul.errors import ConfigError, DataError, TrackingError, first_line, user_error
+from yxanul.errors import (
+    ConfigError,
+    DataError,
+    TrackingError,
+    WorkerDiedError,
+    YxanulError,
+    first_line,
+    user_error,
+    worker_death,
+)
+from yxanul.files import check_writable
 from yxanul.formatting import human_count
 from yxanul.layout import Layout
 from yxanul.tags import (
@@ -220,6 +231,7 @@ def _open_mlflow_run(cfg: ExperimentConfig, plan: CurriculumPlan, dataset: Prepa
         return None
     from yxanul.tracking import (
         GIT_DIFF_ARTIFACT,
+        SPOOL_DIR,
         MLflowTracker,
         connect,
         git_state,
@@ -236,6 +248,7 @@ def _open_mlflow_run(cfg: ExperimentConfig, plan: CurriculumPlan, dataset: Prepa
     tags = dict(extra_tags or {})
     if parent_run_id:
         tags[PARENT_RUN_ID_TAG] = parent_run_id
+    spool = f"{run_dir(cfg)}/{SPOOL_DIR}"
     if previous and previous.get("mlflow_run_id") and previous.get("tracking_uri") == uri:
         try:
             from yxanul.interrupt import record_resume
@@ -245,10 +258,10 @@ def _open_mlflow_run(cfg: ExperimentConfig, plan: CurriculumPlan, dataset: Prepa
             reopen_run(uri, previous["mlflow_run_id"], {**tags, RESUMED_TAG: "true"})
             if ended != Status.FINISHED:  # a finished run started again only reports its end: not a resume
                 record_resume(uri, previous["mlflow_run_id"])
-        except Exception as exc:  # the run was deleted, or the store is another one
-            raise TrackingError(f"run {cfg.run.name!r} resumes MLflow run {previous['mlflow_run_id']} which {uri} "
-                                f"cannot reopen ({first_line(exc)}); use a new run.name") from None
-        return {"uri": uri, "run_id": previous["mlflow_run_id"]}
+        except Exception as exc:  # the run was deleted, the store is another one, or the account may not write
+            raise _refusal(uri, cfg, exc, f"cannot reopen MLflow run {previous['mlflow_run_id']} of run "
+                                          f"{cfg.run.name!r}") from None
+        return {"uri": uri, "run_id": previous["mlflow_run_id"], "spool_dir": spool}
 
     from yxanul.train.checkpoint import resume_values
 
@@ -257,16 +270,50 @@ def _open_mlflow_run(cfg: ExperimentConfig, plan: CurriculumPlan, dataset: Prepa
     tags.update({RUN_NAME_TAG: cfg.run.name, RUN_DIR_TAG: run_dir(cfg),
                  CURRICULUM_TAG: _curriculum_label(cfg), PRECISION_TAG: cfg.precision.mode,
                  **_model_and_data_tags(cfg, dataset)})
-    tracker = MLflowTracker.create(uri, experiment_id, cfg.run.name, tags=tags, params=cfg.flat_params())
-    tracker.log_text(cfg.to_yaml(), "config.yaml")
-    tracker.log_text(plan.table() + "\n", "curriculum_plan.txt")
-    tracker.log_text(json.dumps(dataset.manifest, indent=2), "data_manifest.json")
-    if git.get("diff"):
-        tracker.log_text(git["diff"], GIT_DIFF_ARTIFACT)
-    _write_run_file(cfg, {"mlflow_run_id": tracker.run_id, "tracking_uri": uri,
-                          "experiment": cfg.tracking.experiment,
-                          "kept": resume_values(cfg)})
-    return {"uri": uri, "run_id": tracker.run_id}
+    try:
+        tracker = MLflowTracker.create(uri, experiment_id, cfg.run.name, tags=tags, params=cfg.flat_params())
+    except Exception as exc:  # e.g. HTTP 403: an account without write access to the experiment
+        raise _refusal(uri, cfg, exc, "cannot create the run") from None
+    try:
+        tracker.log_text(cfg.to_yaml(), "config.yaml")
+        tracker.log_text(plan.table() + "\n", "curriculum_plan.txt")
+        tracker.log_text(json.dumps(dataset.manifest, indent=2), "data_manifest.json")
+        if git.get("diff"):
+            tracker.log_text(git["diff"], GIT_DIFF_ARTIFACT)
+        _write_run_file(cfg, {"mlflow_run_id": tracker.run_id, "tracking_uri": uri,
+                              "experiment": cfg.tracking.experiment,
+                              "kept": resume_values(cfg)})
+    except BaseException as exc:  # never leave a RUNNING run behind that nothing will end
+        from yxanul.tracking import Status, end_run
+
+        with contextlib.suppress(Exception):
+            end_run(uri, tracker.run_id, Status.FAILED, error=first_line(exc))
+        if isinstance(exc, OSError):
+            raise ConfigError(f"cannot write the run folder {run_dir(cfg)} (run.storage_path={cfg.run.storage_path}): "
+                              f"{first_line(exc)}; choose a writable run.storage_path") from None
+        if isinstance(exc, Exception) and not isinstance(exc, YxanulError):
+            raise _refusal(uri, cfg, exc, f"cannot log to run {tracker.run_id}") from None
+        raise
+    return {"uri": uri, "run_id": tracker.run_id, "spool_dir": spool}
+
+
+def _refusal(uri: str, cfg: ExperimentConfig, exc: BaseException, what: str) -> TrackingError:
+    """One line for an MLflow request the server refused while the run is set up."""
+    import os
+
+    from yxanul.tracking import describe_failure
+
+    problem = describe_failure(exc)
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if problem.startswith("HTTP 403"):
+        return TrackingError(f"the MLflow tracking server {uri} refuses user {user!r} write access to experiment "
+                             f"{cfg.tracking.experiment!r} (HTTP 403): {what}; ask its admin to give that account EDIT "
+                             f"permission on the experiment (docs/cluster.md, Security model), or use another "
+                             f"tracking.experiment")
+    if problem.startswith("HTTP 401"):
+        return TrackingError(f"the MLflow tracking server {uri} refused user {user!r} (HTTP 401): {what}; check "
+                             f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    return TrackingError(f"MLflow {uri}: {what} ({problem}); use a new run.name, or fix the tracking store")
 
 
 def _model_and_data_tags(cfg: ExperimentConfig, dataset: PreparedDataset) -> dict[str, str]:
@@ -287,13 +334,16 @@ def _model_and_data_tags(cfg: ExperimentConfig, dataset: PreparedDataset) -> dic
 
 
 def _end_mlflow_run(tracking: dict[str, str] | None, status: str, error: str = "",
-                    *, only_if_running: bool = False) -> None:
-    """End the run with the verdict ``status`` (:class:`yxanul.tracking.Status`)."""
+                    *, only_if_running: bool = False, wait_s: float = 30.0) -> None:
+    """End the run with the verdict ``status`` (:class:`yxanul.tracking.Status`). MLflow failing here never turns
+    a training that ran into a crash: the verdict is kept in the run folder and one line says how to send it."""
     if not tracking:
         return
-    from yxanul.tracking import end_run
+    from yxanul.console import say
+    from yxanul.tracking import end_run_or_spool
 
-    end_run(tracking["uri"], tracking["run_id"], status, error=error, only_if_running=only_if_running)
+    end_run_or_spool(tracking["uri"], tracking["run_id"], status, spool_dir=tracking.get("spool_dir"), error=error,
+                     only_if_running=only_if_running, wait_s=wait_s, say=lambda text: say(text, err=True))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -311,7 +361,8 @@ def loop_config(cfg: ExperimentConfig, dataset: PreparedDataset,
     setup = WorkerSetup(data_dir=str(dataset.path.resolve()), curriculum_label=_curriculum_label(cfg),
                         tracking_uri=tracking["uri"] if tracking else None,
                         run_id=tracking["run_id"] if tracking else None,
-                        marker_dir=layout.worker_markers(cfg.run.name), fp8_plan_dir=str(layout.fp8_plans),
+                        marker_dir=layout.worker_markers(cfg.run.name), run_dir=layout.run_dir(cfg.run.name),
+                        fp8_plan_dir=str(layout.fp8_plans),
                         compile_cache_dir=str(layout.compile_cache) if cfg.precision.compile_cache else None)
     return {"cfg": cfg.to_dict(), "setup": setup}
 
@@ -322,6 +373,7 @@ def _build(cfg: ExperimentConfig, run_config_callbacks: Sequence[Any] | None,
     timeline = timeline or Timeline()
     with timeline.phase("data"):
         dataset, plan = _check(cfg)
+    check_writable(run_dir(cfg), "run.storage_path")  # before the MLflow run exists: none is left RUNNING
     with timeline.phase("mlflow"):
         tracking = _open_mlflow_run(cfg, plan, dataset, extra_tags, parent_run_id)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -390,16 +442,23 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
         if interrupt.received() is not None:
             raise _interrupted(cfg, tracking, end_unfinished) from None
         user = user_error(exc)
-        message = str(user) if user else str(exc).strip().splitlines()[-1]
+        died = None if user else worker_death(exc)
+        if died:  # not a bug: one line that says a worker died, instead of ~100 ending in gloo's connection reset
+            died = (f"{died}; scaling.max_failures={cfg.scaling.max_failures} left no restart. The run resumes from "
+                    f"its last checkpoint in {run_dir(cfg)}: run the same command again (raise "
+                    f"scaling.max_failures to restart by itself)")
+        message = str(user) if user else died or str(exc).strip().splitlines()[-1]
         _end_mlflow_run(tracking, Status.FAILED, message)
         if user is not None:
             raise type(user)(str(user)) from None
+        if died:
+            raise WorkerDiedError(died) from None
         raise
     except BaseException:
         if interrupt.received() is not None:
             raise _interrupted(cfg, tracking, end_unfinished) from None
         if end_unfinished:
-            _end_mlflow_run(tracking, Status.KILLED)
+            _end_mlflow_run(tracking, Status.KILLED, wait_s=5.0)
         raise
     tokens = int((result.metrics or {}).get("tokens", 0))
     checkpoint_path = result.checkpoint.path if result.checkpoint else None

@@ -49,7 +49,7 @@ from yxanul.tags import (
     WORKER_TIMELINE_TAG,
 )
 from yxanul.timeline import Timeline, timed
-from yxanul.tracking import MLflowTracker, NullTracker, Tracker, device_tags, node_tags
+from yxanul.tracking import SPOOL_DIR, NullTracker, ResilientTracker, Tracker, device_tags, node_tags
 from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, resume_values, save_checkpoint
 from yxanul.train.setup import WorkerSetup
 
@@ -185,9 +185,10 @@ class _Loop:
     def _restore(self) -> None:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
+        latest = ray.train.get_checkpoint()
+        if latest is None:
             return
+        checkpoint = self._usable_checkpoint(latest)
         with checkpoint.as_directory() as directory:
             state, data = load_checkpoint(directory, rank=self.rank, model=self.step_model, optimizer=self.optimizer)
         check_compatible(state, {**resume_values(self.cfg), "scaling.num_workers": self.world}, where=checkpoint.path)
@@ -201,10 +202,50 @@ class _Loop:
             worker_print(self.cfg.run.name, f"resumed from {checkpoint.path}: step {state.step}, "
                          f"{human_count(state.tokens)} tokens, stage {state.stage}")
 
+    def _usable_checkpoint(self, latest: Any) -> Any:
+        """The newest checkpoint of the run that verifies (every file the size and hash its manifest says).
+
+        Rank 0 checks them newest first and the others take its choice (a broadcast index), so every rank
+        loads the same one; a skipped checkpoint is one warning line naming the file. None usable: one
+        CheckpointError line."""
+        from yxanul.errors import CheckpointError
+        from yxanul.train.checkpoint import candidates, verify_checkpoint
+
+        found = candidates(latest)
+        chosen, problems = -1, []
+        if self.rank == 0:
+            for index, candidate in enumerate(found):
+                try:
+                    with candidate.as_directory() as directory:
+                        verify_checkpoint(directory)
+                except CheckpointError as exc:
+                    problems.append(str(exc))
+                    continue
+                except OSError as exc:  # a folder Ray lists but storage no longer has
+                    problems.append(f"checkpoint {candidate.path} cannot be read ({exc})")
+                    continue
+                chosen = index
+                break
+        if self.world > 1:
+            chosen = int(self._broadcast(torch.tensor([chosen], device=self.device)).item())
+        if chosen < 0:
+            first = problems[0] if problems else "rank 0 found none that verifies"
+            older = f" (and {len(problems) - 1} older ones)" if len(problems) > 1 else ""
+            raise CheckpointError(f"no usable checkpoint for run {self.cfg.run.name!r}: {first}{older}; start a new "
+                                  f"run.name, or remove the run folder {latest.path.rsplit('/', 1)[0]}")
+        if problems:
+            worker_print(self.cfg.run.name, f"warning: {problems[0]}; resuming from the previous valid checkpoint "
+                         f"{found[chosen].path}", err=True)
+        return found[chosen]
+
     def _tracker(self) -> Tracker:
         if self.rank != 0 or not self.setup.tracking:
             return NullTracker()
-        tracker = MLflowTracker(self.setup.tracking_uri, self.setup.run_id, skip_logged=True)
+        # Resilient: an MLflow failure (a rotated password, a server down) is one warning line, never the end of
+        # training; what MLflow does not take by the end is kept in the run folder for `python -m jobs.replay`.
+        tracker = ResilientTracker(self.setup.tracking_uri, self.setup.run_id,
+                                   spool_dir=f"{self.setup.run_dir}/{SPOOL_DIR}" if self.setup.run_dir else None,
+                                   say=lambda text: worker_print(self.cfg.run.name, text, err=True))
         simulated = self.cfg.scaling.simulate_accelerators
         tags = {**device_tags(self.cfg.scaling.use_gpu and not simulated, self.world), **node_tags()}
         if simulated:
@@ -229,15 +270,21 @@ class _Loop:
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> None:
+        self._build()
+        with self.timeline.phase("mlflow"):
+            self.tracker = timed(self._tracker(), self.timeline, "mlflow")
+        try:
+            self._train()
+        finally:
+            self.tracker.close()  # sends what is left, or keeps it in the run folder
+
+    def _train(self) -> None:
         import ray.train
 
         from yxanul.metrics import ThroughputMeter, flops_per_token, reset_peak_memory
         from yxanul.schedule import lr_for_step
         from yxanul.train.step import train_step
 
-        self._build()
-        with self.timeline.phase("mlflow"):
-            self.tracker = timed(self._tracker(), self.timeline, "mlflow")
         self._log_build()
         with self.timeline.phase("data"):
             self.valsets: dict[str, ValidationSet] = load_validation(
@@ -372,6 +419,13 @@ class _Loop:
         return stream
 
     # -- hooks -------------------------------------------------------------------------------------
+
+    def _broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``tensor`` on every rank."""
+        import torch.distributed as dist
+
+        dist.broadcast(tensor, src=0)
+        return tensor
 
     def _all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         if self.world > 1:

@@ -22,6 +22,8 @@ class WorkerSetup:
     """The MLflow run rank 0 logs into, also recorded in checkpoints (None: tracking.enabled=false)."""
     marker_dir: str | None = None
     """<run dir>/workers for each worker's pid/step marker files (None when the run dir is a URI)."""
+    run_dir: str | None = None
+    """The run folder (a path or a URI): rank 0 keeps there what MLflow did not take (yxanul.tracking.SPOOL_DIR)."""
     fp8_plan_dir: str | None = None
     """Where measured FP8 plans are cached (:attr:`yxanul.layout.Layout.fp8_plans`); None: not cached."""
     compile_cache_dir: str | None = None
