@@ -10,7 +10,7 @@ from typing import Any
 
 from yxanul import interrupt
 from yxanul.console import name_run, say
-from yxanul.errors import ConfigError
+from yxanul.errors import ConfigError, first_line
 from yxanul.formatting import percent, seconds
 from yxanul.layout import Layout
 from yxanul.ray_session import ensure_ray
@@ -166,7 +166,10 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None, budget_te
             raise _interrupted(plan, events, uri, experiment_id, parent_id)
         errored = any(r.error is not None for r in results)
         slots = min(_concurrency(plan, spec), len(plan.runnable))
-    _sweep_timeline(uri, experiment_id, parent_id, events, time.time() - sweep_start, slots)
+    try:
+        _sweep_timeline(uri, experiment_id, parent_id, events, time.time() - sweep_start, slots)
+    except Exception as exc:  # a measurement: MLflow refusing it must not fail the sweep
+        say(f"warning: the sweep's timeline was not recorded ({first_line(exc)})", err=True)
     rows = records.summarize(uri, experiment_id, parent_id, spec.metric)
     records.end_parent(uri, parent_id, Status.FAILED if errored else Status.FINISHED, format_rows(rows))
     return SweepOutcome(parent_id, experiment_id, uri, tune_path, resume, rows)

@@ -487,7 +487,8 @@ def _interrupted(cfg: ExperimentConfig, tracking: dict[str, str] | None, end_unf
 
     where = interrupt.resume_point(run_dir(cfg), f"run {cfg.run.name}")
     if tracking:
-        interrupt.record_interruption(tracking["uri"], tracking["run_id"], where)
+        with contextlib.suppress(Exception):  # MLflow down: the stop is still one line, and the run resumes
+            interrupt.record_interruption(tracking["uri"], tracking["run_id"], where)
     if end_unfinished:
         _end_mlflow_run(tracking, Status.KILLED)
     return interrupt.Interrupted(interrupt.received() or 2, f"interrupted {where}; the same command resumes")
@@ -519,13 +520,17 @@ def _fit(trainer: Any) -> Any:
 
 
 def _worker_timeline(tracking: dict[str, str] | None) -> dict[str, Any] | None:
-    """Rank 0's timeline, as it left it on the MLflow run (None without tracking, or if rank 0 never got there)."""
+    """Rank 0's timeline, as it left it on the MLflow run (None without tracking, if rank 0 never got there, or if
+    MLflow does not answer now: the timeline is a measurement, never a reason for a run to fail)."""
     if not tracking:
         return None
     from yxanul.tracking import client
 
-    text = client(tracking["uri"]).get_run(tracking["run_id"]).data.tags.get(WORKER_TIMELINE_TAG)
-    return json.loads(text) if text else None
+    try:
+        text = client(tracking["uri"]).get_run(tracking["run_id"]).data.tags.get(WORKER_TIMELINE_TAG)
+        return json.loads(text) if text else None
+    except Exception:  # MLflow down or refusing (a rotated password): no timeline, the run goes on
+        return None
 
 
 def _log_timeline(cfg: ExperimentConfig, tracking: dict[str, str] | None, timeline: Timeline,
@@ -545,6 +550,8 @@ def _log_timeline(cfg: ExperimentConfig, tracking: dict[str, str] | None, timeli
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    client(tracking["uri"]).log_batch(tracking["run_id"], metrics=[Metric(k, v, now, tokens) for k, v in metrics.items()])
+    with contextlib.suppress(Exception):  # best effort, like _worker_timeline: the line is printed anyway
+        client(tracking["uri"]).log_batch(tracking["run_id"],
+                                          metrics=[Metric(k, v, now, tokens) for k, v in metrics.items()])
     worker_print(cfg.run.name, f"timeline: {format_timeline(metrics)}")
     return metrics
