@@ -92,8 +92,10 @@ def signals_handled() -> Iterator[None]:
     reinstall()
     try:
         yield
-    except Interrupted:
-        stop_ray()  # inside the job's console (entered before this block): Ray's last words go to its log
+    except BaseException:
+        # Inside the job's console (entered before this block): Ray's last words (the log monitor's late lines,
+        # a stopping cluster's) go to its log, not under the job's one error line.
+        stop_ray()
         raise
     finally:
         _State.installed, _State.forward = False, None
@@ -124,12 +126,15 @@ def forwarding(target: int) -> Iterator[None]:
 
 
 def stop_ray() -> None:
-    """Shut down this driver's Ray: a local Ray stops with its workers; a cluster's (``$RAY_ADDRESS``) ends this
-    job's actors, the training workers among them. Called inside the job's console, so Ray's last words go to
-    the log file, not the terminal."""
+    """Shut down the Ray this job connected to (:func:`yxanul.ray_session.ensure_ray`): a local Ray stops with its
+    workers; a cluster's (``$RAY_ADDRESS``) ends this job's actors, the training workers among them. A Ray that a
+    caller initialised before (a test session's) is left alone. Called inside the job's console, so Ray's last
+    words go to the log file, not the terminal."""
     import sys
 
-    if "ray" in sys.modules:
+    from yxanul.ray_session import connected_here
+
+    if "ray" in sys.modules and connected_here():
         import ray
 
         if ray.is_initialized():

@@ -35,7 +35,16 @@ from pathlib import Path
 
 from yxanul.errors import YxanulError
 
-__all__ = ["LOOPBACK_SWITCH", "ensure_ray", "local_server_env", "loopback"]
+__all__ = ["LOOPBACK_SWITCH", "connected_here", "ensure_ray", "local_server_env", "loopback"]
+
+_connected_here = False
+"""Whether :func:`ensure_ray` called ``ray.init`` in this process (a Ray already initialised by a caller is
+theirs to shut down)."""
+
+
+def connected_here() -> bool:
+    """Whether this process's Ray connection was made by :func:`ensure_ray` (not by a caller before it)."""
+    return _connected_here
 
 LOOPBACK_SWITCH = "YXANUL_RAY_LOOPBACK"
 """``0`` lets a Ray the platform starts listen where Ray puts it (the machine's address) instead of 127.0.0.1."""
@@ -128,6 +137,11 @@ def _check_cluster(address: str) -> None:
                           f"Security model), or set RAY_AUTH_MODE=disabled for this client to use it as it is")
 
 
+def _set_connected() -> None:
+    global _connected_here
+    _connected_here = True
+
+
 def ensure_ray(*, min_cpus: int | None = None) -> bool:
     """Make sure this process is connected to Ray; return True when that Ray runs on this machine.
 
@@ -151,6 +165,7 @@ def ensure_ray(*, min_cpus: int | None = None) -> bool:
             _use_loopback()
         _check_cluster(address)
         ray.init(configure_logging=False)
+        _set_connected()
         reinstall()  # ray.init installed Ray's C++ SIGTERM handler over the job's (yxanul.interrupt)
         return False
     _use_loopback()
@@ -159,5 +174,6 @@ def ensure_ray(*, min_cpus: int | None = None) -> bool:
         ray.init(address="local", num_cpus=cpus, configure_logging=False)
     finally:
         _secure_tokens()
+    _set_connected()
     reinstall()  # ray.init installed Ray's C++ SIGTERM handler over the job's (yxanul.interrupt)
     return True
