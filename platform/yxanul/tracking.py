@@ -113,11 +113,13 @@ class Status:
     FAILED = "failed"
     NOT_RUNNABLE = "not_runnable"
     """A sweep trial that cannot run on the cluster (recorded with the reason, never run)."""
+    NOT_NEEDED = "not_needed"
+    """A ``seeds: auto`` trial stopped because the stopping rule had decided before its seed was needed."""
 
 
 _MLFLOW_STATUS = {Status.FINISHED: "FINISHED", Status.FAILED: "FAILED", Status.STOPPED: "KILLED",
                   Status.STOPPED_EARLY: "KILLED", Status.KILLED: "KILLED", Status.INTERRUPTED: "KILLED",
-                  Status.NOT_RUNNABLE: "KILLED"}
+                  Status.NOT_RUNNABLE: "KILLED", Status.NOT_NEEDED: "KILLED"}
 
 DEFAULT_STORE = "outputs/mlflow.db"
 """Local SQLite store used when neither tracking.uri nor $MLFLOW_TRACKING_URI is set (artifacts beside it)."""

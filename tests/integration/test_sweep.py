@@ -257,3 +257,57 @@ seeds: [0, 1, 2]
     tuner.fit()
     assert started == list(range(9))
     assert [(t.cfg.optim.lr, t.seed) for t in plan.trials][:4] == [(1e-3, 0), (2e-3, 0), (3e-3, 0), (2e-3, 1)]
+
+
+def test_seeds_auto_stops_the_tune_experiment_once_the_rule_has_decided(env, ray_cluster, tmp_path):
+    """``seeds: auto`` on a real Tune run and a real MLflow store: each trial (a stand-in for training) records its
+    finished child run with a final val/bpb; the arms differ by 0.05 at every seed (seed noise 0.001), so the rule
+    decides "different" at its first look, 3 seeds, and Tune never starts the 4 trials of seeds 3 and 4."""
+    from ray import tune
+
+    from yxanul.sweep import ClusterView, plan_sweep
+    from yxanul.sweep.auto import AutoStop, AutoWatch, decided
+    from yxanul.sweep.tune import _auto_seeds, param_space
+    from yxanul.tracking import connect, create_run
+
+    path = write_sweep(env, "auto", """
+axes:
+  optim.lr: [1.0e-3, 2.0e-3]
+seeds: auto
+max_seeds: 5
+""")
+    plan = plan_sweep(*load_sweep(path, ["sweep.name=auto"]), cluster=ClusterView((), None, "test"))
+    assert len(plan.trials) == 10
+    experiment = connect(env["uri"], "auto")
+    parent = create_run(env["uri"], experiment, "sweep-auto")
+    auto = _auto_seeds(plan, env["uri"], experiment, parent)
+    started: list[int] = []
+
+    class Started(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            started.append(trial.config["trial"]["index"])
+
+    def stand_in(config):
+        from yxanul.tracking import Status, create_run, end_run
+
+        trial, sweep = config["trial"], config["sweep"]
+        seed = trial["seed"]
+        rid = create_run(sweep["uri"], sweep["experiment"], trial["run_name"], params={"run.seed": str(seed)},
+                         tags={"mlflow.parentRunId": sweep["parent"], "yxanul.arm": trial["arm"]})
+        from mlflow import MlflowClient
+
+        worse = 0.05 if "0.002" in trial["arm"] else 0.0
+        MlflowClient(sweep["uri"]).log_metric(rid, "val/bpb", 1.0 + worse + 0.001 * seed, step=1)
+        end_run(sweep["uri"], rid, Status.FINISHED)
+        return {"done": True}
+
+    consts = {"name": plan.name, "uri": env["uri"], "experiment": experiment, "parent": parent}
+    tuner = tune.Tuner(tune.with_resources(stand_in, {"cpu": 0, "node:__internal_head__": 0.01}),
+                       param_space=param_space(plan, consts),
+                       tune_config=tune.TuneConfig(max_concurrent_trials=1),
+                       run_config=tune.RunConfig(name="auto", storage_path=str(tmp_path), verbose=0,
+                                                 stop=AutoStop(plan.name), callbacks=[Started(), AutoWatch(auto)]))
+    tuner.fit()
+    assert started == [0, 1, 2, 3, 4, 5]  # seeds 0, 1, 2 of both arms, nothing after the decision
+    done, line = decided(auto)
+    assert done and line.startswith("seeds: auto after 3 seeds: optim.lr=0.002 vs optim.lr=0.001: different")

@@ -236,3 +236,9 @@ def test_seeds_auto_in_the_sweep_file(tmp_path):
 
     with pytest.raises(ConfigError, match="equivalence_margin is the stopping rule of seeds: auto"):
         load_sweep(tmp_path / "s.yaml", ["sweep.seeds=[0,1]", "sweep.equivalence_margin=0.01"])
+
+
+def test_seeds_auto_runs_at_most_one_seed_of_trials_at_once():
+    from yxanul.sweep.auto import concurrency
+
+    assert concurrency(8, 3) == 3 and concurrency(1, 3) == 1 and concurrency(2, 3) == 2

@@ -16,6 +16,7 @@ from yxanul.sweep.spec import spec_yaml
 from yxanul.sweep.text import format_plan
 from yxanul.sweep.trials import TOKENS_ATTR, SweepPlan, trial_tags
 from yxanul.tags import (
+    ARM_TAG,
     COMMAND_TAG,
     GIT_DIRTY_TAG,
     GIT_SHA_TAG,
@@ -48,9 +49,8 @@ from yxanul.tracking import (
 )
 
 __all__ = ["STOPPING_RULE_ARTIFACT", "child_run_ids", "end_parent", "end_running_children", "end_trial_run_callback",
-           "fingerprint", "log_parent_timeline", "open_parent", "trial_timelines",
-           "record_not_runnable",
-           "summarize"]
+           "fingerprint", "finished_children", "log_parent_timeline", "open_parent", "record_not_runnable",
+           "set_parent_tags", "summarize", "trial_timelines"]
 
 
 def _quote(value: str) -> str:
@@ -144,6 +144,13 @@ def _command_line() -> str:
     return shlex.join(argv)[:5000]
 
 
+def set_parent_tags(uri: str, parent_id: str, tags: dict[str, str]) -> None:
+    """Tags the sweep learns while it runs (e.g. where ``seeds: auto`` stood at the end)."""
+    mlflow = client(uri)
+    for key, value in tags.items():
+        mlflow.set_tag(parent_id, key, value)
+
+
 def end_parent(uri: str, parent_id: str, status: str, results: str | None = None) -> None:
     """End the parent run with ``status``, after logging the results table (results.txt) if given."""
     if results is not None:
@@ -206,8 +213,13 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
                 if found:
                     end_run(uri, found[0].info.run_id, Status.FINISHED, only_if_running=True)
                 return Status.FINISHED, f"at {tokens} tokens"
+            from yxanul.sweep.auto import stopped_by_rule
+
             if own_stop and tokens >= own_stop:
                 status, reason, tags = Status.STOPPED, f"train.stop_after_tokens at {tokens} tokens", {}
+            elif stopped_by_rule(trial.config["sweep"]["name"]):
+                status, reason = Status.NOT_NEEDED, f"seeds: auto had decided; stopped at {tokens} tokens"
+                tags = {STOPPED_AT_TOKENS_TAG: str(tokens)}
             else:
                 status, reason = Status.STOPPED_EARLY, f"stopped by the ASHA scheduler at {tokens} tokens"
                 tags = {STOPPED_AT_TOKENS_TAG: str(tokens)}
@@ -241,6 +253,16 @@ def _record_failed(uri: str, experiment_id: str, parent_id: str, trial: Any) -> 
     rid = create_run(uri, experiment_id, params["run_name"], tags={
         PARENT_RUN_ID_TAG: parent_id, SWEEP_TAG: trial.config["sweep"]["name"], **trial_tags(params)})
     end_run(uri, rid, Status.FAILED, reason=_error_line(trial))
+
+
+def finished_children(uri: str, experiment_id: str, parent_id: str, metric: str) -> list[tuple[str, int, float]]:
+    """(arm, seed, final ``metric``) of the sweep's finished child runs (what ``seeds: auto`` decides on)."""
+    out = []
+    for run in _children(uri, experiment_id, parent_id):
+        tags = run.data.tags
+        if tags.get(STATUS_TAG) == Status.FINISHED and metric in run.data.metrics and "run.seed" in run.data.params:
+            out.append((tags.get(ARM_TAG, ""), int(run.data.params["run.seed"]), run.data.metrics[metric]))
+    return out
 
 
 def child_run_ids(uri: str, experiment_id: str, parent_id: str) -> dict[str, str]:

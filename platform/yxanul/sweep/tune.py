@@ -20,7 +20,7 @@ from yxanul.sweep.plan import check_data, plan_sweep, sweep_layout
 from yxanul.sweep.spec import SweepSpec
 from yxanul.sweep.text import format_plan, format_rows
 from yxanul.sweep.trials import SweepPlan, build_config, total_tokens, trial_tags
-from yxanul.tags import SWEEP_TAG, TUNE_TRIAL_ID_TAG
+from yxanul.tags import SEEDS_AUTO_TAG, SWEEP_TAG, TUNE_TRIAL_ID_TAG
 from yxanul.timeline import EFFICIENCY_METRIC, PREFIX, WALL_METRIC, metric_name, sweep_metrics
 from yxanul.tracking import Status
 
@@ -133,6 +133,7 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None, budget_te
     errored = False
     events = _EVENTS[plan.name] = _Events()
     slots = 1
+    auto = _auto_seeds(plan, uri, experiment_id, parent_id) if spec.seeds == "auto" else None
     if plan.runnable:
         horizons = {t.run_name: _horizon(t.cfg) for t in plan.runnable}
         # The trial itself only waits on its TorchTrainer, whose workers hold the real resources. It runs on
@@ -145,14 +146,21 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None, budget_te
         else:
             consts = {"name": plan.name, "base_path": str(plan.base_path) if plan.base_path else None,
                       "base_overrides": plan.base_overrides, "parent_run_id": parent_id}
+            callbacks = [_trial_events_callback()(shown, plan.name), records.end_trial_run_callback(
+                uri, experiment_id, parent_id, horizons, announce=_announcer(shown))]
+            stop = None
+            if auto is not None:  # after the verdicts are recorded: the rule reads them from MLflow
+                from yxanul.sweep.auto import AutoStop, AutoWatch
+
+                callbacks.append(AutoWatch(auto))
+                stop = AutoStop(plan.name)
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space(plan, consts),
                 tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=asha.scheduler(plan),
-                                            max_concurrent_trials=_concurrency(plan, spec)),
-                run_config=tune.RunConfig(name=plan.name, storage_path=layout.sweeps, verbose=1, callbacks=[
-                    _trial_events_callback()(shown, plan.name), records.end_trial_run_callback(
-                        uri, experiment_id, parent_id, horizons, announce=_announcer(shown))]))
+                                            max_concurrent_trials=_slots(plan, spec)),
+                run_config=tune.RunConfig(name=plan.name, storage_path=layout.sweeps, verbose=1, stop=stop,
+                                          callbacks=callbacks))
         try:
             with interrupt.forwarding(signal.SIGUSR1):  # Tune's graceful stop: state saved, trials stopped
                 results = tuner.fit()
@@ -165,7 +173,13 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None, budget_te
         if interrupt.received() is not None:
             raise _interrupted(plan, events, uri, experiment_id, parent_id)
         errored = any(r.error is not None for r in results)
-        slots = min(_concurrency(plan, spec), len(plan.runnable))
+        slots = min(_slots(plan, spec), len(plan.runnable))
+    if auto is not None:
+        from yxanul.sweep.auto import decided
+
+        done, line = decided(auto)
+        say(line if done else line + f"; not decided within max_seeds={spec.max_seeds} seeds")
+        records.set_parent_tags(uri, parent_id, {SEEDS_AUTO_TAG: line})
     try:
         _sweep_timeline(uri, experiment_id, parent_id, events, time.time() - sweep_start, slots)
     except Exception as exc:  # a measurement: MLflow refusing it must not fail the sweep
@@ -173,6 +187,25 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None, budget_te
     rows = records.summarize(uri, experiment_id, parent_id, spec.metric)
     records.end_parent(uri, parent_id, Status.FAILED if errored else Status.FINISHED, format_rows(rows))
     return SweepOutcome(parent_id, experiment_id, uri, tune_path, resume, rows)
+
+
+def _slots(plan: SweepPlan, spec: SweepSpec) -> int:
+    """Trials at once: one per GPU (or the sweep's cap); under ``seeds: auto`` at most one seed's worth."""
+    slots = _concurrency(plan, spec)
+    if spec.seeds != "auto":
+        return slots
+    from yxanul.sweep.auto import concurrency
+
+    return concurrency(slots, len({t.arm for t in plan.runnable}))
+
+
+def _auto_seeds(plan: SweepPlan, uri: str, experiment_id: str, parent_id: str) -> Any:
+    from yxanul.sweep.auto import _DONE, AutoSeeds
+
+    _DONE.pop(plan.name, None)
+    arms = tuple(dict.fromkeys(t.arm for t in plan.runnable))
+    return AutoSeeds(plan.name, uri, experiment_id, parent_id, plan.spec.metric, plan.reference, arms,
+                     plan.spec.max_seeds, plan.spec.equivalence_margin)
 
 
 def _interrupted(plan: SweepPlan, events: _Events, uri: str, experiment_id: str,
