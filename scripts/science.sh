@@ -16,12 +16,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-./outputs/science}
-work=${WORK:-/tmp/yxanul-science}
-if [ -n "${OUT:-}" ] && [ ! -e outputs ]; then mkdir -p "$work" && ln -s "$work" outputs; fi  # the GPU machine
-mkdir -p "$out" outputs
-export PYTHONPATH=/tmp/site:$PWD/platform:$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-py=${PYTHON:-python3}
+source scripts/device_env.sh
 run=experiments/runs/science.yaml
 read -r -a extra <<< "${SCIENCE_OVERRIDES:-}"  # e.g. "data.builtin_max_bytes=20M" for a quick CPU rehearsal
 uri="sqlite:///$PWD/outputs/mlflow.db"

@@ -16,12 +16,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-./outputs/overhead}
-work=${WORK:-/tmp/yxanul-science}
-if [ -n "${OUT:-}" ] && [ ! -e outputs ]; then mkdir -p "$work" && ln -s "$work" outputs; fi  # the GPU machine
-mkdir -p "$out" outputs
-export PYTHONPATH=/tmp/site:$PWD/platform:$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-py=${PYTHON:-python3}
+source scripts/device_env.sh
 tokens=${TOKENS:-13107200}
 seeds=${SEEDS:-[0]}
 arms=${ARMS:-'{bf16: {precision.mode: bf16}, fp8-auto: {precision.mode: fp8, precision.fp8_layers: auto}}'}

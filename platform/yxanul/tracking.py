@@ -651,16 +651,10 @@ class ResilientTracker:
 @contextlib.contextmanager
 def _client_retries(count: int) -> Iterator[None]:
     """MLflow's client retries for the calls in the block only (it reads the variable at each request)."""
-    name = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
-    before = os.environ.get(name)
-    os.environ[name] = str(count)
-    try:
+    from yxanul.environ import temporary_env
+
+    with temporary_env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(count)):
         yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 def end_run_or_spool(uri: str, run_id: str, status: str, *, spool_dir: str | None, error: str = "",

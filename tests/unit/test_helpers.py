@@ -186,3 +186,18 @@ def test_check_writable_leaves_nothing_behind_and_names_the_key(tmp_path):
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(ConfigError, match=r"^run.storage_path: cannot write .*a-file/run \(.*\); choose a folder"):
         check_writable(str(tmp_path / "a-file" / "run"), "run.storage_path")
+
+
+def test_temporary_env_restores_the_previous_value_or_its_absence(monkeypatch):
+    import os
+
+    from yxanul.environ import temporary_env
+
+    monkeypatch.delenv("YXANUL_TEST_VAR", raising=False)
+    with temporary_env("YXANUL_TEST_VAR", "1"):
+        assert os.environ["YXANUL_TEST_VAR"] == "1"
+    assert "YXANUL_TEST_VAR" not in os.environ
+    monkeypatch.setenv("YXANUL_TEST_VAR", "before")
+    with pytest.raises(RuntimeError), temporary_env("YXANUL_TEST_VAR", "during"):
+        raise RuntimeError("the block failed")
+    assert os.environ["YXANUL_TEST_VAR"] == "before"

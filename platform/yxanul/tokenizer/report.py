@@ -41,21 +41,16 @@ def measure(tok: Tokenizer, texts: list[str], *, repeats: int = 3) -> dict[str, 
     distort. Each of the ``repeats`` encodes starts from a freshly loaded tokenizer (cold word
     cache); the best one counts.
     """
-    previous = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from yxanul.environ import temporary_env
+
     spec = tok.to_str()
-    try:
+    with temporary_env("TOKENIZERS_PARALLELISM", "false"):
         cpu_seconds = []
         for _ in range(repeats):
             fresh = Tokenizer.from_str(spec)  # a cold BPE word cache every time, as a new process has
             start = time.process_time()
             encodings = fresh.encode_batch(texts, add_special_tokens=False)
             cpu_seconds.append(time.process_time() - start)
-    finally:
-        if previous is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = previous
     ids = [enc.ids for enc in encodings]
     decoded = tok.decode_batch(ids, skip_special_tokens=False)
     failures = sum(1 for text, back in zip(texts, decoded) if text != back)

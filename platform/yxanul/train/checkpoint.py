@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import pickle
 import random
 import re
@@ -224,16 +223,10 @@ def _own_te_payloads() -> Iterator[None]:
     """Let TE unpickle the FP8 payloads :func:`fp8_state_from_data` just built (TE >= 2.18 refuses a pickled
     delayed-scaling state unless NVTE_ALLOW_UNSAFE_PICKLE_EXTRA_STATE=1): they were made in this process from
     tensors read with weights_only and JSON, so they hold nothing but data and our own recipe object."""
-    name = "NVTE_ALLOW_UNSAFE_PICKLE_EXTRA_STATE"
-    before = os.environ.get(name)
-    os.environ[name] = "1"
-    try:
+    from yxanul.environ import temporary_env
+
+    with temporary_env("NVTE_ALLOW_UNSAFE_PICKLE_EXTRA_STATE", "1"):
         yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 # ---------------------------------------------------------------------------------------------------
