@@ -124,7 +124,8 @@ def test_two_worker_run_logs_metrics_params_provenance_and_checkpoints(env, unin
                                         "checkpoint", "teardown", "other")} <= phases
     assert sum(timeline[k] for k in phases) == pytest.approx(timeline["timeline/wall_s"])
     assert 0 < timeline["timeline/efficiency"] < 1 and timeline["timeline/other_s"] > -1
-    assert timeline["timeline/compile_s"] == pytest.approx(compile_s[-1], rel=1e-3)  # the first step of each shape
+    # the first step of each shape; the worker sends its phases rounded to 4 decimals (yxanul.timeline), so half a unit
+    assert timeline["timeline/compile_s"] == pytest.approx(compile_s[-1], abs=0.5e-4 + 1e-12)
     assert history(client, result.run_id, "timeline/steps_s")[0][0] == STEPS * TPS
     # validation at 6144 and at the end, per domain, bits/byte = nats/token / (4 bytes/token) / ln 2
     for domain in ("english", "code"):
