@@ -25,15 +25,13 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from yxanul.config import ModelConfig, OptimConfig, PrecisionConfig
+from yxanul.config import LayerGroup, ModelConfig, OptimConfig, PrecisionConfig
 from yxanul.errors import first_line
 from yxanul.files import atomic_write
 from yxanul.metrics import device_spec, flops_per_token, mfu, peak_memory_gib, reset_peak_memory
 from yxanul.model import parameter_count, resolve_vocab_size
 
 __all__ = ["BenchConfig", "BenchResult", "plan", "run_bench", "format_table"]
-
-Layer = Literal["attention", "mlp", "head"]
 
 
 class BenchConfig(BaseModel):
@@ -51,7 +49,7 @@ class BenchConfig(BaseModel):
     """Precision modes of our model."""
     recipes: list[Literal["delayed", "current", "block", "mxfp8"]] = ["delayed"]
     """FP8 recipes (fp8 runs only)."""
-    fp8_layer_sets: list[list[Layer] | Literal["auto"]] = ["auto"]
+    fp8_layer_sets: list[list[LayerGroup] | Literal["auto"]] = ["auto"]
     """FP8 layer selections (fp8 runs only), each a list of groups or auto (the plan measured on this card,
     as training measures it); every recipe is run with every selection."""
     micro_batch: int = Field(8, gt=0)
