@@ -157,8 +157,8 @@ class _Loop:
         if built.precision.mode == "fp8":  # forced or measured: the groups that really run in FP8 (the report's word)
             tags[FP8_LAYERS_TAG] = "+".join(built.precision.fp8_layers or ()) or "none"
         if built.fp8_plan is not None:
-            for group, row in built.fp8_plan.timings.items():
-                tags[f"{FP8_PLAN_TAG_PREFIX}{group}"] = f"bf16 {row['bf16_ms']:.2f} ms, fp8 {row['fp8_ms']:.2f} ms"
+            for group in built.fp8_plan.timings:
+                tags[f"{FP8_PLAN_TAG_PREFIX}{group}"] = built.fp8_plan.group_line(group)
             self.tracker.log_text(json.dumps(built.fp8_plan.to_json(), indent=2), "fp8_plan.json")
         if built.microbatch_fit is not None:
             self.tracker.log_text(json.dumps(built.microbatch_fit, indent=2), "microbatch_fit.json")
@@ -484,7 +484,7 @@ class _Loop:
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
-        from yxanul.model import bits_per_byte, cross_entropy, next_token_targets
+        from yxanul.model import bits_per_byte, next_token_targets
 
         self.model.eval()
         rows_per_batch = max(1, self.tokens_per_microbatch // self.cfg.eval.seq_len)
@@ -502,9 +502,8 @@ class _Loop:
                     batch = torch.from_numpy(valset.rows[:1])
                 tokens = batch.to(self.device)
                 targets = next_token_targets(tokens)
-                with self.precision.autocast():
-                    logits = self.model(tokens, mask_padding=False)
-                    nats = cross_entropy(logits, targets, self.model.vocab_size, reduction="sum")
+                with self.precision.autocast():  # the training step's head path: no whole logits either
+                    nats = self.model(tokens, targets=targets)
                 if real:
                     sums[0] += nats.double()
                     sums[1] += (targets >= 0).sum()
