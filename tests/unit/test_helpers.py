@@ -6,20 +6,75 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from yxanul.errors import ConfigError, DataError, error_chain, first_line, root_cause, user_error
+from yxanul.errors import (
+    ConfigError,
+    DataError,
+    clean_line,
+    error_chain,
+    first_line,
+    root_cause,
+    user_error,
+    worker_failure,
+)
 from yxanul.files import absolute_path, atomic_path, atomic_write, is_uri
 from yxanul.text import table
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_first_line_skips_blank_lines_and_names_the_type_of_an_empty_error():
     assert first_line(ValueError("\n  bad value  \nTraceback ...")) == "bad value"
     assert first_line(KeyError()) == "KeyError"
     assert first_line("") == "" and first_line("x" * 50, limit=10) == "x" * 10
+
+
+def test_ray_log_lines_caret_markers_and_colour_codes_never_reach_a_message():
+    # what the failed run showed as its error: Ray's forwarded caret line of a traceback
+    assert clean_line("\x1b[36m(TrainController pid=16130)\x1b[0m ^^^^^^^^ [repeated 2x across cluster]") == ""
+    assert clean_line("(RayTrainWorker pid=7, ip=10.0.0.7) RuntimeError: boom [repeated 2x across cluster]") == \
+        "RuntimeError: boom"
+    assert clean_line("    ~~~~^^^^^^") == "" and clean_line("\x1b[31mred\x1b[0m") == "red"
+    assert first_line("\x1b[33m\n   ^^^^\nCUDA error: out of memory\n") == "CUDA error: out of memory"
+
+
+def test_a_worker_exception_is_named_by_its_real_type_and_message():
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+    original = RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be ...")
+    wrapped = UserExceptionWithTraceback(original, "Traceback (most recent call last):\n  ...\n    ^^^^^^^^\n"
+                                                   "RuntimeError: CUDA error: an illegal memory access was encountered")
+    failure = WorkerGroupError("rank 1 failed: ...", {1: wrapped})
+    assert worker_failure(failure) == ("training worker rank 1 failed: RuntimeError: CUDA error: an illegal memory "
+                                       "access was encountered")
+    assert user_error(failure) is None
+    inner = DataError("no bucket=64 in /data")
+    assert user_error(WorkerGroupError("x", {0: UserExceptionWithTraceback(inner, "tb")})) is inner
+    assert worker_failure(ValueError("")) == "training failed: ValueError: ValueError"
+
+
+def test_a_cuda_out_of_memory_message_names_where_precision_memory_and_fix():
+    from yxanul.train.loop import out_of_memory_message
+
+    torch_message = ("CUDA out of memory. Tried to allocate 3.05 GiB. GPU 0 has a total capacity of 79.19 GiB of "
+                     "which 1.02 GiB is free. Including non-PyTorch memory, this process has 78.17 GiB in use.")
+    fix = "set train.max_tokens_per_microbatch=auto or lower it (now 32,768)"
+    assert out_of_memory_message(torch_message, "micro-batch 16x2048", "fp8 (delayed; auto -> attention,mlp,head)",
+                                 fix) == (
+        "CUDA out of memory at micro-batch 16x2048, fp8 (delayed; auto -> attention,mlp,head), 78.2 of 79.2 GiB in "
+        "use (tried to allocate 3.05 GiB): set train.max_tokens_per_microbatch=auto or lower it (now 32,768)")
+    small = "GPU 0 has a total capacity of 79.19 GiB of which 512.00 MiB is free"
+    assert ", 78.7 of 79.2 GiB in use:" in out_of_memory_message(small, "x", "bf16", "fix")
+    # no figures in torch's message: the ones read after it, or none
+    assert out_of_memory_message("CUDA out of memory.", "x", "bf16", "fix", (70.0, 80.0)) == \
+        "CUDA out of memory at x, bf16, 70.0 of 80.0 GiB in use: fix"
+    assert out_of_memory_message("CUDA out of memory.", "x", "bf16", "fix") == "CUDA out of memory at x, bf16: fix"
 
 
 def test_user_error_unwraps_a_real_ray_task_error_and_a_train_failure():
@@ -201,3 +256,21 @@ def test_temporary_env_restores_the_previous_value_or_its_absence(monkeypatch):
     with pytest.raises(RuntimeError), temporary_env("YXANUL_TEST_VAR", "during"):
         raise RuntimeError("the block failed")
     assert os.environ["YXANUL_TEST_VAR"] == "before"
+
+
+def test_a_train_vs_bench_row_carries_the_jobs_one_line_error_not_rays_last_log_line():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_vs_bench", REPO / "scripts" / "train_vs_bench.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # the failed run: the job's line, then Ray's forwarded caret line as the last line of the log
+    log = ("yxanul[tvb] model: bf16, compiled\n"
+           "error: CUDA out of memory at micro-batch 16x2048, fp8 (delayed; auto -> attention,mlp,head), 78.2 of 79.2 "
+           "GiB in use: set train.max_tokens_per_microbatch=auto or lower it (now 32,768)\n"
+           "\x1b[36m(TrainController pid=16130)\x1b[0m ^^^^^^^^ [repeated 2x across cluster]\n")
+    assert script.failure_line(log).startswith("CUDA out of memory at micro-batch 16x2048, fp8")
+    # no error line of the job's own (it was killed): the last line that says something, cleaned
+    assert script.failure_line("\x1b[36m(RayTrainWorker pid=7)\x1b[0m Killed by signal 9\n   ^^^^\n") == \
+        "Killed by signal 9"
+    assert script.failure_line("") == "no output"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -30,7 +31,7 @@ from yxanul.config import ExperimentConfig, PrecisionConfig
 from yxanul.console import worker_print
 from yxanul.curriculum import CurriculumPlan, Stage, build_plan, microbatch_budget
 from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load_validation
-from yxanul.errors import YxanulError
+from yxanul.errors import DeviceMemoryError, YxanulError
 from yxanul.files import atomic_write
 from yxanul.formatting import clock, human_count
 from yxanul.spikes import SpikeDetector, format_spikes, spike_start_tokens
@@ -53,11 +54,39 @@ from yxanul.tracking import SPOOL_DIR, NullTracker, ResilientTracker, Tracker, d
 from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, resume_values, save_checkpoint
 from yxanul.train.setup import WorkerSetup
 
-__all__ = ["NonFiniteLossError", "train_loop_per_worker"]
+__all__ = ["NonFiniteLossError", "out_of_memory_message", "train_loop_per_worker"]
 
 
 class NonFiniteLossError(YxanulError):
     """A step produced a NaN/inf loss or gradient and train.on_nan=stop."""
+
+
+def out_of_memory_message(torch_message: str, where: str, precision: str, fix: str,
+                          memory: tuple[float, float] | None = None) -> str:
+    """``CUDA out of memory at micro-batch 16x2048, fp8 (delayed; auto -> attention,mlp,head), 78.2 of 79.2 GiB in
+    use (tried to allocate 3.05 GiB): <fix>``. The memory figures are the allocator's own at the failure (parsed
+    from torch's message: total capacity and what was free), else ``memory`` (used GiB, card GiB) read after it."""
+    tried = re.search(r"Tried to allocate ([\d.]+ [KMG]iB)", torch_message)
+    capacity = re.search(r"total capacity of ([\d.]+) GiB of which ([\d.]+) ([KMG])iB is free", torch_message)
+    if capacity:
+        total = float(capacity.group(1))
+        free = float(capacity.group(2)) / {"K": 2**20, "M": 2**10, "G": 1}[capacity.group(3)]
+        memory = (total - free, total)
+    figures = f", {memory[0]:.1f} of {memory[1]:.1f} GiB in use" if memory else ""
+    return (f"CUDA out of memory at {where}, {precision}{figures}"
+            f"{f' (tried to allocate {tried.group(1)})' if tried else ''}: {fix}")
+
+
+def _inject_test_failure(spec: str, step: int) -> None:
+    """Test-only (yxanul.train.setup.TEST_FAILURE_ENV): raise the failure ``<kind>@<step>`` names at that step."""
+    kind, _, at = spec.partition("@")
+    if step != int(at or 0):
+        return
+    if kind == "oom":
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 3.05 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.02 GiB "
+            "is free. Of the allocated memory 75.80 GiB is allocated by PyTorch (injected by YXANUL_TEST_FAILURE)")
+    raise RuntimeError(f"injected test failure at step {step} (YXANUL_TEST_FAILURE={spec})")
 
 
 def _seed_everything(seed: int) -> None:
@@ -88,6 +117,8 @@ class _Loop:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = self._device()
         self.timeline = Timeline()  # rank 0's is logged (yxanul.timeline); the driver adds its own phases
+        self.where = "start-up (building the model: memory measurement, FP8 plan, compilation)"
+        """What the worker is doing, for a one-line out-of-memory error."""
         self.started_at = time.time()
         with self.timeline.phase("data"):
             self.dataset = PreparedDataset.open(setup.data_dir)
@@ -157,8 +188,8 @@ class _Loop:
         if built.precision.mode == "fp8":  # forced or measured: the groups that really run in FP8 (the report's word)
             tags[FP8_LAYERS_TAG] = "+".join(built.precision.fp8_layers or ()) or "none"
         if built.fp8_plan is not None:
-            for group, row in built.fp8_plan.timings.items():
-                tags[f"{FP8_PLAN_TAG_PREFIX}{group}"] = f"bf16 {row['bf16_ms']:.2f} ms, fp8 {row['fp8_ms']:.2f} ms"
+            for group in built.fp8_plan.timings:
+                tags[f"{FP8_PLAN_TAG_PREFIX}{group}"] = built.fp8_plan.group_line(group)
             self.tracker.log_text(json.dumps(built.fp8_plan.to_json(), indent=2), "fp8_plan.json")
         if built.microbatch_fit is not None:
             self.tracker.log_text(json.dumps(built.microbatch_fit, indent=2), "microbatch_fit.json")
@@ -270,13 +301,48 @@ class _Loop:
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> None:
-        self._build()
-        with self.timeline.phase("mlflow"):
-            self.tracker = timed(self._tracker(), self.timeline, "mlflow")
         try:
-            self._train()
-        finally:
-            self.tracker.close()  # sends what is left, or keeps it in the run folder
+            self._build()
+            with self.timeline.phase("mlflow"):
+                self.tracker = timed(self._tracker(), self.timeline, "mlflow")
+            try:
+                self._train()
+            finally:
+                self.tracker.close()  # sends what is left, or keeps it in the run folder
+        except torch.OutOfMemoryError as exc:  # one line the user can act on, not torch's paragraph under Ray's
+            raise DeviceMemoryError(self._out_of_memory(exc)) from None
+
+    def _out_of_memory(self, exc: BaseException) -> str:
+        """What ran out of memory where (:attr:`where`), in which precision, with how much memory, and the fix."""
+        from yxanul.model import HEAD_CHUNK_AUTO_MIN_COLUMNS, parameter_count
+
+        built = getattr(self, "built", None)
+        precision = built.precision.describe() if built is not None else self.cfg.precision.mode
+        configured = self.cfg.train.max_tokens_per_microbatch
+        tokens = getattr(self, "tokens_per_microbatch", None)
+        params = parameter_count(self.cfg.model, self.vocab).total
+        state_gib = 16 * params / 2**30  # fp32 weights, gradients and AdamW's two moments
+        if built is None and self.device.type == "cuda" and \
+                state_gib * (1 if self.cfg.scaling.strategy == "ddp" else 1 / self.world) > \
+                0.9 * torch.cuda.get_device_properties(self.device).total_memory / 2**30:
+            fix = (f"the model alone does not fit: {params:,} parameters x 16 bytes (fp32 weights, gradients, AdamW "
+                   f"state) = {state_gib:.1f} GiB; use a smaller model (model.preset, model.n_layers), or shard it "
+                   f"with scaling.strategy=fsdp over more GPUs")
+        elif configured != "auto":
+            fix = f"set train.max_tokens_per_microbatch=auto or lower it (now {configured:,})"
+        elif tokens:
+            fix = (f"train.max_tokens_per_microbatch=auto chose {tokens:,} tokens, which do not fit here: set a "
+                   f"number, e.g. train.max_tokens_per_microbatch={tokens // 2}")
+        else:
+            fix = "set train.max_tokens_per_microbatch to a number of tokens this card holds"
+        model = getattr(self, "model", None)
+        if model is not None and not model.head_chunk_tokens and model.padded_vocab >= HEAD_CHUNK_AUTO_MIN_COLUMNS:
+            fix += "; or model.head_chunk_tokens=auto, so the head never holds the whole logits"
+        memory = None
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            memory = ((total - free) / 2**30, total / 2**30)
+        return out_of_memory_message(str(exc), self.where, precision, fix, memory)
 
     def _train(self) -> None:
         import ray.train
@@ -326,6 +392,9 @@ class _Loop:
             if self.device.type == "cuda":
                 batch = batch.pin_memory()
             lr = lr_for_step(step, tps, self.cfg.optim, self.cfg.train.max_tokens, stage.lr_scale)
+            self.where = f"micro-batch {stage.micro_batch}x{stage.seq_len}"
+            if self.setup.test_failure:
+                _inject_test_failure(self.setup.test_failure, step)
             first_of_shape = (stage.seq_len, stage.micro_batch) not in shapes_seen
             if first_of_shape:  # compiles (or warms up): timed apart, kept out of tokens/s
                 shapes_seen.add((stage.seq_len, stage.micro_batch))
@@ -484,10 +553,11 @@ class _Loop:
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
-        from yxanul.model import bits_per_byte, cross_entropy, next_token_targets
+        from yxanul.model import bits_per_byte, next_token_targets
 
         self.model.eval()
         rows_per_batch = max(1, self.tokens_per_microbatch // self.cfg.eval.seq_len)
+        self.where = f"validation batch {rows_per_batch}x{self.cfg.eval.seq_len}"
         metrics: dict[str, float] = {}
         for domain, valset in self.valsets.items():
             mine = torch.from_numpy(valset.rows[self.rank::self.world])
@@ -502,9 +572,8 @@ class _Loop:
                     batch = torch.from_numpy(valset.rows[:1])
                 tokens = batch.to(self.device)
                 targets = next_token_targets(tokens)
-                with self.precision.autocast():
-                    logits = self.model(tokens, mask_padding=False)
-                    nats = cross_entropy(logits, targets, self.model.vocab_size, reduction="sum")
+                with self.precision.autocast():  # the training step's head path: no whole logits either
+                    nats = self.model(tokens, targets=targets)
                 if real:
                     sums[0] += nats.double()
                     sums[1] += (targets >= 0).sum()
@@ -524,6 +593,7 @@ class _Loop:
         return metrics
 
     def _report(self, metrics: dict[str, float], with_checkpoint: bool, train: Any) -> None:
+        self.where = "a checkpoint" if with_checkpoint else "a report"
         # What the spike check covered so far: "not checked" must never read as "no spike".
         self.tracker.set_tags({SPIKE_CHECK_TAG: self.spikes.status()})
         payload = {**metrics, "tokens": self.state.tokens, "step": self.state.step,
