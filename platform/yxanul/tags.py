@@ -168,3 +168,9 @@ for a run too short to check: an empty spike list alone would read as "no spike"
 UNIGRAM_BPB_METRIC = "val/unigram_bpb"
 """Bits/byte of the unigram (token frequency) model on the validation set: the trivial baseline a trained
 model must beat. The report draws it as a reference line when a run logged it."""
+BF16_EVAL_SUFFIX = "_bf16_eval"
+"""Appended to every val/* metric of a run's final validation when it runs again through the BF16 path
+(``eval.bf16_eval``): ``val/<domain>/loss_bf16_eval``, ``val/<domain>/bpb_bf16_eval``, ``val/bpb_bf16_eval``."""
+BF16_EVAL_BPB_METRIC = f"val/bpb{BF16_EVAL_SUFFIX}"
+"""An FP8 run's final weights evaluated as a BF16 run's are (mean over domains, as val/bpb); the report sets it
+beside val/bpb, the same weights in the run's training numerics."""

@@ -36,6 +36,7 @@ from yxanul.files import atomic_write
 from yxanul.formatting import clock, human_count
 from yxanul.spikes import SpikeDetector, format_spikes, spike_start_tokens
 from yxanul.tags import (
+    BF16_EVAL_SUFFIX,
     COMPILE_CACHE_TAG,
     COMPILED_TAG,
     FP8_LAYERS_TAG,
@@ -599,8 +600,8 @@ class _Loop:
         :meth:`_bf16_eval`, the same rows again with FP8 off, each metric suffixed ``_bf16_eval``
         (``val/bpb_bf16_eval``, ``val/<domain>/bpb_bf16_eval``): training numerics and evaluation numerics apart."""
         metrics = self._evaluate()
-        bf16 = {f"{k}_bf16_eval": v for k, v in self._evaluate(fp8=False).items()} if final and self._bf16_eval() \
-            else {}
+        bf16 = {f"{k}{BF16_EVAL_SUFFIX}": v for k, v in self._evaluate(fp8=False).items()} \
+            if final and self._bf16_eval() else {}
         metrics.update(bf16)
         metrics["val/elapsed_s"] = self.state.elapsed_s
         self.tracker.log_metrics(metrics, step=self.state.tokens)
@@ -608,8 +609,8 @@ class _Loop:
             domains = " ".join(f"{d} {metrics[f'val/{d}/bpb']:.4f}" for d in self.valsets)
             line = f"validation at {human_count(self.state.tokens)} tokens: bpb {metrics['val/bpb']:.4f} ({domains})"
             if bf16:
-                domains = " ".join(f"{d} {bf16[f'val/{d}/bpb_bf16_eval']:.4f}" for d in self.valsets)
-                line += f"; FP8 off (BF16 path): bpb {bf16['val/bpb_bf16_eval']:.4f} ({domains})"
+                domains = " ".join(f"{d} {bf16[f'val/{d}/bpb{BF16_EVAL_SUFFIX}']:.4f}" for d in self.valsets)
+                line += f"; FP8 off (BF16 path): bpb {bf16[f'val/bpb{BF16_EVAL_SUFFIX}']:.4f} ({domains})"
             worker_print(self.cfg.run.name, line)
         return metrics
 
