@@ -60,8 +60,8 @@ def make_dataset(root: Path, buckets: dict[int, int], *, mode: str = "decompose"
         tokens = []
         for _ in range(docs):  # the size, then the tokens, document by document (the random stream tests rely on)
             size = int(rng.integers(20, 90))
-            tokens.append(list(_markov(rng, succ, 1, size)[0] if succ is not None else rng.integers(1, vocab, size=size))
-                          + [EOS])
+            doc = _markov(rng, succ, 1, size)[0] if succ is not None else rng.integers(1, vocab, size=size)
+            tokens.append([*doc, EOS])
         num_bytes = [4 * len(t) for t in tokens]  # 4 bytes per token, exactly
         table = pa.table({"tokens": pa.array(tokens, type=pa.list_(pa.uint32())),
                           "num_bytes": pa.array(num_bytes, type=pa.int64())})

@@ -73,9 +73,9 @@ def _plain_copy(model: Yxanul, cfg) -> Yxanul:
 @pytest.mark.parametrize("chunk", [0, 64])
 def test_the_bf16_path_of_an_fp8_model_is_bf16_not_fp8(chunk):
     """An FP8 model (every group, delayed scaling) trained 60 steps on Markov text, evaluated four ways on the same 32
-    rows: FP8 (training numerics), its BF16 path, the plain BF16 model with its weights, fp32. ``chunk``: the plain head,
-    or the fused head in chunks of 64 tokens (two per row: the TE head's cached-weight call, ``is_first_microbatch``,
-    on the second)."""
+    rows: FP8 (training numerics), its BF16 path, the plain BF16 model with its weights, fp32. ``chunk``: the plain
+    head, or the fused head in chunks of 64 tokens (two per row: the TE head's cached-weight call,
+    ``is_first_microbatch``, on the second)."""
     cfg = small_cfg()
     model, precision = build(fp8("delayed"), cfg, seed=0)
     assert len(fp8_modules(model)) == 4 * 4 + 1 and precision.computes_fp8
@@ -110,7 +110,8 @@ def test_an_fp8_run_logs_its_bf16_evaluation_once_at_the_end_and_it_is_bf16(tmp_
     logged values equal the plain BF16 evaluation of the checkpoint, r ~ 4e-4 bits/byte.)"""
     data = make_dataset(tmp_path / "data", {64: 4096}, validation={"english": 48, "code": 48}, successors=4)
     end, tps = 262_144, 4096  # 64 steps
-    args = [f"data.output_dir={data}", f"run.storage_path={tmp_path / 'ray'}", f"tracking.uri=sqlite:///{tmp_path}/m.db",
+    args = [f"data.output_dir={data}", f"run.storage_path={tmp_path / 'ray'}",
+            f"tracking.uri=sqlite:///{tmp_path}/m.db",
             "run.name=bf16-eval", "precision.mode=fp8", "precision.recipe=delayed",
             f"precision.fp8_layers=[{','.join(ALL_LAYERS)}]", "precision.compile=off", "scaling.use_gpu=true",
             "scaling.num_workers=1", "curriculum.stages=[{seq_len: 64}]", f"train.tokens_per_step={tps}",
