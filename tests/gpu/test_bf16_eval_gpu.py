@@ -118,7 +118,7 @@ def test_an_fp8_run_logs_its_bf16_evaluation_once_at_the_end_and_it_is_bf16(tmp_
             f"train.max_tokens_per_microbatch={tps}", f"train.max_tokens={end}", f"eval.every_tokens={end // 2}",
             "eval.seq_len=64", "eval.max_tokens_per_domain=2048", "checkpoint.every_tokens=0"]
     done = subprocess.run([sys.executable, "-m", "jobs.train", str(PULSE), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=500, env=os.environ.copy())
+                          text=True, timeout=400, env=os.environ.copy())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     from mlflow import MlflowClient
 
