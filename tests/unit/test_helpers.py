@@ -274,3 +274,33 @@ def test_a_train_vs_bench_row_carries_the_jobs_one_line_error_not_rays_last_log_
     assert script.failure_line("\x1b[36m(RayTrainWorker pid=7)\x1b[0m Killed by signal 9\n   ^^^^\n") == \
         "Killed by signal 9"
     assert script.failure_line("") == "no output"
+
+
+def test_the_out_of_memory_fix_names_what_does_not_fit():
+    from yxanul.config import load_config
+    from yxanul.train.loop import out_of_memory_fix
+
+    auto = load_config(None, ["train.max_tokens_per_microbatch=auto"])
+    fixed = load_config(None, ["train.max_tokens_per_microbatch=32768"])
+    # the model itself: 6B parameters x 16 bytes = 89.4 GiB on an 80 GB card, before any micro-batch
+    assert out_of_memory_fix(auto, params=6_000_000_000, world=1, card_gib=79.2, chosen_tokens=None,
+                             unchunked_columns=None) == (
+        "the model alone does not fit: 6,000,000,000 parameters x 16 bytes (fp32 weights, gradients, AdamW state) = "
+        "89.4 GiB of 79.2; use a smaller model (model.preset, model.n_layers), or shard it with scaling.strategy=fsdp "
+        "over more GPUs")
+    fsdp = load_config(None, ["train.max_tokens_per_microbatch=auto", "scaling.strategy=fsdp"])
+    assert "44.7 GiB per GPU of 40.0" in out_of_memory_fix(fsdp, params=6_000_000_000, world=2, card_gib=40.0,
+                                                           chosen_tokens=None, unchunked_columns=None)
+    # FSDP over 2 GPUs holds it: the micro-batch is the fix
+    assert out_of_memory_fix(fsdp, params=6_000_000_000, world=2, card_gib=79.2, chosen_tokens=None,
+                             unchunked_columns=None).startswith("set train.max_tokens_per_microbatch to a number")
+    assert out_of_memory_fix(fixed, params=273_329_792, world=1, card_gib=None, chosen_tokens=32768,
+                             unchunked_columns=None) == ("set train.max_tokens_per_microbatch=auto or lower it "
+                                                         "(now 32,768)")
+    assert out_of_memory_fix(auto, params=273_329_792, world=1, card_gib=None, chosen_tokens=65536,
+                             unchunked_columns=200_064) == (
+        "train.max_tokens_per_microbatch=auto chose 65,536 tokens, which do not fit here: set a number, e.g. "
+        "train.max_tokens_per_microbatch=32768; or model.head_chunk_tokens=auto, so the head never holds the whole "
+        "logits")
+    assert "head_chunk_tokens" not in out_of_memory_fix(auto, params=1, world=1, card_gib=None, chosen_tokens=1024,
+                                                        unchunked_columns=16_384)  # a small head: not the cause

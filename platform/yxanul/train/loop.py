@@ -55,7 +55,7 @@ from yxanul.tracking import SPOOL_DIR, NullTracker, ResilientTracker, Tracker, d
 from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, resume_values, save_checkpoint
 from yxanul.train.setup import WorkerSetup
 
-__all__ = ["NonFiniteLossError", "out_of_memory_message", "train_loop_per_worker"]
+__all__ = ["NonFiniteLossError", "out_of_memory_fix", "out_of_memory_message", "train_loop_per_worker"]
 
 
 class NonFiniteLossError(YxanulError):
@@ -76,6 +76,34 @@ def out_of_memory_message(torch_message: str, where: str, precision: str, fix: s
     figures = f", {memory[0]:.1f} of {memory[1]:.1f} GiB in use" if memory else ""
     return (f"CUDA out of memory at {where}, {precision}{figures}"
             f"{f' (tried to allocate {tried.group(1)})' if tried else ''}: {fix}")
+
+
+def out_of_memory_fix(cfg: ExperimentConfig, *, params: int, world: int, card_gib: float | None,
+                      chosen_tokens: int | None, unchunked_columns: int | None) -> str:
+    """The fix an out-of-memory message names. ``card_gib``: the card's memory when the model is not built yet
+    (the model itself may be what does not fit: fp32 weights, gradients and AdamW's two moments, 16 bytes per
+    parameter, sharded by FSDP); ``chosen_tokens``: what ``max_tokens_per_microbatch: auto`` chose;
+    ``unchunked_columns``: the padded vocabulary of a head that holds its whole logits."""
+    from yxanul.model import HEAD_CHUNK_AUTO_MIN_COLUMNS
+
+    state_gib = 16 * params / 2**30
+    per_gpu = state_gib / (world if cfg.scaling.strategy == "fsdp" else 1)
+    configured = cfg.train.max_tokens_per_microbatch
+    if card_gib is not None and per_gpu > 0.9 * card_gib:
+        fix = (f"the model alone does not fit: {params:,} parameters x 16 bytes (fp32 weights, gradients, AdamW "
+               f"state) = {state_gib:.1f} GiB{f', {per_gpu:.1f} GiB per GPU' if per_gpu != state_gib else ''} of "
+               f"{card_gib:.1f}; use a smaller model (model.preset, model.n_layers), or shard it with "
+               f"scaling.strategy=fsdp over more GPUs")
+    elif configured != "auto":
+        fix = f"set train.max_tokens_per_microbatch=auto or lower it (now {configured:,})"
+    elif chosen_tokens:
+        fix = (f"train.max_tokens_per_microbatch=auto chose {chosen_tokens:,} tokens, which do not fit here: set a "
+               f"number, e.g. train.max_tokens_per_microbatch={chosen_tokens // 2}")
+    else:
+        fix = "set train.max_tokens_per_microbatch to a number of tokens this card holds"
+    if unchunked_columns is not None and unchunked_columns >= HEAD_CHUNK_AUTO_MIN_COLUMNS:
+        fix += "; or model.head_chunk_tokens=auto, so the head never holds the whole logits"
+    return fix
 
 
 def _inject_test_failure(spec: str, step: int) -> None:
@@ -315,34 +343,20 @@ class _Loop:
 
     def _out_of_memory(self, exc: BaseException) -> str:
         """What ran out of memory where (:attr:`where`), in which precision, with how much memory, and the fix."""
-        from yxanul.model import HEAD_CHUNK_AUTO_MIN_COLUMNS, parameter_count
+        from yxanul.model import parameter_count
 
         built = getattr(self, "built", None)
-        precision = built.precision.describe() if built is not None else self.cfg.precision.mode
-        configured = self.cfg.train.max_tokens_per_microbatch
-        tokens = getattr(self, "tokens_per_microbatch", None)
-        params = parameter_count(self.cfg.model, self.vocab).total
-        state_gib = 16 * params / 2**30  # fp32 weights, gradients and AdamW's two moments
-        if built is None and self.device.type == "cuda" and \
-                state_gib * (1 if self.cfg.scaling.strategy == "ddp" else 1 / self.world) > \
-                0.9 * torch.cuda.get_device_properties(self.device).total_memory / 2**30:
-            fix = (f"the model alone does not fit: {params:,} parameters x 16 bytes (fp32 weights, gradients, AdamW "
-                   f"state) = {state_gib:.1f} GiB; use a smaller model (model.preset, model.n_layers), or shard it "
-                   f"with scaling.strategy=fsdp over more GPUs")
-        elif configured != "auto":
-            fix = f"set train.max_tokens_per_microbatch=auto or lower it (now {configured:,})"
-        elif tokens:
-            fix = (f"train.max_tokens_per_microbatch=auto chose {tokens:,} tokens, which do not fit here: set a "
-                   f"number, e.g. train.max_tokens_per_microbatch={tokens // 2}")
-        else:
-            fix = "set train.max_tokens_per_microbatch to a number of tokens this card holds"
         model = getattr(self, "model", None)
-        if model is not None and not model.head_chunk_tokens and model.padded_vocab >= HEAD_CHUNK_AUTO_MIN_COLUMNS:
-            fix += "; or model.head_chunk_tokens=auto, so the head never holds the whole logits"
+        card_gib = None
         memory = None
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
-            memory = ((total - free) / 2**30, total / 2**30)
+            memory, card_gib = ((total - free) / 2**30, total / 2**30), total / 2**30
+        fix = out_of_memory_fix(
+            self.cfg, params=parameter_count(self.cfg.model, self.vocab).total, world=self.world,
+            card_gib=card_gib if built is None else None, chosen_tokens=getattr(self, "tokens_per_microbatch", None),
+            unchunked_columns=model.padded_vocab if model is not None and not model.head_chunk_tokens else None)
+        precision = built.precision.describe() if built is not None else self.cfg.precision.mode
         return out_of_memory_message(str(exc), self.where, precision, fix, memory)
 
     def _train(self) -> None:
