@@ -7,7 +7,8 @@
 #   prepare          8k BPE tokenizer + packed 2048-token dataset of the built-in corpora (humaneval validation)
 #   train-vs-bench   yxanul-270m at 16 x 2048: HF peer, jobs.bench bf16 / fp8 auto, jobs.train bf16 / fp8 auto
 #   train-vs-bench-2048  the same for the width-2048 preset, bench and train (FP8 auto vs BF16 at width 2048)
-#   bench-270m | bench-270m-recipes | bench-ladder | bench-270m-mb16   the jobs.bench matrices (experiments/bench)
+#   bench-270m | bench-270m-recipes | bench-ladder | bench-270m-mb16 | bench-270m-head   the jobs.bench matrices
+#                    (experiments/bench; -head: the fused chunked head vs the plain head, BF16 and FP8)
 #
 # Every stage fits the device tool's 10-minute command limit; give several in one call when they fit together.
 # Work (tokenizer, dataset, MLflow store, Ray storage) stays in $WORK (default /tmp/yxanul-gpu), which outlives
@@ -48,7 +49,7 @@ bench() {  # $1 = config name, rest = overrides
     $py -m jobs.bench "experiments/bench/$name.yaml" "output=$out/bench-$name.jsonl" "$@" 2>&1 | tee "$out/bench-$name.log" | grep -v "^$" | tail -40
     return "${PIPESTATUS[0]}"
 }
-[ $# -gt 0 ] || { sed -n '3,12p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '3,13p' "$0"; exit 2; }
 for stage in "$@"; do
     case $stage in
         info) info ;;
@@ -60,7 +61,8 @@ for stage in "$@"; do
         bench-270m-recipes) bench h100-270m-recipes || rc=$? ;;
         bench-ladder) bench h100-ladder || rc=$? ;;
         bench-270m-mb16) bench h100-270m-mb16 || rc=$? ;;
-        *) echo "unknown stage $stage; usage:" >&2; sed -n '3,12p' "$0" >&2; exit 2 ;;
+        bench-270m-head) bench h100-270m-head || rc=$? ;;
+        *) echo "unknown stage $stage; usage:" >&2; sed -n '3,13p' "$0" >&2; exit 2 ;;
     esac
 done
 exit $rc

@@ -29,6 +29,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def failure_line(text: str) -> str:
+    """The job's own one-line ``error: ...`` (yxanul.cli), else the last line that says something: never a Ray log
+    prefix, a traceback's caret markers or colour codes (yxanul.errors.clean_line)."""
+    from yxanul.errors import clean_line
+
+    lines = [clean_line(line) for line in text.splitlines()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    if errors:
+        return errors[-1].removeprefix("error: ")
+    return next((line for line in reversed(lines) if line), "no output")
+
+
 def bench_rows(preset: str, micro_batch: int, steps: int, peer: bool) -> list[dict]:
     from yxanul.bench import BenchConfig, run_bench
 
@@ -68,7 +80,7 @@ def train_row(preset: str, precision: str, micro_batch: int, steps: int, data: P
     row = {"preset": preset, "runner": "train", "precision": precision, "log": log.name}
     match = re.search(r"MLflow run ([0-9a-f]{32})", text)
     if rc != 0 or not match:
-        row["error"] = f"jobs.train exited {rc}: {text.strip().splitlines()[-1] if text.strip() else ''}"[:300]
+        row["error"] = f"jobs.train exited {rc}: {failure_line(text)}"[:500]
         return row
     client = MlflowClient(uri)
     run_id = match.group(1)

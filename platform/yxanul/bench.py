@@ -25,15 +25,14 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from yxanul.config import ModelConfig, OptimConfig, PrecisionConfig
+from yxanul.config import LayerGroup, ModelConfig, OptimConfig, PrecisionConfig
 from yxanul.errors import first_line
 from yxanul.files import atomic_write
 from yxanul.metrics import device_spec, flops_per_token, mfu, peak_memory_gib, reset_peak_memory
 from yxanul.model import parameter_count, resolve_vocab_size
+from yxanul.precision import preload_te
 
 __all__ = ["BenchConfig", "BenchResult", "plan", "run_bench", "format_table"]
-
-Layer = Literal["attention", "mlp", "head"]
 
 
 class BenchConfig(BaseModel):
@@ -51,7 +50,10 @@ class BenchConfig(BaseModel):
     """Precision modes of our model."""
     recipes: list[Literal["delayed", "current", "block", "mxfp8"]] = ["delayed"]
     """FP8 recipes (fp8 runs only)."""
-    fp8_layer_sets: list[list[Layer] | Literal["auto"]] = ["auto"]
+    head_chunk_tokens: list[int | Literal["auto"]] = ["auto"]
+    """Head paths of our model (``model.head_chunk_tokens``: 0 = the whole logits, N = the fused head in chunks of
+    N tokens, auto = the model's default); every precision is run with every head path."""
+    fp8_layer_sets: list[list[LayerGroup] | Literal["auto"]] = ["auto"]
     """FP8 layer selections (fp8 runs only), each a list of groups or auto (the plan measured on this card,
     as training measures it); every recipe is run with every selection."""
     micro_batch: int = Field(8, gt=0)
@@ -100,6 +102,10 @@ class BenchResult:
     vs_bf16: float | None = None
     error: str | None = None
     card: str = ""
+    head: str | None = None
+    """Our model's head path as built (``plain`` or ``chunk 4096``); None for the peer."""
+    head_in_label: bool = False
+    """The matrix varies the head path, so the label names it."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -107,12 +113,16 @@ class BenchResult:
         if self.impl == "hf-peer":
             return "HF Llama peer (bf16" + (", compiled)" if self.extra.get("compiled") else ")")
         if self.precision == "fp8":
-            return f"fp8 {self.recipe} [{self.fp8_layers}]"
-        return self.precision
+            return f"fp8 {self.recipe} [{self.fp8_layers}]{self._head_label}"
+        return f"{self.precision}{self._head_label}"
+
+    @property
+    def _head_label(self) -> str:
+        return f", {self.head} head" if self.head_in_label and self.head else ""
 
 
-def _model_cfg(cfg: BenchConfig, preset: str) -> ModelConfig:
-    data: dict[str, Any] = {"preset": preset}
+def _model_cfg(cfg: BenchConfig, preset: str, head_chunk_tokens: int | str = "auto") -> ModelConfig:
+    data: dict[str, Any] = {"preset": preset, "head_chunk_tokens": head_chunk_tokens}
     if cfg.n_layers is not None:
         data["n_layers"] = cfg.n_layers
     if cfg.vocab_size is not None:
@@ -120,30 +130,37 @@ def _model_cfg(cfg: BenchConfig, preset: str) -> ModelConfig:
     return ModelConfig.model_validate(data)
 
 
-def plan(cfg: BenchConfig) -> list[tuple[str, PrecisionConfig | None]]:
-    """(preset, precision) for every run; None precision = the peer."""
-    runs: list[tuple[str, PrecisionConfig | None]] = []
+def plan(cfg: BenchConfig) -> list[tuple[str, PrecisionConfig | None, int | str]]:
+    """(preset, precision, head_chunk_tokens) for every run; None precision = the peer (its own head)."""
+    runs: list[tuple[str, PrecisionConfig | None, int | str]] = []
     for preset in cfg.presets:
         if cfg.peer:
-            runs.append((preset, None))
-        for mode in cfg.precisions:
+            runs.append((preset, None, "auto"))
+        for mode, head in itertools.product(cfg.precisions, cfg.head_chunk_tokens):
             if mode != "fp8":
-                runs.append((preset, PrecisionConfig(mode=mode)))
+                runs.append((preset, PrecisionConfig(mode=mode), head))
                 continue
             for recipe, layers in itertools.product(cfg.recipes, cfg.fp8_layer_sets):
                 runs.append((preset, PrecisionConfig(mode="fp8", recipe=recipe,
-                                                     fp8_layers=layers if layers == "auto" else list(layers))))
+                                                     fp8_layers=layers if layers == "auto" else list(layers)), head))
     return runs
+
+
+def _head(mcfg: ModelConfig) -> str:
+    from yxanul.model import padded_vocab_size, resolve_head_chunk_tokens
+
+    chunk = resolve_head_chunk_tokens(mcfg, padded_vocab_size(resolve_vocab_size(mcfg)))
+    return f"chunk {chunk}" if chunk else "plain"
 
 
 def describe_plan(cfg: BenchConfig) -> str:
     lines = []
-    for preset, prec in plan(cfg):
-        mcfg = _model_cfg(cfg, preset)
+    for preset, prec, head in plan(cfg):
+        mcfg = _model_cfg(cfg, preset, head)
         count = parameter_count(mcfg).total
         what = "HF LlamaForCausalLM peer, bf16" if prec is None else (
             f"yxanul {prec.mode}" + (f" recipe={prec.recipe} fp8_layers={_layers_label(prec.fp8_layers)}"
-                                     if prec.mode == "fp8" else ""))
+                                     if prec.mode == "fp8" else "") + f", {_head(mcfg)} head")
         lines.append(f"{preset:<14} {count:>14,d} params  {flops_per_token(mcfg, cfg.seq_len) / 1e9:7.3f} "
                      f"GFLOP/token  {what}")
     return "\n".join(lines)
@@ -264,22 +281,18 @@ def run_bench(cfg: BenchConfig, log: Any = print) -> list[BenchResult]:
         raise ConfigError("device=cuda but no CUDA GPU is visible; use device=cpu to check the code paths")
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     if device.type == "cuda" and "fp8" in cfg.precisions:
-        # Load TE's libraries before torch loads its own cuDNN (the peer's attention does): the
-        # other order gave "libcudnn_cnn.so.9: undefined symbol" on the H100 machine.
-        try:
-            import transformer_engine.pytorch  # noqa: F401
-        except ImportError:
-            pass  # each fp8 run then reports the PrecisionError
+        preload_te()  # before the peer's attention loads torch's cuDNN
     results: list[BenchResult] = []
-    for preset, prec in plan(cfg):
-        mcfg = _model_cfg(cfg, preset)
+    for preset, prec, head in plan(cfg):
+        mcfg = _model_cfg(cfg, preset, head)
         result = BenchResult(
             preset=preset, impl="hf-peer" if prec is None else "yxanul",
             precision="bf16" if prec is None else prec.mode,
             recipe=prec.recipe if prec is not None and prec.mode == "fp8" else None,
             fp8_layers=_layers_label(prec.fp8_layers) if prec is not None and prec.mode == "fp8" else None,
             micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, params=parameter_count(mcfg).total,
-            flops_per_token=flops_per_token(mcfg, cfg.seq_len), card=card)
+            flops_per_token=flops_per_token(mcfg, cfg.seq_len), card=card,
+            head=None if prec is None else _head(mcfg), head_in_label=len(cfg.head_chunk_tokens) > 1)
         log(f"[bench] {preset}: {result.label} ...")
         try:
             if prec is None:
@@ -309,10 +322,12 @@ def _ratios(results: list[BenchResult]) -> None:
     for preset in {r.preset for r in results}:
         rows = [r for r in results if r.preset == preset and r.tokens_per_s]
         peer = next((r for r in rows if r.impl == "hf-peer"), None)
-        bf16 = next((r for r in rows if r.impl == "yxanul" and r.precision == "bf16"), None)
         for r in rows:
             if peer is not None and r is not peer:
                 r.vs_peer = r.tokens_per_s / peer.tokens_per_s
+            # against our BF16 with the same head path, else the first BF16 row
+            bf16 = next((b for b in rows if b.impl == "yxanul" and b.precision == "bf16" and b.head == r.head),
+                        next((b for b in rows if b.impl == "yxanul" and b.precision == "bf16"), None))
             if bf16 is not None and r.impl == "yxanul":
                 r.vs_bf16 = r.tokens_per_s / bf16.tokens_per_s
 

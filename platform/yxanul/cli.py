@@ -1,7 +1,9 @@
 """The shared command-line contract of every job.
 
 ``python -m jobs.<name> CONFIG [dotted.key=value ...] [--dry-run]``: exit 0 on success; on bad
-input or bad config, one readable ``error: ...`` line on stderr (no traceback) and exit 2. Options and
+input or bad config, one readable ``error: ...`` line on stderr (no traceback) and exit 2; a training worker that
+fails on something that is not the user's input (a bug, a driver error) is one ``error: ...`` line too, with exit
+1 (yxanul.errors.WorkerFailedError). Options and
 overrides mix in any order (``CONFIG --dry-run key=value``): jobs parse with argparse's
 ``parse_intermixed_args``, because plain ``parse_args`` ends the ``KEY=VALUE`` list at the first option.
 """
@@ -40,7 +42,7 @@ def add_verbose(parser: argparse.ArgumentParser) -> None:
 
 def run_job(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
     """Call ``main(argv)``; turn a :class:`YxanulError` (or Ray refusing this client's token) into one line on
-    stderr and exit code 2.
+    stderr and the error's exit code (2, or 1 for a failed training worker).
 
     Ray's token authentication is on unless the user opted out explicitly (``RAY_AUTH_MODE=disabled``): the
     job's own local Ray and its connection to a cluster (``$RAY_ADDRESS``) both use it, so a job behaves the
@@ -50,7 +52,7 @@ def run_job(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
         result = main(argv)
     except YxanulError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except Exception as exc:
         refused = _ray_auth_refusal(exc)
         if refused is None:

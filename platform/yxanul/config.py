@@ -15,7 +15,7 @@ import os
 import re
 import urllib.parse
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -24,6 +24,13 @@ from yxanul.errors import ConfigError, first_line
 
 # ---------------------------------------------------------------------------------------------------
 # Helpers
+
+
+LayerGroup = Literal["attention", "mlp", "head"]
+"""A group of linear layers that can run in FP8 (``precision.fp8_layers``): attention = qkv + output projection,
+mlp = gate|up + down, head = the output head."""
+LAYER_GROUPS: tuple[str, ...] = get_args(LayerGroup)
+"""Every :data:`LayerGroup`, in the order the model runs them."""
 
 
 def experiments_dir() -> Path:
@@ -230,6 +237,12 @@ class ModelConfig(_Section):
     """RMSNorm epsilon."""
     tie_embeddings: bool = False
     """Share the output head with the token embedding (only with embed_rank=0)."""
+    head_chunk_tokens: Count | Literal["auto"] = "auto"
+    """Tokens per chunk of the fused output head + loss: chunk by chunk, the head's logits, their loss and their
+    gradients are computed and freed, so the whole tokens x vocabulary logits never exist (13 GB of BF16 for a
+    32k-token micro-batch at a 200k vocabulary). 0 = the plain head (all logits, then the chunked loss). auto =
+    4096 when the padded vocabulary has at least 65,536 columns, else 0 (docs/model.md; the GPU measurement in
+    docs/benchmarks.md decides the default). A multiple of 128, so FP8 GEMMs take every chunk."""
     init_std: float = Field(0.02, gt=0)
     """Standard deviation of the normal initialisation of linear and embedding weights."""
 
@@ -255,6 +268,9 @@ class ModelConfig(_Section):
             raise ValueError(f"head dim hidden/n_heads = {self.hidden // self.n_heads} must be even for RoPE")
         if self.tie_embeddings and self.embed_rank:
             raise ValueError("model.tie_embeddings needs a plain embedding: set model.embed_rank=0")
+        if self.head_chunk_tokens != "auto" and self.head_chunk_tokens % 128:
+            raise ValueError(f"model.head_chunk_tokens={self.head_chunk_tokens} must be 0 or a multiple of 128 "
+                             "(FP8 GEMMs need the token dimension divisible by 16, 32 for MXFP8); e.g. 4096")
         if self.max_positions < self.context:
             raise ValueError(f"model.max_positions ({self.max_positions}) is below model.context ({self.context})")
         return self
@@ -273,7 +289,7 @@ class PrecisionConfig(_Section):
     fp8 where the card and software support it, else bf16 on a GPU, else fp32 (resolved per worker)."""
     recipe: Literal["delayed", "current", "block", "mxfp8"] = "delayed"
     """FP8 scaling recipe: delayed (DelayedScaling, HYBRID), current, block (>= 9.0), mxfp8 (>= 10.0)."""
-    fp8_layers: list[Literal["attention", "mlp", "head"]] | Literal["auto"] = "auto"
+    fp8_layers: list[LayerGroup] | Literal["auto"] = "auto"
     """Which linear layers run in FP8 (fp8 mode only); embeddings and norms always stay in high precision.
     auto (the default) times each group (attention, mlp, head) in BF16 and FP8 at start-up on the run's card,
     shape and recipe and keeps FP8 where it is at least 2% faster (at hidden 640 only the head pays; from

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["Console", "name_run", "say", "worker_line", "worker_print"]
+__all__ = ["Console", "log_path", "name_run", "say", "to_log", "worker_line", "worker_print"]
 
 _MARK = re.compile(r"yxanul\[(?P<run>[^\]\s]+)\] (?P<text>.*)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -52,6 +52,22 @@ def say(text: str, *, err: bool = False) -> None:
         _active.say(text)
     else:
         print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def to_log(text: str) -> bool:
+    """Write ``text`` into the active console's log file only (e.g. the traceback behind a one-line error);
+    False when no console keeps a log (a library caller, ``--verbose``: the caller sees Ray's output anyway)."""
+    if _active is None or _active._log is None:
+        return False
+    with _active.lock:
+        _active._log.write(text.rstrip("\n") + "\n")
+        _active._log.flush()
+    return True
+
+
+def log_path() -> Path | None:
+    """The active console's log file (where Ray's output and tracebacks go), or None."""
+    return _active.log_path if _active is not None and _active._log is not None else None
 
 
 def name_run(run_name: str, shown_as: str) -> None:

@@ -26,7 +26,7 @@ from yxanul.errors import ConfigError
 from yxanul.formatting import human_count
 from yxanul.text import table as text_table
 
-__all__ = ["AUTO_MICROBATCH_CPU", "CurriculumPlan", "Stage", "build_plan", "microbatch_budget"]
+__all__ = ["AUTO_MICROBATCH_CPU", "CurriculumPlan", "Stage", "build_plan", "microbatch_budget", "unmeasured_budget"]
 
 
 @dataclass(frozen=True)
@@ -191,15 +191,21 @@ AUTO_MICROBATCH_CPU = 16384
 the budget the driver plans with before a GPU worker has measured it."""
 
 
+def unmeasured_budget(longest_seq_len: int) -> int:
+    """The one rule for an ``auto`` micro-batch budget that nothing measured (CPU, or the driver before a GPU
+    worker measures): :data:`AUTO_MICROBATCH_CPU` tokens, or the longest sequence if that is longer (one
+    sequence must fit). The measured rule is ``yxanul.train.build.fit_microbatch``."""
+    return max(AUTO_MICROBATCH_CPU, longest_seq_len)
+
+
 def microbatch_budget(cfg: ExperimentConfig) -> int:
-    """``train.max_tokens_per_microbatch`` as a number: auto gives :data:`AUTO_MICROBATCH_CPU`, or the
-    longest sequence the curriculum asks for if that is longer (one sequence must fit)."""
+    """``train.max_tokens_per_microbatch`` as a number: auto gives :func:`unmeasured_budget` of the longest
+    sequence the curriculum asks for."""
     value = cfg.train.max_tokens_per_microbatch
     if value != "auto":
         return int(value)
-    longest = max([s.seq_len for s in cfg.curriculum.stages]
-                  + ([cfg.curriculum.linear_warmup.end_seq_len] if cfg.curriculum.linear_warmup else []))
-    return max(AUTO_MICROBATCH_CPU, longest)
+    return unmeasured_budget(max([s.seq_len for s in cfg.curriculum.stages]
+                                 + ([cfg.curriculum.linear_warmup.end_seq_len] if cfg.curriculum.linear_warmup else [])))
 
 
 def build_plan(cfg: ExperimentConfig, num_workers: int | None = None,

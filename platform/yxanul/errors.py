@@ -1,17 +1,23 @@
 """Errors a user can act on.
 
 Every job catches :class:`YxanulError` at its entry point and prints ``error: <message>`` as one
-line, without a traceback, then exits non-zero. Messages name the file, the key, the value and the
-fix. Anything else that escapes is a bug and keeps its traceback.
+line, without a traceback, then exits with the error's ``exit_code`` (2: something the user can change).
+Messages name the file, the key, the value and the fix. Anything else that escapes is a bug and keeps its
+traceback; a bug inside a training worker is one line too (:class:`WorkerFailedError`, exit code 1, the
+traceback in the job's log), because the user must see which exception it was, not Ray's log lines.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 
 class YxanulError(Exception):
     """Base class: a problem with the user's input, config or environment."""
+
+    exit_code = 2
+    """What a job exits with when this error ends it (yxanul.cli.run_job)."""
 
 
 class ConfigError(YxanulError):
@@ -38,19 +44,53 @@ class WorkerDiedError(YxanulError):
     """A training worker process died (killed, out of memory, its node lost) and no restart was left."""
 
 
+class DeviceMemoryError(YxanulError):
+    """The GPU ran out of memory; the message names the micro-batch, the precision, the memory and the fix."""
+
+
+class WorkerFailedError(YxanulError):
+    """A training worker raised an exception that is not a user error (a bug, a library or driver failure): one
+    line with its type and message; the full traceback is in the job's log."""
+
+    exit_code = 1
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_RAY_PREFIX = re.compile(r"^\([^()]*\bpid=\d+[^()]*\)\s*")
+_RAY_REPEATED = re.compile(r"\s*\[repeated \d+x across cluster\]\s*$")
+_MARKERS = re.compile(r"^[\s^~]*$")
+
+
+def clean_line(line: str) -> str:
+    """``line`` as a person reads it: no ANSI colour codes, no Ray log prefix (``(TrainController pid=16130)``) or
+    ``[repeated 2x across cluster]`` suffix; "" for a line of traceback markers only (``^^^^^^^^``)."""
+    line = _RAY_REPEATED.sub("", _RAY_PREFIX.sub("", _ANSI.sub("", line).strip()))
+    return "" if _MARKERS.match(line) else line.strip()
+
+
 def first_line(exc: BaseException | str, limit: int = 2000) -> str:
-    """The first non-empty line of an error message, at most ``limit`` characters; the exception's type
-    name when its message is empty (for one-line ``error: ...`` output and MLflow tags)."""
+    """The first line of an error message that says something (:func:`clean_line`), at most ``limit``
+    characters; the exception's type name when its message is empty (for one-line ``error: ...`` output and
+    MLflow tags)."""
     text = exc if isinstance(exc, str) else str(exc)
     for line in text.splitlines():
-        if line.strip():
-            return line.strip()[:limit]
+        cleaned = clean_line(line)
+        if cleaned:
+            return cleaned[:limit]
     return "" if isinstance(exc, str) else type(exc).__name__
 
 
+def _wrapped(err: BaseException) -> list[BaseException | None]:
+    """The errors ``err`` wraps, innermost-meaningful first: Ray Train's ``worker_failures`` (rank order), the user
+    exception inside its ``UserExceptionWithTraceback`` (``_base_exc``), a ``ControllerError``'s
+    ``controller_failure``, Ray's ``cause``, Python's ``__cause__`` and ``__context__``."""
+    failures = list((getattr(err, "worker_failures", None) or {}).values())
+    return [*failures, getattr(err, "_base_exc", None), getattr(err, "controller_failure", None),
+            getattr(err, "cause", None), err.__cause__, err.__context__]
+
+
 def error_chain(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and every error behind it, each once: Ray's ``cause`` (a task or actor error), Python's
-    ``__cause__`` and ``__context__``, and the ``worker_failures`` of a Ray Train failure."""
+    """``exc`` and every error behind it (:func:`_wrapped`), each once, depth first."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -59,8 +99,7 @@ def error_chain(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(err))
         yield err
-        failures = list((getattr(err, "worker_failures", None) or {}).values())
-        stack += [*reversed(failures), err.__context__, err.__cause__, getattr(err, "cause", None)]
+        stack += list(reversed(_wrapped(err)))
 
 
 def user_error(exc: BaseException) -> YxanulError | None:
@@ -111,3 +150,25 @@ def worker_death(exc: BaseException) -> str | None:
             why = first_line(health if health is not None else failure, 300)
             return f"training worker rank {rank}{f' ({where})' if where else ''} died: {why}"
     return None
+
+
+def _is_wrapper(err: BaseException) -> bool:
+    """Ray's and Ray Train's own exceptions, which carry a user's error rather than being one."""
+    module = type(err).__module__
+    return module.startswith("ray.") or type(err).__name__.startswith("RayTaskError")
+
+
+def worker_failure(exc: BaseException) -> str:
+    """One line for a Ray Train failure whose cause is not a user error: the rank and the real exception's type and
+    message (``training worker rank 0 failed: RuntimeError: CUDA error: an illegal memory access``), never Ray's
+    wrapper text, a traceback line, caret markers or colour codes. Falls back to the first meaningful line of the
+    failure itself when no worker exception is inside it (e.g. a controller error)."""
+    for err in error_chain(exc):
+        for rank, failure in (getattr(err, "worker_failures", None) or {}).items():
+            original = next((e for e in error_chain(failure) if not _is_wrapper(e)), None)
+            if original is not None:
+                return f"training worker rank {rank} failed: {type(original).__name__}: {first_line(original, 500)}"
+    original = next((e for e in error_chain(exc) if not _is_wrapper(e)), None)
+    if original is not None:
+        return f"training failed: {type(original).__name__}: {first_line(original, 500)}"
+    return f"training failed: {first_line(exc, 500)}"

@@ -11,22 +11,26 @@ like multiples of 128). Padded logits are set to -inf in :meth:`Yxanul.forward` 
 the loss, so they never win.
 
 Precision is not this module's business: :mod:`yxanul.precision` swaps the linear layers named by
-:meth:`Yxanul.linear_names` and owns the autocast context. The loss lives here too:
-:func:`cross_entropy` is chunked over tokens, so the fp32 copy of a 200k-wide logit row exists for
-one chunk at a time, never for the whole micro-batch.
+:meth:`Yxanul.linear_names` and owns the autocast context. The loss lives here too, in one implementation
+of the chunked cross-entropy: :func:`cross_entropy` over given logits (the fp32 copy of a 200k-wide logit row
+exists for one chunk of tokens at a time), and :func:`linear_cross_entropy`, the head fused with it, which
+never holds the whole tokens x vocabulary logits at all. ``model(tokens, targets=targets)`` returns the summed
+loss through the head path ``model.head_chunk_tokens`` chooses; training, validation and the memory
+measurement all take it.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from yxanul.config import ModelConfig
+from yxanul.config import LAYER_GROUPS, ModelConfig
 from yxanul.errors import ConfigError
 
 __all__ = [
@@ -37,9 +41,11 @@ __all__ = [
     "Yxanul",
     "bits_per_byte",
     "cross_entropy",
+    "linear_cross_entropy",
     "next_token_targets",
     "padded_vocab_size",
     "parameter_count",
+    "resolve_head_chunk_tokens",
     "resolve_vocab_size",
 ]
 
@@ -47,13 +53,24 @@ VOCAB_MULTIPLE = 128
 """The embedding and head have ``padded_vocab_size(vocab)`` rows, a multiple of this."""
 IGNORE_INDEX = -100
 """Target value that contributes nothing to the loss (the last position of every sequence)."""
-LINEAR_GROUPS = ("attention", "mlp", "head")
-"""Groups of linear layers that :mod:`yxanul.precision` can run in FP8 (``precision.fp8_layers``)."""
+HEAD_CHUNK_AUTO_TOKENS = 4096
+"""``model.head_chunk_tokens: auto`` chunks the head by this many tokens (when it chunks at all)."""
+HEAD_CHUNK_AUTO_MIN_COLUMNS = 65536
+"""``model.head_chunk_tokens: auto`` chunks heads with at least this many (padded) vocabulary columns: there the
+whole logits of a 32k-token micro-batch are 4 GiB or more in BF16 (13 GB at 200k), before any fp32 copy or FP8
+gradient. Below it, the plain head until the GPU measurement (docs/benchmarks.md) says otherwise."""
 
 
 def padded_vocab_size(vocab_size: int, multiple: int = VOCAB_MULTIPLE) -> int:
     """``vocab_size`` rounded up to a multiple of ``multiple`` (200005 -> 200064)."""
     return -(-vocab_size // multiple) * multiple
+
+
+def resolve_head_chunk_tokens(cfg: ModelConfig, padded_vocab: int) -> int:
+    """Tokens per chunk of the fused head + loss, 0 for the plain head (``model.head_chunk_tokens``)."""
+    if cfg.head_chunk_tokens != "auto":
+        return int(cfg.head_chunk_tokens)
+    return HEAD_CHUNK_AUTO_TOKENS if padded_vocab >= HEAD_CHUNK_AUTO_MIN_COLUMNS else 0
 
 
 def resolve_vocab_size(cfg: ModelConfig, vocab_size: int | None = None) -> int:
@@ -232,12 +249,25 @@ class Embedding(nn.Module):
         return self.tok.weight @ self.proj.weight.t()
 
 
+def _caches_weight(head: nn.Module) -> bool:
+    """Whether ``head`` takes Transformer Engine's ``is_first_microbatch`` (it then caches its FP8 weight)."""
+    found = _CACHES_WEIGHT.get(type(head))
+    if found is None:
+        found = _CACHES_WEIGHT[type(head)] = "is_first_microbatch" in inspect.signature(head.forward).parameters
+    return found
+
+
+_CACHES_WEIGHT: dict[type, bool] = {}
+
+
 # ---------------------------------------------------------------------------------------------------
 # Model
 
 
 class Yxanul(nn.Module):
-    """The decoder. ``Yxanul(cfg, vocab_size)(tokens (B, T)) -> logits (B, T, padded_vocab)``."""
+    """The decoder. ``Yxanul(cfg, vocab_size)(tokens (B, T)) -> logits (B, T, padded_vocab)``;
+    ``model(tokens, targets=targets)`` -> the summed next-token loss (nats), through the head path of
+    ``model.head_chunk_tokens``."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int | None = None) -> None:
         super().__init__()
@@ -249,6 +279,8 @@ class Yxanul(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.final_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden, self.padded_vocab, bias=False)
+        self.head_chunk_tokens = resolve_head_chunk_tokens(cfg, self.padded_vocab)
+        """Tokens per chunk of the fused head + loss (:func:`linear_cross_entropy`); 0: the plain head."""
         cos, sin = _rope_tables(cfg.max_positions, self.head_dim, cfg.rope_theta)
         # Not in the state dict: derived from the config, identical in every checkpoint.
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -290,7 +322,7 @@ class Yxanul(nn.Module):
             return [f"blocks.{i}.mlp.{n}" for i in range(len(self.blocks)) for n in ("gate_up", "down")]
         if group == "head":
             return [] if self.head is None else ["head"]
-        raise ConfigError(f"unknown linear group {group!r}; expected one of {', '.join(LINEAR_GROUPS)}")
+        raise ConfigError(f"unknown linear group {group!r}; expected one of {', '.join(LAYER_GROUPS)}")
 
     def rope(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin for positions 0..seq_len-1; beyond model.max_positions they are computed on the fly."""
@@ -306,18 +338,48 @@ class Yxanul(nn.Module):
             x = block(x, cos, sin)
         return self.final_norm(x)
 
-    def forward(self, tokens: torch.Tensor, mask_padding: bool = True) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, padded_vocab) logits.
+    def forward(self, tokens: torch.Tensor, mask_padding: bool = True, targets: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, padded_vocab) logits, or with ``targets`` (B, T) the summed next-token loss
+        in nats over the targets that are not IGNORE_INDEX (divide by their count yourself, e.g. over
+        gradient-accumulation micro-batches).
 
-        With ``mask_padding`` the padded columns are -inf (an out-of-place copy of the logits); the
-        training loss passes False and excludes those columns itself (:func:`cross_entropy`).
+        The loss goes through :meth:`loss`: with ``head_chunk_tokens`` the whole logits never exist. With
+        ``mask_padding`` the padded logit columns are -inf (an out-of-place copy of the logits); the loss
+        excludes those columns itself.
         """
         h = self.hidden_states(tokens)
-        logits = self.head(h) if self.head is not None else F.linear(h, self.embed.tok.weight)
+        if targets is not None:
+            return self.loss(h, targets)
+        logits = self.logits(h)
         if mask_padding and self.padded_vocab != self.vocab_size:
             pad = torch.arange(self.padded_vocab, device=logits.device) >= self.vocab_size
             logits = logits.masked_fill(pad, float("-inf"))
         return logits
+
+    def logits(self, hidden: torch.Tensor, chunk_index: int | None = None) -> torch.Tensor:
+        """The head: (..., hidden) -> (..., padded_vocab) logits, padding included.
+
+        ``chunk_index`` (the fused loss's chunks, 0 first): a head that can keep its low-precision weight between
+        calls whose weights do not change (Transformer Engine's ``is_first_microbatch``) quantizes it on chunk 0
+        only, instead of once per chunk."""
+        if self.head is None:
+            return F.linear(hidden, self.embed.tok.weight)
+        if chunk_index is not None and _caches_weight(self.head):
+            return self.head(hidden, is_first_microbatch=chunk_index == 0)
+        return self.head(hidden)
+
+    def head_parameters(self) -> list[torch.Tensor]:
+        """The parameters the head computes with (the embedding matrix when tied)."""
+        return [self.embed.tok.weight] if self.head is None else list(self.head.parameters())
+
+    def loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed next-token loss (nats) of the head on ``hidden`` (..., hidden) against ``targets`` (...):
+        the fused chunked head when ``head_chunk_tokens`` > 0, else the whole logits and :func:`cross_entropy`."""
+        if self.head_chunk_tokens:
+            return linear_cross_entropy(hidden, self.logits, self.head_parameters(), targets, self.vocab_size,
+                                        chunk_tokens=self.head_chunk_tokens)
+        return cross_entropy(self.logits(hidden), targets, self.vocab_size)
 
     def num_parameters(self) -> int:
         """Parameters actually held (shared ones counted once)."""
@@ -410,6 +472,14 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return grad, None, None, None
 
 
+def _reduce(total: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
+    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+
+
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int | None = None, *,
                   reduction: str = "sum", chunk_tokens: int = _DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
     """Next-token cross-entropy in nats, chunked over tokens: the same value and gradient as
@@ -423,11 +493,96 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int |
     vocab = logits.shape[-1] if vocab_size is None else int(vocab_size)
     flat = logits.reshape(-1, logits.shape[-1])
     total = _ChunkedCrossEntropy.apply(flat, targets.reshape(-1).long(), vocab, int(chunk_tokens))
-    if reduction == "sum":
+    return _reduce(total, targets, reduction)
+
+
+Head = Callable[[torch.Tensor, int], torch.Tensor]
+"""(hidden chunk (n, hidden), chunk index) -> (n, V_padded) logits: the output head, called once per chunk."""
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Summed next-token loss of ``head(hidden)``, ``chunk`` tokens at a time, never holding all the logits.
+
+    Per chunk, in the forward: the chunk's logits (the head as the model runs it: BF16 autocast, or a Transformer
+    Engine FP8 module under the caller's ``te.autocast``), its log-sum-exp and loss, and, when gradients are
+    wanted, its gradients: d loss / d logits (softmax - one-hot, the same chunk kernels as
+    :class:`_ChunkedCrossEntropy`) taken through the head's own backward to the hidden chunk and the head's
+    parameters (``torch.autograd.grad``: nothing is accumulated into ``.grad`` here, so DDP and FSDP hooks fire
+    once, in the real backward). Then the chunk's logits are freed. Saved: d loss_sum / d hidden (tokens x
+    hidden) and d loss_sum / d parameters (vocab x hidden, fp32); the backward only multiplies them by the
+    upstream gradient.
+
+    Why gradients in the forward and not a recomputation in the backward: the same three GEMMs as the plain
+    head (no second forward GEMM, which would add a third of the head's FLOPs: at yxanul-270m the head is ~40%
+    of the model's), and the head runs only inside the forward's own autocast region, so a Transformer Engine
+    head needs no FP8 scaling state stashed and restored for a recompute outside it (docs/model.md, "The head").
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, targets: torch.Tensor, head: Head, vocab: int,  # type: ignore[override]
+                chunk: int, *params: torch.Tensor) -> torch.Tensor:
+        want_hidden = ctx.needs_input_grad[0]  # (linear_cross_entropy calls this only when some gradient is wanted)
+        want_params = list(ctx.needs_input_grad[5:])
+        fwd, bwd = _chunk_fns(hidden.device)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_params: list[torch.Tensor | None] = [None] * len(params)
+        one = torch.ones((), device=hidden.device)
+        for index, start in enumerate(range(0, hidden.shape[0], chunk)):
+            rows = slice(start, start + chunk)
+            with torch.enable_grad():
+                h = hidden[rows].detach().requires_grad_(want_hidden)
+                logits = head(h, index)  # (n, V_padded)
+            lse, loss = fwd(logits.detach(), targets[rows], vocab)
+            total = total + loss
+            grad_logits = bwd(logits.detach(), targets[rows], lse, one, vocab)
+            wanted = ([h] if want_hidden else []) + [p for p, w in zip(params, want_params) if w]
+            # Backward ops in the dtypes the forward chose, as a backward outside autocast runs them.
+            with torch.autocast(hidden.device.type, enabled=False):
+                grads = list(torch.autograd.grad(logits, wanted, grad_logits, allow_unused=True))
+            del logits, grad_logits
+            if want_hidden:
+                grad_hidden[rows] = grads.pop(0)  # type: ignore[index]
+            for i, wants in enumerate(want_params):
+                if not wants:
+                    continue
+                g = grads.pop(0)
+                if g is not None:
+                    grad_params[i] = g.float() if grad_params[i] is None else grad_params[i].add_(g)
+        ctx.save_for_backward(grad_hidden, *grad_params)
+        ctx.param_dtypes = [p.dtype for p in params]
         return total
-    if reduction == "mean":
-        return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
-    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        grad_hidden, *grad_params = ctx.saved_tensors
+        scale = grad_out.float()
+        return (None if grad_hidden is None else (grad_hidden * scale).to(grad_hidden.dtype), None, None, None, None,
+                *(None if g is None else (g * scale).to(dtype) for g, dtype in zip(grad_params, ctx.param_dtypes)))
+
+
+def linear_cross_entropy(hidden: torch.Tensor, head: Head, params: Sequence[torch.Tensor], targets: torch.Tensor,
+                         vocab_size: int, *, chunk_tokens: int, reduction: str = "sum") -> torch.Tensor:
+    """Next-token cross-entropy of the output head on ``hidden``, fused and chunked: at most ``chunk_tokens``
+    rows of logits exist at any time, in the forward and in the backward (:class:`_LinearCrossEntropy`). The
+    same value and gradients as ``cross_entropy(head(hidden), targets, vocab_size)``, up to the rounding of
+    chunk-sized GEMMs (tests/unit/test_loss.py).
+
+    ``hidden`` (..., hidden); ``head(h, chunk_index)`` -> logits (n, V_padded), computed with ``params`` (every
+    tensor the head differentiates: its weight, and bias if any); ``targets`` (...) with IGNORE_INDEX where
+    there is no target; columns >= ``vocab_size`` are excluded. ``reduction`` as in :func:`cross_entropy`.
+    """
+    flat, flat_targets, vocab, chunk = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1).long(), int(
+        vocab_size), int(chunk_tokens)
+    if torch.is_grad_enabled() and (flat.requires_grad or any(p.requires_grad for p in params)):
+        total = _LinearCrossEntropy.apply(flat, flat_targets, head, vocab, chunk, *params)
+    else:  # no gradients wanted (validation): the loss only, chunk by chunk
+        fwd, _ = _chunk_fns(flat.device)
+        total = flat.new_zeros((), dtype=torch.float32)
+        for index, start in enumerate(range(0, flat.shape[0], chunk)):
+            rows = slice(start, start + chunk)
+            total = total + fwd(head(flat[rows], index), flat_targets[rows], vocab)[1]
+    return _reduce(total, targets, reduction)
 
 
 def bits_per_byte(nats_per_token: float | torch.Tensor, bytes_per_token: float) -> float | torch.Tensor:

@@ -16,9 +16,8 @@ import torch
 
 from tests.gpu.test_fp8 import DEV, markov_batches, small_cfg
 from yxanul.config import ModelConfig, OptimConfig, PrecisionConfig
-from yxanul.fp8_plan import GROUPS, measure_fp8_plan
 from yxanul.model import Yxanul
-from yxanul.precision import Precision, fp8_modules
+from yxanul.precision import GROUPS, Precision, fp8_modules, measure_fp8_plan
 from yxanul.train.build import build_training, fit_microbatch
 from yxanul.train.step import build_optimizer, param_groups, train_step
 
@@ -49,13 +48,15 @@ def test_compiled_and_eager_give_the_same_losses_over_20_steps():
 
 def test_fp8_plan_is_measured_cached_and_applied(tmp_path):
     tokens = 16 * 2048
-    plan = measure_fp8_plan(M270, None, tokens_per_microbatch=tokens, recipe="delayed", device=DEV, cache_dir=tmp_path)
+    with torch.device("meta"):  # the plan reads the layer shapes from a model; a meta one costs no memory
+        shapes_of = Yxanul(M270)
+    plan = measure_fp8_plan(shapes_of, tokens_per_microbatch=tokens, recipe="delayed", device=DEV, cache_dir=tmp_path)
     print(plan.table())
     assert set(plan.timings) == set(GROUPS) and not plan.cached and plan.measure_s < 60
     for row in plan.timings.values():
-        assert row["bf16_ms"] > 0 and row["fp8_ms"] > 0
+        assert row["bf16_ms"] > 0 and row["fp8_ms"] > 0 and row["bf16_mib"] > 0 and row["fp8_mib"] > 0
     assert set(plan.layers) <= set(GROUPS)
-    again = measure_fp8_plan(M270, None, tokens_per_microbatch=tokens, recipe="delayed", device=DEV, cache_dir=tmp_path)
+    again = measure_fp8_plan(shapes_of, tokens_per_microbatch=tokens, recipe="delayed", device=DEV, cache_dir=tmp_path)
     assert again.cached and again.layers == plan.layers
     saved = json.loads(next(tmp_path.glob("fp8-plan-*.json")).read_text())
     assert saved["key"]["card"] == torch.cuda.get_device_name() and saved["layers"] == list(plan.layers)

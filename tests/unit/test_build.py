@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from yxanul.config import ExperimentConfig, ModelConfig, OptimConfig, PrecisionConfig, load_config
-from yxanul.curriculum import AUTO_MICROBATCH_CPU, build_plan, microbatch_budget
+from yxanul.curriculum import AUTO_MICROBATCH_CPU, build_plan, microbatch_budget, unmeasured_budget
 from yxanul.errors import ConfigError, PrecisionError
 from yxanul.metrics import PEAK_ENV, ThroughputMeter, peak_tflops
 from yxanul.model import Yxanul
 from yxanul.precision import Precision
-from yxanul.train.build import build_training
+from yxanul.train.build import build_training, choose_sequences, measured_sizes
 
 TINY = ModelConfig(preset="tiny", vocab_size=500)
 
@@ -128,3 +128,34 @@ def test_precision_refuses_to_apply_an_unmeasured_auto_plan():
     precision.mode, precision.fp8_layers = "fp8", None
     with pytest.raises(PrecisionError, match="has not been measured yet"):
         precision.apply(Yxanul(TINY))
+
+
+def test_one_rule_for_an_unmeasured_budget_in_the_curriculum_and_the_build():
+    cfg = load_config(None, ["curriculum.stages=[{seq_len: 32768}]", "train.tokens_per_step=65536",
+                             "train.max_tokens=1e6", "train.max_tokens_per_microbatch=auto",
+                             "model.max_positions=32768", "model.context=32768"])
+    built = build_training(TINY, PrecisionConfig(mode="fp32"), OptimConfig(), torch.device("cpu"),
+                           max_tokens_per_microbatch="auto", seq_len=32768, max_sequences=2)
+    assert built.tokens_per_microbatch == microbatch_budget(cfg) == unmeasured_budget(32768) == 32768
+    assert unmeasured_budget(64) == AUTO_MICROBATCH_CPU
+
+
+def test_memory_is_measured_on_micro_batches_holding_a_whole_head_chunk():
+    assert measured_sizes(2048, 0, 64) == (1, 2)  # plain head: one and two sequences
+    assert measured_sizes(2048, 4096, 64) == (2, 4)  # both hold a whole 4096-token chunk
+    assert measured_sizes(1024, 4096, 64) == (4, 8)
+    assert measured_sizes(8192, 4096, 64) == (1, 2)
+    assert measured_sizes(1024, 4096, 4) == (2, 4)  # never beyond the largest micro-batch the run can use
+    assert measured_sizes(2048, 4096, 1) == (1, 2)
+
+
+def test_the_auto_choice_from_two_measured_peaks():
+    gib = 2**30
+    # 2 and 4 sequences peak at 12 and 16 GiB: 2 GiB per sequence, 8 GiB fixed, + 2 GiB of optimizer state
+    n, info = choose_sequences((12 * gib, 16 * gib), (2, 4), 2 * gib, 80 * gib, max_sequences=64, headroom=0.85)
+    assert info["bytes_per_sequence"] == 2 * gib and info["fixed_bytes"] == 10 * gib
+    assert n == 16 and info["fits"]  # 10 + 16 x 2 = 42 GiB <= 68; 32 sequences would need 74
+    assert info["predicted_peak_gib"] == pytest.approx(42.0)
+    assert choose_sequences((12 * gib, 16 * gib), (2, 4), 2 * gib, 80 * gib, max_sequences=8)[0] == 8
+    tight, info = choose_sequences((70 * gib, 75 * gib), (1, 2), 0, 80 * gib, max_sequences=64)
+    assert tight == 1 and not info["fits"]  # even one sequence is over the headroom: said, not hidden

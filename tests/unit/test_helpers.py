@@ -6,20 +6,75 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from yxanul.errors import ConfigError, DataError, error_chain, first_line, root_cause, user_error
+from yxanul.errors import (
+    ConfigError,
+    DataError,
+    clean_line,
+    error_chain,
+    first_line,
+    root_cause,
+    user_error,
+    worker_failure,
+)
 from yxanul.files import absolute_path, atomic_path, atomic_write, is_uri
 from yxanul.text import table
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_first_line_skips_blank_lines_and_names_the_type_of_an_empty_error():
     assert first_line(ValueError("\n  bad value  \nTraceback ...")) == "bad value"
     assert first_line(KeyError()) == "KeyError"
     assert first_line("") == "" and first_line("x" * 50, limit=10) == "x" * 10
+
+
+def test_ray_log_lines_caret_markers_and_colour_codes_never_reach_a_message():
+    # what the failed run showed as its error: Ray's forwarded caret line of a traceback
+    assert clean_line("\x1b[36m(TrainController pid=16130)\x1b[0m ^^^^^^^^ [repeated 2x across cluster]") == ""
+    assert clean_line("(RayTrainWorker pid=7, ip=10.0.0.7) RuntimeError: boom [repeated 2x across cluster]") == \
+        "RuntimeError: boom"
+    assert clean_line("    ~~~~^^^^^^") == "" and clean_line("\x1b[31mred\x1b[0m") == "red"
+    assert first_line("\x1b[33m\n   ^^^^\nCUDA error: out of memory\n") == "CUDA error: out of memory"
+
+
+def test_a_worker_exception_is_named_by_its_real_type_and_message():
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+    original = RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be ...")
+    wrapped = UserExceptionWithTraceback(original, "Traceback (most recent call last):\n  ...\n    ^^^^^^^^\n"
+                                                   "RuntimeError: CUDA error: an illegal memory access was encountered")
+    failure = WorkerGroupError("rank 1 failed: ...", {1: wrapped})
+    assert worker_failure(failure) == ("training worker rank 1 failed: RuntimeError: CUDA error: an illegal memory "
+                                       "access was encountered")
+    assert user_error(failure) is None
+    inner = DataError("no bucket=64 in /data")
+    assert user_error(WorkerGroupError("x", {0: UserExceptionWithTraceback(inner, "tb")})) is inner
+    assert worker_failure(ValueError("")) == "training failed: ValueError: ValueError"
+
+
+def test_a_cuda_out_of_memory_message_names_where_precision_memory_and_fix():
+    from yxanul.train.loop import out_of_memory_message
+
+    torch_message = ("CUDA out of memory. Tried to allocate 3.05 GiB. GPU 0 has a total capacity of 79.19 GiB of "
+                     "which 1.02 GiB is free. Including non-PyTorch memory, this process has 78.17 GiB in use.")
+    fix = "set train.max_tokens_per_microbatch=auto or lower it (now 32,768)"
+    assert out_of_memory_message(torch_message, "micro-batch 16x2048", "fp8 (delayed; auto -> attention,mlp,head)",
+                                 fix) == (
+        "CUDA out of memory at micro-batch 16x2048, fp8 (delayed; auto -> attention,mlp,head), 78.2 of 79.2 GiB in "
+        "use (tried to allocate 3.05 GiB): set train.max_tokens_per_microbatch=auto or lower it (now 32,768)")
+    small = "GPU 0 has a total capacity of 79.19 GiB of which 512.00 MiB is free"
+    assert ", 78.7 of 79.2 GiB in use:" in out_of_memory_message(small, "x", "bf16", "fix")
+    # no figures in torch's message: the ones read after it, or none
+    assert out_of_memory_message("CUDA out of memory.", "x", "bf16", "fix", (70.0, 80.0)) == \
+        "CUDA out of memory at x, bf16, 70.0 of 80.0 GiB in use: fix"
+    assert out_of_memory_message("CUDA out of memory.", "x", "bf16", "fix") == "CUDA out of memory at x, bf16: fix"
 
 
 def test_user_error_unwraps_a_real_ray_task_error_and_a_train_failure():
@@ -201,3 +256,51 @@ def test_temporary_env_restores_the_previous_value_or_its_absence(monkeypatch):
     with pytest.raises(RuntimeError), temporary_env("YXANUL_TEST_VAR", "during"):
         raise RuntimeError("the block failed")
     assert os.environ["YXANUL_TEST_VAR"] == "before"
+
+
+def test_a_train_vs_bench_row_carries_the_jobs_one_line_error_not_rays_last_log_line():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_vs_bench", REPO / "scripts" / "train_vs_bench.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # the failed run: the job's line, then Ray's forwarded caret line as the last line of the log
+    log = ("yxanul[tvb] model: bf16, compiled\n"
+           "error: CUDA out of memory at micro-batch 16x2048, fp8 (delayed; auto -> attention,mlp,head), 78.2 of 79.2 "
+           "GiB in use: set train.max_tokens_per_microbatch=auto or lower it (now 32,768)\n"
+           "\x1b[36m(TrainController pid=16130)\x1b[0m ^^^^^^^^ [repeated 2x across cluster]\n")
+    assert script.failure_line(log).startswith("CUDA out of memory at micro-batch 16x2048, fp8")
+    # no error line of the job's own (it was killed): the last line that says something, cleaned
+    assert script.failure_line("\x1b[36m(RayTrainWorker pid=7)\x1b[0m Killed by signal 9\n   ^^^^\n") == \
+        "Killed by signal 9"
+    assert script.failure_line("") == "no output"
+
+
+def test_the_out_of_memory_fix_names_what_does_not_fit():
+    from yxanul.config import load_config
+    from yxanul.train.loop import out_of_memory_fix
+
+    auto = load_config(None, ["train.max_tokens_per_microbatch=auto"])
+    fixed = load_config(None, ["train.max_tokens_per_microbatch=32768"])
+    # the model itself: 6B parameters x 16 bytes = 89.4 GiB on an 80 GB card, before any micro-batch
+    assert out_of_memory_fix(auto, params=6_000_000_000, world=1, card_gib=79.2, chosen_tokens=None,
+                             unchunked_columns=None) == (
+        "the model alone does not fit: 6,000,000,000 parameters x 16 bytes (fp32 weights, gradients, AdamW state) = "
+        "89.4 GiB of 79.2; use a smaller model (model.preset, model.n_layers), or shard it with scaling.strategy=fsdp "
+        "over more GPUs")
+    fsdp = load_config(None, ["train.max_tokens_per_microbatch=auto", "scaling.strategy=fsdp"])
+    assert "44.7 GiB per GPU of 40.0" in out_of_memory_fix(fsdp, params=6_000_000_000, world=2, card_gib=40.0,
+                                                           chosen_tokens=None, unchunked_columns=None)
+    # FSDP over 2 GPUs holds it: the micro-batch is the fix
+    assert out_of_memory_fix(fsdp, params=6_000_000_000, world=2, card_gib=79.2, chosen_tokens=None,
+                             unchunked_columns=None).startswith("set train.max_tokens_per_microbatch to a number")
+    assert out_of_memory_fix(fixed, params=273_329_792, world=1, card_gib=None, chosen_tokens=32768,
+                             unchunked_columns=None) == ("set train.max_tokens_per_microbatch=auto or lower it "
+                                                         "(now 32,768)")
+    assert out_of_memory_fix(auto, params=273_329_792, world=1, card_gib=None, chosen_tokens=65536,
+                             unchunked_columns=200_064) == (
+        "train.max_tokens_per_microbatch=auto chose 65,536 tokens, which do not fit here: set a number, e.g. "
+        "train.max_tokens_per_microbatch=32768; or model.head_chunk_tokens=auto, so the head never holds the whole "
+        "logits")
+    assert "head_chunk_tokens" not in out_of_memory_fix(auto, params=1, world=1, card_gib=None, chosen_tokens=1024,
+                                                        unchunked_columns=16_384)  # a small head: not the cause

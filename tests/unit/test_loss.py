@@ -1,4 +1,5 @@
-"""The loss: next-token (shifted), chunked = plain (value and gradient), padding excluded, bits/byte."""
+"""The loss: next-token (shifted), chunked = plain (value and gradient), padding excluded, bits/byte; the fused
+head (linear_cross_entropy) = the plain head within fp32 error bounds, never holding the whole logits."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from yxanul.model import IGNORE_INDEX, bits_per_byte, cross_entropy, next_token_targets
+from yxanul.model import IGNORE_INDEX, bits_per_byte, cross_entropy, linear_cross_entropy, next_token_targets
 
 
 def test_targets_are_the_next_token_and_the_last_position_has_none():
@@ -80,3 +82,184 @@ def test_bits_per_byte():
     assert bits_per_byte(math.log(2), 1.0) == pytest.approx(1.0)
     assert bits_per_byte(2.0, 4.0) == pytest.approx(2.0 / math.log(2) / 4.0)
     assert float(bits_per_byte(torch.tensor(math.log(2) * 3), 3.0)) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fused head: linear_cross_entropy never holds the whole logits, and equals the plain head
+
+
+def _gamma(n: int, unit: float = 2.0**-24) -> float:
+    """Higham's gamma_n = n u / (1 - n u): |fl(sum of n products) - exact| <= gamma_n x sum of |products|."""
+    return n * unit / (1 - n * unit)
+
+
+def _problem(n_tokens: int = 45, hidden: int = 24, vocab: int = 300, padded: int = 384, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n_tokens, hidden, generator=g) * 0.7
+    w = torch.randn(padded, hidden, generator=g) * 0.5
+    b = torch.randn(padded, generator=g) * 0.1
+    b[vocab:] = 50.0  # padding that would dominate if it took part
+    targets = torch.randint(0, vocab, (n_tokens,), generator=g)
+    targets[::7] = IGNORE_INDEX
+    return h, w, b, targets, vocab
+
+
+def _head_and_params(w: torch.Tensor, b: torch.Tensor):
+    w, b = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    return (lambda x, _index: F.linear(x, w, b)), [w, b]
+
+
+def _bounds(h, w, b, targets, vocab, scale):
+    """Error bounds (float64) of an fp32 computation of the loss and its gradients, whatever the chunking, from
+    the arithmetic: logits are dot products of length hidden (+ bias); log-sum-exp is 1-Lipschitz in the logits
+    plus its own rounding over V terms; the softmax moves by at most exp of twice the logit error; the gradient
+    GEMMs add gamma_V (d hidden) and gamma_N (d weight, d bias) of their absolute sums."""
+    h64, w64, b64 = h.double(), w.double(), b.double()
+    n, hid = h.shape
+    V = w.shape[0]
+    u = 2.0**-24
+    z = h64 @ w64.T + b64
+    z[:, vocab:] = float("-inf")
+    err_z = (_gamma(hid + 1) * (h64.abs() @ w64.abs().T + b64.abs()))[:, :vocab].amax(1)  # per row
+    lse = torch.logsumexp(z, 1)
+    valid = targets != IGNORE_INDEX
+    picked = z.gather(1, targets.clamp(min=0)[:, None]).squeeze(1)
+    rows = 2 * err_z + _gamma(V + 4) * (1 + lse.abs() + picked.abs())
+    loss_terms = torch.where(valid, lse - picked, 0.0)
+    loss_bound = rows[valid].sum() + _gamma(n) * loss_terms.abs().sum()
+    p = torch.exp(z - lse[:, None])
+    grad = (p - F.one_hot(targets.clamp(min=0), V).double()) * valid[:, None]
+    kappa = 3 * err_z + _gamma(V + 8) * (2 + lse.abs())
+    err_grad = (p * kappa[:, None] + 2 * u) * valid[:, None]
+    gh = scale * (_gamma(V) * (grad.abs() @ w64.abs()) + err_grad @ w64.abs()) + 2 * u * (grad.abs() @ w64.abs())
+    gw = scale * (_gamma(n) * (grad.abs().T @ h64.abs()) + err_grad.T @ h64.abs()) + 2 * u * (grad.abs().T @ h64.abs())
+    gb = scale * (_gamma(n) * grad.abs().sum(0) + err_grad.sum(0)) + 2 * u * grad.abs().sum(0)
+    return loss_bound, gh, gw, gb
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 16, 45, 1000])
+def test_fused_head_equals_the_plain_head_within_the_fp32_error_bound(chunk):
+    h, w, b, targets, vocab = _problem()
+    scale = 0.37
+    # float64 reference: the plain head on all logits
+    h64 = h.double().requires_grad_(True)
+    w64, b64 = w.double().requires_grad_(True), b.double().requires_grad_(True)
+    ref = F.cross_entropy(F.linear(h64, w64, b64)[:, :vocab], targets, reduction="sum", ignore_index=IGNORE_INDEX)
+    (ref * scale).backward()
+    loss_bound, gh_bound, gw_bound, gb_bound = _bounds(h, w, b, targets, vocab, scale)
+
+    hidden = h.clone().requires_grad_(True)
+    head, (wt, bt) = _head_and_params(w, b)
+    ours = linear_cross_entropy(hidden, head, [wt, bt], targets, vocab, chunk_tokens=chunk)
+    (ours * scale).backward()
+    assert ours.dtype == torch.float32
+    assert abs(ours.double() - ref.detach()) <= loss_bound
+    assert ((hidden.grad.double() - h64.grad).abs() <= gh_bound).all()
+    assert ((wt.grad.double() - w64.grad).abs() <= gw_bound).all()
+    assert ((bt.grad.double() - b64.grad).abs() <= gb_bound).all()
+    assert (wt.grad[vocab:] == 0).all() and (bt.grad[vocab:] == 0).all()  # padded columns never learn
+    assert (hidden.grad[targets == IGNORE_INDEX] == 0).all()
+    # The bound is tight enough to mean something: it is far below the gradients themselves.
+    assert gw_bound.max() < 1e-4 * w64.grad.abs().max()
+
+
+def test_fused_head_matches_the_plain_fp32_path_the_model_used_before():
+    h, w, b, targets, vocab = _problem(seed=1)
+    head, params = _head_and_params(w, b)
+    plain_h = h.clone().requires_grad_(True)
+    plain = cross_entropy(head(plain_h, 0), targets, vocab)
+    plain.backward()
+    plain_grads = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    fused_h = h.clone().requires_grad_(True)
+    fused = linear_cross_entropy(fused_h, head, params, targets, vocab, chunk_tokens=8)
+    fused.backward()
+    loss_bound, gh_bound, gw_bound, gb_bound = _bounds(h, w, b, targets, vocab, 1.0)
+    assert abs(fused.double() - plain.double()) <= 2 * loss_bound  # each within the bound of the exact value
+    assert ((fused_h.grad - plain_h.grad).abs().double() <= 2 * gh_bound).all()
+    for p, before, bound in zip(params, plain_grads, (gw_bound, gb_bound)):
+        assert ((p.grad - before).abs().double() <= 2 * bound).all()
+
+
+class _ShapeLog(TorchDispatchMode):
+    """Every tensor shape an operation produces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.shapes.append(tuple(t.shape))
+        return out
+
+
+def _logit_rows(shapes: list[tuple[int, ...]], padded: int) -> int:
+    """The most rows of any (rows, padded-vocabulary) tensor produced."""
+    return max((s[0] for s in shapes if len(s) == 2 and s[1] == padded), default=0)
+
+
+def test_fused_head_never_holds_more_than_a_chunk_of_logits_in_forward_or_backward():
+    h, w, b, targets, vocab = _problem(n_tokens=64, hidden=12)  # hidden < chunk: the weight's transpose is no match
+    head, params = _head_and_params(w, b)
+    hidden = h.clone().requires_grad_(True)
+    with _ShapeLog() as log:
+        linear_cross_entropy(hidden, head, params, targets, vocab, chunk_tokens=16).backward()
+    assert _logit_rows(log.shapes, 384) == 16
+    with _ShapeLog() as plain:  # the check sees the whole logits where they exist
+        cross_entropy(head(h.clone().requires_grad_(True), 0), targets, vocab).backward()
+    assert _logit_rows(plain.shapes, 384) == 64
+
+
+def test_fused_head_without_gradients_computes_the_loss_only():
+    h, w, b, targets, vocab = _problem(hidden=12)
+    head, params = _head_and_params(w, b)
+    with torch.no_grad(), _ShapeLog() as log:
+        loss = linear_cross_entropy(h, head, params, targets, vocab, chunk_tokens=16, reduction="mean")
+    expected = cross_entropy(head(h, 0).detach(), targets, vocab, reduction="mean")
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert (384, 12) not in log.shapes  # no weight gradient computed
+    assert _logit_rows(log.shapes, 384) == 16
+
+
+def _model_pair(**kw):
+    from yxanul.config import ModelConfig
+    from yxanul.model import Yxanul
+
+    torch.manual_seed(0)
+    plain = Yxanul(ModelConfig(preset="tiny", vocab_size=300, head_chunk_tokens=0, **kw))
+    fused = Yxanul(ModelConfig(preset="tiny", vocab_size=300, head_chunk_tokens=128, **kw))
+    fused.load_state_dict(plain.state_dict())
+    return plain, fused
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_model_loss_is_the_same_through_either_head_path(tied):
+    plain, fused = _model_pair(**({"tie_embeddings": True, "embed_rank": 0} if tied else {}))
+    assert (plain.head_chunk_tokens, fused.head_chunk_tokens) == (0, 128)
+    tokens = torch.randint(0, 300, (3, 100))
+    targets = next_token_targets(tokens)
+    losses = []
+    for model in (plain, fused):
+        loss = model(tokens, targets=targets)
+        (loss / 297).backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1], rtol=2e-6, atol=0)
+    for (name, a), b in zip(plain.named_parameters(), fused.parameters()):
+        # fp32 through the whole model: agreement to a few ulps of the largest gradient of the tensor
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-5 * a.grad.abs().max().item(), msg=name)
+
+
+def test_head_chunk_tokens_auto_chunks_only_wide_heads():
+    from yxanul.config import ModelConfig
+    from yxanul.model import HEAD_CHUNK_AUTO_TOKENS, resolve_head_chunk_tokens
+
+    assert resolve_head_chunk_tokens(ModelConfig(preset="yxanul-270m"), 200_064) == HEAD_CHUNK_AUTO_TOKENS
+    assert resolve_head_chunk_tokens(ModelConfig(preset="tiny"), 16_384) == 0
+    assert resolve_head_chunk_tokens(ModelConfig(preset="tiny", head_chunk_tokens=256), 16_384) == 256
+    assert resolve_head_chunk_tokens(ModelConfig(preset="yxanul-270m", head_chunk_tokens=0), 200_064) == 0
+    with pytest.raises(ValueError, match="model.head_chunk_tokens=100 must be 0 or a multiple of 128"):
+        ModelConfig(head_chunk_tokens=100)

@@ -98,3 +98,21 @@ def test_bench_runs_on_cpu_with_the_peer(capsys, tmp_path):
         assert row["error"] is None and row["tokens_per_s"] > 0 and row["card"] == "cpu"
     assert rows[2]["vs_peer"] == pytest.approx(rows[2]["tokens_per_s"] / rows[0]["tokens_per_s"])
     assert "| tiny | bf16 |" in out.with_suffix(".md").read_text() and "| tiny | bf16 |" in stdout
+
+
+def test_bench_measures_each_head_path_against_bf16_with_the_same_head(capsys, tmp_path):
+    out = tmp_path / "bench.jsonl"
+    code, stdout, err = _job(capsys, str(ROOT / "experiments/bench/cpu-smoke.yaml"), f"output={out}", "steps=1",
+                             "peer=false", "precisions=[bf16]", "head_chunk_tokens=[0,128]")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["label"] for row in rows] == ["bf16, plain head", "bf16, chunk 128 head"]
+    assert [row["head"] for row in rows] == ["plain", "chunk 128"]
+    assert [row["vs_bf16"] for row in rows] == [1.0, 1.0]  # each against the BF16 row of its own head path
+    # the same seeded weights and tokens: the first loss differs by the chunked GEMMs' rounding only
+    # (a bf16 logit moves by at most one ulp, 2^-7 relative; the loss by at most twice the largest logit change;
+    # logits of freshly initialised weights stay far below ln 1000 = 6.9)
+    assert rows[1]["loss_first"] == pytest.approx(rows[0]["loss_first"], abs=2 * 2**-7 * 6.9)
+    code, stdout, _ = _job(capsys, str(ROOT / "experiments/bench/cpu-smoke.yaml"), "--dry-run",
+                           "head_chunk_tokens=[0,128]")
+    assert code == 0 and "yxanul bf16, plain head" in stdout and "yxanul bf16, chunk 128 head" in stdout

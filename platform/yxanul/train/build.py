@@ -12,11 +12,14 @@ The training loop (every Ray Train worker), ``jobs.bench`` and therefore every s
 Order, and why:
 1. the model is built on the caller's seeded RNG (the FP8 and BF16 arms of a comparison get the same
    initial weights: nothing below consumes the run's random state);
-2. ``max_tokens_per_microbatch: auto`` measures memory on that model, before any layer is swapped
-   (BF16 activations; TE's FP8 layers save less, so the estimate is conservative for FP8);
-3. ``fp8_layers: auto`` measures each layer group in BF16 and FP8 at that micro-batch
-   (:mod:`yxanul.fp8_plan`), then :meth:`Precision.apply` swaps only the groups that pay;
-4. regional ``torch.compile`` (``precision.compile``), then data parallelism (DDP/FSDP2), then AdamW.
+2. ``fp8_layers: auto`` measures each layer group in BF16 and FP8 at the run's micro-batch
+   (:mod:`yxanul.precision.fp8_plan`, shapes read from this model, the head as it runs); with
+   ``max_tokens_per_microbatch: auto`` that micro-batch is first estimated on the model before the swap;
+3. :meth:`Precision.apply` swaps the groups that pay (or the forced ones);
+4. ``max_tokens_per_microbatch: auto`` measures memory on the model as it will train: after the swap, with its
+   precision and its head path (``model.head_chunk_tokens``). FP8 is not assumed to save memory: with the whole
+   logits, a TE head's FP8 gradient copies cost more than BF16 (+25% measured at yxanul-270m, issue 22);
+5. regional ``torch.compile`` (``precision.compile``), then data parallelism (DDP/FSDP2), then AdamW.
 
 With several workers, rank 0 measures and broadcasts, so every rank builds the same model.
 """
@@ -24,7 +27,7 @@ With several workers, rank 0 measures and broadcasts, so every rank builds the s
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,10 +35,9 @@ import torch
 from torch import nn
 
 from yxanul.config import ModelConfig, OptimConfig, PrecisionConfig
-from yxanul.fp8_plan import Fp8Plan, measure_fp8_plan
-from yxanul.precision import Precision, compile_model
+from yxanul.precision import Fp8Plan, Precision, compile_model, measure_fp8_plan, use_compile_cache
 
-__all__ = ["AUTO_HEADROOM", "Built", "build_training", "fit_microbatch", "use_compile_cache"]
+__all__ = ["AUTO_HEADROOM", "Built", "build_training", "choose_sequences", "fit_microbatch", "measured_sizes"]
 
 AUTO_HEADROOM = 0.85
 """``max_tokens_per_microbatch: auto`` keeps the measured peak (plus the optimizer state) under this
@@ -59,7 +61,6 @@ class Built:
     microbatch_fit: dict[str, Any] | None = None
     """The memory measurement behind an auto budget (bytes per sequence, fixed bytes, card memory)."""
     fp8_plan: Fp8Plan | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
         parts = [self.precision.describe(), "compiled" if self.compiled else "eager"]
@@ -86,77 +87,70 @@ def _from_rank0(value: Any) -> Any:
     return box[0]
 
 
+def measured_sizes(seq_len: int, head_chunk_tokens: int, max_sequences: int) -> tuple[int, int]:
+    """(lo, hi): how many sequences :func:`fit_microbatch` measures. The difference of their peaks must be memory
+    that grows with the micro-batch only, so both hold at least one whole chunk of a chunked head (whose
+    transient memory is the same for every micro-batch of a chunk or more); hi = 2 lo, lo at most half of
+    ``max_sequences`` (nothing larger than 2 x max_sequences is ever run)."""
+    lo = max(1, -(-head_chunk_tokens // seq_len)) if head_chunk_tokens else 1
+    lo = max(1, min(lo, max_sequences // 2))
+    return lo, 2 * lo
+
+
+def choose_sequences(peaks: tuple[int, int], sizes: tuple[int, int], optimizer_bytes: int, card_bytes: int,
+                     max_sequences: int, headroom: float = AUTO_HEADROOM) -> tuple[int, dict[str, Any]]:
+    """The largest power of two ``n <= max_sequences`` whose predicted peak fits ``headroom`` x the card, from
+    the measured peaks of ``sizes`` sequences: their difference is the memory per sequence, the rest is fixed
+    (weights, gradients, the head's per-chunk memory), plus the optimizer state (allocated at the first step).
+    A micro-batch smaller than ``sizes[0]`` is predicted high (its head chunk is smaller): conservative."""
+    (lo, hi), (peak_lo, peak_hi) = sizes, peaks
+    per_sequence = max((peak_hi - peak_lo) // (hi - lo), 1)
+    fixed = peak_lo - lo * per_sequence + optimizer_bytes
+    n = 1
+    while n * 2 <= max_sequences and fixed + 2 * n * per_sequence <= headroom * card_bytes:
+        n *= 2
+    return n, {"sequences": n, "bytes_per_sequence": per_sequence, "fixed_bytes": fixed, "card_bytes": card_bytes,
+               "headroom": headroom, "max_sequences": max_sequences, "measured_sequences": [lo, hi],
+               "measured_peak_bytes": [peak_lo, peak_hi], "predicted_peak_gib": (fixed + n * per_sequence) / 2**30,
+               "fits": fixed + n * per_sequence <= headroom * card_bytes}
+
+
 def fit_microbatch(model: nn.Module, precision: Precision, seq_len: int, max_sequences: int,
                    device: torch.device, headroom: float = AUTO_HEADROOM) -> tuple[int, dict[str, Any]]:
     """The largest power of two ``n <= max_sequences`` whose micro-batch of ``n x seq_len`` tokens fits.
 
-    Peak memory is measured for forward + backward of 1 and 2 sequences (eager, the run's autocast); the
-    difference is the memory per sequence, the rest is fixed (weights, gradients). AdamW's two fp32 moments
-    (8 bytes per parameter) are added, and the sum must stay under ``headroom`` x the card's memory.
+    Peak memory is measured for forward + backward of :func:`measured_sizes` sequences (eager, the run's autocast
+    and precision plan, the model's own loss path: ``model(tokens, targets=...)``, so a chunked head is measured
+    as it runs); :func:`choose_sequences` turns the two peaks into the choice. AdamW's two fp32 moments (8 bytes
+    per parameter) are added; the sum must stay under ``headroom`` x the card's memory.
     """
-    from yxanul.model import cross_entropy, next_token_targets
+    from yxanul.model import next_token_targets
 
-    total = torch.cuda.get_device_properties(device).total_memory
-    adam = 8 * sum(p.numel() for p in model.parameters())
+    sizes = measured_sizes(seq_len, int(getattr(model, "head_chunk_tokens", 0) or 0), max_sequences)
     peaks = []
-    for n in (1, 2):
+    for n in sizes:
         model.zero_grad(set_to_none=True)
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         tokens = torch.zeros((n, seq_len), dtype=torch.long, device=device)  # ids do not change the memory
         with precision.autocast():
-            logits = model(tokens, mask_padding=False)
-            loss = cross_entropy(logits, next_token_targets(tokens), model.vocab_size)  # type: ignore[arg-type]
+            loss = model(tokens, targets=next_token_targets(tokens))
         loss.backward()
-        del logits, loss
+        del loss
         torch.cuda.synchronize(device)
         peaks.append(torch.cuda.max_memory_allocated(device))
     model.zero_grad(set_to_none=True)
     torch.cuda.empty_cache()
-    per_sequence = max(peaks[1] - peaks[0], 1)
-    fixed = peaks[0] - per_sequence + adam
-    n = 1
-    while n * 2 <= max_sequences and fixed + 2 * n * per_sequence <= headroom * total:
-        n *= 2
-    info = {"seq_len": seq_len, "sequences": n, "tokens": n * seq_len, "bytes_per_sequence": per_sequence,
-            "fixed_bytes": fixed, "card_bytes": total, "headroom": headroom, "max_sequences": max_sequences,
-            "predicted_peak_gib": (fixed + n * per_sequence) / 2**30,
-            "fits": fixed + n * per_sequence <= headroom * total}
-    return n * seq_len, info
+    n, info = choose_sequences((peaks[0], peaks[1]), sizes, 8 * sum(p.numel() for p in model.parameters()),
+                               torch.cuda.get_device_properties(device).total_memory, max_sequences, headroom)
+    return n * seq_len, {"seq_len": seq_len, "tokens": n * seq_len, **info}
 
 
-COMPILE_CACHE_ENV = {
-    "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",  # Inductor's compiled graphs, keyed by graph, inputs and versions
-    "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",  # AOT autograd's joint forward/backward graphs (needs the FX cache)
-}
-"""Forced on for a shared compile cache: both are on by default in torch 2.13, but a user's or an image's
-environment may have turned them off, and a cache that is silently off measures nothing."""
-
-
-def use_compile_cache(folder: Path) -> dict[str, str]:
-    """Point Inductor's persistent caches at ``folder`` for this process and the compile workers it starts
-    (they read the environment): ``TORCHINDUCTOR_CACHE_DIR`` (FX-graph and AOT-autograd caches) and
-    ``TRITON_CACHE_DIR`` (``<folder>/triton``, Triton's compiled kernels), and force both caches on. Call before
-    the first compilation; returns what was set.
-
-    Why: by default Inductor caches under ``/tmp/torchinductor_<user>``, per machine and lost with it; a sweep's
-    trials, a resumed run and a later sweep on the same storage share this folder instead (on a cluster, with a
-    shared storage, across nodes too). Every entry is keyed by what it was compiled from (graph, shapes, torch
-    and Triton versions, the card), so a stale entry is never used."""
-    import os
-
-    folder.mkdir(parents=True, exist_ok=True)
-    env = {"TORCHINDUCTOR_CACHE_DIR": str(folder), "TRITON_CACHE_DIR": str(folder / "triton"), **COMPILE_CACHE_ENV}
-    os.environ.update(env)
-    # The config flags read the environment when torch._inductor.config is first imported, which may have
-    # happened already in this process (Ray Train imports torch early): set them too.
-    import torch._functorch.config as functorch_config
-    import torch._inductor.config as inductor_config
-
-    inductor_config.fx_graph_cache = True
-    functorch_config.enable_autograd_cache = True
-    return env
+def _fit_on_rank0(model: nn.Module, precision: Precision, seq_len: int, max_sequences: int,
+                  device: torch.device) -> tuple[int, dict[str, Any]]:
+    measured = fit_microbatch(model, precision, seq_len, max(1, max_sequences), device) if _rank() == 0 else None
+    return _from_rank0(measured)
 
 
 def build_training(model_cfg: ModelConfig, precision_cfg: PrecisionConfig, optim_cfg: OptimConfig,
@@ -167,8 +161,9 @@ def build_training(model_cfg: ModelConfig, precision_cfg: PrecisionConfig, optim
     """Build everything a train step needs, the same way for the loop and the benchmark (module docstring).
 
     ``max_tokens_per_microbatch``: the budget, or "auto" (with ``seq_len``, the longest sequence, and
-    ``max_sequences``, the most sequences a micro-batch can usefully hold). The FP8 plan is measured at
-    this budget (or at ``seq_len`` x ``max_sequences`` when no budget is given). ``compile_cache_dir``: Inductor's
+    ``max_sequences``, the most sequences a micro-batch can usefully hold): measured on a GPU, the unmeasured
+    rule (:func:`yxanul.curriculum.unmeasured_budget`) elsewhere. The FP8 plan is measured at this budget (or
+    at ``seq_len`` x ``max_sequences`` when no budget is given). ``compile_cache_dir``: Inductor's
     persistent caches there (:func:`use_compile_cache`), when the model is compiled. Seed the RNG before calling.
     """
     from yxanul.model import Yxanul
@@ -179,32 +174,40 @@ def build_training(model_cfg: ModelConfig, precision_cfg: PrecisionConfig, optim
     precision = Precision(precision_cfg, device)  # checks support first: fails before any work
     model = Yxanul(model_cfg, vocab_size).to(device)
 
-    budget: int | None = None if max_tokens_per_microbatch == "auto" else max_tokens_per_microbatch
-    fit = None
-    if max_tokens_per_microbatch == "auto":
-        if seq_len is None or max_sequences is None:
-            raise ValueError("max_tokens_per_microbatch='auto' needs seq_len and max_sequences")
-        if device.type == "cuda":
-            measured = fit_microbatch(model, precision, seq_len, max(1, max_sequences), device) if _rank() == 0 else None
-            budget, fit = _from_rank0(measured)
-            say(f"micro-batch auto: {fit['sequences']} x {seq_len} = {budget:,} tokens per micro-batch "
-                f"({fit['bytes_per_sequence'] / 2**30:.2f} GiB per sequence, {fit['fixed_bytes'] / 2**30:.1f} GiB "
-                f"fixed incl. optimizer state, predicted peak {fit['predicted_peak_gib']:.1f} of "
-                f"{fit['card_bytes'] / 2**30:.0f} GiB)")
-        else:
-            from yxanul.curriculum import AUTO_MICROBATCH_CPU
-
-            budget = max(AUTO_MICROBATCH_CPU, seq_len)
+    auto = max_tokens_per_microbatch == "auto"
+    if auto and (seq_len is None or max_sequences is None):
+        raise ValueError("max_tokens_per_microbatch='auto' needs seq_len and max_sequences")
+    measure_memory = auto and device.type == "cuda"
+    budget: int | None = None if auto else max_tokens_per_microbatch  # type: ignore[assignment]
 
     plan = None
     if precision.mode == "fp8" and precision.fp8_layers is None:  # fp8_layers: auto
-        tokens = budget if budget is not None else (seq_len or 2048) * (max_sequences or 1)
-        measured_plan = measure_fp8_plan(model_cfg, vocab_size, tokens_per_microbatch=tokens,
-                                         recipe=precision_cfg.recipe, device=device, cache_dir=plan_cache_dir,
-                                         log=say) if _rank() == 0 else None
+        tokens = budget
+        if tokens is None and measure_memory:  # the plan needs the micro-batch: estimated before the swap
+            tokens, _ = _fit_on_rank0(model, precision, seq_len, max_sequences, device)  # type: ignore[arg-type]
+            say(f"micro-batch auto, before the FP8 swap (for the FP8 plan): {tokens:,} tokens")
+        if tokens is None:
+            tokens = (seq_len or 2048) * (max_sequences or 1)
+        measured_plan = measure_fp8_plan(model, tokens_per_microbatch=tokens, recipe=precision_cfg.recipe,
+                                         device=device, cache_dir=plan_cache_dir, log=say) if _rank() == 0 else None
         plan = _from_rank0(measured_plan)
         precision.use_plan(plan)
     precision.apply(model)
+
+    fit = None
+    if measure_memory:  # on the model as it will train: its precision plan and its head path
+        budget, fit = _fit_on_rank0(model, precision, seq_len, max_sequences, device)  # type: ignore[arg-type]
+        head = f"head in chunks of {model.head_chunk_tokens:,} tokens" if model.head_chunk_tokens else "whole logits"
+        say(f"micro-batch auto: {fit['sequences']} x {seq_len} = {budget:,} tokens per micro-batch "
+            f"({precision.describe()}, {head}; {fit['bytes_per_sequence'] / 2**30:.2f} GiB per sequence, "
+            f"{fit['fixed_bytes'] / 2**30:.1f} GiB fixed incl. optimizer state, predicted peak "
+            f"{fit['predicted_peak_gib']:.1f} of {fit['card_bytes'] / 2**30:.0f} GiB)")
+        if plan is not None and plan.key["tokens_per_microbatch"] != budget:
+            say(f"note: the FP8 plan was measured at {plan.key['tokens_per_microbatch']:,} tokens per micro-batch")
+    elif auto:
+        from yxanul.curriculum import unmeasured_budget
+
+        budget = unmeasured_budget(seq_len)  # type: ignore[arg-type]
     compiled = precision_cfg.compiles(device.type)
     if compiled:
         if compile_cache_dir is not None:

@@ -32,10 +32,12 @@ from yxanul.errors import (
     DataError,
     TrackingError,
     WorkerDiedError,
+    WorkerFailedError,
     YxanulError,
     first_line,
     user_error,
     worker_death,
+    worker_failure,
 )
 from yxanul.files import check_writable
 from yxanul.formatting import human_count
@@ -355,7 +357,9 @@ def loop_config(cfg: ExperimentConfig, dataset: PreparedDataset,
     """The ``train_loop_config`` of :func:`yxanul.train.loop.train_loop_per_worker`: the config as a dict
     and a :class:`~yxanul.train.setup.WorkerSetup` (absolute paths: workers may run in another folder,
     e.g. the working-dir copy of `ray job submit`)."""
-    from yxanul.train.setup import WorkerSetup
+    import os
+
+    from yxanul.train.setup import TEST_FAILURE_ENV, WorkerSetup
 
     layout = Layout.of(cfg)
     setup = WorkerSetup(data_dir=str(dataset.path.resolve()), curriculum_label=_curriculum_label(cfg),
@@ -363,7 +367,8 @@ def loop_config(cfg: ExperimentConfig, dataset: PreparedDataset,
                         run_id=tracking["run_id"] if tracking else None,
                         marker_dir=layout.worker_markers(cfg.run.name), run_dir=layout.run_dir(cfg.run.name),
                         fp8_plan_dir=str(layout.fp8_plans),
-                        compile_cache_dir=str(layout.compile_cache) if cfg.precision.compile_cache else None)
+                        compile_cache_dir=str(layout.compile_cache) if cfg.precision.compile_cache else None,
+                        test_failure=os.environ.get(TEST_FAILURE_ENV) or None)
     return {"cfg": cfg.to_dict(), "setup": setup}
 
 
@@ -413,7 +418,9 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
 
     The MLflow run ends ``finished`` (reached train.max_tokens), ``stopped`` (by train.stop_after_tokens),
     ``killed`` (interrupted) or ``failed`` (with the error in the ``yxanul.error`` tag). A worker's
-    user-facing error (e.g. a non-finite loss) is raised again here as a :class:`~yxanul.errors.YxanulError`.
+    user-facing error (e.g. a non-finite loss, the GPU out of memory) is raised again here as a
+    :class:`~yxanul.errors.YxanulError`; any other worker exception as a :class:`~yxanul.errors.WorkerFailedError`
+    whose one line names its real type and message (never Ray's log text), the same line the MLflow run records.
 
     ``end_unfinished=False`` (sweep trials): a run that neither finished nor failed is left RUNNING, because
     only the caller knows why it ended early; a sweep's scheduler side records "stopped_early" or
@@ -447,13 +454,13 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
             died = (f"{died}; scaling.max_failures={cfg.scaling.max_failures} left no restart. The run resumes from "
                     f"its last checkpoint in {run_dir(cfg)}: run the same command again (raise "
                     f"scaling.max_failures to restart by itself)")
-        message = str(user) if user else died or str(exc).strip().splitlines()[-1]
+        message = str(user) if user else died or _failure_line(exc)
         _end_mlflow_run(tracking, Status.FAILED, message)
         if user is not None:
             raise type(user)(str(user)) from None
         if died:
             raise WorkerDiedError(died) from None
-        raise
+        raise WorkerFailedError(message) from None
     except BaseException:
         if interrupt.received() is not None:
             raise _interrupted(cfg, tracking, end_unfinished) from None
@@ -478,6 +485,18 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
     return TrainResult(run_id=tracking["run_id"] if tracking else None, tokens=tokens,
                        metrics=dict(result.metrics or {}), checkpoint_path=checkpoint_path, finished=finished,
                        timeline=metrics)
+
+
+def _failure_line(exc: BaseException) -> str:
+    """A worker's exception that is not a user error (a bug, a CUDA or library failure) as one line: its real type
+    and message (:func:`yxanul.errors.worker_failure`), and where its traceback is: the job's log, where Ray's
+    text of the failure (the worker's traceback) is written now."""
+    from yxanul.console import log_path, to_log
+
+    line = worker_failure(exc)
+    if to_log(f"{line}\n{exc}"):
+        return f"{line} (traceback in {log_path()})"
+    return line
 
 
 def _interrupted(cfg: ExperimentConfig, tracking: dict[str, str] | None, end_unfinished: bool) -> BaseException:

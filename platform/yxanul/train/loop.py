@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -33,7 +34,7 @@ from yxanul.config import ExperimentConfig, PrecisionConfig
 from yxanul.console import worker_print
 from yxanul.curriculum import CurriculumPlan, Stage, build_plan, microbatch_budget
 from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load_validation
-from yxanul.errors import YxanulError
+from yxanul.errors import DeviceMemoryError, YxanulError
 from yxanul.files import atomic_write
 from yxanul.formatting import clock, human_count, percent
 from yxanul.profiling import AttentionShare
@@ -61,11 +62,67 @@ from yxanul.tracking import SPOOL_DIR, NullTracker, ResilientTracker, Tracker, d
 from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, resume_values, save_checkpoint
 from yxanul.train.setup import WorkerSetup
 
-__all__ = ["NonFiniteLossError", "train_loop_per_worker"]
+__all__ = ["NonFiniteLossError", "out_of_memory_fix", "out_of_memory_message", "train_loop_per_worker"]
 
 
 class NonFiniteLossError(YxanulError):
     """A step produced a NaN/inf loss or gradient and train.on_nan=stop."""
+
+
+def out_of_memory_message(torch_message: str, where: str, precision: str, fix: str,
+                          memory: tuple[float, float] | None = None) -> str:
+    """``CUDA out of memory at micro-batch 16x2048, fp8 (delayed; auto -> attention,mlp,head), 78.2 of 79.2 GiB in
+    use (tried to allocate 3.05 GiB): <fix>``. The memory figures are the allocator's own at the failure (parsed
+    from torch's message: total capacity and what was free), else ``memory`` (used GiB, card GiB) read after it."""
+    tried = re.search(r"Tried to allocate ([\d.]+ [KMG]iB)", torch_message)
+    capacity = re.search(r"total capacity of ([\d.]+) GiB of which ([\d.]+) ([KMG])iB is free", torch_message)
+    if capacity:
+        total = float(capacity.group(1))
+        free = float(capacity.group(2)) / {"K": 2**20, "M": 2**10, "G": 1}[capacity.group(3)]
+        memory = (total - free, total)
+    figures = f", {memory[0]:.1f} of {memory[1]:.1f} GiB in use" if memory else ""
+    return (f"CUDA out of memory at {where}, {precision}{figures}"
+            f"{f' (tried to allocate {tried.group(1)})' if tried else ''}: {fix}")
+
+
+def out_of_memory_fix(cfg: ExperimentConfig, *, params: int, world: int, card_gib: float | None,
+                      chosen_tokens: int | None, unchunked_columns: int | None) -> str:
+    """The fix an out-of-memory message names. ``card_gib``: the card's memory when the model is not built yet
+    (the model itself may be what does not fit: fp32 weights, gradients and AdamW's two moments, 16 bytes per
+    parameter, sharded by FSDP); ``chosen_tokens``: what ``max_tokens_per_microbatch: auto`` chose;
+    ``unchunked_columns``: the padded vocabulary of a head that holds its whole logits."""
+    from yxanul.model import HEAD_CHUNK_AUTO_MIN_COLUMNS
+
+    state_gib = 16 * params / 2**30
+    per_gpu = state_gib / (world if cfg.scaling.strategy == "fsdp" else 1)
+    configured = cfg.train.max_tokens_per_microbatch
+    if card_gib is not None and per_gpu > 0.9 * card_gib:
+        fix = (f"the model alone does not fit: {params:,} parameters x 16 bytes (fp32 weights, gradients, AdamW "
+               f"state) = {state_gib:.1f} GiB{f', {per_gpu:.1f} GiB per GPU' if per_gpu != state_gib else ''} of "
+               f"{card_gib:.1f}; use a smaller model (model.preset, model.n_layers), or shard it with "
+               f"scaling.strategy=fsdp over more GPUs")
+    elif configured != "auto":
+        fix = f"set train.max_tokens_per_microbatch=auto or lower it (now {configured:,})"
+    elif chosen_tokens:
+        fix = (f"train.max_tokens_per_microbatch=auto chose {chosen_tokens:,} tokens, which do not fit here: set a "
+               f"number, e.g. train.max_tokens_per_microbatch={chosen_tokens // 2}")
+    else:
+        fix = "set train.max_tokens_per_microbatch to a number of tokens this card holds"
+    if unchunked_columns is not None and unchunked_columns >= HEAD_CHUNK_AUTO_MIN_COLUMNS:
+        fix += "; or model.head_chunk_tokens=auto, so the head never holds the whole logits"
+    return fix
+
+
+def _inject_test_failure(spec: str, step: int) -> None:
+    """Test-only (yxanul.train.setup.TEST_FAILURE_ENV): raise the failure ``<kind>@<step>`` names at that step."""
+    kind, _, at = spec.partition("@")
+    if step != int(at or 0):
+        return
+    if kind == "oom":
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 3.05 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.02 GiB "
+            "is free. Of the allocated memory 75.80 GiB is allocated by PyTorch (injected by YXANUL_TEST_FAILURE)")
+    raise RuntimeError(f"injected test failure at step {step} (YXANUL_TEST_FAILURE={spec})")
 
 
 def _seed_everything(seed: int) -> None:
@@ -96,6 +153,8 @@ class _Loop:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = self._device()
         self.timeline = Timeline()  # rank 0's is logged (yxanul.timeline); the driver adds its own phases
+        self.where = "start-up (building the model: memory measurement, FP8 plan, compilation)"
+        """What the worker is doing, for a one-line out-of-memory error."""
         self.started_at = time.time()
         with self.timeline.phase("data"):
             self.dataset = PreparedDataset.open(setup.data_dir)
@@ -168,8 +227,8 @@ class _Loop:
         if built.precision.mode == "fp8":  # forced or measured: the groups that really run in FP8 (the report's word)
             tags[FP8_LAYERS_TAG] = "+".join(built.precision.fp8_layers or ()) or "none"
         if built.fp8_plan is not None:
-            for group, row in built.fp8_plan.timings.items():
-                tags[f"{FP8_PLAN_TAG_PREFIX}{group}"] = f"bf16 {row['bf16_ms']:.2f} ms, fp8 {row['fp8_ms']:.2f} ms"
+            for group in built.fp8_plan.timings:
+                tags[f"{FP8_PLAN_TAG_PREFIX}{group}"] = built.fp8_plan.group_line(group)
             self.tracker.log_text(json.dumps(built.fp8_plan.to_json(), indent=2), "fp8_plan.json")
         if built.microbatch_fit is not None:
             self.tracker.log_text(json.dumps(built.microbatch_fit, indent=2), "microbatch_fit.json")
@@ -281,13 +340,34 @@ class _Loop:
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> None:
-        self._build()
-        with self.timeline.phase("mlflow"):
-            self.tracker = timed(self._tracker(), self.timeline, "mlflow")
         try:
-            self._train()
-        finally:
-            self.tracker.close()  # sends what is left, or keeps it in the run folder
+            self._build()
+            with self.timeline.phase("mlflow"):
+                self.tracker = timed(self._tracker(), self.timeline, "mlflow")
+            try:
+                self._train()
+            finally:
+                self.tracker.close()  # sends what is left, or keeps it in the run folder
+        except torch.OutOfMemoryError as exc:  # one line the user can act on, not torch's paragraph under Ray's
+            raise DeviceMemoryError(self._out_of_memory(exc)) from None
+
+    def _out_of_memory(self, exc: BaseException) -> str:
+        """What ran out of memory where (:attr:`where`), in which precision, with how much memory, and the fix."""
+        from yxanul.model import parameter_count
+
+        built = getattr(self, "built", None)
+        model = getattr(self, "model", None)
+        card_gib = None
+        memory = None
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            memory, card_gib = ((total - free) / 2**30, total / 2**30), total / 2**30
+        fix = out_of_memory_fix(
+            self.cfg, params=parameter_count(self.cfg.model, self.vocab).total, world=self.world,
+            card_gib=card_gib if built is None else None, chosen_tokens=getattr(self, "tokens_per_microbatch", None),
+            unchunked_columns=model.padded_vocab if model is not None and not model.head_chunk_tokens else None)
+        precision = built.precision.describe() if built is not None else self.cfg.precision.mode
+        return out_of_memory_message(str(exc), self.where, precision, fix, memory)
 
     def _train(self) -> None:
         import ray.train
@@ -339,6 +419,9 @@ class _Loop:
             if self.device.type == "cuda":
                 batch = batch.pin_memory()
             lr = lr_for_step(step, tps, self.cfg.optim, self.cfg.train.max_tokens, stage.lr_scale)
+            self.where = f"micro-batch {stage.micro_batch}x{stage.seq_len}"
+            if self.setup.test_failure:
+                _inject_test_failure(self.setup.test_failure, step)
             first_of_shape = (stage.seq_len, stage.micro_batch) not in shapes_seen
             # Once per stage, the first step after its shape's warm-up runs under the profiler (rank 0); kept out of
             # tokens/s like the warm-up, its own seconds still count in train/elapsed_s (those tokens were trained).
@@ -541,10 +624,11 @@ class _Loop:
 
     @torch.no_grad()
     def _validate(self) -> dict[str, float]:
-        from yxanul.model import bits_per_byte, cross_entropy, next_token_targets
+        from yxanul.model import bits_per_byte, next_token_targets
 
         self.model.eval()
         rows_per_batch = max(1, self.tokens_per_microbatch // self.cfg.eval.seq_len)
+        self.where = f"validation batch {rows_per_batch}x{self.cfg.eval.seq_len}"
         metrics: dict[str, float] = {}
         for domain, valset in self.valsets.items():
             mine = torch.from_numpy(valset.rows[self.rank::self.world])
@@ -559,9 +643,8 @@ class _Loop:
                     batch = torch.from_numpy(valset.rows[:1])
                 tokens = batch.to(self.device)
                 targets = next_token_targets(tokens)
-                with self.precision.autocast():
-                    logits = self.model(tokens, mask_padding=False)
-                    nats = cross_entropy(logits, targets, self.model.vocab_size, reduction="sum")
+                with self.precision.autocast():  # the training step's head path: no whole logits either
+                    nats = self.model(tokens, targets=targets)
                 if real:
                     sums[0] += nats.double()
                     sums[1] += (targets >= 0).sum()
@@ -581,6 +664,7 @@ class _Loop:
         return metrics
 
     def _report(self, metrics: dict[str, float], with_checkpoint: bool, train: Any) -> None:
+        self.where = "a checkpoint" if with_checkpoint else "a report"
         # What the spike check covered so far: "not checked" must never read as "no spike".
         self.tracker.set_tags({SPIKE_CHECK_TAG: self.spikes.status()})
         payload = {**metrics, "tokens": self.state.tokens, "step": self.state.step,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["WorkerSetup"]
+__all__ = ["TEST_FAILURE_ENV", "WorkerSetup"]
+
+TEST_FAILURE_ENV = "YXANUL_TEST_FAILURE"
+"""Test-only fault injection; never set it for a real run. ``<kind>@<step>`` (kind ``runtime`` or ``oom``) in the
+driver's environment makes every worker raise, just before that optimizer step, a ``RuntimeError`` or a
+``torch.OutOfMemoryError`` with CUDA's message: the worker failures whose one-line report the tests check through
+real Ray Train (tests/integration/test_worker_failure.py). :func:`yxanul.train.launch.loop_config` copies it into
+:attr:`WorkerSetup.test_failure` (workers do not see the driver's later environment)."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,8 @@ class WorkerSetup:
     compile_cache_dir: str | None = None
     """Inductor's persistent caches (:attr:`yxanul.layout.Layout.compile_cache`); None: Inductor's defaults
     (``precision.compile_cache=false``)."""
+    test_failure: str | None = None
+    """Test-only (:data:`TEST_FAILURE_ENV`): the failure the workers inject; None in every real run."""
 
     @property
     def tracking(self) -> bool:

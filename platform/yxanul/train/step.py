@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from yxanul.config import OptimConfig
-from yxanul.model import IGNORE_INDEX, RMSNorm, cross_entropy, next_token_targets
+from yxanul.model import IGNORE_INDEX, RMSNorm, next_token_targets
 from yxanul.precision import Precision
 
 __all__ = ["MicroBatch", "ParamRow", "StepResult", "build_optimizer", "param_group_table", "param_groups", "train_step"]
@@ -115,8 +115,7 @@ def _gradient_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractContex
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: Sequence[MicroBatch], *,
-               lr: float, precision: Precision, grad_clip: float = 1.0, skip_nonfinite: bool = False,
-               loss_chunk_tokens: int = 2048) -> StepResult:
+               lr: float, precision: Precision, grad_clip: float = 1.0, skip_nonfinite: bool = False) -> StepResult:
     """One optimizer step over ``micro_batches`` (gradient accumulation).
 
     The loss is the mean over all predicted tokens of all micro-batches (each micro-batch's summed
@@ -128,7 +127,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     if not micro_batches:
         raise ValueError("train_step needs at least one micro-batch")
     device = next(model.parameters()).device
-    vocab = model.vocab_size  # type: ignore[attr-defined]
     batches = [_split(b, device) for b in micro_batches]
     tokens = 0
     for inputs, _ in batches:
@@ -145,8 +143,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
         # Data parallel: reduce gradients once per step (on the last micro-batch), not per micro-batch.
         with _gradient_sync(model, enabled=i == last):
             with precision.autocast():  # forward only: backward runs outside autocast, as TE and torch expect
-                logits = model(inputs, mask_padding=False)
-                loss = cross_entropy(logits, targets, vocab, chunk_tokens=loss_chunk_tokens)
+                loss = model(inputs, targets=targets)  # summed nats, through the model's head path
             (loss / count).backward()
         loss_sum += loss.detach()
 

@@ -1,9 +1,9 @@
-"""The one place that knows about fp32, bf16 and FP8 (Transformer Engine).
+"""The precision policy of one process: support checks, the FP8 layer swap, autocast.
 
     precision = Precision(cfg.precision, device)   # checks support up front, raises PrecisionError
     model = precision.apply(Yxanul(cfg.model, vocab).to(device))  # FP8: swaps the chosen linears
     with precision.autocast():
-        logits = model(tokens)
+        loss = model(tokens, targets=targets)
 
 - ``fp32``: no autocast (CPU tests, references).
 - ``bf16``: ``torch.autocast(dtype=bfloat16)``; weights, gradients and optimizer state stay fp32.
@@ -14,17 +14,14 @@
 
 FP8 fails loudly: no CUDA, compute capability below 8.9, Transformer Engine not installed, a recipe
 the card cannot run, or a GEMM dimension FP8 cannot take all raise :class:`PrecisionError` with what
-is needed. Nothing ever falls back to BF16 silently.
-
-Checkpoints are portable across precisions: :func:`split_state_dict` separates TE's FP8 scaling
-state (``*._extra_state``) from the weights, and :func:`load_model_state` loads weights saved by a
-BF16 or FP8 model into either.
+is needed. Nothing ever falls back to BF16 silently. Transformer Engine is imported only when FP8 is
+asked for, so the CPU install never needs it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -33,24 +30,13 @@ from torch import nn
 from yxanul.config import PrecisionConfig
 from yxanul.errors import PrecisionError
 
-__all__ = [
-    "EXTRA_STATE_SUFFIX",
-    "Precision",
-    "build_recipe",
-    "compile_model",
-    "fp8_modules",
-    "is_te_module",
-    "load_model_state",
-    "split_state_dict",
-]
-
-EXTRA_STATE_SUFFIX = "_extra_state"
-"""State-dict keys of Transformer Engine's FP8 scaling state end with this."""
+__all__ = ["Precision", "build_recipe", "fp8_modules", "import_te", "is_te_module"]
 
 _GPU_INSTALL = "install Transformer Engine with `pip install .[gpu]` (transformer-engine[pytorch]==2.20.2) on the GPU machine"
 
 
-def _import_te() -> Any:
+def import_te() -> Any:
+    """``transformer_engine.pytorch``, or the PrecisionError that says how to install it."""
     try:
         import transformer_engine.pytorch as te
     except ImportError as exc:
@@ -59,6 +45,17 @@ def _import_te() -> Any:
             f"{_GPU_INSTALL}, or use precision.mode=bf16"
         ) from None
     return te
+
+
+def preload_te() -> bool:
+    """Load Transformer Engine's libraries now, if it is installed (True): before torch loads its own cuDNN. The
+    other order (a peer model's attention first) gave "libcudnn_cnn.so.9: undefined symbol" on the H100 machine.
+    Not installed: False, and each FP8 run reports its own PrecisionError later."""
+    try:
+        import transformer_engine.pytorch  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def is_te_module(module: nn.Module) -> bool:
@@ -131,7 +128,7 @@ class Precision:
         self._te: Any = None
         self.check()
         if self.mode == "fp8":
-            self._te = _import_te()
+            self._te = import_te()
             self.recipe = build_recipe(cfg.recipe)
 
     # -- support -------------------------------------------------------------------------------
@@ -170,7 +167,7 @@ class Precision:
                 f"precision.recipe={self.cfg.recipe} cannot run on {name} (compute capability {cc[0]}.{cc[1]}, "
                 f"CUDA {torch.version.cuda}); this card supports: {', '.join(allowed)}"
             )
-        te = _import_te()
+        te = import_te()
         checks = {
             "delayed": te.is_fp8_available, "current": te.is_fp8_available,
             "block": te.is_fp8_block_scaling_available, "mxfp8": te.is_mxfp8_available,
@@ -192,7 +189,7 @@ class Precision:
         return 32 if self.recipe_name == "mxfp8" else 16
 
     def use_plan(self, plan: Any) -> None:
-        """Take the layer groups of a measured :class:`~yxanul.fp8_plan.Fp8Plan` (``fp8_layers: auto``). An
+        """Take the layer groups of a measured :class:`~yxanul.precision.fp8_plan.Fp8Plan` (``fp8_layers: auto``). An
         empty plan is kept as measured: every GEMM stays BF16, and :meth:`describe` says so."""
         self.fp8_layers = tuple(plan.layers)
         self.fp8_plan = plan
@@ -249,11 +246,6 @@ class Precision:
 
     # -- execution -----------------------------------------------------------------------------
 
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        """dtype of matmul inputs under :meth:`autocast` (None for fp32)."""
-        return None if self.mode == "fp32" else torch.bfloat16
-
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
         """Context for the forward pass (and the loss); backward runs outside it."""
@@ -275,80 +267,3 @@ class Precision:
             layers = ",".join(self.fp8_layers) or "no layer pays: all GEMMs bf16"
             return f"fp8 ({self.recipe_name}; {'auto -> ' if self.fp8_plan is not None else ''}{layers})"
         return self.mode
-
-
-# ---------------------------------------------------------------------------------------------------
-# Compilation
-
-
-def compile_model(model: nn.Module, **compile_kwargs: Any) -> nn.Module:
-    """Compile ``model`` region by region, in place, around Transformer Engine modules.
-
-    Each top-level child of the model's ``blocks`` without TE modules is compiled whole (one graph,
-    reused for every block); a block holding TE modules has its TE-free children (norms, RoPE +
-    attention core, SwiGLU) compiled instead, so TE runs eagerly (DelayedScaling raises under
-    torch.compile). The final norm is compiled too. State-dict keys do not change.
-    """
-    def compile_region(module: nn.Module) -> None:
-        if not any(is_te_module(m) for m in module.modules()):
-            module.compile(**compile_kwargs)
-            return
-        for child in module.children():
-            compile_region(child)
-
-    for block in getattr(model, "blocks", []):
-        compile_region(block)
-    final_norm = getattr(model, "final_norm", None)
-    if final_norm is not None:
-        final_norm.compile(**compile_kwargs)
-    return model
-
-
-# ---------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def split_state_dict(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(weights, fp8_state): the model weights, loadable by any precision, and TE's FP8 scaling
-    state (``*._extra_state``), meaningful only to an FP8 model with the same layers."""
-    weights = {k: v for k, v in state.items() if not k.endswith(EXTRA_STATE_SUFFIX)}
-    fp8_state = {k: v for k, v in state.items() if k.endswith(EXTRA_STATE_SUFFIX)}
-    return weights, fp8_state
-
-
-def load_model_state(model: nn.Module, weights: Mapping[str, Any],
-                     fp8_state: Mapping[str, Any] | None = None) -> None:
-    """Load weights saved by a model of any precision into ``model`` (BF16 or FP8).
-
-    Weights must match exactly (every parameter present, no unknown key). TE's FP8 scaling state
-    in ``weights`` is ignored; pass it as ``fp8_state`` to restore it into an FP8 model with the
-    same TE layers (keys the model lacks are ignored: a BF16 model has no scaling state; an FP8
-    model given none starts its scaling afresh).
-    """
-    weights, stray = split_state_dict(weights)
-    own_keys = set(model.state_dict().keys())
-    missing = sorted(k for k in own_keys if k not in weights and not k.endswith(EXTRA_STATE_SUFFIX))
-    unexpected = sorted(k for k in weights if k not in own_keys)
-    if missing or unexpected:
-        raise PrecisionError(
-            "checkpoint does not fit this model: "
-            + (f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}" if missing else "")
-            + ("; " if missing and unexpected else "")
-            + (f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}" if unexpected else "")
-            + " (was it saved from another model shape? compare model.* in both configs)"
-        )
-    restore = {k: v for k, v in (fp8_state or {}).items() if k in own_keys}
-    try:
-        result = model.load_state_dict({**weights, **restore}, strict=False)
-    except RuntimeError as exc:
-        if "NVTE_ALLOW_UNSAFE_PICKLE_EXTRA_STATE" not in str(exc):
-            raise
-        raise PrecisionError(
-            "the checkpoint's FP8 scaling state is delayed-scaling metadata, which Transformer Engine stores "
-            "as a pickle and refuses to load by default; if the checkpoint is yours, set "
-            "NVTE_ALLOW_UNSAFE_PICKLE_EXTRA_STATE=1, or load only the weights (scaling restarts), or train with "
-            "precision.recipe=current"
-        ) from None
-    leftover = [k for k in result.missing_keys if not k.endswith(EXTRA_STATE_SUFFIX)]
-    if leftover or result.unexpected_keys:  # cannot happen after the checks above
-        raise PrecisionError(f"checkpoint load failed: missing {leftover}, unexpected {result.unexpected_keys}")
