@@ -501,14 +501,15 @@ def stage_rows(arm: ArmSummary) -> list[StageRow]:
     batch shapes. The first step of each batch shape and the profiled step are not in any rate (the loop keeps them
     out)."""
     pooled: dict[int, dict[str, list]] = {}
+    first_run: dict[int, RunSeries] = {}  # whose model params give the stage's FLOPs (one model per arm)
     for row in arm.rows:
         run = row.run
         stages, exact = run_stages(run)
         points = run.series("train/stage")
         trained_to = points[-1][0] if points else 0
         for stage in stages:
-            into = pooled.setdefault(stage.index, {"seq_len": [], "tokens": [], "exact": [], "rates": [],
-                                                   "shares": [], "run": run})
+            first_run.setdefault(stage.index, run)
+            into = pooled.setdefault(stage.index, {"seq_len": [], "tokens": [], "exact": [], "rates": [], "shares": []})
             into["seq_len"].append(stage.seq_len)
             into["tokens"].append(max(0, min(stage.end_tokens, trained_to) - stage.start_tokens))
             into["exact"].append(exact)
@@ -529,7 +530,7 @@ def stage_rows(arm: ArmSummary) -> list[StageRow]:
         out.append(StageRow(
             arm=arm.arm, index=index, seq_len=seq_len, seeds=len(got["tokens"]),
             tokens=sum(got["tokens"]) / len(got["tokens"]), exact=all(got["exact"]),
-            flops=_stage_flops(got["run"], seq_len),
+            flops=_stage_flops(first_run[index], seq_len),
             tokens_per_s=statistics.median(got["rates"]) if got["rates"] else None, rate_points=len(got["rates"]),
             attention_share=statistics.median(got["shares"]) if got["shares"] else None,
             attention_points=len(got["shares"])))
