@@ -405,6 +405,10 @@ class TrainConfig(_Section):
     stop_after_tokens: Count | None = None
     """Stop (with a checkpoint) once this many tokens are seen, without changing the schedule, which still
     runs to max_tokens; a later run with the same run.name resumes. None: train to max_tokens."""
+    profile_attention: bool = True
+    """Profile one optimizer step per curriculum stage (rank 0; the step after the stage's warm-up) with
+    torch.profiler and log the attention core's share of its time (train/attention_share): why a curriculum is
+    faster or not. The profiled step is kept out of tokens/s; the results are unchanged (docs/training.md)."""
 
 
 class EvalConfig(_Section):

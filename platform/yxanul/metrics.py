@@ -5,7 +5,10 @@ FLOPs per trained token follow the PaLM / nanoGPT convention: ``6 * N_matmul`` (
 of every weight matrix that does a matmul: attention, MLP, head, the factorized embedding's
 projection; lookups are free) ``+ 12 * n_layers * hidden * seq_len`` (attention scores and values,
 causal masking not discounted). For yxanul-270m at seq_len 2048 this is 1.926 GFLOP/token, so the
-989 TFLOP/s dense BF16 peak of an H100 SXM is 514k tokens/s.
+989 TFLOP/s dense BF16 peak of an H100 SXM is 514k tokens/s. :func:`flops_split` gives the two terms apart: the
+attention scores grow with ``seq_len``, the rest does not, which is the arithmetic behind a sequence-length
+curriculum (a short stage spends a smaller share of its FLOPs on attention; the measured share of step time is
+:mod:`yxanul.profiling`'s).
 
 MFU is reported against both the BF16 and the FP8 dense peak of the card
 (:mod:`yxanul.accelerators`): an FP8 run's ``mfu_fp8`` says how much of the FP8 tensor-core rate
@@ -30,20 +33,45 @@ from yxanul.accelerators import AcceleratorSpec, spec_for_device_name
 from yxanul.config import ModelConfig
 from yxanul.model import padded_vocab_size, resolve_vocab_size
 
-__all__ = ["PEAK_ENV", "ThroughputMeter", "Throughput", "device_spec", "flops_per_token", "mfu", "peak_memory_gib",
-           "peak_tflops", "reset_peak_memory"]
+__all__ = ["PEAK_ENV", "FlopsSplit", "ThroughputMeter", "Throughput", "device_spec", "flops_per_token", "flops_split",
+           "mfu", "peak_memory_gib", "peak_tflops", "reset_peak_memory"]
 
 PEAK_ENV = "YXANUL_PEAK_TFLOPS"
 """``<bf16>[,<fp8>]`` dense TFLOP/s of the card this process uses, overriding the capability table."""
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int, vocab_size: int | None = None) -> float:
-    """Training FLOPs (forward + backward) per token at ``seq_len`` (see the module docstring)."""
+@dataclass(frozen=True)
+class FlopsSplit:
+    """Training FLOPs per token at one ``seq_len``, in the two terms of the module docstring's formula."""
+
+    matmul: float
+    """``6 * N_matmul``: every weight matrix's forward + backward; the same at every sequence length."""
+    attention: float
+    """``12 * n_layers * hidden * seq_len``: attention scores and values (``QK^T`` and ``PV``), forward +
+    backward; linear in ``seq_len``."""
+
+    @property
+    def total(self) -> float:
+        """:func:`flops_per_token` (the same sum, so the same float)."""
+        return self.matmul + self.attention
+
+    @property
+    def attention_share(self) -> float:
+        return self.attention / self.total
+
+
+def flops_split(cfg: ModelConfig, seq_len: int, vocab_size: int | None = None) -> FlopsSplit:
+    """Training FLOPs per token at ``seq_len``, split into the weight matmuls and the attention scores."""
     vocab = padded_vocab_size(resolve_vocab_size(cfg, vocab_size))
     h, hd = cfg.hidden, cfg.hidden // cfg.n_heads
     per_layer = h * (cfg.n_heads + 2 * cfg.n_kv_heads) * hd + cfg.n_heads * hd * h + 3 * h * cfg.ffn_hidden
     matmul_params = cfg.n_layers * per_layer + vocab * h + cfg.embed_rank * h
-    return 6.0 * matmul_params + 12.0 * cfg.n_layers * h * seq_len
+    return FlopsSplit(matmul=6.0 * matmul_params, attention=12.0 * cfg.n_layers * h * seq_len)
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, vocab_size: int | None = None) -> float:
+    """Training FLOPs (forward + backward) per token at ``seq_len`` (see the module docstring)."""
+    return flops_split(cfg, seq_len, vocab_size).total
 
 
 def mfu(tokens_per_s: float, flops_per_tok: float, peak_tflops: float | None) -> float | None:

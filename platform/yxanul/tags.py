@@ -158,6 +158,10 @@ COMPILE_CACHE_TAG = "yxanul.compile_cache"
 WORKER_TIMELINE_TAG = "yxanul.worker_timeline"
 """Rank 0's timeline phases as JSON (``{"phases": {...}, "start": t, "end": t}``, wall-clock times): the driver
 merges them with its own into the ``timeline/*`` metrics (:mod:`yxanul.timeline`)."""
+CURRICULUM_STAGES_TAG = "yxanul.curriculum_stages"
+"""The stages that ran, as JSON ``[[index, seq_len, start_tokens, end_tokens], ...]`` (the plan after the measured
+micro-batch budget; stage ends in tokens land on whole steps): the report's tokens per stage and which stage a
+profiled step belongs to. A plan too long for a tag (over 6000 characters) is not written."""
 SPIKE_CHECK_TAG = "yxanul.spike_check"
 """What the spike check covered ("checked N logging points ... from X tokens: no spike") or "not checked: ..."
 for a run too short to check: an empty spike list alone would read as "no spike"."""
@@ -168,6 +172,12 @@ for a run too short to check: an empty spike list alone would read as "no spike"
 UNIGRAM_BPB_METRIC = "val/unigram_bpb"
 """Bits/byte of the unigram (token frequency) model on the validation set: the trivial baseline a trained
 model must beat. The report draws it as a reference line when a run logged it."""
+ATTENTION_SHARE_METRIC = "train/attention_share"
+"""The attention core's share (0..1) of one profiled step per curriculum stage (:mod:`yxanul.profiling`): device time
+on a GPU, CPU time on CPU. Logged at that step's tokens with ``train/attention_ms`` and ``train/profiled_step_ms``
+(share = attention_ms / profiled_step_ms); the report's per-stage table reads it."""
+ATTENTION_MS_METRIC = "train/attention_ms"
+PROFILED_STEP_MS_METRIC = "train/profiled_step_ms"
 BF16_EVAL_SUFFIX = "_bf16_eval"
 """Appended to every val/* metric of a run's final validation when it runs again through the BF16 path
 (``eval.bf16_eval``): ``val/<domain>/loss_bf16_eval``, ``val/<domain>/bpb_bf16_eval``, ``val/bpb_bf16_eval``."""

@@ -13,8 +13,10 @@ job's ``train`` call) starts until its MLflow run is ended, into exclusive phase
     fp8_plan     measuring the FP8 plan (0 when it came from the cache)
     restore      loading a checkpoint (a resumed run)
     compile      the first step of each batch shape (compilation + warm-up; kept out of tokens/s)
-    steps        training steps: the loop's training clock (``train/elapsed_s``) less the first-of-shape steps
-                 and less rank 0's MLflow calls at logging intervals (they run while the clock runs)
+    profile      rank 0's one profiled step per curriculum stage (``train.profile_attention``): the profiler's
+                 start and stop, the step, parsing its events (kept out of tokens/s)
+    steps        training steps: the loop's training clock (``train/elapsed_s``) less the first-of-shape and
+                 profiled steps and less rank 0's MLflow calls at logging intervals (they run while the clock runs)
     validation   validation passes
     checkpoint   writing checkpoints and Ray Train's reports (each one a barrier across workers)
     teardown     from rank 0's training function returning to ``fit()`` returning (worker shutdown)
@@ -42,8 +44,8 @@ from yxanul.formatting import percent, seconds
 __all__ = ["EFFICIENCY_METRIC", "OUTSIDE", "PHASES", "PREFIX", "WALL_METRIC", "Timeline", "format_timeline",
            "metric_name", "sweep_metrics", "timed", "timeline_metrics"]
 
-PHASES: tuple[str, ...] = ("data", "mlflow", "worker_start", "build", "fp8_plan", "restore", "compile", "steps",
-                           "validation", "checkpoint", "teardown", "other")
+PHASES: tuple[str, ...] = ("data", "mlflow", "worker_start", "build", "fp8_plan", "restore", "compile", "profile",
+                           "steps", "validation", "checkpoint", "teardown", "other")
 """Per-run phases, in the order a run goes through them (``other`` last)."""
 PREFIX = "timeline/"
 WALL_METRIC = f"{PREFIX}wall_s"

@@ -176,11 +176,14 @@ def test_compare_errors_are_one_line_and_write_nothing(local_store, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
-# A 3-seed sweep with today's tags, interrupted: FP8 seed 2 left running. Matched seeds 0 and 1.
+# A 3-seed sweep with today's tags, interrupted: FP8 seed 2 left running. Matched seeds 0 and 1. Both arms trained a
+# two-stage curriculum (seq 32 to 1500 tokens, then 64) and profiled each stage once.
 
 SEED_BF16 = {0: (2.80, 100.0), 1: (2.84, 110.0), 2: (2.70, 90.0)}   # final val/bpb, tokens/s per GPU
 SEED_FP8 = {0: (2.76, 80.0), 1: (2.79, 99.0)}                       # gaps -0.04, -0.05; ratios 0.8x, 0.9x
 TARGET = 2.795  # fixed in the sweep file: FP8 reaches it at both matched seeds, BF16 at neither
+STAGES = [[0, 32, 0, 1500], [1, 64, 1500, 3000]]
+ATTENTION = {"bf16": (0.10, 0.25), "fp8": (0.12, 0.30)}  # the measured share of stage 0's and stage 1's profiled step
 T975_1, T80_1 = 12.706205, math.tan(0.3 * math.pi)  # t(0.975, 1) and t(0.80, 1)
 HEADLINE = ("FP8 (delayed) on head, planned by measurement vs BF16 on 1x NVIDIA H100 80GB HBM3, 2 matched seeds: "
             "final val/bpb -0.0450 (95% CI -0.1085 to +0.0185): no difference detected; tokens/s 0.849x (95% CI ")
@@ -221,7 +224,8 @@ def log_seeded_sweep(uri: str, root: Path) -> str:
                 continue
             final, tps = table[seed]
             rid = client.create_run(exp_id, run_name=f"seeded-t{trial:02d}", start_time=1_000 + trial,
-                                    tags={**tags, T.STATUS_TAG: "finished"}).info.run_id
+                                    tags={**tags, T.STATUS_TAG: "finished",
+                                          T.CURRICULUM_STAGES_TAG: str(STAGES)}).info.run_id
             compile_s, per_k = (20.0, 8.0) if precision == "fp8" else (10.0, 10.0)
             metrics = [Metric("train/compile_s", compile_s, 0, t) for t in (500, 1000, 2000, 3000)]
             for tokens, bpb in ((1000, final + 0.4), (2000, final + 0.2), (3000, final)):
@@ -230,6 +234,10 @@ def log_seeded_sweep(uri: str, root: Path) -> str:
                             Metric("val/elapsed_s", compile_s + per_k * tokens / 1000, 0, tokens),
                             Metric("train/loss", bpb + 1, 0, tokens), Metric("train/grad_norm", 1.0, 0, tokens)]
             metrics += [Metric("train/tokens_per_s_per_gpu", tps, 0, t) for t in (1500, 3000)]
+            metrics += [m for t in range(500, 3001, 500) for m in (
+                Metric("train/stage", float(t > 1500), 0, t), Metric("train/seq_len", 64.0 if t > 1500 else 32.0, 0, t))]
+            metrics += [Metric(T.ATTENTION_SHARE_METRIC, share, 0, t) for t, share in zip((1000, 2000),
+                                                                                          ATTENTION[precision])]
             metrics.append(Metric(T.UNIGRAM_BPB_METRIC, 4.5, 0, 0))
             if precision == "fp8" and seed == 0:
                 metrics.append(Metric("train/spike_grad_norm", 10.2, 0, 2000))
@@ -286,8 +294,17 @@ def test_seed_statistics_from_a_real_store(seeded_report):
     assert runs["precision.mode=bf16", "2"]["matched"] == "false"
     assert float(runs["precision.mode=fp8", "0"]["seconds_to_target"]) == pytest.approx(fp8_s[0])
     assert runs["precision.mode=fp8", "0"]["compile_seconds"] == "20"
+    # per curriculum stage, matched seeds pooled: each interval (1000, 1500] and (2500, 3000] lies in one stage
+    stages = {(r["arm"], r["stage"]): r for r in rows(out / "stages.csv")}
+    assert [(k, r["seq_len"], r["seeds"], r["tokens"], r["bounds"]) for k, r in stages.items()] == [
+        (("precision.mode=bf16", "0"), "32", "2", "1500", "exact"), (("precision.mode=bf16", "1"), "64", "2", "1500", "exact"),
+        (("precision.mode=fp8", "0"), "32", "2", "1500", "exact"), (("precision.mode=fp8", "1"), "64", "2", "1500", "exact")]
+    assert float(stages["precision.mode=fp8", "1"]["tokens_per_s_median"]) == (80.0 + 99.0) / 2
+    assert float(stages["precision.mode=bf16", "1"]["attention_share_median"]) == 0.25
+    assert stages["precision.mode=bf16", "0"]["flops_per_token"] == ""  # the runs recorded no model.* params
     md = (out / "comparison.md").read_text()
     assert HEADLINE in md and "at least 1.327x faster than BF16's whole run" in md
+    assert "| precision.mode=fp8 | 2 | 1 | 64 | 1.5k | not recorded | not recorded | 89.5 | 30.0% |" in md
     assert "FP8 reached it at 2/2 seeds, BF16 at 0/2" in md
     assert "target: 2.7950 bits/byte (fixed in the sweep file (target_bpb))" in md
     assert "noise floor: 0.0721 bits/byte (seed standard deviation of the reference arm's final val/bpb over the 3 " \

@@ -101,10 +101,11 @@ def test_two_worker_run_logs_metrics_params_provenance_and_checkpoints(env, unin
     assert [v for _, v in history(client, result.run_id, "train/stage")] == [0.0] * 6 + [1.0] * 6
     for key in ("train/lr", "train/grad_norm", "train/elapsed_s", "train/compile_s"):
         assert len(history(client, result.run_id, key)) == STEPS
-    # rates: the first step of each batch shape (steps 1 and 7: compilation / warm-up) is kept out of tokens/s;
-    # MFU comes from the per-GPU rate against one card's peak (the session declares 0.001 TFLOP/s)
+    # rates: the first step of each batch shape (steps 1 and 7: compilation / warm-up) and the profiled step after it
+    # (2 and 8) are kept out of tokens/s; MFU comes from the per-GPU rate against one card's peak (the session
+    # declares 0.001 TFLOP/s)
     rates = history(client, result.run_id, "train/tokens_per_s")
-    assert [s for s, _ in rates] == [TPS * k for k in range(1, STEPS + 1) if k not in (1, 7)]
+    assert [s for s, _ in rates] == [TPS * k for k in range(1, STEPS + 1) if k not in (1, 2, 7, 8)]
     per_gpu = dict(history(client, result.run_id, "train/tokens_per_s_per_gpu"))
     mfu = dict(history(client, result.run_id, "train/mfu_bf16"))
     seq_len = dict(seq)
@@ -116,12 +117,22 @@ def test_two_worker_run_logs_metrics_params_provenance_and_checkpoints(env, unin
     assert compile_s[0] > 0 and compile_s == sorted(compile_s) and compile_s[6] > compile_s[5]
     assert tags["yxanul.compiled"] == "false" and tags["yxanul.microbatch_tokens"] == "512"
     assert tags["yxanul.compile_cache"] == "not compiled"
+    # the attention share of one profiled step per stage (rank 0), logged at that step's tokens with its parts
+    share = history(client, result.run_id, "train/attention_share")
+    assert [s for s, _ in share] == [2 * TPS, 8 * TPS] and all(0 < v < 1 for _, v in share)
+    attention_ms = dict(history(client, result.run_id, "train/attention_ms"))
+    step_ms = dict(history(client, result.run_id, "train/profiled_step_ms"))
+    for step, value in share:
+        assert 0 < attention_ms[step] < step_ms[step] and value == pytest.approx(attention_ms[step] / step_ms[step],
+                                                                                 rel=1e-12)
+    assert json.loads(tags["yxanul.curriculum_stages"]) == [[0, 32, 0, 6144], [1, 64, 6144, STEPS * TPS]]
     # the timeline: exclusive phases that add up to the wall-clock of the train() call, logged at the last step
     timeline = {k: v for k, v in run.data.metrics.items() if k.startswith("timeline/")}
     assert timeline == result.timeline
     phases = {k for k in timeline if k.endswith("_s") and k != "timeline/wall_s"}
-    assert {f"timeline/{p}_s" for p in ("data", "mlflow", "worker_start", "build", "compile", "steps", "validation",
-                                        "checkpoint", "teardown", "other")} <= phases
+    assert {f"timeline/{p}_s" for p in ("data", "mlflow", "worker_start", "build", "compile", "profile", "steps",
+                                        "validation", "checkpoint", "teardown", "other")} <= phases
+    assert timeline["timeline/profile_s"] > 0
     assert sum(timeline[k] for k in phases) == pytest.approx(timeline["timeline/wall_s"])
     assert 0 < timeline["timeline/efficiency"] < 1 and timeline["timeline/other_s"] > -1
     # the first step of each shape; the worker sends its phases rounded to 4 decimals (yxanul.timeline), so half a unit
@@ -282,6 +293,46 @@ def test_on_nan_skip_skips_non_finite_steps_and_finishes(env, tmp_path):
     assert result.metrics["tokens"] == STEPS * TPS
     assert result.metrics["train/skipped_steps"] == STEPS - 1
     assert "train/loss" not in result.metrics  # the last log interval had only skipped steps
+
+
+def test_profiling_each_stage_leaves_the_losses_bit_identical(env, tmp_path):
+    """train.profile_attention runs rank 0's second step of each stage under torch.profiler: the same losses, step for
+    step, as with it off. Exact, not within a tolerance: both runs execute the same kernels on the same tensors (the
+    profiler only records what runs; CPU tensors are 64-byte aligned whatever else is allocated, so the vectorised
+    reductions split their work the same way), as the bit-identical resume above relies on too. Ray Train's local
+    mode (num_workers=0) runs the loop in this process: one worker, 4 steps, 2 per stage."""
+    from mlflow import MlflowClient
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from yxanul.data.loader import PreparedDataset
+    from yxanul.train.launch import loop_config
+    from yxanul.train.loop import train_loop_per_worker
+
+    client = MlflowClient(env["uri"])
+    experiment = client.create_experiment("test-profile")
+    runs = {}
+    for on in (True, False):
+        cfg = config(env, f"profile-{on}", "scaling.num_workers=1", f"train.max_tokens={4 * TPS}",
+                     "curriculum.stages=[{seq_len: 32, until_tokens: 2048}, {seq_len: 64}]", "eval.every_tokens=0",
+                     "checkpoint.every_tokens=0", f"train.profile_attention={str(on).lower()}")
+        runs[on] = client.create_run(experiment).info.run_id
+        tracking = {"uri": env["uri"], "run_id": runs[on]}
+        TorchTrainer(train_loop_per_worker, train_loop_config=loop_config(cfg, PreparedDataset.open(env["data"]),
+                                                                           tracking),
+                     scaling_config=ScalingConfig(num_workers=0),
+                     run_config=RunConfig(name=f"profile-{on}", storage_path=str(tmp_path))).fit()
+    on, off = (history(client, runs[k], "train/loss") for k in (True, False))
+    assert [s for s, _ in on] == [TPS * k for k in range(1, 5)]
+    assert on == off
+    assert history(client, runs[True], "val/bpb") == history(client, runs[False], "val/bpb")
+    share = history(client, runs[True], "train/attention_share")
+    assert [s for s, _ in share] == [2 * TPS, 4 * TPS] and all(0 < v < 1 for _, v in share)
+    assert history(client, runs[False], "train/attention_share") == []
+    # the profiled steps (2 and 4), like the warm-ups (1 and 3), are kept out of tokens/s: with a log point per step,
+    # no step of this run has a rate with profiling on; off, the profiled steps have theirs
+    assert history(client, runs[True], "train/tokens_per_s") == []
+    assert [s for s, _ in history(client, runs[False], "train/tokens_per_s")] == [2 * TPS, 4 * TPS]
 
 
 def test_fsdp_run_matches_the_ddp_run(env, uninterrupted):

@@ -10,7 +10,7 @@ import pytest
 from tests.output import own_lines
 from yxanul.accelerators import get_spec
 from yxanul.config import ModelConfig
-from yxanul.metrics import ThroughputMeter, flops_per_token, mfu
+from yxanul.metrics import ThroughputMeter, flops_per_token, flops_split, mfu
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,6 +26,21 @@ def test_flops_per_token_counts_matmuls_and_attention():
     c = ModelConfig(preset="tiny", vocab_size=128)  # hidden 64, 2 layers, ffn 176, 4 heads / 2 kv
     per_layer = 64 * (4 + 2 * 2) * 16 + 64 * 64 + 3 * 64 * 176
     assert flops_per_token(c, 100) == 6 * (2 * per_layer + 128 * 64) + 12 * 2 * 64 * 100
+
+
+def test_flops_split_into_matmuls_and_attention_sums_to_flops_per_token():
+    c = ModelConfig(preset="tiny", vocab_size=128)
+    per_layer = 64 * (4 + 2 * 2) * 16 + 64 * 64 + 3 * 64 * 176
+    for seq_len in (8, 64, 2048):
+        split = flops_split(c, seq_len)
+        assert split.matmul == 6 * (2 * per_layer + 128 * 64)  # the same at every length
+        assert split.attention == 12 * 2 * 64 * seq_len
+        assert split.total == flops_per_token(c, seq_len)  # exactly: one formula
+        assert split.attention_share == split.attention / (split.matmul + split.attention)
+    big = ModelConfig(preset="yxanul-270m")
+    assert flops_split(big, 2048).total == flops_per_token(big, 2048)
+    # attention's share grows with the sequence: 12 L h T against 6 N
+    assert flops_split(big, 64).attention_share < flops_split(big, 2048).attention_share
 
 
 def test_mfu_against_the_card_peaks():

@@ -21,6 +21,10 @@ How the numbers are made (the report prints this method too, :data:`yxanul.repor
   beside each such arm's final val/bpb (its training numerics), the same weights' BF16 number; a run without FP8
   layers has one number, its val/bpb. The comparisons pair these BF16 numbers by seed as they pair val/bpb, so
   what remains is the quality of the weights, not the arithmetic of their evaluation.
+- **Curriculum stages** (why a curriculum is faster or not): per arm and stage, over the matched seeds pooled, the
+  tokens trained in the stage, the analytic FLOPs per token and their attention share at the stage's length
+  (:func:`yxanul.metrics.flops_split`), the median tokens/s per GPU of the logging intervals that lie wholly in the
+  stage, and the median measured attention share of the stage's profiled step (``train/attention_share``).
 """
 
 from __future__ import annotations
@@ -29,11 +33,22 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from yxanul.errors import TrackingError
 from yxanul.formatting import shown_paths
 from yxanul.report.fetch import DID_NOT_FINISH, SweepRecord
-from yxanul.report.runs import RanPrecision, RunSeries, Series, ran_precision, run_spikes
+from yxanul.report.runs import (
+    RanPrecision,
+    RunSeries,
+    RunStage,
+    Series,
+    model_config,
+    ran_precision,
+    run_spikes,
+    run_stages,
+    vocabularies,
+)
 from yxanul.sequential import Decision, SequentialDesign
 from yxanul.stats import (
     Estimate,
@@ -43,10 +58,13 @@ from yxanul.stats import (
     paired_ratio,
     verdict,
 )
-from yxanul.tags import BF16_EVAL_BPB_METRIC, UNIGRAM_BPB_METRIC
+from yxanul.tags import ATTENTION_SHARE_METRIC, BF16_EVAL_BPB_METRIC, UNIGRAM_BPB_METRIC
 
-__all__ = ["ArmSummary", "Comparison", "ComparisonReport", "RunRow", "SeedPair", "build_report",
-           "interpolate_crossing", "training_clock", "value_at_tokens"]
+if TYPE_CHECKING:
+    from yxanul.metrics import FlopsSplit  # imports torch: only where FLOPs are computed
+
+__all__ = ["ArmSummary", "Comparison", "ComparisonReport", "RunRow", "SeedPair", "StageRow", "build_report",
+           "interpolate_crossing", "stage_rows", "training_clock", "value_at_tokens"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -180,6 +198,12 @@ class RunRow:
         return None if ran_precision(self.run).fp8_used else self.val_bpb
 
 
+def _rate_series(run: RunSeries) -> Series:
+    """tokens/s per GPU at each logging point (what MFU is computed from), so arms with different worker counts
+    compare; runs logged before the per-GPU metric existed have only the global rate."""
+    return run.series("train/tokens_per_s_per_gpu") or run.series("train/tokens_per_s")
+
+
 def _row(run: RunSeries, target_bpb: float | None) -> RunRow:
     bpb = run.series("val/bpb")
     clock = training_clock(run)
@@ -192,9 +216,7 @@ def _row(run: RunSeries, target_bpb: float | None) -> RunRow:
         domain_bpb={d: v for d in run.domains if (v := _last(run.series(f"val/{d}/bpb"))) is not None},
         reached=None if target_bpb is None else tokens is not None, tokens_to_target=tokens,
         seconds_to_target=seconds,
-        # per GPU (what MFU is computed from), so arms with different worker counts compare; runs logged
-        # before the per-GPU metric existed have only the global rate
-        tokens_per_s=_median(run.series("train/tokens_per_s_per_gpu") or run.series("train/tokens_per_s")),
+        tokens_per_s=_median(_rate_series(run)),
         mfu_bf16=_median(run.series("train/mfu_bf16")), mfu_fp8=_median(run.series("train/mfu_fp8")),
         peak_mem_gib=max(v for _, v in peak) if peak else None,
         train_seconds=_last(clock), compile_seconds=_last(compiled),
@@ -472,6 +494,95 @@ def _one_axis_apart(a: ArmSummary, b: ArmSummary) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Curriculum stages
+
+
+@dataclass
+class StageRow:
+    """One curriculum stage of an arm, its matched seeds pooled: what a token cost there, and what ran."""
+
+    arm: str
+    index: int
+    seq_len: int
+    seeds: int
+    """Runs (matched seeds) that trained this stage."""
+    tokens: float
+    """Tokens trained in the stage (mean over those runs; one plan gives them all the same)."""
+    exact: bool
+    """Stage bounds from the runs' ``yxanul.curriculum_stages`` tag; False: read off the logging points (runs
+    recorded before the tag), to within a logging interval."""
+    flops: FlopsSplit | None
+    """Training FLOPs per token at the stage's length (None: the runs recorded no usable model params)."""
+    tokens_per_s: float | None
+    """Median tokens/s per GPU over the pooled logging intervals lying wholly in the stage (None: none did)."""
+    rate_points: int
+    attention_share: float | None
+    """Median over the pooled profiled steps of the stage (None: not recorded)."""
+    attention_points: int
+
+
+def _stage_of(stages: list[RunStage], tokens: float) -> RunStage | None:
+    """The stage whose span ``(start, end]`` holds the step that ended at ``tokens``."""
+    return next((s for s in stages if s.start_tokens < tokens <= s.end_tokens), None)
+
+
+def _stage_flops(run: RunSeries, seq_len: int) -> FlopsSplit | None:
+    from yxanul.metrics import flops_split
+
+    model = model_config(run)
+    if model is None:
+        return None
+    vocab = None if model.vocab_size is not None else vocabularies(run)[0]
+    try:
+        return flops_split(model, seq_len, vocab)
+    except Exception:  # no vocabulary recorded (ConfigError): FLOPs "not recorded" rather than a guess
+        return None
+
+
+def stage_rows(arm: ArmSummary) -> list[StageRow]:
+    """The arm's curriculum stages over its matched seeds (see the module docstring). A tokens/s point covers the
+    logging interval since the point before it (``train/stage`` is logged at every logging point), so a point is
+    kept for a stage only when that whole interval lies in the stage: an interval across a stage boundary mixes two
+    batch shapes. The first step of each batch shape and the profiled step are not in any rate (the loop keeps them
+    out)."""
+    pooled: dict[int, dict[str, list]] = {}
+    first_run: dict[int, RunSeries] = {}  # whose model params give the stage's FLOPs (one model per arm)
+    for row in arm.rows:
+        run = row.run
+        stages, exact = run_stages(run)
+        points = run.series("train/stage")
+        trained_to = points[-1][0] if points else 0
+        for stage in stages:
+            first_run.setdefault(stage.index, run)
+            into = pooled.setdefault(stage.index, {"seq_len": [], "tokens": [], "exact": [], "rates": [], "shares": []})
+            into["seq_len"].append(stage.seq_len)
+            into["tokens"].append(max(0, min(stage.end_tokens, trained_to) - stage.start_tokens))
+            into["exact"].append(exact)
+        previous = dict(zip([t for t, _ in points[1:]], [t for t, _ in points[:-1]]))
+        for tokens, rate in _rate_series(run):
+            start = previous.get(tokens, 0)
+            stage = _stage_of(stages, tokens)
+            if stage is not None and stage.start_tokens <= start and math.isfinite(rate):
+                pooled[stage.index]["rates"].append(rate)
+        for tokens, share in run.series(ATTENTION_SHARE_METRIC):
+            stage = _stage_of(stages, tokens)
+            if stage is not None and math.isfinite(share):
+                pooled[stage.index]["shares"].append(share)
+    out = []
+    for index in sorted(pooled):
+        got = pooled[index]
+        seq_len = got["seq_len"][0]
+        out.append(StageRow(
+            arm=arm.arm, index=index, seq_len=seq_len, seeds=len(got["tokens"]),
+            tokens=sum(got["tokens"]) / len(got["tokens"]), exact=all(got["exact"]),
+            flops=_stage_flops(first_run[index], seq_len),
+            tokens_per_s=statistics.median(got["rates"]) if got["rates"] else None, rate_points=len(got["rates"]),
+            attention_share=statistics.median(got["shares"]) if got["shares"] else None,
+            attention_points=len(got["shares"])))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
 # The report
 
 
@@ -496,6 +607,16 @@ class ComparisonReport:
     compare_command: str = ""
     unigram_bpb: list[float] = field(default_factory=list)
     """The unigram baseline's val bits/byte the runs logged (``val/unigram_bpb``; one value per dataset)."""
+    stages: list[StageRow] = field(default_factory=list)
+    """Every measured arm's curriculum stages (a run without a curriculum has one)."""
+
+    @property
+    def curriculum(self) -> bool:
+        """Whether some measured arm trained more than one stage (the report then shows the stages)."""
+        counts: dict[str, int] = {}
+        for row in self.stages:
+            counts[row.arm] = counts.get(row.arm, 0) + 1
+        return any(n > 1 for n in counts.values())
 
     @property
     def seeds(self) -> list[int]:
@@ -635,4 +756,5 @@ def build_report(runs: Sequence[RunSeries], source: str = "runs", *, reference: 
         source=source, runs=runs, rows=rows, arms=list(arms.values()), reference=reference, matched_seeds=matched,
         unmatched=unmatched, comparisons=comparisons, target_bpb=target_bpb, target_source=source_text,
         domains=sorted({d for r in rows for d in r.domain_bpb}), parent=parent, tracking_uri=tracking_uri,
-        compare_command=compare_command, unigram_bpb=unigram)
+        compare_command=compare_command, unigram_bpb=unigram,
+        stages=[row for a in arms.values() if a.rows for row in stage_rows(a)])

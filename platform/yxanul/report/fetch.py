@@ -14,6 +14,7 @@ from typing import Any
 from yxanul.errors import TrackingError, first_line
 from yxanul.report.runs import RunSeries, arm_and_axes, legacy_seed
 from yxanul.tags import (
+    ATTENTION_SHARE_METRIC,
     COMMAND_TAG,
     GIT_DIFF_SHA256_TAG,
     GIT_DIRTY_TAG,
@@ -33,7 +34,8 @@ __all__ = ["Fetched", "SweepRecord", "fetch_runs", "mlflow_client"]
 
 _TRAIN_METRICS = ("train/tokens_per_s", "train/tokens_per_s_per_gpu", "train/mfu_bf16", "train/mfu_fp8",
                   "train/peak_mem_gib", "train/elapsed_s", "train/compile_s", "train/loss", "train/grad_norm",
-                  "train/grad_norm_max", "train/loss_max", "train/spike_grad_norm", "train/spike_loss")
+                  "train/grad_norm_max", "train/loss_max", "train/spike_grad_norm", "train/spike_loss", "train/stage",
+                  "train/seq_len", ATTENTION_SHARE_METRIC)
 
 
 @dataclass

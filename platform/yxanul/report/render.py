@@ -14,7 +14,7 @@ from pathlib import Path
 from yxanul.errors import TrackingError, first_line
 from yxanul.report.analysis import ComparisonReport
 from yxanul.report.plots import PLOTS, write_plots
-from yxanul.report.tables import Table, arms_csv, comparisons_csv, pairs_csv, runs_csv, tables
+from yxanul.report.tables import Table, arms_csv, comparisons_csv, pairs_csv, runs_csv, stages_csv, tables
 from yxanul.report.words import (
     BF16_EVAL_METHOD,
     METHOD,
@@ -29,7 +29,7 @@ from yxanul.text import table as text_table
 
 __all__ = ["FILES", "format_summary", "log_report", "write_report"]
 
-CSV_FILES = ("comparison.csv", "arms.csv", "comparisons.csv", "pairs.csv")
+CSV_FILES = ("comparison.csv", "arms.csv", "comparisons.csv", "pairs.csv", "stages.csv")
 FILES = (*CSV_FILES, "comparison.md", *PLOTS, "report.html")
 """Everything :func:`write_report` writes, report.html last."""
 
@@ -70,7 +70,7 @@ def markdown(report: ComparisonReport) -> str:
     return "\n".join(parts)
 
 
-CONSOLE_TABLES = ("arms", "arms_bf16", "arms_speed", "run_ids")
+CONSOLE_TABLES = ("arms", "arms_bf16", "arms_speed", "stages", "run_ids")
 
 
 def format_summary(report: ComparisonReport) -> str:
@@ -182,7 +182,7 @@ def write_report(report: ComparisonReport, out_dir: str | Path) -> list[Path]:
     with tempfile.TemporaryDirectory(dir=out, prefix=".report-") as tmp_name:
         tmp = Path(tmp_name)
         for name, (head, body) in zip(CSV_FILES, (runs_csv(report), arms_csv(report), comparisons_csv(report),
-                                                   pairs_csv(report))):
+                                                   pairs_csv(report), stages_csv(report)), strict=True):
             with open(tmp / name, "w", newline="") as fh:
                 writer = csv.writer(fh)
                 writer.writerow(head)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from yxanul.formatting import human_count
 from yxanul.tags import (
     ARM_TAG,
     AXES_TAG,
     CUDA_VERSION_TAG,
+    CURRICULUM_STAGES_TAG,
     FP8_LAYERS_TAG,
     GPU_COUNT_TAG,
     GPU_DRIVER_TAG,
@@ -25,10 +27,15 @@ from yxanul.tags import (
     PRECISION_RAN_TAG,
     SIMULATED_TAG,
     SPIKE_CHECK_TAG,
+    TOKENIZER_VOCAB_TAG,
+    VOCAB_SIZE_TAG,
 )
 
-__all__ = ["RanPrecision", "RunSeries", "Series", "Spike", "legacy_arm", "ran_precision", "run_spikes", "spike_check",
-           "without_replicate"]
+if TYPE_CHECKING:
+    from yxanul.config import ModelConfig
+
+__all__ = ["RanPrecision", "RunSeries", "RunStage", "Series", "Spike", "int_tag", "legacy_arm", "model_config",
+           "ran_precision", "run_spikes", "run_stages", "spike_check", "vocabularies", "without_replicate"]
 
 Series = list[tuple[int, float]]
 """(tokens, value) points sorted by tokens (every metric's step is the tokens seen)."""
@@ -264,3 +271,73 @@ def grad_norm_series(run: RunSeries) -> Series:
     """The gradient norm of each logging interval: its largest step (``train/grad_norm_max``, what the spike check
     reads) where the run logged it, else the interval's last step (``train/grad_norm``, older runs)."""
     return run.series("train/grad_norm_max") or run.series("train/grad_norm")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model and the curriculum the run trained
+
+
+def int_tag(run: RunSeries, tag: str) -> int | None:
+    text = run.tags.get(tag, "")
+    return int(text) if text.isdigit() else None
+
+
+def vocabularies(run: RunSeries) -> tuple[int | None, int | None]:
+    """(the model's vocabulary, the tokenizer's) as the run recorded them (tags; params for older runs)."""
+    vocab, tokenizer = int_tag(run, VOCAB_SIZE_TAG), int_tag(run, TOKENIZER_VOCAB_TAG)
+    if vocab is None and run.params.get("model.vocab_size", "").isdigit():
+        vocab = int(run.params["model.vocab_size"])
+    if tokenizer is None and run.params.get("tokenizer.vocab_size", "").isdigit():
+        tokenizer = int(run.params["tokenizer.vocab_size"])
+    return vocab, tokenizer
+
+
+def model_config(run: RunSeries) -> ModelConfig | None:
+    """The model the run trained, from its ``model.*`` params (which hold the preset's resolved fields); None for a
+    run of an older config schema, or one that recorded no model: the caller says "not recorded" rather than guess."""
+    import yaml
+
+    from yxanul.config import ModelConfig
+
+    fields = {k.removeprefix("model."): yaml.safe_load(v) for k, v in run.params.items() if k.startswith("model.")}
+    fields.pop("preset", None)
+    if not fields:
+        return None
+    try:
+        return ModelConfig.model_validate(fields)
+    except Exception:  # pydantic's ValidationError, or YAML that is not a field value
+        return None
+
+
+@dataclass(frozen=True)
+class RunStage:
+    """One curriculum stage of a run: its sequence length and the tokens it spans, ``(start_tokens, end_tokens]``."""
+
+    index: int
+    seq_len: int
+    start_tokens: int
+    end_tokens: int
+
+
+def run_stages(run: RunSeries) -> tuple[list[RunStage], bool]:
+    """The curriculum stages the run trained and whether their bounds are exact: the worker's
+    ``yxanul.curriculum_stages`` tag (the plan that ran), else, for runs recorded before it, read off the logged
+    ``train/stage`` and ``train/seq_len`` points (a stage then starts at the last point of the stage before: its
+    bounds are known to within a logging interval). No stage at all: ``([], False)``."""
+    text = run.tags.get(CURRICULUM_STAGES_TAG)
+    if text:
+        try:
+            return [RunStage(int(i), int(seq), int(start), int(end)) for i, seq, start, end in json.loads(text)], True
+        except (ValueError, TypeError):
+            pass  # not the format this reader knows: the logged points still say it
+    seq_len = dict(run.series("train/seq_len"))
+    bounds: list[list[int]] = []  # [index, seq_len, start, end]
+    previous = 0
+    for tokens, value in run.series("train/stage"):
+        index = int(value)
+        if bounds and bounds[-1][0] == index:
+            bounds[-1][3] = tokens
+        else:
+            bounds.append([index, int(seq_len.get(tokens, 0)), previous, tokens])
+        previous = tokens
+    return [RunStage(*b) for b in bounds], False

@@ -12,13 +12,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from yxanul.formatting import bpb, count_or_blank, gib, percent, ratio, seconds, signed
-from yxanul.report.analysis import Comparison, ComparisonReport, RunRow, status_text
+from yxanul.formatting import bpb, count_or_blank, gib, human_count, percent, ratio, seconds, signed
+from yxanul.report.analysis import Comparison, ComparisonReport, RunRow, StageRow, status_text
 from yxanul.report.runs import ran_precision, run_spikes, spike_check
 from yxanul.report.words import arm_names, facts
 from yxanul.stats import Estimate
 
-__all__ = ["Table", "arms_csv", "comparisons_csv", "pairs_csv", "runs_csv", "tables"]
+__all__ = ["Table", "arms_csv", "comparisons_csv", "pairs_csv", "runs_csv", "stages_csv", "tables"]
 
 
 @dataclass
@@ -112,6 +112,9 @@ def tables(report: ComparisonReport) -> list[Table]:
                      note="tokens/s: geometric mean of each run's median; compile: first step of each batch shape "
                           "(mean per run), kept out of tokens/s and of the time to target; training: the training "
                           "clock at the end without compilation (mean per run)"))
+
+    if report.curriculum:  # a report without a curriculum arm reads as before
+        out.append(_stage_table(report.stages))
 
     if report.comparisons:
         out.append(Table("quality", "Comparisons: final val/bpb (seed-paired, lower is better)",
@@ -230,6 +233,33 @@ def _seed_table(report: ComparisonReport, c: Comparison, index: int) -> Table:
     if c.unpaired:
         note += "; not paired: " + "; ".join(c.unpaired)
     return Table(f"seeds_{index}", f"Per seed: {name}", head, body, note=note, text_columns=set())
+
+
+NOT_RECORDED = "not recorded"
+
+
+def _stage_table(stages: list[StageRow]) -> Table:
+    """Per arm and curriculum stage: what a token cost there by arithmetic (FLOPs, attention's share of them) and
+    as measured (tokens/s, attention's share of the profiled step's time): why a curriculum is faster or not."""
+    body = []
+    for row in stages:
+        flops = row.flops
+        body.append([row.arm, str(row.seeds), str(row.index), str(row.seq_len),
+                     ("" if row.exact else "~") + human_count(row.tokens),
+                     human_count(flops.total) if flops else NOT_RECORDED,
+                     percent(flops.attention_share) if flops else NOT_RECORDED,
+                     count_or_blank(row.tokens_per_s) if row.tokens_per_s is not None else NOT_RECORDED,
+                     percent(row.attention_share) if row.attention_share is not None else NOT_RECORDED])
+    note = ("matched seeds pooled (seeds: the runs pooled); FLOPs per token: 6 x weight-matmul parameters + 12 x layers "
+            "x hidden x seq_len, attention FLOPs: the second term's share; tokens/s per GPU: median over the logging "
+            "intervals wholly inside the stage; attention time: median share of the stage's profiled step (device "
+            "time on a GPU, CPU time on CPU) spent in scaled-dot-product attention. A short stage is cheaper per token "
+            "by its attention FLOPs; it is faster only if its measured tokens/s is higher")
+    if not all(row.exact for row in stages):
+        note += "; ~: stage bounds read off the logging points (runs recorded before the stage tag)"
+    return Table("stages", "Curriculum stages: throughput and attention per stage", [
+        "arm", "seeds", "stage", "seq_len", "tokens", "FLOPs per token", "attention FLOPs", "tokens/s per GPU",
+        "attention time"], body, note=note)
 
 
 def _time_cell(report: ComparisonReport, c: Comparison) -> str:
@@ -354,4 +384,20 @@ def pairs_csv(report: ComparisonReport) -> tuple[list[str], list[list[str]]]:
             body.append([c.arm.arm, c.reference.arm, str(p.seed), _raw(p.tokens), _raw(p.loss_gap), _raw(p.bpb_gap),
                          *([_raw(p.bf16_gap)] if in_bf16 else []), _raw(p.speed_ratio), _raw(p.time_ratio),
                          f"{bound[0]}{bound[1]!r}" if bound else "", p.arm.run.run_id, p.reference.run.run_id])
+    return head, body
+
+
+def stages_csv(report: ComparisonReport) -> tuple[list[str], list[list[str]]]:
+    """Every measured arm's curriculum stages (one row for an arm without a curriculum), full precision."""
+    head = ["arm", "stage", "seq_len", "seeds", "tokens", "bounds", "flops_per_token", "attention_flops_per_token",
+            "attention_flops_share", "tokens_per_s_median", "tokens_per_s_points", "attention_share_median",
+            "attention_share_points"]
+    body = []
+    for row in report.stages:
+        flops = row.flops
+        body.append([row.arm, str(row.index), str(row.seq_len), str(row.seeds), _raw(row.tokens),
+                     "exact" if row.exact else "logging points", _raw(flops.total if flops else None),
+                     _raw(flops.attention if flops else None), _raw(flops.attention_share if flops else None),
+                     _raw(row.tokens_per_s), str(row.rate_points), _raw(row.attention_share),
+                     str(row.attention_points)])
     return head, body

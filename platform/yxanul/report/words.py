@@ -12,7 +12,7 @@ from pathlib import Path
 
 from yxanul.formatting import bpb, human_count, percent, ratio, shown_paths, signed
 from yxanul.report.analysis import ArmSummary, Comparison, ComparisonReport, RunRow, status_text
-from yxanul.report.runs import RunSeries, ran_precision, run_spikes, spike_check
+from yxanul.report.runs import RunSeries, int_tag, model_config, ran_precision, run_spikes, spike_check, vocabularies
 from yxanul.stats import LEVEL, POWER, Estimate, t_quantile
 from yxanul.tags import (
     DATA_TRAIN_TOKENS_TAG,
@@ -27,10 +27,8 @@ from yxanul.tags import (
     MODEL_PARAMS_TAG,
     RESUMED_TAG,
     RESUMES_TAG,
-    TOKENIZER_VOCAB_TAG,
     TORCH_VERSION_TAG,
     VERSION_TAG_PREFIX,
-    VOCAB_SIZE_TAG,
 )
 
 __all__ = ["BF16_EVAL_METHOD", "METHOD", "Fact", "arm_names", "design_lines", "display_uri", "facts", "headline",
@@ -289,7 +287,7 @@ def warnings(report: ComparisonReport) -> list[str]:
         out.append(f"{len(simulated)} of {len(report.runs)} runs are simulated (scaling.simulate_accelerators): they "
                    "trained in fp32 on CPU with logical GPUs, whatever their precision.mode, so their speed, memory "
                    "and precision differences say nothing about GPUs.")
-    oversized = {a.arm: v for a in report.measured_arms if (v := _vocabularies(a.rows[0].run))[0] and v[1]
+    oversized = {a.arm: v for a in report.measured_arms if (v := vocabularies(a.rows[0].run))[0] and v[1]
                  and v[0] > 2 * v[1]}
     for (vocab, tokenizer), arms in _grouped(oversized).items():
         where = "every arm" if len(arms) == len(report.measured_arms) else ", ".join(arms)
@@ -303,16 +301,6 @@ def warnings(report: ComparisonReport) -> list[str]:
     return out
 
 
-def _vocabularies(run: RunSeries) -> tuple[int | None, int | None]:
-    """(the model's vocabulary, the tokenizer's) as the run recorded them (tags; params for older runs)."""
-    vocab, tokenizer = _int_tag(run, VOCAB_SIZE_TAG), _int_tag(run, TOKENIZER_VOCAB_TAG)
-    if vocab is None and run.params.get("model.vocab_size", "").isdigit():
-        vocab = int(run.params["model.vocab_size"])
-    if tokenizer is None and run.params.get("tokenizer.vocab_size", "").isdigit():
-        tokenizer = int(run.params["tokenizer.vocab_size"])
-    return vocab, tokenizer
-
-
 def _grouped(values: dict[str, tuple]) -> dict[tuple, list[str]]:
     out: dict[tuple, list[str]] = {}
     for key, value in values.items():
@@ -320,13 +308,8 @@ def _grouped(values: dict[str, tuple]) -> dict[tuple, list[str]]:
     return out
 
 
-def _int_tag(run: RunSeries, tag: str) -> int | None:
-    text = run.tags.get(tag, "")
-    return int(text) if text.isdigit() else None
-
-
 def _epochs(run: RunSeries, tokens: int) -> float | None:
-    data = _int_tag(run, DATA_TRAIN_TOKENS_TAG)
+    data = int_tag(run, DATA_TRAIN_TOKENS_TAG)
     return tokens / data if data else None
 
 
@@ -350,7 +333,7 @@ def _model_text(run: RunSeries) -> str:
     shape = (f"{p.get('model.preset') or 'custom'}: {p.get('model.n_layers', '?')} layers x "
              f"{p.get('model.hidden', '?')} wide, {p.get('model.n_heads', '?')} heads "
              f"({p.get('model.n_kv_heads', '?')} kv)")
-    total, non_embedding = _int_tag(run, MODEL_PARAMS_TAG), _int_tag(run, MODEL_PARAMS_NON_EMBEDDING_TAG)
+    total, non_embedding = int_tag(run, MODEL_PARAMS_TAG), int_tag(run, MODEL_PARAMS_NON_EMBEDDING_TAG)
     if total is None:
         counted = _count_from_params(run)
         if counted is None:
@@ -364,22 +347,20 @@ def _model_text(run: RunSeries) -> str:
 
 def _count_from_params(run: RunSeries) -> tuple[int, int] | None:
     """Runs recorded before the parameter-count tag: the exact count from their model.* params."""
-    import yaml
-
-    from yxanul.config import ModelConfig
     from yxanul.model import parameter_count
 
-    fields = {k.removeprefix("model."): yaml.safe_load(v) for k, v in run.params.items() if k.startswith("model.")}
-    fields.pop("preset", None)  # the params hold the preset's resolved fields already
+    model = model_config(run)
+    if model is None:
+        return None
     try:
-        count = parameter_count(ModelConfig.model_validate(fields), fields.get("vocab_size"))
-    except Exception:  # a run of an older config schema: say "not recorded" rather than guess
+        count = parameter_count(model, model.vocab_size)
+    except Exception:  # no vocabulary recorded (ConfigError), or an older schema: "not recorded" rather than a guess
         return None
     return count.total, count.non_embedding
 
 
 def _vocab_text(run: RunSeries) -> str:
-    vocab, tokenizer = _vocabularies(run)
+    vocab, tokenizer = vocabularies(run)
     kind = run.params.get("tokenizer.kind", "")
     return (f"model {vocab:,}" if vocab else "model: not recorded") + (
         f"; tokenizer {kind} {tokenizer:,}" if tokenizer else "")
@@ -403,7 +384,7 @@ def _data_text(run: RunSeries, tokens_trained: float) -> str:
     text += ")"
     sha = run.tags.get(MANIFEST_SHA256_TAG)
     text += f"; manifest {sha[:12]}" if sha else "; manifest not recorded"
-    data = _int_tag(run, DATA_TRAIN_TOKENS_TAG)
+    data = int_tag(run, DATA_TRAIN_TOKENS_TAG)
     if data:
         text += f"; {human_count(data)} training tokens, {tokens_trained / data:.2f} epochs trained"
     else:
@@ -597,6 +578,12 @@ METHOD = """\
   the target is censored at its budget: "reached k/n" counts seeds, means are over those that reached it, and a
   seed where only one arm reached it bounds the speedup by the other arm's whole training time.
 - tokens/s and MFU: medians of a run's logged intervals, per GPU; peak memory: the maximum logged.
+- curriculum stages (shown when an arm trained more than one): per arm and stage, the matched seeds pooled: the
+  tokens trained in it (the stage bounds the run recorded), FLOPs per token = 6 x weight-matmul parameters + 12 x
+  layers x hidden x seq_len and the attention term's share, the median tokens/s per GPU of the logging intervals
+  wholly inside the stage, and the median share of one profiled step per stage spent in scaled-dot-product
+  attention (device time on a GPU, CPU time on CPU; train/attention_share), "not recorded" where a run did not
+  profile.
 - spikes: the largest gradient norm (loss) of each logging interval > 5x (0.5 nats above) the smaller of its
   trailing and its run median, checked from the end of the LR warm-up (or 5% of the run), detected in training
   and logged as train/spike_* (the spikes tag); "not checked" where the run was too short to check (the

@@ -54,8 +54,10 @@ _SHAPE_KEYS = ("model.hidden", "model.n_layers", "model.n_heads", "model.n_kv_he
                "model.embed_rank", "precision.mode", "precision.recipe", "precision.fp8_layers", "curriculum.preset",
                "train.tokens_per_step", "train.max_tokens_per_microbatch", "scaling.num_workers")
 """Params that decide a run's speed (with the model vocabulary and the card)."""
-_VOLATILE = ("run.name", "run.seed", "run.storage_path", "data.output_dir", "data.cache_dir", "tokenizer.path")
-"""Params that name a run rather than configure it: ignored when matching a configuration."""
+_VOLATILE = ("run.name", "run.seed", "run.storage_path", "data.output_dir", "data.cache_dir", "tokenizer.path",
+             "train.profile_attention")
+"""Params that name a run rather than configure it, or only measure it (profiling leaves the losses bit-identical):
+ignored when matching a configuration."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ effects are the three explicit hooks ``_log``, ``_validate`` and ``_checkpoint``
 
 Host syncs, all deliberate: the NaN/inf guard reads one scalar (the global gradient norm) per step, so
 that a non-finite step is never applied; the logging interval reads the loss and the clock; validation
-and checkpoints sync by nature. Nothing else waits for the device.
+and checkpoints sync by nature; the first step of each batch shape, and on rank 0 the one step per stage
+profiled for its attention share (``train.profile_attention``), are timed apart. Nothing else waits for the
+device.
 
 Every worker calls ``ray.train.report`` at the same steps (validation and checkpoint points, where the
 latest train/* metrics are logged too), at most once per step. MLflow gets train/* every log interval.
@@ -14,6 +16,7 @@ latest train/* metrics are logged too), at most once per step. MLflow gets train
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -33,17 +36,22 @@ from yxanul.curriculum import CurriculumPlan, Stage, build_plan, microbatch_budg
 from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load_validation
 from yxanul.errors import DeviceMemoryError, YxanulError
 from yxanul.files import atomic_write
-from yxanul.formatting import clock, human_count
+from yxanul.formatting import clock, human_count, percent
+from yxanul.profiling import AttentionShare
 from yxanul.spikes import SpikeDetector, format_spikes, spike_start_tokens
 from yxanul.tags import (
+    ATTENTION_MS_METRIC,
+    ATTENTION_SHARE_METRIC,
     BF16_EVAL_SUFFIX,
     COMPILE_CACHE_TAG,
     COMPILED_TAG,
+    CURRICULUM_STAGES_TAG,
     FP8_LAYERS_TAG,
     FP8_PLAN_TAG_PREFIX,
     MICROBATCH_TOKENS_TAG,
     PRECISION_PLAN_TAG,
     PRECISION_RAN_TAG,
+    PROFILED_STEP_MS_METRIC,
     SIMULATED_TAG,
     SIMULATION_TAG,
     SPIKE_CHECK_TAG,
@@ -214,6 +222,9 @@ class _Loop:
         tags = {COMPILED_TAG: str(built.compiled).lower(), PRECISION_PLAN_TAG: built.precision.describe(),
                 COMPILE_CACHE_TAG: cache,
                 MICROBATCH_TOKENS_TAG: str(self.tokens_per_microbatch)}
+        stages = json.dumps([[s.index, s.seq_len, s.start_tokens, s.end_tokens] for s in self.plan.stages])
+        if len(stages) <= 6000:  # MLflow takes 8000 characters; the report falls back to the logged points
+            tags[CURRICULUM_STAGES_TAG] = stages
         if built.precision.mode == "fp8":  # forced or measured: the groups that really run in FP8 (the report's word)
             tags[FP8_LAYERS_TAG] = "+".join(built.precision.fp8_layers or ()) or "none"
         if built.fp8_plan is not None:
@@ -384,6 +395,8 @@ class _Loop:
         meter = ThroughputMeter(1.0, self.device, world=self.world)
         reset_peak_memory(self.device)
         shapes_seen: set[tuple[int, int]] = set()
+        profiled_stages: set[int] = set()  # per process: a resumed run profiles the stage it resumes in again
+        self.profile_attention = self.cfg.train.profile_attention and self.rank == 0
         self.compile_s = 0.0
         stream: TrainStream | None = None
         stage: Stage | None = None
@@ -411,13 +424,24 @@ class _Loop:
             if self.setup.test_failure:
                 _inject_test_failure(self.setup.test_failure, step)
             first_of_shape = (stage.seq_len, stage.micro_batch) not in shapes_seen
+            # Once per stage, the first step after its shape's warm-up runs under the profiler (rank 0); kept out of
+            # tokens/s like the warm-up, its own seconds still count in train/elapsed_s (those tokens were trained).
+            profile = self.profile_attention and not first_of_shape and stage.index not in profiled_stages
+            if first_of_shape or profile:
+                meter.pause()
             if first_of_shape:  # compiles (or warms up): timed apart, kept out of tokens/s
                 shapes_seen.add((stage.seq_len, stage.micro_batch))
-                meter.pause()
                 started = time.perf_counter()
-            result = train_step(self.step_model, self.optimizer, list(batch.split(stage.micro_batch)), lr=lr,
-                                precision=self.precision, grad_clip=self.cfg.optim.grad_clip,
-                                skip_nonfinite=True)  # one scalar sync per step: the NaN/inf guard
+            run_step = functools.partial(train_step, self.step_model, self.optimizer, list(batch.split(stage.micro_batch)),
+                                         lr=lr, precision=self.precision, grad_clip=self.cfg.optim.grad_clip,
+                                         skip_nonfinite=True)  # one scalar sync per step: the NaN/inf guard
+            measured = None
+            if profile:
+                profiled_stages.add(stage.index)
+                result, measured, seconds = self._profiled_step(run_step)
+                meter.add_untimed(seconds)
+            else:
+                result = run_step()
             if first_of_shape:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)  # deliberate sync: once per batch shape
@@ -449,10 +473,12 @@ class _Loop:
             before = self.state.tokens
             self.state.step += 1
             self.state.tokens += tps
-            if not first_of_shape:
-                meter.add(tps)
-            else:
+            if first_of_shape or profile:
                 meter.start()
+            else:
+                meter.add(tps)
+            if profile:
+                self._log_attention(stage, measured)
             final = self.state.step == stop_step
             if self.state.step < total_steps:
                 self.state.stage = self.plan.stage_for_step(self.state.step).index
@@ -488,6 +514,37 @@ class _Loop:
         self.tracker.set_tags({WORKER_TIMELINE_TAG: json.dumps({
             "phases": {k: round(v, 4) for k, v in self.timeline.seconds.items()},
             "start": self.started_at, "end": time.time()})})
+
+    def _profiled_step(self, run_step: Any) -> tuple[Any, AttentionShare | None, float]:
+        """``run_step()`` under ``torch.profiler`` (:mod:`yxanul.profiling`): (its result, the attention share of
+        its time, the step's own seconds). The whole of it (the profiler's start and stop, parsing the events) is
+        the timeline's ``profile`` phase; only the step's seconds go to the training clock."""
+        from yxanul.profiling import attention_share, profiled
+
+        begun = time.perf_counter()
+        with profiled(self.device) as prof:
+            started = time.perf_counter()
+            result = run_step()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # deliberate sync: once per stage, the step's own time
+            seconds = time.perf_counter() - started
+        measured = attention_share(prof.events(), self.device.type)
+        self.timeline.took("profile", time.perf_counter() - begun)
+        return result, measured, seconds
+
+    def _log_attention(self, stage: Stage, measured: AttentionShare | None) -> None:
+        """The profiled step's attention share: metrics at its tokens, one console line (rank 0 only profiles)."""
+        where = f"stage {stage.index} (seq {stage.seq_len})"
+        if measured is None:
+            worker_print(self.cfg.run.name, f"warning: {where}: the profiler recorded no time in step "
+                         f"{self.state.step}; attention share not measured", err=True)
+            return
+        self.tracker.log_metrics({ATTENTION_SHARE_METRIC: measured.share, ATTENTION_MS_METRIC: measured.attention_ms,
+                                  PROFILED_STEP_MS_METRIC: measured.step_ms}, step=self.state.tokens)
+        clock_name = "device" if measured.device == "cuda" else "CPU"
+        worker_print(self.cfg.run.name, f"{where}: attention {percent(measured.share)} of step time "
+                     f"({measured.attention_ms:,.1f} of {measured.step_ms:,.1f} ms {clock_name} time; profiled step "
+                     f"{self.state.step})")
 
     def _stream(self, stage: Stage) -> TrainStream:
         where = f"stage {stage.index} (seq_len {stage.seq_len})"

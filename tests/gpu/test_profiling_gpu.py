@@ -1,0 +1,57 @@
+"""GPU proof of the attention share (yxanul.profiling) on the one build path (yxanul-270m, BF16, compiled by blocks):
+every fused attention kernel (flash / memory-efficient / cuDNN SDPA, forward and backward) is found inside the
+attention ops, even under torch.compile; the step's device time is the total PyTorch's own table prints; and the
+share grows with the sequence length, as the FLOPs say it must. Run: ``pytest -m gpu tests/gpu``; the printed shares
+are the numbers the curriculum comparison reads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import DeviceType
+
+from tests.gpu.test_fp8 import DEV
+from yxanul.config import ModelConfig, OptimConfig, PrecisionConfig
+from yxanul.metrics import flops_split
+from yxanul.profiling import attention_share, profiled
+from yxanul.train.build import build_training
+from yxanul.train.step import train_step
+
+pytestmark = pytest.mark.gpu
+
+M270 = ModelConfig(preset="yxanul-270m")
+VOCAB = 16384
+FUSED = ("flash", "fmha", "sdpa")
+"""Kernel-name fragments of the fused attention kernels (FlashAttention-2 ``flash_fwd_kernel`` / ``flash_bwd_*``,
+memory-efficient ``fmha_cutlass*``, cuDNN ``*sdpa*``): a name check independent of the op tree the share uses."""
+
+
+def test_every_fused_attention_kernel_is_counted_and_the_share_grows_with_the_sequence():
+    shares = {}
+    for seq_len in (128, 2048):
+        torch.manual_seed(0)
+        built = build_training(M270, PrecisionConfig(mode="bf16", compile="on"), OptimConfig(), DEV, vocab_size=VOCAB)
+        assert built.compiled
+        batches = list(torch.randint(1, VOCAB, (32768 // seq_len, seq_len)).split(16384 // seq_len))  # 2 x 16k tokens
+        for _ in range(2):  # compile and warm up, as the loop's first step of a shape does
+            train_step(built.step_model, built.optimizer, batches, lr=1e-4, precision=built.precision)
+        with profiled(DEV) as prof:
+            train_step(built.step_model, built.optimizer, batches, lr=1e-4, precision=built.precision)
+        events = prof.events()
+        measured = attention_share(events, "cuda")
+        kernels = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+        fused = sum(e.device_time_total for e in kernels if any(k in e.name.lower() for k in FUSED)) / 1000
+        table_total = sum(e.self_device_time_total for e in prof.key_averages()
+                          if e.device_type == DeviceType.CUDA and not e.is_user_annotation) / 1000
+        print(f"seq_len {seq_len}: attention {measured.attention_ms:.2f} of {measured.step_ms:.2f} ms device time "
+              f"({100 * measured.share:.1f}%; fused kernels by name {fused:.2f} ms); attention FLOPs "
+              f"{100 * flops_split(M270, seq_len, VOCAB).attention_share:.1f}%; {len(events)} events; kernels: "
+              f"{sorted({e.name[:60] for e in kernels if any(k in e.name.lower() for k in FUSED)})}")
+        assert measured.step_ms == pytest.approx(table_total, rel=1e-9)  # one GPU: no NCCL kernel to leave out
+        assert fused > 0, "no fused attention kernel ran"
+        assert fused <= measured.attention_ms * (1 + 1e-9), "a fused attention kernel ran outside the attention ops"
+        assert 0 < measured.share < 1
+        shares[seq_len] = measured.share
+        del built
+        torch.cuda.empty_cache()
+    assert shares[128] < shares[2048]
