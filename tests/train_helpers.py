@@ -20,16 +20,29 @@ def _fixed_rows(rows: np.ndarray) -> pa.Table:
     return pa.table({"tokens": pa.FixedSizeListArray.from_arrays(values, length)})
 
 
+def _markov(rng: np.random.Generator, successors: np.ndarray, count: int, length: int) -> np.ndarray:
+    """``count`` sequences of ``length`` tokens, each token one of its ``successors`` row's (uniformly)."""
+    rows = np.empty((count, length), dtype=np.int64)
+    rows[:, 0] = rng.integers(1, successors.shape[0], size=count)
+    for t in range(1, length):
+        rows[:, t] = successors[rows[:, t - 1], rng.integers(0, successors.shape[1], size=count)]
+    return rows
+
+
 def make_dataset(root: Path, buckets: dict[int, int], *, mode: str = "decompose", files_per_bucket: int = 2,
                  row_group_rows: int = 16, validation: dict[str, int] | None = None, seed: int = 0,
-                 vocab: int = VOCAB) -> Path:
+                 vocab: int = VOCAB, successors: int = 0) -> Path:
     """Write a dataset with ``buckets[L]`` rows of length L (row i of bucket L starts with a distinct token
-    pattern so tests can recognise rows) and ``validation[domain]`` documents per domain."""
+    pattern so tests can recognise rows) and ``validation[domain]`` documents per domain. Tokens are uniform at
+    random, or with ``successors`` > 0 learnable text: every token is followed by one of its own ``successors``
+    tokens (a fixed random table shared by training and validation), so a model can learn log(successors) nats."""
     rng = np.random.default_rng(seed)
+    succ = rng.integers(1, vocab, size=(vocab, successors), dtype=np.int64) if successors else None
     root.mkdir(parents=True, exist_ok=True)
     manifest_buckets = {}
     for length, count in sorted(buckets.items()):
-        rows = rng.integers(1, vocab, size=(count, length), dtype=np.int64)
+        rows = (_markov(rng, succ, count, length) if succ is not None
+                else rng.integers(1, vocab, size=(count, length), dtype=np.int64))
         folder = root / f"bucket={length}"
         folder.mkdir(exist_ok=True)
         files = []
@@ -44,7 +57,11 @@ def make_dataset(root: Path, buckets: dict[int, int], *, mode: str = "decompose"
     for domain, docs in (validation or {"english": 12, "code": 8}).items():
         folder = root / "validation" / domain
         folder.mkdir(parents=True, exist_ok=True)
-        tokens = [list(rng.integers(1, vocab, size=int(rng.integers(20, 90)))) + [EOS] for _ in range(docs)]
+        tokens = []
+        for _ in range(docs):  # the size, then the tokens, document by document (the random stream tests rely on)
+            size = int(rng.integers(20, 90))
+            doc = _markov(rng, succ, 1, size)[0] if succ is not None else rng.integers(1, vocab, size=size)
+            tokens.append([*doc, EOS])
         num_bytes = [4 * len(t) for t in tokens]  # 4 bytes per token, exactly
         table = pa.table({"tokens": pa.array(tokens, type=pa.list_(pa.uint32())),
                           "num_bytes": pa.array(num_bytes, type=pa.int64())})

@@ -418,6 +418,11 @@ class EvalConfig(_Section):
     """Sequence length used for validation."""
     max_tokens_per_domain: Count = 65536
     """Validation tokens per domain (the same tokens every time)."""
+    bf16_eval: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
+    """At the run's final validation, validate the final weights a second time through the BF16 path (FP8 off:
+    Transformer Engine's layers compute in BF16, as a BF16 run's do) and log ``val/bpb_bf16_eval``, so an FP8
+    arm's quality is told apart from its evaluation numerics. auto = runs with layers in FP8; on = every run (a
+    run without FP8 evaluates its own path again: the value equals val/bpb exactly); off = never."""
 
 
 class LogConfig(_Section):

@@ -178,3 +178,9 @@ on a GPU, CPU time on CPU. Logged at that step's tokens with ``train/attention_m
 (share = attention_ms / profiled_step_ms); the report's per-stage table reads it."""
 ATTENTION_MS_METRIC = "train/attention_ms"
 PROFILED_STEP_MS_METRIC = "train/profiled_step_ms"
+BF16_EVAL_SUFFIX = "_bf16_eval"
+"""Appended to every val/* metric of a run's final validation when it runs again through the BF16 path
+(``eval.bf16_eval``): ``val/<domain>/loss_bf16_eval``, ``val/<domain>/bpb_bf16_eval``, ``val/bpb_bf16_eval``."""
+BF16_EVAL_BPB_METRIC = f"val/bpb{BF16_EVAL_SUFFIX}"
+"""An FP8 run's final weights evaluated as a BF16 run's are (mean over domains, as val/bpb); the report sets it
+beside val/bpb, the same weights in the run's training numerics."""

@@ -57,7 +57,7 @@ def history(client, run_id: str, key: str) -> list[tuple[int, float]]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(env, ray_cluster):
-    cfg = config(env, "full", "tracking.log_model=true")
+    cfg = config(env, "full", "tracking.log_model=true", "eval.bf16_eval=on")
     return cfg, train(cfg)
 
 
@@ -157,6 +157,20 @@ def test_two_worker_run_logs_metrics_params_provenance_and_checkpoints(env, unin
         "manifest.rank1.json"}  # data only: tensors (weights_only) and JSON, each rank's manifest last
 
 
+def test_the_final_validation_runs_again_with_fp8_off_once(env, uninterrupted):
+    """eval.bf16_eval=on: the final validation (and only it, not the one at 6144) runs a second time through the BF16
+    path, logged with the suffix _bf16_eval. This run is fp32 (CPU), which has no other path: Precision.autocast
+    (fp8=False) is the same context, so the same forward on the same weights and rows adds the same nats in the same
+    order, and CPU kernels are deterministic (the resume test relies on that too): equal exactly, not approximately."""
+    from mlflow import MlflowClient
+
+    _, result = uninterrupted
+    client = MlflowClient(env["uri"])
+    for key in ("val/bpb", "val/english/bpb", "val/code/bpb", "val/english/loss", "val/code/loss"):
+        assert history(client, result.run_id, f"{key}_bf16_eval") == [history(client, result.run_id, key)[-1]], key
+    assert result.metrics["val/bpb_bf16_eval"] == result.metrics["val/bpb"]  # in the final ray.train.report too
+
+
 def test_interrupted_and_resumed_run_has_identical_losses(env, uninterrupted, capfd):
     """Stopped at 8192 tokens (checkpoints at 4096 and 8192), the latest checkpoint truncated as a failed upload
     or a full disk would leave it: the resume says so in one line naming the file, falls back to the checkpoint
@@ -164,7 +178,7 @@ def test_interrupted_and_resumed_run_has_identical_losses(env, uninterrupted, ca
     from mlflow import MlflowClient
 
     _, full = uninterrupted
-    first = train(config(env, "resumed", "train.stop_after_tokens=8192"))
+    first = train(config(env, "resumed", "train.stop_after_tokens=8192", "eval.bf16_eval=on"))
     assert not first.finished and first.tokens == 8192  # stopped after the second checkpoint, in stage 1
     client = MlflowClient(env["uri"])
     assert client.get_run(first.run_id).data.tags["yxanul.status"] == "stopped"
@@ -175,7 +189,7 @@ def test_interrupted_and_resumed_run_has_identical_losses(env, uninterrupted, ca
     with open(latest, "r+b") as fh:
         fh.truncate(size // 2)
     capfd.readouterr()
-    second = train(config(env, "resumed"))  # same run.name + storage: resumes, from 4096
+    second = train(config(env, "resumed", "eval.bf16_eval=on"))  # same run.name + storage: resumes, from 4096
     assert second.finished and second.run_id == first.run_id and second.tokens == STEPS * TPS
     warning = (f"warning: checkpoint file {latest} is corrupt: {size // 2} bytes, manifest.rank0.json says {size} "
                f"(truncated or overwritten); resuming from the previous valid checkpoint {checkpoints[0]}")
@@ -193,6 +207,8 @@ def test_interrupted_and_resumed_run_has_identical_losses(env, uninterrupted, ca
     assert [s for s, _ in resumed] == [s for s, _ in reference]  # every step once, none twice
     assert resumed == reference  # bit-identical on CPU fp32, across the stage boundary at 6144
     assert history(client, second.run_id, "val/bpb") == history(client, full.run_id, "val/bpb")
+    # the stop at 8192 was not the run's end: the FP8-off pass ran once, at the end of the resumed part
+    assert history(client, second.run_id, "val/bpb_bf16_eval") == history(client, full.run_id, "val/bpb_bf16_eval")
     assert client.get_run(second.run_id).info.status == "FINISHED"
 
 

@@ -121,6 +121,16 @@ def test_dry_run_says_how_the_workers_will_build(tmp_path):
     forced = describe(ExperimentConfig.model_validate({**cfg.to_dict(), "precision": {
         "mode": "fp8", "fp8_layers": ["head"], "compile": "off"}}))
     assert "fp8_layers head (forced)" in forced and "eager (not compiled)" in forced
+    # the final validation's second pass (eval.bf16_eval): said where it will run, silent where it will not
+    assert ("# final validation: again with FP8 off when a layer group runs in FP8, logged as val/bpb_bf16_eval "
+            "(eval.bf16_eval=auto)") in text
+    bf16 = {**cfg.to_dict(), "precision": {"mode": "bf16"}}
+    assert "# final validation" not in describe(ExperimentConfig.model_validate(bf16))
+    assert "# final validation: again through the same path (no FP8 to turn off: equal to val/bpb), logged as " \
+           "val/bpb_bf16_eval (eval.bf16_eval=on)" in describe(ExperimentConfig.model_validate(
+               {**bf16, "eval": {**cfg.to_dict()["eval"], "bf16_eval": "on"}}))
+    assert "# final validation" not in describe(ExperimentConfig.model_validate(
+        {**cfg.to_dict(), "eval": {**cfg.to_dict()["eval"], "bf16_eval": "off"}}))
 
 
 def test_precision_refuses_to_apply_an_unmeasured_auto_plan():

@@ -46,6 +46,14 @@ def test_override_values_are_yaml_typed():
     assert tree["run"]["name"] == "abc"
 
 
+def test_bf16_eval_takes_auto_on_off_and_yaml_booleans():
+    assert load_config(None).eval.bf16_eval == "auto"
+    for text, expected in (("on", "on"), ("true", "on"), ("off", "off"), ("false", "off"), ("auto", "auto")):
+        assert load_config(None, [f"eval.bf16_eval={text}"]).eval.bf16_eval == expected
+    with pytest.raises(ConfigError, match=r"eval\.bf16_eval.*'always'"):
+        load_config(None, ["eval.bf16_eval=always"])
+
+
 def test_unknown_key_names_key_and_file(tmp_path):
     path = write(tmp_path, "data:\n  min_buckt: 16\n")
     with pytest.raises(ConfigError) as err:

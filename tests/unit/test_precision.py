@@ -46,6 +46,44 @@ def test_fp32_and_bf16_leave_the_model_alone_and_set_autocast():
     precision.check_batch(7)  # only FP8 constrains the token count
 
 
+def test_the_bf16_path_is_the_same_context_without_fp8():
+    """autocast(fp8=False): fp32 and bf16 have no other path (the same dtype, the same bits); an FP8 policy keeps
+    torch.autocast(bf16) but never enters te.autocast, so its TE layers compute in BF16. On CPU the FP8 branch runs
+    with a stand-in for Transformer Engine's autocast that records whether it was entered."""
+    import contextlib
+
+    x = torch.randint(0, 1000, (2, 16))
+    m = model()
+    for mode, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        precision = Precision(PrecisionConfig(mode=mode), "cpu")
+        assert not precision.computes_fp8
+        with precision.autocast():
+            usual = m(x)
+        with precision.autocast(fp8=False):
+            bf16_path = m(x)
+        assert bf16_path.dtype == dtype and torch.equal(bf16_path, usual)
+    entered = []
+
+    class _TE:
+        @staticmethod
+        @contextlib.contextmanager
+        def autocast(enabled, recipe):
+            entered.append(recipe)
+            yield
+
+    fp8 = Precision(PrecisionConfig(mode="bf16"), "cpu")
+    fp8.mode, fp8._te, fp8.recipe, fp8.fp8_layers = "fp8", _TE, "recipe", ("head",)
+    assert fp8.computes_fp8
+    with fp8.autocast(fp8=False):
+        assert m(x).dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    assert entered == []
+    with fp8.autocast():
+        m(x)
+    assert entered == ["recipe"]
+    fp8.fp8_layers = ()  # a measured plan that kept no group computes in BF16
+    assert not fp8.computes_fp8
+
+
 def test_split_state_dict_separates_te_scaling_state():
     state = {"a.weight": torch.ones(2), "a._extra_state": b"scales", "b.weight": torch.zeros(1)}
     weights, fp8_state = split_state_dict(state)

@@ -4,6 +4,8 @@
     model = precision.apply(Yxanul(cfg.model, vocab).to(device))  # FP8: swaps the chosen linears
     with precision.autocast():
         loss = model(tokens, targets=targets)
+    with precision.autocast(fp8=False):              # the BF16 evaluation path: TE layers, FP8 off
+        bf16_loss = model(tokens, targets=targets)
 
 - ``fp32``: no autocast (CPU tests, references).
 - ``bf16``: ``torch.autocast(dtype=bfloat16)``; weights, gradients and optimizer state stay fp32.
@@ -184,6 +186,12 @@ class Precision:
     # -- model ---------------------------------------------------------------------------------
 
     @property
+    def computes_fp8(self) -> bool:
+        """Whether some layer group runs in FP8: an FP8 run whose measured plan kept no group computes in BF16
+        (and so has no separate BF16 path to evaluate)."""
+        return self.mode == "fp8" and bool(self.fp8_layers)
+
+    @property
     def gemm_multiple(self) -> int:
         """FP8 GEMM dimensions must be divisible by this (16; 32 for MXFP8)."""
         return 32 if self.recipe_name == "mxfp8" else 16
@@ -247,13 +255,21 @@ class Precision:
     # -- execution -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
-        """Context for the forward pass (and the loss); backward runs outside it."""
+    def autocast(self, *, fp8: bool = True) -> Iterator[None]:
+        """Context for the forward pass (and the loss); backward runs outside it.
+
+        ``fp8=False`` is this precision's BF16 evaluation path: the same ``torch.autocast(bf16)`` without
+        ``te.autocast``, so the model's Transformer Engine layers (the same modules, the same fp32 master weights)
+        compute in BF16 and nothing is quantized, which is how a BF16 run computes. Swapping TE's layers in is not
+        itself a difference (the implementation A/A, ``tests/gpu/test_build_gpu.py::test_null_b_...``), so the FP8
+        arm's final weights evaluated here are evaluated as the BF16 arm's are (``eval.bf16_eval``). Outside FP8
+        it is the same context as ``autocast()``: an fp32 or bf16 run has no other path.
+        """
         if self.mode == "fp32":
             yield
             return
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            if self.mode == "fp8":
+            if self.mode == "fp8" and fp8:
                 with self._te.autocast(enabled=True, recipe=self.recipe):
                     yield
             else:

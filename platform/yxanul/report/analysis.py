@@ -17,6 +17,10 @@ How the numbers are made (the report prints this method too, :data:`yxanul.repor
   every reference run reaches it. The clock is the training clock without compilation (``val/elapsed_s`` minus
   the cumulative ``train/compile_s``). A run that never reaches the target is censored at its budget: a seed
   where only one arm reached it gives a bound on the speedup, never a dropped pair.
+- **Evaluated in BF16** (runs that logged ``val/bpb_bf16_eval``: an FP8 run's final weights through its BF16 path):
+  beside each such arm's final val/bpb (its training numerics), the same weights' BF16 number; a run without FP8
+  layers has one number, its val/bpb. The comparisons pair these BF16 numbers by seed as they pair val/bpb, so
+  what remains is the quality of the weights, not the arithmetic of their evaluation.
 - **Curriculum stages** (why a curriculum is faster or not): per arm and stage, over the matched seeds pooled, the
   tokens trained in the stage, the analytic FLOPs per token and their attention share at the stage's length
   (:func:`yxanul.metrics.flops_split`), the median tokens/s per GPU of the logging intervals that lie wholly in the
@@ -54,7 +58,7 @@ from yxanul.stats import (
     paired_ratio,
     verdict,
 )
-from yxanul.tags import ATTENTION_SHARE_METRIC, UNIGRAM_BPB_METRIC
+from yxanul.tags import ATTENTION_SHARE_METRIC, BF16_EVAL_BPB_METRIC, UNIGRAM_BPB_METRIC
 
 if TYPE_CHECKING:
     from yxanul.metrics import FlopsSplit  # imports torch: only where FLOPs are computed
@@ -176,10 +180,22 @@ class RunRow:
     """The training clock at the last validation point, compilation excluded."""
     compile_seconds: float | None
     """Compilation and warm-up seconds in all (None: the run did not log ``train/compile_s``)."""
+    bf16_eval_bpb: float | None = None
+    """``val/bpb_bf16_eval`` at the final validation point: the final weights through the BF16 path (FP8 runs with
+    ``eval.bf16_eval``; None where not logged)."""
 
     @property
     def seed(self) -> int:
         return self.run.replicate
+
+    @property
+    def bf16_path_bpb(self) -> float | None:
+        """The final val/bpb as a run without FP8 computes it: ``val/bpb_bf16_eval`` where logged; else val/bpb for a
+        run that trained without FP8 layers (its own validation has no FP8 to turn off); None for an FP8 run that
+        did not log it (its only number is in FP8 arithmetic)."""
+        if self.bf16_eval_bpb is not None:
+            return self.bf16_eval_bpb
+        return None if ran_precision(self.run).fp8_used else self.val_bpb
 
 
 def _rate_series(run: RunSeries) -> Series:
@@ -203,7 +219,8 @@ def _row(run: RunSeries, target_bpb: float | None) -> RunRow:
         tokens_per_s=_median(_rate_series(run)),
         mfu_bf16=_median(run.series("train/mfu_bf16")), mfu_fp8=_median(run.series("train/mfu_fp8")),
         peak_mem_gib=max(v for _, v in peak) if peak else None,
-        train_seconds=_last(clock), compile_seconds=_last(compiled))
+        train_seconds=_last(clock), compile_seconds=_last(compiled),
+        bf16_eval_bpb=dict(run.series(BF16_EVAL_BPB_METRIC)).get(bpb[-1][0]))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,6 +247,12 @@ class ArmSummary:
     """Geometric mean over the matched seeds of each run's median tokens/s per GPU."""
     precision: list[RanPrecision]
     """What each matched run trained in (one entry per distinct description)."""
+    bf16_eval_bpb: Estimate | None = None
+    """Over the matched seeds that logged ``val/bpb_bf16_eval``: the final weights evaluated in BF16 (None: none
+    did)."""
+    eval_numerics: Estimate | None = None
+    """Over the same seeds, val/bpb - val/bpb_bf16_eval: what evaluating in the run's FP8 arithmetic adds to the
+    BF16 number of the same weights."""
 
     @property
     def seeds(self) -> list[int]:
@@ -276,6 +299,7 @@ def _arm_summary(arm: str, runs: list[RunSeries], finished: dict[int, RunRow], m
     domains = sorted({d for r in rows for d in r.domain_bpb})
     reached = [r for r in rows if r.reached]
     timed = [r.seconds_to_target for r in reached if r.seconds_to_target is not None and r.seconds_to_target > 0]
+    evaluated = [r for r in rows if r.bf16_eval_bpb is not None]
     return ArmSummary(
         arm=arm, runs=runs, rows=rows, finished_rows=[finished[s] for s in sorted(finished)],
         val_bpb=mean_interval([r.val_bpb for r in rows]),
@@ -283,7 +307,9 @@ def _arm_summary(arm: str, runs: list[RunSeries], finished: dict[int, RunRow], m
         tokens_to_target=geometric_interval([r.tokens_to_target for r in reached if r.tokens_to_target]),
         seconds_to_target=geometric_interval(timed),
         tokens_per_s=geometric_interval([r.tokens_per_s for r in rows if r.tokens_per_s]),
-        precision=list({p.describe(): p for p in (ran_precision(r.run) for r in rows)}.values()))
+        precision=list({p.describe(): p for p in (ran_precision(r.run) for r in rows)}.values()),
+        bf16_eval_bpb=mean_interval([r.bf16_eval_bpb for r in evaluated]),
+        eval_numerics=mean_interval([r.val_bpb - r.bf16_eval_bpb for r in evaluated]))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -303,6 +329,9 @@ class SeedPair:
     loss_gap: float | None
     speed_ratio: float | None
     """arm tokens/s / reference tokens/s."""
+    bf16_gap: float | None = None
+    """arm - reference final val/bpb both evaluated in BF16 (:attr:`RunRow.bf16_path_bpb`), where either run logged
+    ``val/bpb_bf16_eval`` and both ended at the same tokens; None otherwise (without FP8 it is :attr:`bpb_gap`)."""
 
     @property
     def seed(self) -> int:
@@ -343,10 +372,21 @@ class Comparison:
     speedup: Estimate | None = None
     time_speedup: Estimate | None = None
     """Geometric mean of the time ratios over the seeds where both arms reached the target."""
+    bf16_gap: Estimate | None = None
+    """The final val/bpb gap with both arms evaluated in BF16 (:attr:`SeedPair.bf16_gap`); None when no pair has one."""
 
     @property
     def n(self) -> int:
         return len(self.pairs)
+
+    @property
+    def bf16_verdict(self) -> str:
+        return verdict(self.bf16_gap, lower_is_better=True)
+
+    @property
+    def mde_bf16(self) -> float | None:
+        """:attr:`mde_bpb` for the gap evaluated in BF16 (over the seed pairs that have one)."""
+        return minimal_detectable_effect(self.bf16_gap.std, self.bf16_gap.n) if self.bf16_gap else None
 
     @property
     def quality_verdict(self) -> str:
@@ -400,7 +440,11 @@ def _pair(ref: RunRow, arm: RunRow) -> SeedPair:
         return va - vr if va is not None and vr is not None else None
 
     speed = arm.tokens_per_s / ref.tokens_per_s if arm.tokens_per_s and ref.tokens_per_s else None
-    return SeedPair(ref, arm, tokens, gap(arm_bpb, ref_bpb), gap(_mean_loss(arm.run), _mean_loss(ref.run)), speed)
+    in_bf16 = (arm.bf16_path_bpb, ref.bf16_path_bpb)
+    bf16_gap = (in_bf16[0] - in_bf16[1] if None not in in_bf16 and arm.final_tokens == ref.final_tokens
+                and (arm.bf16_eval_bpb is not None or ref.bf16_eval_bpb is not None) else None)
+    return SeedPair(ref, arm, tokens, gap(arm_bpb, ref_bpb), gap(_mean_loss(arm.run), _mean_loss(ref.run)), speed,
+                    bf16_gap)
 
 
 def status_text(run: RunSeries) -> str:
@@ -437,7 +481,8 @@ def _compare(ref: ArmSummary, arm: ArmSummary, kind: str) -> Comparison:
         loss_gap=mean_interval([p.loss_gap for p in pairs if p.loss_gap is not None]),
         speedup=paired_ratio({p.seed: p.arm.tokens_per_s for p in pairs if p.arm.tokens_per_s},
                              {p.seed: p.reference.tokens_per_s for p in pairs if p.reference.tokens_per_s}),
-        time_speedup=geometric_interval([t for p in pairs if (t := p.time_ratio) is not None]))
+        time_speedup=geometric_interval([t for p in pairs if (t := p.time_ratio) is not None]),
+        bf16_gap=mean_interval([p.bf16_gap for p in pairs if p.bf16_gap is not None]))
 
 
 def _one_axis_apart(a: ArmSummary, b: ArmSummary) -> bool:
@@ -603,6 +648,12 @@ class ComparisonReport:
         margin = params.get("sweep.equivalence_margin")
         return SequentialDesign(max_seeds=int(params.get("sweep.max_seeds", 6)),
                                 margin=float(margin) if margin else None)
+
+    @property
+    def bf16_eval(self) -> bool:
+        """Whether some run logged ``val/bpb_bf16_eval`` (the report then shows both numbers; else it reads as
+        before the metric existed)."""
+        return any(r.bf16_eval_bpb is not None for r in self.rows)
 
     @property
     def simulated(self) -> list[RunSeries]:

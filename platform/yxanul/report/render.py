@@ -15,7 +15,16 @@ from yxanul.errors import TrackingError, first_line
 from yxanul.report.analysis import ComparisonReport
 from yxanul.report.plots import PLOTS, write_plots
 from yxanul.report.tables import Table, arms_csv, comparisons_csv, pairs_csv, runs_csv, stages_csv, tables
-from yxanul.report.words import METHOD, design_lines, headline, provenance_lines, target_text, title, warnings
+from yxanul.report.words import (
+    BF16_EVAL_METHOD,
+    METHOD,
+    design_lines,
+    headline,
+    provenance_lines,
+    target_text,
+    title,
+    warnings,
+)
 from yxanul.text import table as text_table
 
 __all__ = ["FILES", "format_summary", "log_report", "write_report"]
@@ -42,7 +51,7 @@ def _md_table(t: Table) -> str:
 
 
 def _method(report: ComparisonReport) -> str:
-    return METHOD.format(target=target_text(report))
+    return METHOD.format(target=target_text(report)) + ("\n" + BF16_EVAL_METHOD if report.bf16_eval else "")
 
 
 def markdown(report: ComparisonReport) -> str:
@@ -61,7 +70,7 @@ def markdown(report: ComparisonReport) -> str:
     return "\n".join(parts)
 
 
-CONSOLE_TABLES = ("arms", "arms_speed", "stages", "run_ids")
+CONSOLE_TABLES = ("arms", "arms_bf16", "arms_speed", "stages", "run_ids")
 
 
 def format_summary(report: ComparisonReport) -> str:

@@ -100,6 +100,8 @@ def tables(report: ComparisonReport) -> list[Table]:
     out.append(Table("arms", "Arms: quality (matched seeds)", head, body,
                      note="bits/byte: mean and t interval; tokens and seconds to the target: geometric mean over the "
                           "seeds that reached it (seconds: training clock without compilation)"))
+    if report.bf16_eval:
+        out.append(_bf16_arms_table(report))
 
     out.append(Table("arms_speed", "Arms: speed and memory (matched seeds)",
                      ["arm", "tokens/s per GPU", "95% CI", "MFU (BF16 peak)", "peak memory", "compile", "training"],
@@ -122,6 +124,16 @@ def tables(report: ComparisonReport) -> list[Table]:
                            c.quality_verdict] for c in report.comparisons],
                          note="gap: arm - reference per seed, mean and t interval; MDE: the smallest gap this design "
                               "detects (95%, 80% power)", text_columns={0, 5}))
+        in_bf16 = [c for c in report.comparisons if c.bf16_gap is not None]
+        if in_bf16:
+            out.append(Table("quality_bf16", "Comparisons: final val/bpb evaluated in BF16 (seed-paired, lower is "
+                                             "better)", ["comparison", "seeds", "gap", "95% CI", "MDE", "verdict"],
+                             [[_comparison_name(c), str(c.bf16_gap.n), *_ci(c.bf16_gap, signed),
+                               bpb(c.mde_bf16) if c.mde_bf16 is not None else "", c.bf16_verdict] for c in in_bf16],
+                             note="both arms' final weights evaluated the same way: an FP8 arm's through its BF16 path "
+                                  "(val/bpb_bf16_eval), an arm trained without FP8 by its own val/bpb; what remains "
+                                  "is the quality of the weights, not the arithmetic of their evaluation",
+                             text_columns={0, 5}))
         out.append(Table("speed", "Comparisons: speed (seed-paired ratios arm / reference)",
                          ["comparison", "tokens/s", "95% CI", "MDE", "verdict", "time to target", "95% CI", "verdict"],
                          [[_comparison_name(c), *_ci(c.speedup, ratio),
@@ -138,11 +150,13 @@ def tables(report: ComparisonReport) -> list[Table]:
                          [[a.arm, *(_interval_cell(a.domain_bpb.get(d)) for d in report.domains)] for a in arms],
                          folded=True))
     matched = [r for a in arms for r in a.rows]
-    quality_head = ["arm", "seed", "tokens", "val/bpb", *(f"{d}" for d in report.domains)]
+    in_bf16 = ["val/bpb in BF16"] if report.bf16_eval else []
+    quality_head = ["arm", "seed", "tokens", "val/bpb", *in_bf16, *(f"{d}" for d in report.domains)]
     if target is not None:
         quality_head += [f"tokens to {target}", "seconds to it"]
     out.append(Table("runs", f"Runs: quality ({len(matched)} on matched seeds)", quality_head,
                      [[r.run.arm, str(r.seed), count_or_blank(r.final_tokens), bpb(r.val_bpb),
+                       *([bpb(r.bf16_eval_bpb)] if in_bf16 else []),
                        *(bpb(r.domain_bpb.get(d)) for d in report.domains),
                        *([_reached_cell(r, r.tokens_to_target, count_or_blank),
                           _reached_cell(r, r.seconds_to_target, seconds)] if target is not None else [])]
@@ -168,17 +182,42 @@ def tables(report: ComparisonReport) -> list[Table]:
     return out
 
 
+def _bf16_arms_table(report: ComparisonReport) -> Table:
+    """Each arm's final val/bpb in its training numerics beside the same weights evaluated in BF16."""
+    body = []
+    for a in report.measured_arms:
+        row = [a.arm + (" (reference)" if a.arm == report.reference else ""), str(len(a.rows)), *_ci(a.val_bpb, bpb)]
+        if a.bf16_eval_bpb is None:
+            row += ["= val/bpb" if not any(ran_precision(r.run).fp8_used for r in a.rows) else "not logged", "", "", ""]
+        else:
+            row += [*_ci(a.bf16_eval_bpb, bpb), *_ci(a.eval_numerics, signed)]
+        body.append(row)
+    return Table("arms_bf16", "Arms: final val/bpb in training numerics and evaluated in BF16 (matched seeds)",
+                 ["arm", "seeds", "training numerics", "95% CI", "evaluated in BF16", "95% CI", "difference", "95% CI"],
+                 body, note="training numerics: the run's own validation (an FP8 arm's FP8 layers in FP8); "
+                            "evaluated in BF16: the same final weights with FP8 off (val/bpb_bf16_eval: Transformer "
+                            "Engine's layers in BF16, as a BF16 run computes); difference: training numerics - BF16 "
+                            "per seed. An arm that trained without FP8 has one number (= val/bpb).",
+                 text_columns={0, 4})
+
+
 def _seed_table(report: ComparisonReport, c: Comparison, index: int) -> Table:
     """The per-seed view of one comparison (open on the page): every number the headline rests on."""
     _, _, _, arm, ref = arm_names(c)
     head = ["seed", f"{ref} bpb", f"{arm} bpb", "gap", f"{ref} tok/s", f"{arm} tok/s", "ratio"]
     name = _comparison_name(c)
+    ref_bf16 = c.bf16_gap is not None and any(p.reference.bf16_eval_bpb is not None for p in c.pairs)
+    if c.bf16_gap is not None:  # after the bpb columns: every number of the headline's BF16 part too
+        head[4:4] = [*([f"{ref} in BF16"] if ref_bf16 else []), f"{arm} in BF16", "gap in BF16"]
     if report.target_bpb is not None:
         head += [f"{ref} s to target", f"{arm} s to target", "time ratio"]
     body = []
     for p in c.pairs:
         row = [str(p.seed), bpb(p.reference.val_bpb), bpb(p.arm.val_bpb), signed(p.bpb_gap),
                count_or_blank(p.reference.tokens_per_s), count_or_blank(p.arm.tokens_per_s), ratio(p.speed_ratio)]
+        if c.bf16_gap is not None:
+            row[4:4] = [*([bpb(p.reference.bf16_path_bpb)] if ref_bf16 else []), bpb(p.arm.bf16_path_bpb),
+                        signed(p.bf16_gap)]
         if report.target_bpb is not None:
             bound = p.time_bound
             time_cell = (ratio(p.time_ratio) if p.time_ratio is not None else
@@ -188,6 +227,9 @@ def _seed_table(report: ComparisonReport, c: Comparison, index: int) -> Table:
         body.append(row)
     note = ("gap: arm - reference final val/bpb; ratio: arm / reference tokens/s; time ratio: reference / arm seconds "
             "to the target (>= x: only the arm reached it, x = the reference's whole run / the arm's time)")
+    if c.bf16_gap is not None:
+        note += ("; in BF16: the final weights evaluated with FP8 off (a run trained without FP8: its val/bpb), gap in "
+                 "BF16: arm - reference of those")
     if c.unpaired:
         note += "; not paired: " + "; ".join(c.unpaired)
     return Table(f"seeds_{index}", f"Per seed: {name}", head, body, note=note, text_columns=set())
@@ -266,7 +308,9 @@ def _est_head(name: str) -> list[str]:
 
 def runs_csv(report: ComparisonReport) -> tuple[list[str], list[list[str]]]:
     """Every run: measured values for those with validation results, and whether its seed is matched."""
-    head = ["variant", "arm", "seed", "status", "matched", "note", "precision_ran", "tokens", "val_bpb"]
+    in_bf16 = report.bf16_eval
+    head = ["variant", "arm", "seed", "status", "matched", "note", "precision_ran", "tokens", "val_bpb",
+            *(["val_bpb_bf16_eval"] if in_bf16 else [])]
     for d in report.domains:
         head += [f"val_{d}_loss", f"val_{d}_bpb"]
     head += ["reached_target", "tokens_to_target", "seconds_to_target", "tokens_per_s", "mfu_bf16", "mfu_fp8",
@@ -282,7 +326,7 @@ def runs_csv(report: ComparisonReport) -> tuple[list[str], list[list[str]]]:
         if row is None:
             cells += [""] * (len(head) - len(cells) - 1) + [run.run_id]
         else:
-            cells += [_raw(row.final_tokens), _raw(row.val_bpb)]
+            cells += [_raw(row.final_tokens), _raw(row.val_bpb), *([_raw(row.bf16_eval_bpb)] if in_bf16 else [])]
             for d in report.domains:
                 cells += [_raw(row.domain_loss.get(d)), _raw(row.domain_bpb.get(d))]
             cells += ["" if row.reached is None else str(row.reached).lower(), _raw(row.tokens_to_target),
@@ -294,7 +338,8 @@ def runs_csv(report: ComparisonReport) -> tuple[list[str], list[list[str]]]:
 
 
 def arms_csv(report: ComparisonReport) -> tuple[list[str], list[list[str]]]:
-    stats = ["val_bpb", *(f"val_{d}_bpb" for d in report.domains), "tokens_to_target", "seconds_to_target",
+    in_bf16 = ["val_bpb_bf16_eval", "val_bpb_minus_bf16_eval"] if report.bf16_eval else []
+    stats = ["val_bpb", *in_bf16, *(f"val_{d}_bpb" for d in report.domains), "tokens_to_target", "seconds_to_target",
              "tokens_per_s"]
     head = ["arm", "precision_ran", "seeds", "runs", "reached_target", "spiking_seeds"]
     for name in stats:
@@ -303,7 +348,8 @@ def arms_csv(report: ComparisonReport) -> tuple[list[str], list[list[str]]]:
     for a in report.arms:
         row = [a.arm, a.precision_text, " ".join(map(str, a.seeds)), str(len(a.runs)), str(a.reached),
                " ".join(str(r.replicate) for r in a.spiking)]
-        for e in (a.val_bpb, *(a.domain_bpb.get(d) for d in report.domains), a.tokens_to_target, a.seconds_to_target,
+        for e in (a.val_bpb, *((a.bf16_eval_bpb, a.eval_numerics) if in_bf16 else ()),
+                  *(a.domain_bpb.get(d) for d in report.domains), a.tokens_to_target, a.seconds_to_target,
                   a.tokens_per_s):
             row += _raw_est(e)
         body.append(row)
@@ -311,29 +357,33 @@ def arms_csv(report: ComparisonReport) -> tuple[list[str], list[list[str]]]:
 
 
 def comparisons_csv(report: ComparisonReport) -> tuple[list[str], list[list[str]]]:
+    in_bf16 = report.bf16_eval
     head = ["arm", "reference", "kind", "seeds_paired", *_est_head("bpb_gap"), "mde_bpb", "quality_verdict",
+            *([*_est_head("bpb_gap_bf16_eval"), "mde_bpb_bf16_eval", "quality_bf16_eval_verdict"] if in_bf16 else []),
             *_est_head("loss_gap"), *_est_head("speedup"), "mde_speedup_share", "speed_verdict",
             *_est_head("time_speedup"), "time_verdict", "arm_reached", "reference_reached", "unpaired", "spiking_runs"]
     body = []
     for c in report.comparisons:
         k_arm, k_ref = c.reached
+        bf16 = [*_raw_est(c.bf16_gap), _raw(c.mde_bf16), c.bf16_verdict if c.bf16_gap else ""] if in_bf16 else []
         body.append([c.arm.arm, c.reference.arm, c.kind, str(c.n), *_raw_est(c.bpb_gap), _raw(c.mde_bpb),
-                     c.quality_verdict, *_raw_est(c.loss_gap), *_raw_est(c.speedup), _raw(c.mde_speed),
+                     c.quality_verdict, *bf16, *_raw_est(c.loss_gap), *_raw_est(c.speedup), _raw(c.mde_speed),
                      c.speed_verdict, *_raw_est(c.time_speedup), c.time_verdict, str(k_arm), str(k_ref),
                      "; ".join(c.unpaired), " ".join(r.run_id for r in c.spiking)])
     return head, body
 
 
 def pairs_csv(report: ComparisonReport) -> tuple[list[str], list[list[str]]]:
-    head = ["arm", "reference", "seed", "at_tokens", "loss_gap", "bpb_gap", "speedup_tokens_per_s",
-            "time_ratio", "time_bound", "arm_run_id", "reference_run_id"]
+    in_bf16 = report.bf16_eval
+    head = ["arm", "reference", "seed", "at_tokens", "loss_gap", "bpb_gap", *(["bpb_gap_bf16_eval"] if in_bf16 else []),
+            "speedup_tokens_per_s", "time_ratio", "time_bound", "arm_run_id", "reference_run_id"]
     body = []
     for c in report.comparisons:
         for p in c.pairs:
             bound = p.time_bound
             body.append([c.arm.arm, c.reference.arm, str(p.seed), _raw(p.tokens), _raw(p.loss_gap), _raw(p.bpb_gap),
-                         _raw(p.speed_ratio), _raw(p.time_ratio), f"{bound[0]}{bound[1]!r}" if bound else "",
-                         p.arm.run.run_id, p.reference.run.run_id])
+                         *([_raw(p.bf16_gap)] if in_bf16 else []), _raw(p.speed_ratio), _raw(p.time_ratio),
+                         f"{bound[0]}{bound[1]!r}" if bound else "", p.arm.run.run_id, p.reference.run.run_id])
     return head, body
 
 

@@ -31,8 +31,8 @@ from yxanul.tags import (
     VERSION_TAG_PREFIX,
 )
 
-__all__ = ["METHOD", "Fact", "arm_names", "design_lines", "display_uri", "facts", "headline", "mlflow_link",
-           "provenance_lines", "title", "warnings"]
+__all__ = ["BF16_EVAL_METHOD", "METHOD", "Fact", "arm_names", "design_lines", "display_uri", "facts", "headline",
+           "mlflow_link", "provenance_lines", "title", "warnings"]
 
 PER_RUN_KEYS = ("run.name", "run.seed", "run.storage_path", "tracking.uri", "tracking.experiment", "data.output_dir",
                 "tokenizer.path", "data.cache_dir")
@@ -160,7 +160,11 @@ def headline(report: ComparisonReport, c: Comparison) -> str:
     if n == 0:
         why = "; ".join(c.unpaired) or "no finished runs"
         return f"{head}: no seed where both arms finished ({why}): no comparison."
-    parts = [_said("final val/bpb", c.bpb_gap, signed, c.quality_verdict)]
+    if c.bf16_gap is None:
+        parts = [_said("final val/bpb", c.bpb_gap, signed, c.quality_verdict)]
+    else:  # the same weights twice: as each arm trained, and both evaluated as BF16 computes
+        parts = [_said("final val/bpb in training numerics", c.bpb_gap, signed, c.quality_verdict),
+                 _said("both evaluated in BF16", c.bf16_gap, signed, c.bf16_verdict)]
     if c.speedup is not None:
         parts.append(_said("tokens/s", c.speedup, ratio, c.speed_verdict))
     time_text = time_sentence(report, c)
@@ -252,8 +256,10 @@ def design_lines(report: ComparisonReport) -> list[str]:
                          f"{'s' if c.n != 1 else ''} (needs 2 or more)")
             continue
         speed = f", tokens/s {percent(c.mde_speed)}" if c.mde_speed is not None else ""
+        in_bf16 = f", evaluated in BF16 {bpb(c.mde_bf16)} bits/byte" if c.mde_bf16 is not None else ""
         lines.append(f"minimal detectable effect, {arm} vs {ref_short} ({c.n} seed pairs, paired t, "
-                     f"{LEVEL:.0%} two-sided, {POWER:.0%} power): final val/bpb {bpb(c.mde_bpb)} bits/byte{speed}")
+                     f"{LEVEL:.0%} two-sided, {POWER:.0%} power): final val/bpb {bpb(c.mde_bpb)} bits/byte{speed}"
+                     f"{in_bf16}")
     return lines
 
 
@@ -540,6 +546,15 @@ def provenance_lines(report: ComparisonReport) -> list[tuple[str, str]]:
     # the MLflow command stays exact; every other machine path is shortened
     return [(k, v if k == "MLflow" else shown_paths(v)) for k, v in out if v]
 
+
+BF16_EVAL_METHOD = """\
+- evaluated in BF16: runs that logged val/bpb_bf16_eval (eval.bf16_eval: an FP8 run's final validation run again
+  with FP8 off, its Transformer Engine layers computing in BF16 as a BF16 run's do) have two final numbers for the
+  same weights: val/bpb in their training numerics and val/bpb_bf16_eval. A run trained without FP8 has one, its
+  val/bpb. "Evaluated in BF16" gaps pair these BF16 numbers by seed (runs that ended at the same tokens), with the
+  same t interval, verdict and MDE as val/bpb: a difference there is in the weights, not in the arithmetic that
+  evaluates them; the difference column is what the FP8 evaluation adds to the same weights."""
+"""The method's paragraph for reports whose runs logged val/bpb_bf16_eval (others read as before it existed)."""
 
 METHOD = """\
 - arms and seeds: an arm is a grid point of the sweep; its runs are seed replicates (same initialisation and

@@ -203,7 +203,13 @@ def describe(cfg: ExperimentConfig) -> str:
         lines.append("# micro-batch: auto: measured on each run's card at start-up (largest power of two sequences "
                      "that fits); the table above plans with the CPU value "
                      f"{plan.stages[0].micro_batch * plan.stages[0].seq_len if plan.stages else '-'} tokens")
-    lines += [f"# build: {_build_plan_text(cfg)}", f"# run folder: {run_dir(cfg)}"]
+    lines.append(f"# build: {_build_plan_text(cfg)}")
+    bf16_eval, may_fp8 = cfg.eval.bf16_eval, cfg.precision.mode in ("fp8", "auto")
+    if bf16_eval == "on" or (bf16_eval == "auto" and may_fp8):
+        how = ("with FP8 off" + (" when a layer group runs in FP8" if bf16_eval == "auto" else "") if may_fp8
+               else "through the same path (no FP8 to turn off: equal to val/bpb)")
+        lines.append(f"# final validation: again {how}, logged as val/bpb_bf16_eval (eval.bf16_eval={bf16_eval})")
+    lines.append(f"# run folder: {run_dir(cfg)}")
     return "\n".join(lines)
 
 

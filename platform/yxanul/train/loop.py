@@ -42,6 +42,7 @@ from yxanul.spikes import SpikeDetector, format_spikes, spike_start_tokens
 from yxanul.tags import (
     ATTENTION_MS_METRIC,
     ATTENTION_SHARE_METRIC,
+    BF16_EVAL_SUFFIX,
     COMPILE_CACHE_TAG,
     COMPILED_TAG,
     CURRICULUM_STAGES_TAG,
@@ -498,7 +499,7 @@ class _Loop:
                 meter.pause()  # the training clock stops for validation and checkpoints
             if do_eval and self.valsets:
                 with self.timeline.phase("validation"):
-                    metrics.update(self._validate())
+                    metrics.update(self._validate(final=self.state.step == total_steps))
             if do_eval or do_ckpt:  # Ray reports only here: each one is a barrier across workers
                 with self.timeline.phase("checkpoint"):
                     self._report(metrics, do_ckpt, ray.train)
@@ -622,13 +623,22 @@ class _Loop:
                          f"{per_gpu}{mfu}{mem} eta {clock(tokens_left / rate)}")
         return metrics
 
+    def _bf16_eval(self) -> bool:
+        """Whether the final validation runs a second time through the BF16 path (``eval.bf16_eval``: auto = when
+        some layer computes in FP8; a run without FP8 layers has no other path, its val/bpb is its BF16 number)."""
+        setting = self.cfg.eval.bf16_eval
+        return setting == "on" or (setting == "auto" and self.precision.computes_fp8)
+
     @torch.no_grad()
-    def _validate(self) -> dict[str, float]:
+    def _evaluate(self, fp8: bool = True) -> dict[str, float]:
+        """``val/<domain>/loss`` and ``val/<domain>/bpb`` and their mean ``val/bpb`` over the validation rows, through
+        the training step's head path (no whole logits) in the run's precision, or with FP8 off (``fp8=False``:
+        :meth:`~yxanul.precision.Precision.autocast`'s BF16 path). Every rank calls it (the sums are all-reduced)."""
         from yxanul.model import bits_per_byte, next_token_targets
 
         self.model.eval()
         rows_per_batch = max(1, self.tokens_per_microbatch // self.cfg.eval.seq_len)
-        self.where = f"validation batch {rows_per_batch}x{self.cfg.eval.seq_len}"
+        self.where = f"validation{'' if fp8 else ' (BF16 path)'} batch {rows_per_batch}x{self.cfg.eval.seq_len}"
         metrics: dict[str, float] = {}
         for domain, valset in self.valsets.items():
             mine = torch.from_numpy(valset.rows[self.rank::self.world])
@@ -643,7 +653,7 @@ class _Loop:
                     batch = torch.from_numpy(valset.rows[:1])
                 tokens = batch.to(self.device)
                 targets = next_token_targets(tokens)
-                with self.precision.autocast():  # the training step's head path: no whole logits either
+                with self.precision.autocast(fp8=fp8):
                     nats = self.model(tokens, targets=targets)
                 if real:
                     sums[0] += nats.double()
@@ -653,14 +663,26 @@ class _Loop:
             metrics[f"val/{domain}/loss"] = loss
             metrics[f"val/{domain}/bpb"] = float(bits_per_byte(loss, valset.bytes_per_token))
         self.model.train()
-        bpbs = [v for k, v in metrics.items() if k.endswith("/bpb")]
-        metrics["val/bpb"] = sum(bpbs) / len(bpbs)
+        metrics["val/bpb"] = sum(metrics[f"val/{d}/bpb"] for d in self.valsets) / len(self.valsets)
+        return metrics
+
+    def _validate(self, final: bool) -> dict[str, float]:
+        """Validation metrics, logged at the current tokens. At the run's final validation (``final``) with
+        :meth:`_bf16_eval`, the same rows again with FP8 off, each metric suffixed ``_bf16_eval``
+        (``val/bpb_bf16_eval``, ``val/<domain>/bpb_bf16_eval``): training numerics and evaluation numerics apart."""
+        metrics = self._evaluate()
+        bf16 = {f"{k}{BF16_EVAL_SUFFIX}": v for k, v in self._evaluate(fp8=False).items()} \
+            if final and self._bf16_eval() else {}
+        metrics.update(bf16)
         metrics["val/elapsed_s"] = self.state.elapsed_s
-        self.tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("val/")}, step=self.state.tokens)
+        self.tracker.log_metrics(metrics, step=self.state.tokens)
         if self.rank == 0:
             domains = " ".join(f"{d} {metrics[f'val/{d}/bpb']:.4f}" for d in self.valsets)
-            worker_print(self.cfg.run.name, f"validation at {human_count(self.state.tokens)} tokens: "
-                         f"bpb {metrics['val/bpb']:.4f} ({domains})")
+            line = f"validation at {human_count(self.state.tokens)} tokens: bpb {metrics['val/bpb']:.4f} ({domains})"
+            if bf16:
+                domains = " ".join(f"{d} {bf16[f'val/{d}/bpb{BF16_EVAL_SUFFIX}']:.4f}" for d in self.valsets)
+                line += f"; FP8 off (BF16 path): bpb {bf16[f'val/bpb{BF16_EVAL_SUFFIX}']:.4f} ({domains})"
+            worker_print(self.cfg.run.name, line)
         return metrics
 
     def _report(self, metrics: dict[str, float], with_checkpoint: bool, train: Any) -> None:
