@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     cfg = load_config(args.config, args.overrides)
 
-    from yxanul.data.prepare import make_plan, run, summary
+    from yxanul.data.prepare import make_plan, run, summary, validation_warning
 
     plan = make_plan(cfg, args.config, dry_run=args.dry_run)
     if args.dry_run:
@@ -45,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{plan.output_dir} is up to date (config hash {plan.config_hash}); use --force to rebuild")
         return 0
     print(summary(manifest) + f" -> {plan.output_dir}")
+    warning = validation_warning(manifest, cfg.data)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 

@@ -131,3 +131,23 @@ def test_subprocess_prints_one_line_and_exits_2(tmp_path, tokenizer):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: data.sources entry '{tmp_path}/missing': no such file or directory ({tmp_path}/missing)"]
+
+
+def test_a_dataset_without_validation_documents_is_warned_about_with_the_fix():
+    from yxanul.config import load_config
+    from yxanul.data.prepare import validation_warning
+
+    data = load_config(None, ["data.sources=[builtin:installed-python]", "data.validation_sources={}",
+                              "data.validation_fraction=0.05", "data.builtin_max_bytes=6M"]).data
+    empty = {"validation": {}, "sources": [{"uri": "builtin:installed-python",
+                                            "corpus": {"packages": {"train": {"numpy": 10, "os": 3}, "validation": {}}}}]}
+    assert validation_warning(empty, data) == (
+        "warning: no validation documents in this dataset: data.validation_fraction=0.05 held out none "
+        "(builtin:installed-python is split by whole packages: none of the 2 packages read is on the held-out side; "
+        "data.builtin_max_bytes keeps a sample of the files), so training logs no val/* metric and a sweep on val/bpb "
+        "cannot rank its trials; raise data.builtin_max_bytes or data.validation_fraction, or name "
+        "data.validation_sources")
+    held = {**empty, "validation": {"code": {"documents": 3, "tokens": 100, "bytes": 400}}}
+    assert validation_warning(held, data) is None
+    none_asked = load_config(None, ["data.validation_sources={}", "data.validation_fraction=0"]).data
+    assert validation_warning(empty, none_asked) is None  # no validation was asked for: nothing to warn about

@@ -521,5 +521,25 @@ def summary(manifest: dict[str, Any]) -> str:
             f"{human_count(rate)} tokens/s")
 
 
+def validation_warning(manifest: dict[str, Any], data: Any) -> str | None:
+    """A warning when the prepared dataset holds no validation documents although some were asked for
+    (``data.validation_fraction`` or ``data.validation_sources``): training would log no ``val/*`` metric and a
+    sweep on ``val/bpb`` could not rank its trials. Says why when the split is by whole packages (a small
+    ``data.builtin_max_bytes`` sample may hold none of the held-out ones) and what to change."""
+    if sum(v["documents"] for v in manifest["validation"].values()) or not (data.validation_fraction or
+                                                                             data.validation_sources):
+        return None
+    why = ""
+    for source in manifest.get("sources", []):
+        packages = (source.get("corpus") or {}).get("packages")
+        if packages:
+            read = sum(len(side) for side in packages.values())
+            why = (f" ({source['uri']} is split by whole packages: none of the {read} packages read is on the "
+                   f"held-out side{'; data.builtin_max_bytes keeps a sample of the files' if data.builtin_max_bytes else ''})")
+    return (f"warning: no validation documents in this dataset: data.validation_fraction={data.validation_fraction} "
+            f"held out none{why}, so training logs no val/* metric and a sweep on val/bpb cannot rank its trials; "
+            f"raise data.builtin_max_bytes or data.validation_fraction, or name data.validation_sources")
+
+
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2) + "\n")
