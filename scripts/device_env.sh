@@ -6,4 +6,5 @@ if [ -n "${OUT:-}" ] && [ ! -e outputs ]; then mkdir -p "$work" && ln -s "$work"
 mkdir -p "$out" outputs
 export PYTHONPATH=/tmp/site:$PWD/platform:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false  # calibration.py reads artifacts: no progress bars in the logs
 py=${PYTHON:-python3}
