@@ -12,13 +12,20 @@
 # (./outputs/...); on the GPU machine ./outputs is a link into $WORK (default /tmp/yxanul-science), which
 # outlives one call on a warm machine. Results go to $OUT (default ./outputs/science): prepare.jsonl, the
 # calibration rows, logs and a copy of the MLflow store. Needs no network. CPU machines can run `prepare`;
-# SCIENCE_OVERRIDES="key=value ..." is added to every job (a CPU rehearsal: data.builtin_max_bytes=20M ...).
+# SCIENCE_OVERRIDES="key=value ..." is added to every job and SCIENCE_SWEEP_OVERRIDES to the sweeps only. A CPU
+# rehearsal of every stage but tests (2026-12-05, ~12 min on 2 cores):
+#   SCIENCE_OVERRIDES="data.builtin_max_bytes=20M tokenizer.train_sample_bytes=2M tokenizer.vocab_size=2048
+#     model.n_layers=2 precision.mode=fp32 scaling.use_gpu=false train.max_tokens=196608 train.tokens_per_step=16384
+#     train.max_tokens_per_microbatch=16384 optim.warmup_tokens=32768 eval.every_tokens=65536
+#     eval.max_tokens_per_domain=8192" SCIENCE_SWEEP_OVERRIDES="sweep.resources.gpus_per_worker=0" \
+#   OUT=/tmp/science-rehearsal scripts/science.sh prepare lr seeds collect
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-./outputs/science}
 source scripts/device_env.sh
 run=experiments/runs/science.yaml
 read -r -a extra <<< "${SCIENCE_OVERRIDES:-}"  # e.g. "data.builtin_max_bytes=20M" for a quick CPU rehearsal
+read -r -a sweep_extra <<< "${SCIENCE_SWEEP_OVERRIDES:-}"  # e.g. "sweep.resources.gpus_per_worker=0" on a CPU
 uri="sqlite:///$PWD/outputs/mlflow.db"
 rc=0
 
@@ -61,7 +68,7 @@ EOF
 sweep() {  # $1 = log name, rest = jobs.sweep arguments
     local name=$1 start; shift
     start=$(date +%s)
-    $py -m jobs.sweep science-calibration "tracking.uri=$uri" "${extra[@]}" "$@" 2>&1 | tee -a "$out/$name.log" \
+    $py -m jobs.sweep science-calibration "tracking.uri=$uri" "${extra[@]}" "${sweep_extra[@]}" "$@" 2>&1 | tee -a "$out/$name.log" \
         | grep -v "^$" | grep -v "Failed to query Ray Train Controller" | tail -25
     local status=${PIPESTATUS[0]}
     echo "{\"sweep\": \"$name\", \"wall_s\": $(( $(date +%s) - start )), \"rc\": $status}" >> "$out/sweeps.jsonl"
@@ -84,7 +91,7 @@ tests() {
         | grep -v "^$" | tail -40
     return "${PIPESTATUS[0]}"
 }
-[ $# -gt 0 ] || { sed -n '3,10p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '3,16p' "$0"; exit 2; }
 { date -u +%FT%TZ; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null; } \
     >> "$out/env.txt"
 for stage in "$@"; do
