@@ -19,8 +19,8 @@ from yxanul.train.step import train_step
 
 pytestmark = pytest.mark.gpu
 
-M270 = ModelConfig(preset="yxanul-270m")
 VOCAB = 16384
+M270 = ModelConfig(preset="yxanul-270m", vocab_size=VOCAB)  # the preset's 200k head would be most of the step
 FUSED = ("flash", "fmha", "sdpa")
 """Kernel-name fragments of the fused attention kernels (FlashAttention-2 ``flash_fwd_kernel`` / ``flash_bwd_*``,
 memory-efficient ``fmha_cutlass*``, cuDNN ``*sdpa*``): a name check independent of the op tree the share uses."""
@@ -30,7 +30,7 @@ def test_every_fused_attention_kernel_is_counted_and_the_share_grows_with_the_se
     shares = {}
     for seq_len in (128, 2048):
         torch.manual_seed(0)
-        built = build_training(M270, PrecisionConfig(mode="bf16", compile="on"), OptimConfig(), DEV, vocab_size=VOCAB)
+        built = build_training(M270, PrecisionConfig(mode="bf16", compile="on"), OptimConfig(), DEV)
         assert built.compiled
         batches = list(torch.randint(1, VOCAB, (32768 // seq_len, seq_len)).split(16384 // seq_len))  # 2 x 16k tokens
         for _ in range(2):  # compile and warm up, as the loop's first step of a shape does
