@@ -74,7 +74,7 @@ def start_mlflow_server(root: Path, cmd: list[str], env: dict[str, str] | None =
     try:
         wait_http(f"{uri}/health", timeout_s=120, proc=proc)
     except Exception:
-        _kill_group(proc)
+        kill_group(proc)
         raise RuntimeError((root / "server.log").read_text()[-3000:]) from None
     return proc, uri
 
@@ -94,7 +94,7 @@ def mlflow_server(tmp_path_factory):
     yield uri
     # The server forks gunicorn/uvicorn workers and a job runner with huey consumers: end the whole
     # process group (start_new_session made the server its leader), not only the parent.
-    _kill_group(proc)
+    kill_group(proc)
 
 
 class AuthServer(tuple):
@@ -123,10 +123,12 @@ def mlflow_auth_server(tmp_path_factory):
                     "MLFLOW_TRACKING_PASSWORD": admin["MLFLOW_AUTH_ADMIN_PASSWORD"]}
     server.state = root / "state"
     yield server
-    _kill_group(proc)
+    kill_group(proc)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen) -> None:
+    """Stop a server started in its own process group (``start_new_session=True``): SIGTERM, then SIGKILL, each
+    given 15 s, so none of the group's processes outlives the test."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import free_port, listens_beyond_loopback, ray_auth_headers, wait_http
+from tests.integration.conftest import free_port, kill_group, listens_beyond_loopback, ray_auth_headers, wait_http
 from tests.train_helpers import make_dataset
 from yxanul.ray_session import local_server_env
 
@@ -62,16 +61,7 @@ def ray_head(mlflow_auth_server):
         HEAD.update(pid=proc.pid, metrics_port=metrics)
         yield address, dashboard, f"127.0.0.1:{gcs}", env
     finally:
-        for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        kill_group(proc)
         log.close()
 
 
@@ -280,13 +270,4 @@ def test_a_token_client_meeting_a_head_without_authentication_is_one_line(tmp_pa
             f"there; restart its head with RAY_AUTH_MODE=token (docs/cluster.md, Security model), or set "
             f"RAY_AUTH_MODE=disabled for this client to use it as it is"]
     finally:
-        for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        kill_group(proc)
