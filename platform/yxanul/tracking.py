@@ -431,7 +431,9 @@ def describe_failure(exc: BaseException) -> str:
     """What went wrong with an MLflow request, in a few words without secrets: ``HTTP 401 (login refused)``,
     ``HTTP 403 (permission denied)``, ``HTTP 503``, ``connection failed: Connection refused``."""
     text = str(exc)
-    found = re.search(r"error code (\d{3})\b", text)  # MLflow's "... failed with error code 401 != 200"
+    # MLflow's "... failed with error code 401 != 200", or urllib3's retries ending on the same status: "Max retries
+    # exceeded ... (Caused by ResponseError('too many 500 error responses'))": the server answered, with that code
+    found = re.search(r"error code (\d{3})\b", text) or re.search(r"too many (\d{3}) error responses", text)
     code = int(found.group(1)) if found else {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}.get(
         str(getattr(exc, "error_code", "")))
     if code is None and ("failed with exception" in text or isinstance(exc, OSError)):  # requests' ConnectionError

@@ -188,3 +188,8 @@ def test_failures_are_described_without_secrets():
     wrapped = Exception("API request to http://10.0.0.5:5000/api/2.0/mlflow/runs/get failed with exception "
                         "HTTPConnectionPool(host='10.0.0.5', port=5000): Max retries exceeded (Connection refused)")
     assert describe_failure(wrapped) == "connection failed: Connection refused"
+    # the server answered 500 every time urllib3 retried (seen when MLflow's basic auth raced a password change)
+    answered = Exception("API request to http://127.0.0.1:37717/api/2.0/mlflow/runs/log-batch failed with exception "
+                         "HTTPConnectionPool(host='127.0.0.1', port=37717): Max retries exceeded with url: "
+                         "/api/2.0/mlflow/runs/log-batch (Caused by ResponseError('too many 500 error responses'))")
+    assert describe_failure(answered) == "HTTP 500"
