@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -210,7 +211,11 @@ def test_password_rotated_mid_run_training_finishes_and_replay_sends_every_metri
     warnings = [line for line in out.splitlines() if "MLflow" in line and "warning:" in line]
     assert len(warnings) == 2, out[-4000:]  # one per party: the workers' outage, the driver's verdict
     assert warnings[0].startswith("rotated | warning: MLflow ")
-    assert "HTTP 401 (login refused); training goes on" in warnings[0]
+    # The workers' first refused request: a 401, or a 500 when it straddled the rotation (MLflow 3.17's basic auth
+    # authenticates a log-batch twice; a password changed in between fails the second check with an AttributeError
+    # on the server: seen in a CI rehearsal, GOTCHAS.md). Either way the server answered, and training went on.
+    assert re.search(r"failed for run [0-9a-f]{32}: HTTP (401 \(login refused\)|500); training goes on",
+                     warnings[0]), warnings[0]
     run_folder = storage / "rotated"
     assert warnings[1].startswith(f"warning: MLflow {uri} failed to end run ")
     assert "as finished: HTTP 401" in warnings[1]
