@@ -182,14 +182,6 @@ class Console:
 
     def __exit__(self, *exc: object) -> None:
         global _active
-        # Ray's last words (the log monitor's late forwarded lines) still go to the log, not under the job's last
-        # line on the terminal: the Ray this job connected to stops inside the console (a caller's is left alone).
-        from yxanul.ray_session import stop_ray
-
-        try:
-            stop_ray()
-        except Exception as err:  # a failing shutdown must not hide the job's own result; the log keeps it
-            self.from_output(f"ray.shutdown failed: {err}")
         _active = None
         if self._saved is not None:
             for stream in (sys.stdout, sys.stderr):

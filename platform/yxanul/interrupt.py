@@ -17,7 +17,7 @@ How the stop reaches the work:
   (``TUNE_DISABLE_SIGINT_HANDLER``), so SIGINT and SIGTERM take the same path;
 - a training run: :func:`yxanul.train.launch.train` waits for ``TorchTrainer.fit()`` in a helper thread (Ray
   Train then leaves SIGINT alone), so the signal raises :class:`Interrupted` in the main thread at once; the
-  job then shuts Ray down (:func:`yxanul.ray_session.stop_ray`), which ends the workers.
+  job then shuts Ray down (:func:`stop_ray`), which ends the workers.
 
 A second signal raises :class:`Interrupted` wherever the job is. What a run or sweep was interrupted at is
 recorded on its MLflow run (:func:`record_interruption`, :func:`record_resume`).
@@ -39,7 +39,7 @@ from yxanul.formatting import human_count, timestamp
 from yxanul.tags import INTERRUPTIONS_TAG, LAST_INTERRUPTION_TAG, LAST_RESUME_TAG, RESUMES_TAG
 
 __all__ = ["HANDLED", "Interrupted", "active", "forwarding", "latest_checkpoint_tokens", "received", "record_interruption",
-           "record_resume", "reinstall", "resume_point", "signals_handled"]
+           "record_resume", "reinstall", "resume_point", "signals_handled", "stop_ray"]
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -95,8 +95,6 @@ def signals_handled() -> Iterator[None]:
     except BaseException:
         # Inside the job's console (entered before this block): Ray's last words (the log monitor's late lines,
         # a stopping cluster's) go to its log, not under the job's one error line.
-        from yxanul.ray_session import stop_ray
-
         stop_ray()
         raise
     finally:
@@ -125,6 +123,22 @@ def forwarding(target: int) -> Iterator[None]:
         yield
     finally:
         _State.forward = None
+
+
+def stop_ray() -> None:
+    """Shut down the Ray this job connected to (:func:`yxanul.ray_session.ensure_ray`): a local Ray stops with its
+    workers; a cluster's (``$RAY_ADDRESS``) ends this job's actors, the training workers among them. A Ray that a
+    caller initialised before (a test session's) is left alone. Called inside the job's console, so Ray's last
+    words go to the log file, not the terminal."""
+    import sys
+
+    from yxanul.ray_session import connected_here
+
+    if "ray" in sys.modules and connected_here():
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from yxanul.errors import YxanulError
 
-__all__ = ["LOOPBACK_SWITCH", "connected_here", "ensure_ray", "local_server_env", "loopback", "stop_ray"]
+__all__ = ["LOOPBACK_SWITCH", "connected_here", "ensure_ray", "local_server_env", "loopback"]
 
 _connected_here = False
 """Whether :func:`ensure_ray` called ``ray.init`` in this process (a Ray already initialised by a caller is
@@ -45,21 +45,6 @@ theirs to shut down)."""
 def connected_here() -> bool:
     """Whether this process's Ray connection was made by :func:`ensure_ray` (not by a caller before it)."""
     return _connected_here
-
-
-def stop_ray() -> None:
-    """Shut down the Ray this job connected to (:func:`ensure_ray`): a local Ray stops with its workers; a
-    cluster's (``$RAY_ADDRESS``) ends this job's actors, the training workers among them. A Ray that a caller
-    initialised before (a test session's) is left alone. Jobs call it inside their console (its exit does, and
-    a failing or interrupted job earlier), so Ray's last words, the log monitor's late forwarded lines, go to the
-    log file, not to the terminal under the job's last line."""
-    import sys
-
-    if "ray" in sys.modules and _connected_here:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
 
 LOOPBACK_SWITCH = "YXANUL_RAY_LOOPBACK"
 """``0`` lets a Ray the platform starts listen where Ray puts it (the machine's address) instead of 127.0.0.1."""

@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from tests.conftest import FAKE_PEAK_TFLOPS
-from tests.output import own_lines
 from tests.train_helpers import make_dataset
 from yxanul.config import ExperimentConfig, load_config
 from yxanul.errors import ConfigError
@@ -251,10 +250,6 @@ def test_sigterm_to_jobs_train_is_one_line_and_the_same_command_resumes_exactly(
     again = subprocess.run(command, cwd=PULSE.parents[2], capture_output=True, text=True, env=environ, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training finished" in again.stdout
-    # Ray's late forwarded worker lines (checkpoint and report chatter) go to the log: the job stops its Ray
-    # inside its console, so nothing of Ray's follows the job's last line on the terminal
-    printed = (again.stdout + again.stderr).splitlines()
-    assert [line for line in printed if line.strip()] == own_lines(again.stdout + again.stderr), printed[-20:]
     _, full = uninterrupted
     assert history(client, run.info.run_id, "train/loss") == history(client, full.run_id, "train/loss")
     tags = client.get_run(run.info.run_id).data.tags
