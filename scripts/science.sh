@@ -2,7 +2,8 @@
 # The science setup on one GPU machine: its data, and the calibration that chose its recipe.
 #   scripts/science.sh STAGE [STAGE ...]
 #
-#   prepare   tokenizer (16k BPE on the science sources) + packed 2048 dataset + decomposed dataset, timed
+#   prepare   tokenizer (16k BPE on the science sources) + packed 2048 dataset, timed
+#   decomposed  the same tokens decomposed 64..2048 (curriculum-variants needs it; the calibration does not), timed
 #   lr        the learning-rate sweep at seed 0 (experiments/sweeps/science-calibration.yaml)
 #   seeds     seeds 1 and 2 at the best rate of `lr` (seed 0 is the lr sweep's run), timed
 #   collect   runs.jsonl + criteria.json (scripts/calibration.py) of everything above
@@ -43,13 +44,19 @@ timed() {  # $1 = step name, rest = command; appends {"step", "seconds", "rc"} t
 prepare() {
     timed tokenizer $py -m jobs.tokenizer $run "${extra[@]}" || return 1
     timed prepare-packed $py -m jobs.prepare $run "${extra[@]}" || return 1
+    describe science-code-2048
+}
+decomposed() {
     timed prepare-decomposed $py -m jobs.prepare $run data.mode=decompose \
         data.output_dir=./outputs/data/science-code-decomposed "${extra[@]}" || return 1
-    $py - "$out" <<'EOF'
+    describe science-code-decomposed
+}
+describe() {  # $1 = dataset name under outputs/data: one row of datasets.jsonl
+    $py - "$out" "$1" <<'EOF'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-for name in ("science-code-2048", "science-code-decomposed"):
+for name in sys.argv[2:]:
     m = json.loads(Path(f"outputs/data/{name}/manifest.json").read_text())
     code = next(s for s in m["sources"] if s["uri"] == "builtin:installed-python")
     corpus = code.get("corpus", {})
@@ -91,12 +98,13 @@ tests() {
         | grep -v "^$" | tail -40
     return "${PIPESTATUS[0]}"
 }
-[ $# -gt 0 ] || { sed -n '3,16p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '3,17p' "$0"; exit 2; }
 { date -u +%FT%TZ; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null; } \
     >> "$out/env.txt"
 for stage in "$@"; do
     case $stage in
         prepare) prepare || rc=$? ;;
+        decomposed) decomposed || rc=$? ;;
         lr) sweep lr || rc=$? ;;
         seeds) seeds || rc=$? ;;
         collect) collect || rc=$? ;;
