@@ -6,6 +6,8 @@
 #   decomposed  the same tokens decomposed 64..2048 (curriculum-variants needs it; the calibration does not), timed
 #   lr        the learning-rate sweep at seed 0 (experiments/sweeps/science-calibration.yaml)
 #   seeds     seeds 1 and 2 at the best rate of `lr` (seed 0 is the lr sweep's run), timed
+#   noise     seeds 0, 1, 2 at science.yaml's rate, timed: the noise floor first, where device time is short
+#   lr-check  then the sweep's other rates at seed 0 (`lr` less the rate `noise` ran): was that rate the best?
 #   collect   runs.jsonl + criteria.json (scripts/calibration.py) of everything above
 #   tests     pytest -m gpu tests/gpu
 #
@@ -19,7 +21,7 @@
 #     model.n_layers=2 precision.mode=fp32 scaling.use_gpu=false train.max_tokens=196608 train.tokens_per_step=16384
 #     train.max_tokens_per_microbatch=16384 optim.warmup_tokens=32768 eval.every_tokens=65536
 #     eval.max_tokens_per_domain=8192" SCIENCE_SWEEP_OVERRIDES="sweep.resources.gpus_per_worker=0" \
-#   OUT=/tmp/science-rehearsal scripts/science.sh prepare lr seeds collect
+#   OUT=/tmp/science-rehearsal scripts/science.sh prepare lr seeds collect   (and, 2026-12-06, `noise lr-check collect`)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-./outputs/science}
@@ -87,6 +89,24 @@ seeds() {
     echo "best learning rate at seed 0: $lr"
     sweep seeds sweep.name=science-seeds 'sweep.axes={}' 'sweep.seeds=[1,2]' "optim.lr=$lr"
 }
+noise() {
+    local lr
+    lr=$($py -c "import yaml; print(yaml.safe_load(open('$run'))['optim']['lr'])") || return 1
+    echo "noise floor at science.yaml's learning rate $lr"
+    sweep seeds sweep.name=science-seeds 'sweep.axes={}' 'sweep.seeds=[0,1,2]' "optim.lr=$lr"
+}
+lr_check() {
+    local rates
+    rates=$($py - "$run" <<'EOF'
+import sys, yaml
+lr = yaml.safe_load(open(sys.argv[1]))["optim"]["lr"]
+axis = yaml.safe_load(open("experiments/sweeps/science-calibration.yaml"))["axes"]["lr"]["values"]
+print("[" + ",".join(repr(float(v)) for v in axis if float(v) != float(lr)) + "]")
+EOF
+) || return 1
+    echo "the other learning rates at seed 0: $rates"
+    sweep lr "sweep.axes.lr.values=$rates"
+}
 collect() {
     local wall
     wall=$($py -c "import json; print(sum(json.loads(l)['wall_s'] for l in open('$out/sweeps.jsonl') if '\"seeds\"' in l))" 2>/dev/null)
@@ -98,7 +118,7 @@ tests() {
         | grep -v "^$" | tail -40
     return "${PIPESTATUS[0]}"
 }
-[ $# -gt 0 ] || { sed -n '3,17p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '3,19p' "$0"; exit 2; }
 { date -u +%FT%TZ; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null; } \
     >> "$out/env.txt"
 for stage in "$@"; do
@@ -107,6 +127,8 @@ for stage in "$@"; do
         decomposed) decomposed || rc=$? ;;
         lr) sweep lr || rc=$? ;;
         seeds) seeds || rc=$? ;;
+        noise) noise || rc=$? ;;
+        lr-check) lr_check || rc=$? ;;
         collect) collect || rc=$? ;;
         tests) tests || rc=$? ;;
         *) echo "unknown stage $stage" >&2; exit 2 ;;
