@@ -437,6 +437,12 @@ class CheckpointConfig(_Section):
     at the end (a stop loses everything since the start)."""
     keep_last: int = Field(2, gt=0)
     """Checkpoints kept."""
+    asynchronous: bool = True
+    """Write checkpoints off the training thread: training waits only while the state is copied to host memory
+    (a copy of the checkpoint's size, held until it is written); writing, hashing and the copy to
+    ``run.storage_path`` run in Ray Train's upload thread (``CheckpointUploadMode.ASYNC``), in report order, and
+    the run ends after the last one. One checkpoint is in flight at most: the next waits for it. False: training
+    waits for the whole checkpoint (the timeline's ``checkpoint`` phase then holds all of it)."""
 
 
 class TrackingConfig(_Section):

@@ -172,7 +172,7 @@ def test_the_final_validation_runs_again_with_fp8_off_once(env, uninterrupted):
 
 
 def test_interrupted_and_resumed_run_has_identical_losses(env, uninterrupted, capfd):
-    """Stopped at 8192 tokens (checkpoints at 4096 and 8192), the latest checkpoint truncated as a failed upload
+    """Stopped at 8192 tokens (checkpoints at 4096 and 8192, written asynchronously), the latest checkpoint truncated as a failed upload
     or a full disk would leave it: the resume says so in one line naming the file, falls back to the checkpoint
     at 4096, and the run's losses are still bit-identical to the uninterrupted run's."""
     from mlflow import MlflowClient
@@ -189,7 +189,9 @@ def test_interrupted_and_resumed_run_has_identical_losses(env, uninterrupted, ca
     with open(latest, "r+b") as fh:
         fh.truncate(size // 2)
     capfd.readouterr()
-    second = train(config(env, "resumed", "eval.bf16_eval=on"))  # same run.name + storage: resumes, from 4096
+    # same run.name + storage: resumes, from 4096; the first part wrote its checkpoints in Ray's upload thread (the
+    # default), this part writes them in the training thread: either way the losses continue exactly
+    second = train(config(env, "resumed", "eval.bf16_eval=on", "checkpoint.asynchronous=false"))
     assert second.finished and second.run_id == first.run_id and second.tokens == STEPS * TPS
     warning = (f"warning: checkpoint file {latest} is corrupt: {size // 2} bytes, manifest.rank0.json says {size} "
                f"(truncated or overwritten); resuming from the previous valid checkpoint {checkpoints[0]}")

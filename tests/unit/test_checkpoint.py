@@ -20,7 +20,9 @@ from yxanul.train.checkpoint import (
     fp8_state_to_data,
     load_checkpoint,
     save_checkpoint,
+    snapshot,
     verify_checkpoint,
+    write_snapshot,
 )
 
 
@@ -94,6 +96,43 @@ def test_round_trip_restores_weights_optimizer_rng_and_position(tmp_path):
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected  # RNG streams continue exactly
     rank_state = json.loads((directory / "rank0.json").read_text())  # JSON: nothing in it can be code
     assert set(rank_state) == {"rng", "data"}
+
+
+def test_a_snapshot_is_a_copy_written_later_as_the_state_it_was_taken_from(tmp_path):
+    """checkpoint.asynchronous: the snapshot is taken in the training thread and written later (Ray's upload thread)
+    while training changes the weights, the optimizer state and the RNG in place. What is written must be the state
+    at the snapshot, bit for bit, not the state at the write."""
+    model, optimizer = _model_and_optimizer()
+    state = TrainState(step=3, tokens=300, num_workers=1, tokens_per_step=100, seed=1, max_tokens=1000)
+    data = {"stage": 0, "position": 12, "rank": 0, "world_size": 1, "seq_len": 8}
+    torch.manual_seed(5)
+    taken = snapshot(rank=0, state=state, model=model, optimizer=optimizer, data_state=data)
+    at_snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+    exp_avg = optimizer.state_dict()["state"][0]["exp_avg"].clone()
+    after_snapshot_draw = torch.rand(1).item()
+    model(torch.randn(3, 8)).sum().backward()  # training goes on: in-place updates of everything the snapshot holds
+    optimizer.step()
+    state.step, data["position"] = 4, 16
+    assert not torch.equal(model.state_dict()["0.weight"], at_snapshot["0.weight"])
+    directory = write_snapshot(tmp_path / "ckpt", taken)
+    assert {p.name for p in directory.iterdir()} == {"model.pt", "optimizer.pt", "state.json", "rank0.json",
+                                                     "manifest.rank0.json"}
+    assert verify_checkpoint(directory).step == 3
+    fresh, fresh_optimizer = _model_and_optimizer(seed=99)
+    loaded, position = load_checkpoint(directory, rank=0, model=fresh, optimizer=fresh_optimizer)
+    assert (loaded.step, position["position"]) == (3, 12)
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, at_snapshot[name]), name
+    assert torch.equal(fresh_optimizer.state_dict()["state"][0]["exp_avg"], exp_avg)
+    assert torch.rand(1).item() == after_snapshot_draw  # the RNG as it was at the snapshot
+
+
+def test_rank_one_writes_only_its_own_state(tmp_path):
+    model, optimizer = _model_and_optimizer()
+    taken = snapshot(rank=1, state=TrainState(num_workers=2), model=model, optimizer=optimizer,
+                     data_state={"stage": 0, "position": 0})
+    assert taken.weights is None and taken.optimizer is None and taken.state is None
+    assert {p.name for p in write_snapshot(tmp_path, taken).iterdir()} == {"rank1.json", "manifest.rank1.json"}
 
 
 @pytest.mark.parametrize(("target", "payload", "global_name"), [("model.pt", _Shell, "posix.system"),

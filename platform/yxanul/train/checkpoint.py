@@ -23,6 +23,12 @@ when every rank's manifest is there and every file has the size and hash it list
 (:func:`verify_checkpoint`). The training loop resumes from the newest checkpoint that verifies and says in
 one line which file made it skip a newer one (:func:`candidates`).
 
+**Written off the training thread.** :func:`snapshot` copies a rank's state into host memory in the training
+thread (the only part training waits for); :func:`write_snapshot` writes it, and with
+``checkpoint.asynchronous`` (the default) that happens in Ray Train's checkpoint-upload thread together with the
+copy to ``run.storage_path``, while training goes on (:mod:`yxanul.train.loop`). Ray registers a checkpoint
+only once it is written and copied, in report order, and waits for the last one before the run ends.
+
 The learning rate needs no state: it is a function of tokens seen (:mod:`yxanul.schedule`). The data
 position is a function of the step as well; it is saved anyway and checked on resume, so a change in
 the data order (a different dataset, another number of workers) is caught instead of silently shifting.
@@ -49,8 +55,9 @@ from yxanul.errors import CheckpointError, ConfigError, first_line
 from yxanul.files import sha256_file
 from yxanul.precision import split_state_dict
 
-__all__ = ["RESUME_KEYS", "TrainState", "candidates", "check_compatible", "fp8_state_from_data", "fp8_state_to_data",
-           "load_checkpoint", "read_state", "resume_changes", "resume_values", "save_checkpoint", "verify_checkpoint"]
+__all__ = ["RESUME_KEYS", "Snapshot", "TrainState", "candidates", "check_compatible", "fp8_state_from_data",
+           "fp8_state_to_data", "load_checkpoint", "read_state", "resume_changes", "resume_values", "save_checkpoint",
+           "snapshot", "verify_checkpoint", "write_snapshot"]
 
 FORMAT_VERSION = 2
 """2: JSON per-rank state, FP8 state as tensors + JSON, manifests. 1 (pickled per-rank state) is not loaded."""
@@ -237,38 +244,85 @@ def _write_json(path: Path, content: Any) -> None:
     path.write_text(json.dumps(content, indent=1 if path.name == "state.json" else None))
 
 
-def save_checkpoint(directory: str | Path, *, rank: int, state: TrainState, model: nn.Module,
-                    optimizer: torch.optim.Optimizer, data_state: dict[str, Any]) -> Path:
-    """Write this rank's part of a checkpoint into ``directory`` (which the caller reports to Ray).
+@dataclass
+class Snapshot:
+    """One rank's part of a checkpoint, copied into host memory: taken in the training thread (training then
+    goes on and changes the originals) and written by :func:`write_snapshot` later, e.g. in Ray Train's
+    checkpoint-upload thread (``checkpoint.asynchronous``). Rank 0 holds the weights, the FP8 scaling state
+    and the optimizer state: a host copy of the size of the checkpoint while it is written."""
 
-    Every rank must call it: under FSDP the full weights and optimizer state are gathered collectively
-    (:mod:`yxanul.train.parallel`); rank 0 writes them, keyed like a plain single-process model's, so a
-    checkpoint loads under DDP, FSDP or one process alike. Each rank's manifest comes last.
-    """
+    rank: int
+    rank_state: dict[str, Any]
+    """RNG states and data position (``rank<r>.json``)."""
+    weights: dict[str, torch.Tensor] | None = None
+    fp8: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+    optimizer: dict[str, Any] | None = None
+    state: dict[str, Any] | None = None
+
+
+def _to_host(value: Any) -> Any:
+    """``value`` with every tensor copied to the CPU (a copy even for CPU tensors: the originals change)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, Mapping):
+        return {k: _to_host(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_host(v) for v in value)
+    return value
+
+
+def snapshot(*, rank: int, state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer,
+             data_state: dict[str, Any]) -> Snapshot:
+    """This rank's checkpoint as it stands now, in host memory. Every rank must call it: under FSDP the full
+    weights and optimizer state are gathered collectively (:mod:`yxanul.train.parallel`); rank 0 keeps them,
+    keyed like a plain single-process model's, so a checkpoint loads under DDP, FSDP or one process alike."""
     from yxanul.train.parallel import full_optimizer_state_dict, full_state_dict
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     weights, fp8_state = split_state_dict(full_state_dict(model))
     optimizer_state = full_optimizer_state_dict(model, optimizer)
-    written = [f"rank{rank}.json"]
-    _write_json(directory / written[0], {"rng": _rng_state(), "data": data_state})
+    taken = Snapshot(rank=rank, rank_state={"rng": _rng_state(), "data": json.loads(json.dumps(data_state))})
     if rank == 0:
-        torch.save(weights, directory / "model.pt")
-        written.append("model.pt")
+        taken.weights = _to_host(weights)
         if fp8_state:
             tensors, meta = fp8_state_to_data(fp8_state)
-            torch.save(tensors, directory / "fp8_state.pt")
-            _write_json(directory / "fp8_state.json", meta)
-            written += ["fp8_state.pt", "fp8_state.json"]
-        torch.save(optimizer_state, directory / "optimizer.pt")
-        _write_json(directory / "state.json", asdict(state))
-        written += ["optimizer.pt", "state.json"]
-    manifest = {"format_version": FORMAT_VERSION, "rank": rank,
+            taken.fp8 = (_to_host(tensors), meta)
+        taken.optimizer = _to_host(optimizer_state)
+        taken.state = asdict(state)
+    return taken
+
+
+def write_snapshot(directory: str | Path, taken: Snapshot) -> Path:
+    """Write a rank's :class:`Snapshot` into ``directory`` (which is then reported to Ray); its manifest last."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = [f"rank{taken.rank}.json"]
+    _write_json(directory / written[0], taken.rank_state)
+    if taken.weights is not None:
+        torch.save(taken.weights, directory / "model.pt")
+        written.append("model.pt")
+    if taken.fp8 is not None:
+        torch.save(taken.fp8[0], directory / "fp8_state.pt")
+        _write_json(directory / "fp8_state.json", taken.fp8[1])
+        written += ["fp8_state.pt", "fp8_state.json"]
+    if taken.optimizer is not None:
+        torch.save(taken.optimizer, directory / "optimizer.pt")
+        written.append("optimizer.pt")
+    if taken.state is not None:
+        _write_json(directory / "state.json", taken.state)
+        written.append("state.json")
+    manifest = {"format_version": FORMAT_VERSION, "rank": taken.rank,
                 "files": {name: {"bytes": (directory / name).stat().st_size, "sha256": sha256_file(directory / name)}
                           for name in written}}
-    _write_json(directory / _MANIFEST.format(rank=rank), manifest)  # last: the rank's part is complete
+    _write_json(directory / _MANIFEST.format(rank=taken.rank), manifest)  # last: the rank's part is complete
     return directory
+
+
+def save_checkpoint(directory: str | Path, *, rank: int, state: TrainState, model: nn.Module,
+                    optimizer: torch.optim.Optimizer, data_state: dict[str, Any]) -> Path:
+    """Write this rank's part of a checkpoint into ``directory`` now: :func:`snapshot` then
+    :func:`write_snapshot`. Every rank must call it (FSDP gathers collectively)."""
+    return write_snapshot(directory, snapshot(rank=rank, state=state, model=model, optimizer=optimizer,
+                                              data_state=data_state))
 
 
 # ---------------------------------------------------------------------------------------------------

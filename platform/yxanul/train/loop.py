@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,14 @@ from yxanul.tags import (
 )
 from yxanul.timeline import Timeline, timed
 from yxanul.tracking import SPOOL_DIR, NullTracker, ResilientTracker, Tracker, device_tags, node_tags
-from yxanul.train.checkpoint import TrainState, check_compatible, load_checkpoint, resume_values, save_checkpoint
+from yxanul.train.checkpoint import (
+    TrainState,
+    check_compatible,
+    load_checkpoint,
+    resume_values,
+    snapshot,
+    write_snapshot,
+)
 from yxanul.train.setup import WorkerSetup
 
 __all__ = ["NonFiniteLossError", "out_of_memory_fix", "out_of_memory_message", "train_loop_per_worker"]
@@ -157,6 +165,8 @@ class _Loop:
         self.where = "start-up (building the model: memory measurement, FP8 plan, compilation)"
         """What the worker is doing, for a one-line out-of-memory error."""
         self.started_at = time.time()
+        self.upload_done: threading.Event | None = None
+        """Set once the last asynchronously written checkpoint is written and on storage."""
         with self.timeline.phase("data"):
             self.dataset = PreparedDataset.open(setup.data_dir)
         self.plan: CurriculumPlan = build_plan(cfg, self.world, self.dataset.seq_len_ok)
@@ -327,16 +337,19 @@ class _Loop:
         tracker.set_tags(tags)
         return tracker
 
-    def _write_marker(self, event: str) -> None:
-        """<run dir>/workers/rank<r>.json: pid, step, tokens of this worker process (for operators and tests)."""
+    def _write_marker(self, event: str, step: int | None = None, tokens: int | None = None) -> None:
+        """<run dir>/workers/rank<r>.json: pid, step, tokens of this worker process (for operators and tests).
+        ``checkpoint``: this rank's part of the checkpoint at ``step``/``tokens`` is on the run's storage."""
         folder = self.setup.marker_dir
         if not folder:
             return
+        step = self.state.step if step is None else step
+        tokens = self.state.tokens if tokens is None else tokens
         atomic_write(Path(folder) / f"rank{self.rank}.json", json.dumps({
-            "pid": os.getpid(), "rank": self.rank, "step": self.state.step, "tokens": self.state.tokens,
-            "event": event, "time": time.time()}))
+            "pid": os.getpid(), "rank": self.rank, "step": step, "tokens": tokens, "event": event,
+            "time": time.time()}))
         with open(Path(folder) / f"rank{self.rank}.log", "a") as log:
-            log.write(f"{os.getpid()} {event} {self.state.step} {self.state.tokens}\n")
+            log.write(f"{os.getpid()} {event} {step} {tokens}\n")
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -694,14 +707,28 @@ class _Loop:
         if not with_checkpoint:
             train.report(payload)
             return
+        if self.upload_done is not None:  # one checkpoint in flight at most: host memory for one snapshot
+            self.upload_done.wait()
+        taken = snapshot(rank=self.rank, state=self.state, model=self.step_model, optimizer=self.optimizer,
+                         data_state=self.data_position or {})
         directory = Path(tempfile.mkdtemp(prefix=f"yxanul-ckpt-r{self.rank}-"))
-        try:
-            save_checkpoint(directory, rank=self.rank, state=self.state, model=self.step_model, optimizer=self.optimizer,
-                            data_state=self.data_position or {})
-            train.report(payload, checkpoint=train.Checkpoint.from_directory(str(directory)))
-        finally:
-            shutil.rmtree(directory, ignore_errors=True)
-        self._write_marker("checkpoint")
+        persisted = functools.partial(self._write_marker, "checkpoint", self.state.step, self.state.tokens)
+        if self.cfg.checkpoint.asynchronous:
+            self.upload_done = threading.Event()
+            # Ray's upload thread writes the snapshot into the (empty) local folder, copies it to storage the way
+            # a synchronous report does, and deletes the local folder; training goes on meanwhile.
+            train.report(payload, checkpoint=train.Checkpoint.from_directory(str(directory)),
+                         checkpoint_upload_mode=train.CheckpointUploadMode.ASYNC,
+                         checkpoint_upload_fn=functools.partial(_write_and_persist, taken, persisted,
+                                                                self.upload_done),
+                         delete_local_checkpoint_after_upload=True)
+        else:
+            try:
+                write_snapshot(directory, taken)
+                train.report(payload, checkpoint=train.Checkpoint.from_directory(str(directory)))
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
+            persisted()
 
     def _export(self) -> None:
         """The final model in Hugging Face format as an MLflow artifact (every rank calls: FSDP gathers)."""
@@ -726,6 +753,23 @@ class _Loop:
             self.tracker.log_artifact(out, "model")
         worker_print(self.cfg.run.name, "logged the final model (Hugging Face format) to MLflow under "
                      "artifacts/model")
+
+
+def _write_and_persist(taken: Any, persisted: Any, done: threading.Event, local: Any, dir_name: str) -> Any:
+    """Ray Train's ``checkpoint_upload_fn`` (its upload thread): write the snapshot into the local checkpoint
+    folder, then copy it to the run's storage as Ray's own synchronous upload does (``persist_current_checkpoint``,
+    which also checks that the storage is reachable from this node), then ``persisted()`` (the worker marker).
+    Ray hands the report to its controller after this returns, once the previous report was taken (a queue of one):
+    so when the marker says checkpoint k, checkpoint k - 2 is registered, as it is with synchronous reports."""
+    import ray.train
+
+    try:
+        write_snapshot(local.path, taken)
+        checkpoint = ray.train.get_context().get_storage().persist_current_checkpoint(local, dir_name)
+        persisted()
+        return checkpoint
+    finally:
+        done.set()  # the training thread may take the next snapshot (a failure reaches it through Ray)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
