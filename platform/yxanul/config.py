@@ -163,6 +163,12 @@ class DataConfig(_Section):
     """Validation domain of held-out documents from user sources (built-in corpora carry their own)."""
     tokenize_actors: int | None = Field(None, gt=0)
     """Tokenizer actors in the Ray Data pool (one tokenizer each); None: one per CPU of the cluster."""
+    shuffle_window: int = Field(16, gt=0)
+    """Training, not preparation: row groups whose rows are shuffled together. Each epoch's row-group order is cut
+    into windows of this many and the rows of a window are permuted together, so one optimizer step mixes rows of
+    that many row groups instead of taking a slice of one (~1 MiB of consecutive packed text). Memory: a worker
+    holds one window's row groups at a time (16 x ~1 MiB). 1 = the per-row-group order of runs before it
+    existed. Left out of the dataset's config hash (docs/training.md, Order and sharding)."""
 
     @model_validator(mode="after")
     def _check_buckets(self) -> DataConfig:

@@ -29,48 +29,84 @@ def all_rows(dataset: PreparedDataset, bucket: int) -> np.ndarray:
     return np.concatenate([loader_mod._read_rows(u) for u in dataset.units(bucket)])
 
 
-def test_same_seed_same_order_other_seed_other_order(decomposed):
-    a = TrainStream(decomposed, 16, (16,), seed=1, stage_index=0, rank=0, world_size=1).take(50)
-    b = TrainStream(decomposed, 16, (16,), seed=1, stage_index=0, rank=0, world_size=1).take(50)
-    c = TrainStream(decomposed, 16, (16,), seed=2, stage_index=0, rank=0, world_size=1).take(50)
+def stream(dataset: PreparedDataset, seq_len: int, buckets: tuple[int, ...], *, seed: int = 0, stage_index: int = 0,
+           rank: int = 0, world_size: int = 1, window: int) -> TrainStream:
+    return TrainStream(dataset, seq_len, buckets, seed=seed, stage_index=stage_index, rank=rank,
+                       world_size=world_size, shuffle_window=window)
+
+
+def unit_of_sequence(dataset: PreparedDataset, seq_len: int, buckets: tuple[int, ...]) -> dict[tuple, int]:
+    """Each seq_len piece of the buckets' rows -> the index of its row group in the stage's unit list (the
+    fixture's rows are random, so every piece is distinct)."""
+    units = [u for b in sorted(buckets) for u in dataset.units(b)]
+    return {tuple(piece): i for i, u in enumerate(units) for piece in loader_mod._read_rows(u).reshape(-1, seq_len)}
+
+
+def per_row_group_order(dataset: PreparedDataset, seq_len: int, buckets: tuple[int, ...], seed: int, stage: int,
+                        epoch: int) -> np.ndarray:
+    """The order before shuffle windows, written out again: row groups by default_rng([seed, stage, epoch]), the
+    rows of each by default_rng([seed, stage, epoch, unit]), a row's pieces consecutive."""
+    units = [u for b in sorted(buckets) for u in dataset.units(b)]
+    out = []
+    for unit in np.random.default_rng([seed, stage, epoch]).permutation(len(units)):
+        rows = loader_mod._read_rows(units[unit])
+        row_order = np.random.default_rng([seed, stage, epoch, unit]).permutation(len(rows))
+        pieces = units[unit].bucket // seq_len
+        out += [rows[r].reshape(pieces, seq_len)[p] for r in row_order for p in range(pieces)]
+    return np.array(out, dtype=np.int64)
+
+
+WINDOWS = pytest.mark.parametrize("window", [1, 4])
+
+
+@WINDOWS
+def test_same_seed_same_order_other_seed_other_order(decomposed, window):
+    a = stream(decomposed, 16, (16,), seed=1, window=window).take(50)
+    b = stream(decomposed, 16, (16,), seed=1, window=window).take(50)
+    c = stream(decomposed, 16, (16,), seed=2, window=window).take(50)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
 
 
-def test_an_epoch_is_a_permutation_of_the_bucket_and_shards_are_disjoint(decomposed):
+@WINDOWS
+def test_an_epoch_is_a_permutation_of_the_bucket_and_shards_are_disjoint(decomposed, window):
     rows = all_rows(decomposed, 16)  # 100 rows
-    shards = [TrainStream(decomposed, 16, (16,), seed=3, stage_index=0, rank=r, world_size=3) for r in range(3)]
+    shards = [stream(decomposed, 16, (16,), seed=3, rank=r, world_size=3, window=window) for r in range(3)]
     assert shards[0].per_epoch == 33  # 100 // 3, the remainder dropped
     taken = np.concatenate([s.take(33) for s in shards])
     as_set = {tuple(r) for r in taken}
     assert len(as_set) == 99 and as_set <= {tuple(r) for r in rows}
     # the order is shuffled (not file order)
     assert not np.array_equal(taken[:10], rows[:10])
+    # worker r's slice is [r*33, (r+1)*33) of the one global order a single worker reads
+    assert np.array_equal(taken, stream(decomposed, 16, (16,), seed=3, window=window).take(99))
 
 
-def test_next_epoch_reshuffles_and_covers_again(decomposed):
-    stream = TrainStream(decomposed, 16, (16,), seed=0, stage_index=0, rank=0, world_size=1)
-    first, second = stream.take(100), stream.take(100)
+@WINDOWS
+def test_next_epoch_reshuffles_and_covers_again(decomposed, window):
+    s = stream(decomposed, 16, (16,), window=window)
+    first, second = s.take(100), s.take(100)
     assert {tuple(r) for r in first} == {tuple(r) for r in second}
     assert not np.array_equal(first, second)
 
 
-def test_seek_reproduces_the_stream_exactly_without_reading_to_skip(decomposed, monkeypatch):
-    full = TrainStream(decomposed, 16, (16, 32), seed=5, stage_index=2, rank=1, world_size=2).take(170)
-    resumed = TrainStream(decomposed, 16, (16, 32), seed=5, stage_index=2, rank=1, world_size=2)
+@WINDOWS
+def test_seek_reproduces_the_stream_exactly_without_reading_to_skip(decomposed, monkeypatch, window):
+    full = stream(decomposed, 16, (16, 32), seed=5, stage_index=2, rank=1, world_size=2, window=window).take(170)
+    resumed = stream(decomposed, 16, (16, 32), seed=5, stage_index=2, rank=1, world_size=2, window=window)
     reads = []
     original = loader_mod._read_rows
     monkeypatch.setattr(loader_mod, "_read_rows", lambda unit: reads.append(unit) or original(unit))
-    resumed.seek(123)
+    resumed.seek(123)  # 110 per epoch: inside the second epoch
     assert reads == []  # seeking touches no data
     assert np.array_equal(resumed.take(47), full[123:])
     assert resumed.state()["position"] == 170
 
 
-def test_longer_buckets_are_cut_into_seq_len_pieces(decomposed):
+@WINDOWS
+def test_longer_buckets_are_cut_into_seq_len_pieces(decomposed, window):
     rows = all_rows(decomposed, 64)  # 10 rows of 64 -> 40 pieces of 16
-    stream = TrainStream(decomposed, 16, (64,), seed=0, stage_index=0, rank=0, world_size=1)
-    pieces = stream.take(40)
+    pieces = stream(decomposed, 16, (64,), window=window).take(40)
     expected = {tuple(p) for p in rows.reshape(-1, 16)}
     assert {tuple(p) for p in pieces} == expected and len(pieces) == 40
 
@@ -79,9 +115,68 @@ def test_reads_one_row_group_at_a_time(decomposed, monkeypatch):
     sizes = []
     original = loader_mod._read_rows
     monkeypatch.setattr(loader_mod, "_read_rows", lambda unit: sizes.append(unit.rows) or original(unit))
-    TrainStream(decomposed, 32, (32,), seed=0, stage_index=0, rank=0, world_size=2).take(30)
+    stream(decomposed, 32, (32,), world_size=2, window=1).take(30)
     assert max(sizes) <= 8  # row groups of 8 rows, never a whole file or bucket
     assert sum(sizes) <= 30 + 2 * 8  # only the row groups of this worker's slice
+
+
+@pytest.mark.parametrize("window", [1, 4, 7, 50])
+def test_every_sequence_of_an_epoch_comes_once_whatever_the_window(decomposed, window):
+    buckets = (16, 64)  # 18 row groups (4 and 7 do not divide it, 50 exceeds it); 64-token rows in 4 pieces
+    units = unit_of_sequence(decomposed, 16, buckets)
+    assert len({u for u in units.values()}) == 18 and len(units) == 100 + 40
+    s = stream(decomposed, 16, buckets, seed=4, window=window)
+    assert s.per_epoch == 140
+    for _ in range(2):  # two epochs, each a permutation of all sequences
+        assert sorted(tuple(r) for r in s.take(140)) == sorted(units)
+
+
+def test_a_window_mixes_the_rows_of_its_row_groups(decomposed):
+    units = unit_of_sequence(decomposed, 16, (16,))  # 15 row groups
+    order = np.random.default_rng([6, 1, 0]).permutation(15)  # the epoch's row-group order (seed 6, stage 1)
+    by_window = {window: [units[tuple(r)] for r in stream(decomposed, 16, (16,), seed=6, stage_index=1,
+                                                          window=window).take(100)] for window in (1, 4)}
+    changes = {w: sum(a != b for a, b in zip(seq, seq[1:])) for w, seq in by_window.items()}
+    assert changes[1] == 15 - 1  # one row group after the other
+    assert changes[4] > 3 * 15  # rows of different row groups interleave
+    # the first window is the epoch's first 4 row groups: all of their rows, and only theirs
+    rows = [u.rows for u in decomposed.units(16)]
+    size = sum(rows[i] for i in order[:4])
+    assert set(by_window[4][:size]) == set(order[:4].tolist()) and order[4] not in by_window[4][:size]
+    # so every batch of 8 consecutive sequences holds rows of several row groups, not a slice of one
+    assert min(len(set(by_window[4][i:i + 8])) for i in range(0, 96, 8)) >= 3
+
+
+def test_window_one_is_the_per_row_group_order(decomposed):
+    buckets = (16, 64)
+    old = np.concatenate([per_row_group_order(decomposed, 16, buckets, seed=7, stage=3, epoch=e) for e in (0, 1)])
+    assert np.array_equal(stream(decomposed, 16, buckets, seed=7, stage_index=3, window=1).take(280), old)
+    # and with workers: worker 1 of 2 takes the second half of each epoch
+    worker = stream(decomposed, 16, buckets, seed=7, stage_index=3, rank=1, world_size=2, window=1)
+    assert np.array_equal(worker.take(140), np.concatenate([old[70:140], old[210:280]]))
+
+
+def test_a_window_is_read_lazily_and_held_alone(decomposed, monkeypatch):
+    window = 4
+    units = list(decomposed.units(32))  # 9 row groups of 8, 8 and 4 rows: 60 sequences
+    reads = []
+    original = loader_mod._read_rows
+    monkeypatch.setattr(loader_mod, "_read_rows", lambda unit: reads.append(unit) or original(unit))
+    s = stream(decomposed, 32, (32,), seed=2, world_size=2, window=window)
+    s.take(1)
+    assert len(reads) == 1  # one sequence reads its own row group, not the whole window
+    held = []
+    for count in (5, 5, 5, 5, 5, 4):  # the rest of worker 0's half of the epoch
+        s.take(count)
+        held.append(len(s._window._loaded))
+    assert max(held) <= window  # one window's row groups in memory at a time
+    assert len(reads) == len(set(reads))  # each row group read once
+    # only the row groups of the windows that worker 0's slice [0, 30) touches
+    order = np.random.default_rng([2, 0, 0]).permutation(9)
+    sizes = np.array([units[i].rows for i in order])
+    starts = np.concatenate([[0], np.cumsum(np.add.reduceat(sizes, np.arange(0, 9, window)))])
+    touched = {units[i] for w in range(3) if starts[w] < 30 for i in order[w * window:(w + 1) * window]}
+    assert set(reads) <= touched
 
 
 def test_stage_mapping_packed_and_decomposed(decomposed, packed):

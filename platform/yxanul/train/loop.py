@@ -550,7 +550,7 @@ class _Loop:
         where = f"stage {stage.index} (seq_len {stage.seq_len})"
         buckets = self.dataset.stage_buckets(stage.seq_len, stage.buckets, where, self.curriculum_label)
         stream = TrainStream(self.dataset, stage.seq_len, buckets, self.cfg.run.seed, stage.index, self.rank,
-                             self.world)
+                             self.world, shuffle_window=self.cfg.data.shuffle_window)
         expected = (self.state.step - stage.start_step) * stage.sequences_per_step
         saved = self.data_position
         if saved is not None and saved.get("stage") == stage.index and saved.get("position") != expected:
