@@ -423,7 +423,8 @@ class EvalConfig(_Section):
     seq_len: int = Field(256, gt=1)
     """Sequence length used for validation."""
     max_tokens_per_domain: Count = 65536
-    """Validation tokens per domain (the same tokens every time)."""
+    """Validation tokens per domain (the same tokens every time). A domain with more is sampled over its whole
+    split: every k-th document (k = ceil(domain tokens / this)), then the skipped ones in order until full."""
     bf16_eval: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
     """At the run's final validation, validate the final weights a second time through the BF16 path (FP8 off:
     Transformer Engine's layers compute in BF16, as a BF16 run's do) and log ``val/bpb_bf16_eval``, so an FP8

@@ -1,7 +1,9 @@
-"""Worker data reading: seeded order, disjoint shards, lazy row groups, exact seek, stage->bucket mapping,
-fixed validation tokens and bytes."""
+"""Worker data reading: seeded order, shuffle windows, disjoint shards, lazy row groups, exact seek,
+stage->bucket mapping, fixed validation tokens spread over the split, and their bytes."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -203,21 +205,86 @@ def test_missing_dataset_says_to_prepare(tmp_path):
         PreparedDataset.open(tmp_path / "nothing")
 
 
-def test_validation_is_fixed_and_bytes_match_the_tokens_used(decomposed):
+def validation_documents(dataset: PreparedDataset, domain: str) -> list[list[int]]:
+    import pyarrow.parquet as pq
+
+    return [d for f in dataset.validation_files[domain] for d in pq.read_table(f).column("tokens").to_pylist()]
+
+
+def documents_taken(valset, docs: list[list[int]]) -> list[int]:
+    """Indices into ``docs`` of the documents in ``valset``'s rows, in order: the rows are whole documents, each
+    ending with EOS (0, which no other token is), except the last, which may be cut."""
+    flat = valset.rows.reshape(-1).tolist()
+    index = {tuple(d): i for i, d in enumerate(docs)}
+    taken, start = [], 0
+    while start < len(flat):
+        end = flat.index(0, start) + 1 if 0 in flat[start:] else len(flat)
+        piece = tuple(flat[start:end])
+        found = index.get(piece)
+        if found is None:  # the cut last document: a prefix of exactly one document
+            (found,) = [i for i, d in enumerate(docs) if tuple(d[:len(piece)]) == piece]
+            assert end == len(flat)
+        taken.append(found)
+        start = end
+    return taken
+
+
+def test_validation_of_a_domain_that_fits_is_every_document_in_file_order(decomposed):
     a = load_validation(decomposed, 32, 1000)
     b = load_validation(decomposed, 32, 1000)
     assert sorted(a) == ["code", "english"]
     for domain in a:
+        assert decomposed.manifest["validation"][domain]["tokens"] <= 1000  # 622 and 510: both fit
         assert np.array_equal(a[domain].rows, b[domain].rows)
         assert a[domain].rows.shape[1] == 32 and a[domain].num_tokens <= 1000
+        # the rows are the documents' tokens in file order (the ragged end dropped)
+        flat = [t for d in validation_documents(decomposed, domain) for t in d]
+        assert a[domain].rows.reshape(-1).tolist() == flat[:a[domain].num_tokens]
     # the helper writes num_bytes = 4 x tokens per document, so the bytes of any prefix are 4 per token
     assert a["english"].bytes_per_token == pytest.approx(4.0)
-    # the rows are the documents' tokens in file order
-    import pyarrow.parquet as pq
 
-    docs = pq.read_table(decomposed.validation_files["english"][0]).column("tokens").to_pylist()
-    flat = [t for d in docs for t in d]
-    assert a["english"].rows.reshape(-1).tolist() == flat[:a["english"].num_tokens]
+
+@pytest.fixture(scope="module")
+def long_validation(tmp_path_factory):
+    # 300 documents of 21-90 tokens (~17k, EOS included) in one file, read in batches of 256
+    return PreparedDataset.open(make_dataset(tmp_path_factory.mktemp("val"), {16: 4}, validation={"code": 300}))
+
+
+def test_validation_of_a_larger_domain_is_spread_over_the_whole_split(long_validation):
+    docs = validation_documents(long_validation, "code")
+    total = long_validation.manifest["validation"]["code"]["tokens"]
+    stride = -(-total // 2048)
+    assert len(docs) == 300 and stride > 2
+    valset = load_validation(long_validation, 32, 2048)["code"]
+    assert valset.num_tokens == 2048  # the budget is full
+    taken = documents_taken(valset, docs)
+    assert len(taken) == len(set(taken))  # no document twice
+    # documents from the start, the middle and the end of the split, not the first ~35 documents
+    assert min(taken) < 30 and any(100 <= i < 200 for i in taken) and max(taken) >= 270
+    # every k-th document first (in order), then the skipped ones from the start
+    strided = [i for i in taken if i % stride == 0]
+    assert strided == list(range(0, 300, stride))[:len(strided)] and taken[:len(strided)] == strided
+    rest = taken[len(strided):]
+    assert rest == [i for i in range(300) if i % stride][:len(rest)]
+    # bytes: 4 per token, the cut document pro rata
+    assert valset.bytes_per_token == pytest.approx(4.0)
+    # the same tokens on every call, and without the manifest's count (counted from the files)
+    again = load_validation(long_validation, 32, 2048)["code"]
+    assert np.array_equal(again.rows, valset.rows) and again.num_bytes == valset.num_bytes
+    manifest = {**long_validation.manifest, "validation": {"code": {
+        k: v for k, v in long_validation.manifest["validation"]["code"].items() if k != "tokens"}}}
+    counted = load_validation(replace(long_validation, manifest=manifest), 32, 2048)["code"]
+    assert np.array_equal(counted.rows, valset.rows)
+
+
+def test_validation_fills_the_budget_with_the_skipped_documents_in_order(long_validation):
+    docs = validation_documents(long_validation, "code")
+    total = long_validation.manifest["validation"]["code"]["tokens"]
+    budget = (total - 100) // 32 * 32  # k = 2: the odd documents fill what the even ones leave
+    valset = load_validation(long_validation, 32, budget)["code"]
+    taken = documents_taken(valset, docs)
+    assert valset.num_tokens == budget and len(taken) == len(set(taken)) >= 298
+    assert taken[:150] == list(range(0, 300, 2)) and taken[150:] == list(range(1, 300, 2))[:len(taken) - 150]
 
 
 def test_unigram_bpb_is_the_training_frequencies_cost_of_the_validation_rows(tmp_path):

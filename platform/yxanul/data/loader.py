@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,8 +289,9 @@ class TrainStream:
 
 @dataclass(frozen=True)
 class ValidationSet:
-    """The fixed validation tokens of one domain: the first documents (file order), concatenated and cut into
-    rows of ``seq_len``, plus the UTF-8 bytes those tokens stand for."""
+    """The fixed validation tokens of one domain, concatenated and cut into rows of ``seq_len``, plus the UTF-8
+    bytes those tokens stand for: the whole domain in file order when it fits the budget, else documents at a
+    regular stride across the whole split (:func:`load_validation`)."""
 
     domain: str
     rows: np.ndarray
@@ -307,28 +308,62 @@ class ValidationSet:
         return self.num_bytes / self.num_tokens
 
 
-def load_validation(dataset: PreparedDataset, seq_len: int, max_tokens: int) -> dict[str, ValidationSet]:
-    """Every validation domain with at least one full row (same tokens every call). Empty domains are left out."""
+def _documents(files: list[Path]) -> Iterator[tuple[np.ndarray, int]]:
+    """(tokens, bytes) of every non-empty validation document, in file order."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    for file in files:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=256, columns=["tokens", "num_bytes"]):
+            column = batch.column("tokens")
+            lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+            values = column.flatten().to_numpy(zero_copy_only=False)
+            ends = np.cumsum(lengths)
+            for i, size in enumerate(batch.column("num_bytes").to_pylist()):
+                if lengths[i]:
+                    yield values[ends[i] - lengths[i]:ends[i]].astype(np.int64), size
+
+
+def _domain_tokens(dataset: PreparedDataset, domain: str) -> int:
+    """Tokens of a validation domain: the manifest's count, else counted from the files' list lengths."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    counted = ((dataset.manifest.get("validation") or {}).get(domain) or {}).get("tokens")
+    if counted is not None:
+        return int(counted)
+    total = 0
+    for file in dataset.validation_files[domain]:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=4096, columns=["tokens"]):
+            total += int(pc.sum(pc.list_value_length(batch.column("tokens"))).as_py() or 0)
+    return total
+
+
+def load_validation(dataset: PreparedDataset, seq_len: int, max_tokens: int) -> dict[str, ValidationSet]:
+    """Every validation domain with at least one full row (same tokens every call). Empty domains are left out.
+
+    Up to ``max_tokens`` (rounded down to whole rows) per domain. A domain within that budget is read whole, in
+    file order. A larger one takes whole documents at a regular stride so the sample spreads over the whole
+    split, not its first files: every ``k``-th non-empty document, ``k = ceil(domain tokens / budget)``, then,
+    while the budget is not full, the skipped documents in file order; the last document taken is cut to fit.
+    Deterministic (no random draw), so every call, rank and run validates on the same tokens."""
     budget = (max_tokens // seq_len) * seq_len
     found: dict[str, ValidationSet] = {}
+    if budget == 0:
+        return found
     for domain, files in sorted(dataset.validation_files.items()):
+        stride = max(1, -(-_domain_tokens(dataset, domain) // budget))
         pieces: list[np.ndarray] = []
         have, num_bytes = 0, 0.0
-        for file in files:
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=256, columns=["tokens", "num_bytes"]):
-                docs = batch.column("tokens").to_pylist()
-                sizes = batch.column("num_bytes").to_pylist()
-                for doc, size in zip(docs, sizes):
-                    if have >= budget:
-                        break
-                    if not doc:
-                        continue
-                    use = min(len(doc), budget - have)
-                    pieces.append(np.asarray(doc[:use], dtype=np.int64))
-                    num_bytes += size * use / len(doc)
-                    have += use
+        # the first pass takes documents 0, k, 2k, ...; a second (when k > 1) the others, while the budget lasts
+        for strided in (True, False) if stride > 1 else (True,):
+            for index, (doc, size) in enumerate(_documents(files)):
+                if (index % stride == 0) != strided:
+                    continue
+                use = min(len(doc), budget - have)
+                pieces.append(doc[:use])
+                num_bytes += size * use / len(doc)
+                have += use
                 if have >= budget:
                     break
             if have >= budget:
@@ -341,7 +376,6 @@ def load_validation(dataset: PreparedDataset, seq_len: int, max_tokens: int) -> 
             num_bytes *= usable / have
         found[domain] = ValidationSet(domain, tokens[:usable].reshape(-1, seq_len), num_bytes)
     return found
-
 
 
 def unigram_bpb(dataset: PreparedDataset, valset: ValidationSet) -> float | None:
