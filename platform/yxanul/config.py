@@ -163,6 +163,12 @@ class DataConfig(_Section):
     """Validation domain of held-out documents from user sources (built-in corpora carry their own)."""
     tokenize_actors: int | None = Field(None, gt=0)
     """Tokenizer actors in the Ray Data pool (one tokenizer each); None: one per CPU of the cluster."""
+    shuffle_window: int = Field(16, gt=0)
+    """Training, not preparation: row groups whose rows are shuffled together. Each epoch's row-group order is cut
+    into windows of this many and the rows of a window are permuted together, so one optimizer step mixes rows of
+    that many row groups instead of taking a slice of one (~1 MiB of consecutive packed text). Memory: a worker
+    holds one window's row groups at a time (16 x ~1 MiB). 1 = the per-row-group order of runs before it
+    existed. Left out of the dataset's config hash (docs/training.md, Order and sharding)."""
 
     @model_validator(mode="after")
     def _check_buckets(self) -> DataConfig:
@@ -417,7 +423,8 @@ class EvalConfig(_Section):
     seq_len: int = Field(256, gt=1)
     """Sequence length used for validation."""
     max_tokens_per_domain: Count = 65536
-    """Validation tokens per domain (the same tokens every time)."""
+    """Validation tokens per domain (the same tokens every time). A domain with more is sampled over its whole
+    split: every k-th document (k = ceil(domain tokens / this)), then the skipped ones in order until full."""
     bf16_eval: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
     """At the run's final validation, validate the final weights a second time through the BF16 path (FP8 off:
     Transformer Engine's layers compute in BF16, as a BF16 run's do) and log ``val/bpb_bf16_eval``, so an FP8

@@ -39,11 +39,12 @@ def test_loader_serves_the_buckets_jobs_prepare_writes(prepared):
     vocab = dataset.vocab_size  # what the BPE reached (<= 400 on this little text), from the manifest
     assert 257 <= vocab <= 400
     for length in dataset.buckets:
-        stream = TrainStream(dataset, length, (length,), seed=0, stage_index=0, rank=0, world_size=1)
+        stream = TrainStream(dataset, length, (length,), seed=0, stage_index=0, rank=0, world_size=1,
+                             shuffle_window=4)
         rows = stream.take(min(stream.per_epoch, 50))
         assert rows.shape[1] == length and rows.min() >= 0 and rows.max() < vocab
     # 64-token rows serve a 16-token stage as 4 pieces each
-    pieces = TrainStream(dataset, 16, (64,), seed=0, stage_index=1, rank=0, world_size=1)
+    pieces = TrainStream(dataset, 16, (64,), seed=0, stage_index=1, rank=0, world_size=1, shuffle_window=4)
     assert pieces.per_epoch == 4 * dataset.manifest["buckets"]["64"]["sequences"]
     valsets = load_validation(dataset, 32, 512)
     assert list(valsets) == ["english"] and valsets["english"].num_tokens == 512

@@ -156,3 +156,27 @@ def test_a_model_vocabulary_beyond_the_tokenizer_padding_is_refused_unless_allow
     with pytest.raises(ConfigError, match="smaller than the vocabulary"):
         check_vocab(cfg("model.vocab_size=4096"), 8192, "the tokenizer")
     assert load_config(None, ["model.preset=yxanul-270m", "model.vocab_size=null"]).model.vocab_size is None
+
+
+def test_the_shuffle_window_is_a_positive_training_setting_outside_the_dataset_hash(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from yxanul.data.prepare import make_plan
+    from yxanul.tokenizer import train_bpe
+
+    with pytest.raises(ConfigError, match="data.shuffle_window"):
+        load_config(None, ["data.shuffle_window=0"])
+    tokenizer = train_bpe(["hello world, the quick brown fox"] * 50, 300, tmp_path / "tok.json", show_progress=False)
+    source = tmp_path / "text.parquet"
+    pq.write_table(pa.table({"text": ["the quick brown fox"] * 4}), source)
+
+    def dataset_hash(*overrides: str) -> str:
+        cfg = load_config(None, [f"tokenizer.path={tokenizer}", f"data.sources=[{source}]",
+                                 "data.validation_sources={}", f"data.output_dir={tmp_path / 'out'}",
+                                 f"data.cache_dir={tmp_path / 'cache'}", *overrides])
+        return make_plan(cfg).config_hash
+
+    # changing how training reads the data prepares nothing again; changing the data does
+    assert dataset_hash("data.shuffle_window=1") == dataset_hash("data.shuffle_window=64")
+    assert dataset_hash("data.shuffle_window=1") != dataset_hash("data.min_bucket=16")

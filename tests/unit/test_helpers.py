@@ -180,6 +180,11 @@ def test_resume_keys_are_one_table_for_the_driver_and_the_checkpoint():
     check_compatible(state, values, where="ckpt")
     with pytest.raises(ConfigError, match=r"cannot resume from ckpt: train.max_tokens was 1000000, now 2000000"):
         check_compatible(state, {**values, "train.max_tokens": 2_000_000}, where="ckpt")
+    # a checkpoint from before data.shuffle_window read the order of window 1: resuming it at 16 would change it
+    older = {field: values[key] for key, field in RESUME_KEYS.items() if key != "data.shuffle_window"}
+    with pytest.raises(ConfigError, match=r"data.shuffle_window was 1, now 16"):
+        check_compatible(TrainState(**older), values, where="ckpt")
+    check_compatible(TrainState(**older), {**values, "data.shuffle_window": 1}, where="ckpt")
 
 
 def test_worker_setup_is_typed_picklable_and_carries_the_run_id_once(tmp_path):

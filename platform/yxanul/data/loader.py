@@ -14,12 +14,17 @@ the curriculum and the fix, raised before training starts (:meth:`PreparedDatase
 
 Order and sharding
 ------------------
-The unit of reading and shuffling is a parquet row group. For stage ``k`` and epoch ``e`` the row groups of
-the stage's buckets are put in an order drawn from ``numpy.random.default_rng([seed, k, e])`` and the rows
-inside each row group in an order from ``default_rng([seed, k, e, unit])``; that fixes one global sequence
-order per epoch, independent of precision, hardware and timing. Worker ``r`` of ``W`` takes the contiguous
-slice ``[r*M, (r+1)*M)`` of it (``M = N // W``; the last ``N mod W`` sequences of an epoch are dropped), so
-each worker reads only the row groups of its slice, one row group in memory at a time.
+The unit of reading is a parquet row group. For stage ``k`` and epoch ``e`` the row groups of the stage's
+buckets are put in an order drawn from ``numpy.random.default_rng([seed, k, e])``, and that order is cut into
+consecutive windows of ``w = data.shuffle_window`` row groups (the epoch's last window may be shorter). The rows
+of all row groups of a window are permuted together, by ``default_rng([seed, k, e, u])`` with ``u`` the
+window's first row group (its index in the stage's list), so consecutive sequences, and so one optimizer
+step, mix rows of up to ``w`` row groups rather than a slice of one (~1 MiB of consecutive packed text). The
+``L / S`` pieces of one row stay consecutive. With ``w = 1`` this is the per-row-group order that came before
+the window. That fixes one global sequence order per epoch, independent of precision, hardware and timing.
+Worker ``r`` of ``W`` takes the contiguous slice ``[r*M, (r+1)*M)`` of it (``M = N // W``; the last
+``N mod W`` sequences of an epoch are dropped), so each worker reads only the row groups its slice touches,
+each once per epoch, and holds at most one window's row groups (``w`` of ~1 MiB each) in memory at a time.
 
 Position
 --------
@@ -32,7 +37,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,23 +182,67 @@ def _read_rows(unit: _Unit) -> np.ndarray:
     return flat.reshape(unit.rows, unit.bucket)
 
 
+class _Window:
+    """One shuffle window of an epoch: which sequence of the window's units each position is, and the units'
+    rows, read when a position first needs them and dropped with the window."""
+
+    def __init__(self, stream: TrainStream, epoch: int, index: int, units: np.ndarray) -> None:
+        self.epoch, self.index = epoch, index
+        rows = stream._rows[units]
+        self._members = [stream._units[int(u)] for u in units]
+        self._row_start = np.concatenate([[0], np.cumsum(rows)])  # window row of each unit's first row
+        # Keyed by the window's first unit, so a window of one unit draws exactly the per-row-group order.
+        key = [stream.seed, stream.stage_index, epoch, int(units[0])]
+        self._row_order = np.random.default_rng(key).permutation(int(self._row_start[-1]))
+        pieces = np.repeat(stream._pieces[units], rows)[self._row_order]  # pieces of each row along the order
+        self._seq_start = np.concatenate([[0], np.cumsum(pieces)])
+        self._seq_len = stream.seq_len
+        self._loaded: dict[int, np.ndarray] = {}
+
+    @property
+    def sequences(self) -> int:
+        return int(self._seq_start[-1])
+
+    def take(self, start: int, count: int) -> np.ndarray:
+        """Sequences ``[start, start + count)`` of the window as a (count, seq_len) array."""
+        position = np.arange(start, start + count)
+        slot = np.searchsorted(self._seq_start, position, side="right") - 1
+        piece = position - self._seq_start[slot]
+        row = self._row_order[slot]  # (count,) window rows
+        member = np.searchsorted(self._row_start, row, side="right") - 1  # which of the window's units
+        local = row - self._row_start[member]
+        out = np.empty((count, self._seq_len), dtype=np.int64)
+        for m in map(int, np.unique(member)):
+            if m not in self._loaded:
+                self._loaded[m] = _read_rows(self._members[m])
+            rows = self._loaded[m]
+            chunks = rows.reshape(len(rows), -1, self._seq_len)  # (rows, pieces, seq_len)
+            mask = member == m
+            out[mask] = chunks[local[mask], piece[mask]]
+        return out
+
+
 class TrainStream:
-    """The sequences one worker trains on in one curriculum stage, as an endless seeded stream."""
+    """The sequences one worker trains on in one curriculum stage, as an endless seeded stream.
+    ``shuffle_window``: row groups whose rows are shuffled together (``data.shuffle_window``)."""
 
     def __init__(self, dataset: PreparedDataset, seq_len: int, buckets: tuple[int, ...], seed: int,
-                 stage_index: int, rank: int, world_size: int) -> None:
+                 stage_index: int, rank: int, world_size: int, *, shuffle_window: int) -> None:
+        if shuffle_window < 1:
+            raise ValueError(f"shuffle_window must be at least 1, got {shuffle_window}")
         self.seq_len, self.seed, self.stage_index = seq_len, seed, stage_index
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.shuffle_window = rank, world_size, shuffle_window
         self._units = [u for b in sorted(buckets) for u in dataset.units(b)]
-        self._sizes = np.array([u.rows * (u.bucket // seq_len) for u in self._units], dtype=np.int64)
-        total = int(self._sizes.sum())
+        self._rows = np.array([u.rows for u in self._units], dtype=np.int64)
+        self._pieces = np.array([u.bucket // seq_len for u in self._units], dtype=np.int64)
+        total = int((self._rows * self._pieces).sum())
         self.per_epoch = total // world_size
         if self.per_epoch == 0:
             raise DataError(f"buckets {list(buckets)} of {dataset.path} hold {total} sequences of {seq_len} tokens, "
                             f"fewer than the {world_size} workers; prepare more data")
         self.position = 0
-        self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
-        self._unit_cache: tuple[int, int, np.ndarray, np.ndarray] | None = None  # (epoch, unit, rows, row order)
+        self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, unit order, window starts)
+        self._window: _Window | None = None
 
     def state(self) -> dict[str, int]:
         """Where the stream stands (saved in checkpoints)."""
@@ -204,18 +253,21 @@ class TrainStream:
         self.position = int(position)
 
     def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(unit order, cumulative sequence counts along it) of one epoch."""
+        """(unit order, the epoch position of each window's first sequence plus the epoch's end) of one epoch."""
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
             order = np.random.default_rng([self.seed, self.stage_index, epoch]).permutation(len(self._units))
-            self._epoch_cache = (epoch, order, np.concatenate([[0], np.cumsum(self._sizes[order])]))
+            sizes = (self._rows * self._pieces)[order]
+            per_window = np.add.reduceat(sizes, np.arange(0, len(order), self.shuffle_window))
+            self._epoch_cache = (epoch, order, np.concatenate([[0], np.cumsum(per_window)]))
         return self._epoch_cache[1], self._epoch_cache[2]
 
-    def _unit(self, epoch: int, unit: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._unit_cache is None or self._unit_cache[:2] != (epoch, unit):
-            rows = _read_rows(self._units[unit])
-            row_order = np.random.default_rng([self.seed, self.stage_index, epoch, unit]).permutation(len(rows))
-            self._unit_cache = (epoch, unit, rows, row_order)
-        return self._unit_cache[2], self._unit_cache[3]
+    def _window_at(self, epoch: int, index: int) -> _Window:
+        if self._window is None or (self._window.epoch, self._window.index) != (epoch, index):
+            order, _ = self._epoch(epoch)
+            self._window = None  # drop the previous window's rows before reading the next one's
+            units = order[index * self.shuffle_window:(index + 1) * self.shuffle_window]
+            self._window = _Window(self, epoch, index, units)
+        return self._window
 
     def take(self, count: int) -> np.ndarray:
         """The next ``count`` sequences as a (count, seq_len) int64 array; advances the position."""
@@ -223,17 +275,13 @@ class TrainStream:
         filled = 0
         while filled < count:
             epoch, offset = divmod(self.position, self.per_epoch)
-            order, cumulative = self._epoch(epoch)
+            _, starts = self._epoch(epoch)
             g = self.rank * self.per_epoch + offset  # position in the epoch's global order
-            slot = bisect.bisect_right(cumulative, g) - 1
-            unit = int(order[slot])
-            within = g - int(cumulative[slot])
-            n = min(count - filled, int(self._sizes[unit]) - within, self.per_epoch - offset)
-            rows, row_order = self._unit(epoch, unit)
-            pieces = self._units[unit].bucket // self.seq_len
-            idx = np.arange(within, within + n)
-            chunks = rows.reshape(len(rows), pieces, self.seq_len)
-            out[filled:filled + n] = chunks[row_order[idx // pieces], idx % pieces]
+            index = bisect.bisect_right(starts, g) - 1
+            within = g - int(starts[index])
+            window = self._window_at(epoch, index)
+            n = min(count - filled, window.sequences - within, self.per_epoch - offset)
+            out[filled:filled + n] = window.take(within, n)
             filled += n
             self.position += n
         return out
@@ -241,8 +289,9 @@ class TrainStream:
 
 @dataclass(frozen=True)
 class ValidationSet:
-    """The fixed validation tokens of one domain: the first documents (file order), concatenated and cut into
-    rows of ``seq_len``, plus the UTF-8 bytes those tokens stand for."""
+    """The fixed validation tokens of one domain, concatenated and cut into rows of ``seq_len``, plus the UTF-8
+    bytes those tokens stand for: the whole domain in file order when it fits the budget, else documents at a
+    regular stride across the whole split (:func:`load_validation`)."""
 
     domain: str
     rows: np.ndarray
@@ -259,28 +308,62 @@ class ValidationSet:
         return self.num_bytes / self.num_tokens
 
 
-def load_validation(dataset: PreparedDataset, seq_len: int, max_tokens: int) -> dict[str, ValidationSet]:
-    """Every validation domain with at least one full row (same tokens every call). Empty domains are left out."""
+def _documents(files: list[Path]) -> Iterator[tuple[np.ndarray, int]]:
+    """(tokens, bytes) of every non-empty validation document, in file order."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    for file in files:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=256, columns=["tokens", "num_bytes"]):
+            column = batch.column("tokens")
+            lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+            values = column.flatten().to_numpy(zero_copy_only=False)
+            ends = np.cumsum(lengths)
+            for i, size in enumerate(batch.column("num_bytes").to_pylist()):
+                if lengths[i]:
+                    yield values[ends[i] - lengths[i]:ends[i]].astype(np.int64), size
+
+
+def _domain_tokens(dataset: PreparedDataset, domain: str) -> int:
+    """Tokens of a validation domain: the manifest's count, else counted from the files' list lengths."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    counted = ((dataset.manifest.get("validation") or {}).get(domain) or {}).get("tokens")
+    if counted is not None:
+        return int(counted)
+    total = 0
+    for file in dataset.validation_files[domain]:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=4096, columns=["tokens"]):
+            total += int(pc.sum(pc.list_value_length(batch.column("tokens"))).as_py() or 0)
+    return total
+
+
+def load_validation(dataset: PreparedDataset, seq_len: int, max_tokens: int) -> dict[str, ValidationSet]:
+    """Every validation domain with at least one full row (same tokens every call). Empty domains are left out.
+
+    Up to ``max_tokens`` (rounded down to whole rows) per domain. A domain within that budget is read whole, in
+    file order. A larger one takes whole documents at a regular stride so the sample spreads over the whole
+    split, not its first files: every ``k``-th non-empty document, ``k = ceil(domain tokens / budget)``, then,
+    while the budget is not full, the skipped documents in file order; the last document taken is cut to fit.
+    Deterministic (no random draw), so every call, rank and run validates on the same tokens."""
     budget = (max_tokens // seq_len) * seq_len
     found: dict[str, ValidationSet] = {}
+    if budget == 0:
+        return found
     for domain, files in sorted(dataset.validation_files.items()):
+        stride = max(1, -(-_domain_tokens(dataset, domain) // budget))
         pieces: list[np.ndarray] = []
         have, num_bytes = 0, 0.0
-        for file in files:
-            for batch in pq.ParquetFile(file).iter_batches(batch_size=256, columns=["tokens", "num_bytes"]):
-                docs = batch.column("tokens").to_pylist()
-                sizes = batch.column("num_bytes").to_pylist()
-                for doc, size in zip(docs, sizes):
-                    if have >= budget:
-                        break
-                    if not doc:
-                        continue
-                    use = min(len(doc), budget - have)
-                    pieces.append(np.asarray(doc[:use], dtype=np.int64))
-                    num_bytes += size * use / len(doc)
-                    have += use
+        # the first pass takes documents 0, k, 2k, ...; a second (when k > 1) the others, while the budget lasts
+        for strided in (True, False) if stride > 1 else (True,):
+            for index, (doc, size) in enumerate(_documents(files)):
+                if (index % stride == 0) != strided:
+                    continue
+                use = min(len(doc), budget - have)
+                pieces.append(doc[:use])
+                num_bytes += size * use / len(doc)
+                have += use
                 if have >= budget:
                     break
             if have >= budget:
@@ -293,7 +376,6 @@ def load_validation(dataset: PreparedDataset, seq_len: int, max_tokens: int) -> 
             num_bytes *= usable / have
         found[domain] = ValidationSet(domain, tokens[:usable].reshape(-1, seq_len), num_bytes)
     return found
-
 
 
 def unigram_bpb(dataset: PreparedDataset, valset: ValidationSet) -> float | None:

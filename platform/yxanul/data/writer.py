@@ -10,10 +10,11 @@ import pyarrow.parquet as pq
 
 ROW_GROUP_BYTES = 1 << 20
 """Buffered bytes per output directory before a row group is written. A row group is the unit the training
-stream shuffles (yxanul.data.loader), so it is kept small: 1 MiB is 128 rows of 2048 tokens, and a run reads
-consecutive steps from many places of the corpus. At 8 MiB (2M tokens of consecutive packed text per row
-group) ~32 steps in a row came from one stretch of the corpus: with a second source written after the first,
-a whole block of English steps late in a code run (docs/results/calibration/README.md)."""
+stream reads and orders (yxanul.data.loader; it mixes the rows of data.shuffle_window row groups at a time), so
+it is kept small: 1 MiB is 128 rows of 2048 tokens, and a run reads consecutive steps from many places of the
+corpus. At 8 MiB (2M tokens of consecutive packed text per row group) ~32 steps in a row came from one stretch
+of the corpus: with a second source written after the first, a whole block of English steps late in a code run
+(docs/results/calibration/README.md)."""
 
 FILE_BYTES = 256 << 20
 """A part file is closed and the next one opened after about this many bytes."""

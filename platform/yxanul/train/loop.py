@@ -219,7 +219,7 @@ class _Loop:
         self.model, self.step_model, self.optimizer = built.model, built.step_model, built.optimizer
         self.state = TrainState(num_workers=self.world, tokens_per_step=self.cfg.train.tokens_per_step,
                                 seed=self.cfg.run.seed, max_tokens=self.cfg.train.max_tokens,
-                                config_hash=self.cfg.config_hash(), run_id=self.setup.run_id)
+                                shuffle_window=self.cfg.data.shuffle_window, config_hash=self.cfg.config_hash(), run_id=self.setup.run_id)
         self.data_position: dict[str, Any] | None = None
         with self.timeline.phase("restore"):
             self._restore()
@@ -563,7 +563,7 @@ class _Loop:
         where = f"stage {stage.index} (seq_len {stage.seq_len})"
         buckets = self.dataset.stage_buckets(stage.seq_len, stage.buckets, where, self.curriculum_label)
         stream = TrainStream(self.dataset, stage.seq_len, buckets, self.cfg.run.seed, stage.index, self.rank,
-                             self.world)
+                             self.world, shuffle_window=self.cfg.data.shuffle_window)
         expected = (self.state.step - stage.start_step) * stage.sequences_per_step
         saved = self.data_position
         if saved is not None and saved.get("stage") == stage.index and saved.get("position") != expected:
