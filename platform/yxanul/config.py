@@ -462,6 +462,12 @@ class TrackingConfig(_Section):
     """MLflow experiment name."""
     log_model: bool = False
     """Log the final model (Hugging Face format) as an artifact."""
+    send_every_s: float = Field(10.0, ge=0)
+    """The training loop sends its metrics to MLflow at most every this many seconds, in one batch, and everything
+    pending at every validation/checkpoint report and at the end (a checkpoint never leaves metrics only in a
+    batch: a resumed run does not log again what came before it). 0: each logging step's metrics at once. Each
+    request waits the training thread: on the development VM 120 one-step sends to a SQLite store took 0.63 s, one
+    batch of 60 steps 0.05 s; a remote server adds its round trip to every request."""
 
     @model_validator(mode="after")
     def _no_password_in_uri(self) -> TrackingConfig:

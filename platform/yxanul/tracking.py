@@ -135,6 +135,8 @@ class Tracker(Protocol):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
 
+    def flush(self) -> None: ...
+
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None: ...
@@ -154,6 +156,9 @@ class NullTracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.metrics.append((step, dict(metrics)))
+
+    def flush(self) -> None:
+        pass
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.tags.update(tags)
@@ -377,6 +382,9 @@ class MLflowTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int, timestamp_ms: int | None = None) -> None:
         self.log_records([(step, dict(metrics), timestamp_ms or int(time.time() * 1000))])
 
+    def flush(self) -> None:
+        """Nothing to do: every call sends at once."""
+
     def log_records(self, records: list[tuple[int, dict[str, float], int]]) -> None:
         """Log ``(step, metrics, timestamp_ms)`` records in one request (at most 1000 values: MLflow's limit),
         dropping values at steps the run already holds."""
@@ -517,7 +525,9 @@ class ResilientTracker:
 
     Every call records first and then tries to send, unless the previous try failed less than the back-off
     ago (5 s, doubling up to 5 min), so a training step waits at most one request's timeout, and only at a
-    retry. The first failure is one warning line through ``say``; the recovery another. :meth:`close` (end
+    retry. Metrics alone are sent at most every ``send_every_s`` seconds, in one batch (the loop's logging
+    interval is a fraction of a second on a GPU, and each MLflow request costs tens of milliseconds of the
+    training thread); tags, texts, artifacts and :meth:`flush` send everything pending at once. The first failure is one warning line through ``say``; the recovery another. :meth:`close` (end
     of training) tries once more and writes what is left, with the problem, to ``spool_dir``. MLflow's own
     client retries (up to ~4 min per request by default) are turned down in this process: the back-off here
     replaces them.
@@ -526,7 +536,7 @@ class ResilientTracker:
     def __init__(self, uri: str, run_id: str, *, spool_dir: str | None = None,
                  say: Callable[[str], None] | None = None, first_delay_s: float = 5.0, max_delay_s: float = 300.0,
                  close_wait_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
-                 connect: Callable[[], Any] | None = None) -> None:
+                 connect: Callable[[], Any] | None = None, send_every_s: float = 0.0) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self.uri = uri
@@ -542,6 +552,8 @@ class ResilientTracker:
         self._delay_s = first_delay_s
         self._clock = clock
         self._next_try = 0.0
+        self._send_every_s = send_every_s
+        self._next_send = 0.0  # metrics wait for this (send_every_s after the last send)
         self.problem: str | None = None
         """The last failure (:func:`describe_failure`), None while MLflow takes everything."""
         self.spool_file: str | None = None
@@ -552,7 +564,14 @@ class ResilientTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self._pending.append({"op": "metrics", "step": int(step), "metrics": {k: float(v) for k, v in metrics.items()},
                               "time_ms": int(time.time() * 1000)})
-        self._try()
+        if self._clock() >= self._next_send:
+            self._try()
+
+    def flush(self) -> None:
+        """Send what is pending now (unless MLflow failed less than the back-off ago): before a checkpoint, so
+        that what a resumed run will not log again is in MLflow or still kept here, never only in a batch."""
+        if self._pending:
+            self._try()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         if tags:
@@ -601,6 +620,7 @@ class ResilientTracker:
                           f"{where} if MLflow still fails when training ends")
             self._delay_s = min(self._delay_s * 2, self._max_delay_s)
             return False
+        self._next_send = self._clock() + self._send_every_s
         if self.problem is not None:
             self._say(f"MLflow {self.uri} takes the run's records again: {sent} kept record(s) sent")
             self.problem, self._delay_s = None, self._first_delay_s

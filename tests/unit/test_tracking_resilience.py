@@ -83,6 +83,40 @@ def _tracker(server, clock, lines, spool_dir=None, **kw):
                             connect=lambda: server, **kw)
 
 
+def test_metrics_are_sent_in_batches_every_send_every_s_and_all_at_a_flush():
+    """tracking.send_every_s: the loop logs every few hundred milliseconds on a GPU, and every request waits the
+    training thread. Metrics wait for the interval and go in one request; a flush (every validation or checkpoint
+    report) and tags send everything at once, in order."""
+    server, clock, lines = _Server(), _Clock(), []
+    tracker = _tracker(server, clock, lines, send_every_s=10.0)
+    for step in range(1, 30):  # connecting (at t=0) opened the interval
+        clock.now = step * 0.3
+        tracker.log_metrics({"train/loss": 5.0 - step / 100}, step=step)
+    assert server.calls == 0 and server.metrics == []  # 8.7 s after the last contact: all kept
+    clock.now = 10.0
+    tracker.log_metrics({"train/loss": 4.0}, step=30)
+    assert server.calls == 1 and [s for s, _ in server.metrics] == list(range(1, 31))  # one batch, in order
+    clock.now = 11.0
+    tracker.log_metrics({"train/loss": 3.9}, step=31)
+    tracker.log_metrics({"train/loss": 3.8}, step=32)
+    assert server.calls == 1
+    tracker.flush()  # a checkpoint report: nothing may stay only in a batch
+    assert server.calls == 2 and [s for s, _ in server.metrics] == list(range(1, 33))
+    tracker.flush()  # nothing pending: no request
+    assert server.calls == 2
+    tracker.log_metrics({"train/loss": 3.7}, step=33)
+    tracker.set_tags({"yxanul.spikes": "none"})  # a tag goes at once, with the metrics before it
+    assert [s for s, _ in server.metrics][-1] == 33 and server.tags == {"yxanul.spikes": "none"} and lines == []
+
+
+def test_send_every_s_zero_sends_each_logging_step():
+    server, clock, lines = _Server(), _Clock(), []
+    tracker = _tracker(server, clock, lines)
+    for step in range(1, 4):
+        tracker.log_metrics({"train/loss": 1.0}, step=step)
+        assert server.calls == step
+
+
 def test_failures_are_kept_retried_with_back_off_and_sent_in_order_when_mlflow_is_back(tmp_path):
     server, clock, lines = _Server(), _Clock(), []
     tracker = _tracker(server, clock, lines)

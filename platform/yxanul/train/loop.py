@@ -326,7 +326,8 @@ class _Loop:
         # training; what MLflow does not take by the end is kept in the run folder for `python -m jobs.replay`.
         tracker = ResilientTracker(self.setup.tracking_uri, self.setup.run_id,
                                    spool_dir=f"{self.setup.run_dir}/{SPOOL_DIR}" if self.setup.run_dir else None,
-                                   say=lambda text: worker_print(self.cfg.run.name, text, err=True))
+                                   say=lambda text: worker_print(self.cfg.run.name, text, err=True),
+                                   send_every_s=self.cfg.tracking.send_every_s)
         simulated = self.cfg.scaling.simulate_accelerators
         tags = {**device_tags(self.cfg.scaling.use_gpu and not simulated, self.world), **node_tags()}
         if simulated:
@@ -702,6 +703,7 @@ class _Loop:
         self.where = "a checkpoint" if with_checkpoint else "a report"
         # What the spike check covered so far: "not checked" must never read as "no spike".
         self.tracker.set_tags({SPIKE_CHECK_TAG: self.spikes.status()})
+        self.tracker.flush()  # the metrics batched since the last send: before a checkpoint, never after
         payload = {**metrics, "tokens": self.state.tokens, "step": self.state.step,
                    "done": float(self.state.step >= self.plan.total_steps)}
         if not with_checkpoint:
