@@ -449,7 +449,8 @@ class CheckpointConfig(_Section):
     (a copy of the checkpoint's size, held until it is written); writing, hashing and the copy to
     ``run.storage_path`` run in Ray Train's upload thread (``CheckpointUploadMode.ASYNC``), in report order, and
     the run ends after the last one. One checkpoint is in flight at most: the next waits for it. False: training
-    waits for the whole checkpoint (the timeline's ``checkpoint`` phase then holds all of it)."""
+    waits for the whole checkpoint (the timeline's ``checkpoint`` phase then holds all of it), as it does in Ray
+    Train's local mode (``num_workers=0``), which persists no checkpoint."""
 
 
 class TrackingConfig(_Section):

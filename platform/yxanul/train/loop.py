@@ -73,6 +73,9 @@ from yxanul.train.setup import WorkerSetup
 
 __all__ = ["NonFiniteLossError", "out_of_memory_fix", "out_of_memory_message", "train_loop_per_worker"]
 
+UPLOAD_WAIT_S = 600.0
+"""How long a checkpoint waits for the previous one to be written (checkpoint.asynchronous) before a warning."""
+
 
 class NonFiniteLossError(YxanulError):
     """A step produced a NaN/inf loss or gradient and train.on_nan=stop."""
@@ -155,11 +158,15 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 class _Loop:
     def __init__(self, cfg: ExperimentConfig, setup: WorkerSetup) -> None:
         import ray.train
+        from ray.train.v2.api.context import DistributedTrainContext
 
         self.cfg = cfg
         self.setup = setup
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        # Ray Train's local mode (num_workers=0) takes reports but never persists or uploads a checkpoint: written
+        # in this thread there, as always; elsewhere off it, unless checkpoint.asynchronous=false.
+        self.asynchronous = cfg.checkpoint.asynchronous and isinstance(ctx, DistributedTrainContext)
         self.device = self._device()
         self.timeline = Timeline()  # rank 0's is logged (yxanul.timeline); the driver adds its own phases
         self.where = "start-up (building the model: memory measurement, FP8 plan, compilation)"
@@ -709,13 +716,16 @@ class _Loop:
         if not with_checkpoint:
             train.report(payload)
             return
-        if self.upload_done is not None:  # one checkpoint in flight at most: host memory for one snapshot
-            self.upload_done.wait()
+        # One checkpoint in flight at most (host memory for one snapshot), but never a hang: Ray skips the upload of
+        # a report it drops (a worker of the group died), and then nothing sets the event.
+        if self.upload_done is not None and not self.upload_done.wait(timeout=UPLOAD_WAIT_S):
+            worker_print(self.cfg.run.name, f"warning: the checkpoint before step {self.state.step} is not on "
+                         f"storage after {UPLOAD_WAIT_S:.0f} s; taking the next one anyway", err=True)
         taken = snapshot(rank=self.rank, state=self.state, model=self.step_model, optimizer=self.optimizer,
                          data_state=self.data_position or {})
         directory = Path(tempfile.mkdtemp(prefix=f"yxanul-ckpt-r{self.rank}-"))
         persisted = functools.partial(self._write_marker, "checkpoint", self.state.step, self.state.tokens)
-        if self.cfg.checkpoint.asynchronous:
+        if self.asynchronous:
             self.upload_done = threading.Event()
             # Ray's upload thread writes the snapshot into the (empty) local folder, copies it to storage the way
             # a synchronous report does, and deletes the local folder; training goes on meanwhile.
