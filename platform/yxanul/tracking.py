@@ -526,9 +526,9 @@ class ResilientTracker:
     Every call records first and then tries to send, unless the previous try failed less than the back-off
     ago (5 s, doubling up to 5 min), so a training step waits at most one request's timeout, and only at a
     retry. Metrics alone are sent at most every ``send_every_s`` seconds, in one batch (the loop's logging
-    interval is a fraction of a second on a GPU, and each MLflow request costs tens of milliseconds of the
-    training thread); tags, texts, artifacts and :meth:`flush` send everything pending at once. The first failure is one warning line through ``say``; the recovery another. :meth:`close` (end
-    of training) tries once more and writes what is left, with the problem, to ``spool_dir``. MLflow's own
+    interval is a fraction of a second on a GPU, and every request waits the training thread); tags, texts,
+    artifacts and :meth:`flush` send everything pending at once. The first failure is one warning line through
+    ``say``; the recovery another. :meth:`close` (end of training) tries once more and writes what is left, with the problem, to ``spool_dir``. MLflow's own
     client retries (up to ~4 min per request by default) are turned down in this process: the back-off here
     replaces them.
     """
