@@ -89,19 +89,22 @@ seeds() {
     echo "best learning rate at seed 0: $lr"
     sweep seeds sweep.name=science-seeds 'sweep.axes={}' 'sweep.seeds=[1,2]' "optim.lr=$lr"
 }
+science_lr() {  # science.yaml's learning rate
+    $py -c "import yaml; print(yaml.safe_load(open('$run'))['optim']['lr'])"
+}
 noise() {
     local lr
-    lr=$($py -c "import yaml; print(yaml.safe_load(open('$run'))['optim']['lr'])") || return 1
+    lr=$(science_lr) || return 1
     echo "noise floor at science.yaml's learning rate $lr"
     sweep seeds sweep.name=science-seeds 'sweep.axes={}' 'sweep.seeds=[0,1,2]' "optim.lr=$lr"
 }
 lr_check() {
-    local rates
-    rates=$($py - "$run" <<'EOF'
+    local lr rates
+    lr=$(science_lr) || return 1
+    rates=$($py - "$lr" <<'EOF'
 import sys, yaml
-lr = yaml.safe_load(open(sys.argv[1]))["optim"]["lr"]
 axis = yaml.safe_load(open("experiments/sweeps/science-calibration.yaml"))["axes"]["lr"]["values"]
-print("[" + ",".join(repr(float(v)) for v in axis if float(v) != float(lr)) + "]")
+print("[" + ",".join(repr(float(v)) for v in axis if float(v) != float(sys.argv[1])) + "]")
 EOF
 ) || return 1
     echo "the other learning rates at seed 0: $rates"
