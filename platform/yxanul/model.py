@@ -429,14 +429,32 @@ def _ce_backward_chunk(logits: torch.Tensor, targets: torch.Tensor, lse: torch.T
 _compiled_chunks: dict[str, Callable[..., object]] = {}
 
 
+def compile_chunk_fn(fn: Callable[..., object], backend: str | Callable[..., object] = "inductor"
+                     ) -> Callable[..., object]:
+    """``fn`` (a chunk kernel) compiled once for every chunk it will see: every size symbolic (rows, padded
+    columns, the vocabulary) and always called outside autocast (the kernels choose their own dtypes). Compiled
+    with static sizes, every remainder chunk, model vocabulary and autocast state was a new graph, and past
+    Dynamo's recompile limit (8) the kernel silently ran eagerly: an fp32 copy, softmax and gradient of the
+    chunk, several times its BF16 logits (an H100 test session, 2026-12-06: the fused head of 8,192 tokens x 200k
+    peaked at 8.9 GiB, above the 7.2 GiB of the plain head it exists to undercut)."""
+    compiled = torch.compile(fn, dynamic=True, backend=backend)
+
+    def call(*args: object) -> object:
+        device = next(a for a in args if isinstance(a, torch.Tensor)).device
+        with torch.autocast(device.type, enabled=False):
+            return compiled(*args)
+
+    return call
+
+
 def _chunk_fns(device: torch.device) -> tuple[Callable[..., object], Callable[..., object]]:
     """Eager on CPU; on CUDA, compiled so each chunk is one or two fused passes over the bf16 logits
     instead of an fp32 copy plus several elementwise kernels."""
     if device.type != "cuda":
         return _ce_forward_chunk, _ce_backward_chunk
     if not _compiled_chunks:
-        _compiled_chunks["fwd"] = torch.compile(_ce_forward_chunk, dynamic=False)
-        _compiled_chunks["bwd"] = torch.compile(_ce_backward_chunk, dynamic=False)
+        _compiled_chunks["fwd"] = compile_chunk_fn(_ce_forward_chunk)
+        _compiled_chunks["bwd"] = compile_chunk_fn(_ce_backward_chunk)
     return _compiled_chunks["fwd"], _compiled_chunks["bwd"]
 
 

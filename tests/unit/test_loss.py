@@ -263,3 +263,35 @@ def test_head_chunk_tokens_auto_chunks_only_wide_heads():
     assert resolve_head_chunk_tokens(ModelConfig(preset="yxanul-270m", head_chunk_tokens=0), 200_064) == 0
     with pytest.raises(ValueError, match="model.head_chunk_tokens=100 must be 0 or a multiple of 128"):
         ModelConfig(head_chunk_tokens=100)
+
+
+def test_compiled_chunk_kernels_compile_once_for_every_chunk_size_vocabulary_and_autocast_state():
+    """The CUDA path compiles the chunk kernels; a graph per remainder chunk, model vocabulary or autocast state
+    ran past Dynamo's recompile limit (8) into a silent eager fallback (an H100 test session, 2026-12-06). Counted
+    here with Dynamo's own graph counter on CPU tensors: the same compile options, no compiler needed."""
+    from torch._dynamo.testing import CompileCounter
+
+    from yxanul.model import _ce_backward_chunk, _ce_forward_chunk, compile_chunk_fn
+
+    torch._dynamo.reset()
+    try:
+        counters = {"fwd": CompileCounter(), "bwd": CompileCounter()}
+        fwd = compile_chunk_fn(_ce_forward_chunk, backend=counters["fwd"])
+        bwd = compile_chunk_fn(_ce_backward_chunk, backend=counters["bwd"])
+        calls = 0
+        for vocab, padded in ((300, 384), (1000, 1024), (2000, 2048)):  # three models, each with padded columns
+            for rows in (64, 37, 5):  # full chunks and remainders
+                for autocast in (False, True):  # the plain head's backward runs outside autocast, the fused inside
+                    logits = torch.randn(rows, padded, dtype=torch.bfloat16)
+                    targets = torch.randint(0, vocab, (rows,))
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                        lse, loss = fwd(logits, targets, vocab)
+                        grad = bwd(logits, targets, lse, torch.ones(()), vocab)
+                    ref_lse, ref_loss = _ce_forward_chunk(logits, targets, vocab)
+                    assert torch.equal(lse, ref_lse) and torch.equal(loss, ref_loss)
+                    assert torch.equal(grad, _ce_backward_chunk(logits, targets, ref_lse, torch.ones(()), vocab))
+                    calls += 1
+        assert calls == 18
+        assert counters["fwd"].frame_count == 1 and counters["bwd"].frame_count == 1  # one graph each
+    finally:
+        torch._dynamo.reset()
