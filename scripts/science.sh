@@ -8,6 +8,7 @@
 #   seeds     seeds 1 and 2 at the best rate of `lr` (seed 0 is the lr sweep's run), timed
 #   noise     seeds 0, 1, 2 at science.yaml's rate, timed: the noise floor first, where device time is short
 #   lr-check  then the sweep's other rates at seed 0 (`lr` less the rate `noise` ran): was that rate the best?
+#             LR_CHECK_RATES="[0.004]" runs only those (rates measured in an earlier round on the same recipe)
 #   collect   runs.jsonl + criteria.json (scripts/calibration.py) of everything above
 #   tests     pytest -m gpu tests/gpu
 #
@@ -107,6 +108,7 @@ axis = yaml.safe_load(open("experiments/sweeps/science-calibration.yaml"))["axes
 print("[" + ",".join(repr(float(v)) for v in axis if float(v) != float(sys.argv[1])) + "]")
 EOF
 ) || return 1
+    rates=${LR_CHECK_RATES:-$rates}
     echo "the other learning rates at seed 0: $rates"
     sweep lr "sweep.axes.lr.values=$rates"
 }
@@ -121,7 +123,7 @@ tests() {
         | grep -v "^$" | tail -40
     return "${PIPESTATUS[0]}"
 }
-[ $# -gt 0 ] || { sed -n '3,19p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '3,13p' "$0"; exit 2; }
 { date -u +%FT%TZ; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null; } \
     >> "$out/env.txt"
 for stage in "$@"; do

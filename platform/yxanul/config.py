@@ -169,6 +169,11 @@ class DataConfig(_Section):
     that many row groups instead of taking a slice of one (~1 MiB of consecutive packed text). Memory: a worker
     holds one window's row groups at a time (16 x ~1 MiB). 1 = the per-row-group order of runs before it
     existed. Left out of the dataset's config hash (docs/training.md, Order and sharding)."""
+    order_seed: int | None = None
+    """Training, not preparation: the seed of the training data order; None follows run.seed. Set it (e.g. 0) and
+    seed replicates differ in their initialisation only: every seed of every arm trains on the same token sequence,
+    so the seed spread of a comparison is not also the spread of which part of the corpus each seed happened to
+    see (the science setup fixes it: docs/results/calibration/README.md). Left out of the dataset's config hash."""
 
     @model_validator(mode="after")
     def _check_buckets(self) -> DataConfig:
@@ -546,6 +551,10 @@ class ExperimentConfig(_Section):
         unset (None), so that by default a run checkpoints where it validates; 0: only at the end."""
         every = self.checkpoint.every_tokens
         return self.eval.every_tokens if every is None else every
+
+    def data_order_seed(self) -> int:
+        """The seed of the training data order: ``data.order_seed``, or ``run.seed`` when it is unset (None)."""
+        return self.run.seed if self.data.order_seed is None else self.data.order_seed
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict (what YAML, hashing and MLflow params use)."""

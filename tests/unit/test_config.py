@@ -179,4 +179,12 @@ def test_the_shuffle_window_is_a_positive_training_setting_outside_the_dataset_h
 
     # changing how training reads the data prepares nothing again; changing the data does
     assert dataset_hash("data.shuffle_window=1") == dataset_hash("data.shuffle_window=64")
+    assert dataset_hash("data.order_seed=3") == dataset_hash() == dataset_hash("data.order_seed=null")
     assert dataset_hash("data.shuffle_window=1") != dataset_hash("data.min_bucket=16")
+
+
+def test_the_data_order_follows_run_seed_unless_data_order_seed_fixes_it():
+    assert load_config(None, ["run.seed=3"]).data_order_seed() == 3
+    assert load_config(None, ["run.seed=3", "data.order_seed=0"]).data_order_seed() == 0
+    science = load_config(Path("experiments/runs/science.yaml"), ["run.seed=2"])
+    assert science.data_order_seed() == 0 and science.run.seed == 2  # the science setup: seeds vary the init only

@@ -185,6 +185,10 @@ def test_resume_keys_are_one_table_for_the_driver_and_the_checkpoint():
     with pytest.raises(ConfigError, match=r"data.shuffle_window was 1, now 16"):
         check_compatible(TrainState(**older), values, where="ckpt")
     check_compatible(TrainState(**older), {**values, "data.shuffle_window": 1}, where="ckpt")
+    # data.order_seed: unset (None) in checkpoints from before it existed, whose order followed run.seed
+    assert "order_seed" in TrainState.__dataclass_fields__ and values["data.order_seed"] is None
+    with pytest.raises(ConfigError, match=r"data.order_seed was None, now 0"):
+        check_compatible(state, {**values, "data.order_seed": 0}, where="ckpt")
 
 
 def test_worker_setup_is_typed_picklable_and_carries_the_run_id_once(tmp_path):

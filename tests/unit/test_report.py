@@ -344,3 +344,19 @@ def test_a_seeds_auto_sweep_states_its_stopping_rule_and_each_comparisons_decisi
     assert design.describe() in lines
     assert any(line.startswith("stopping rule, ") and ": different at " in line for line in lines)
     assert build_report(runs, "sweep s").sequential is None  # a fixed seed list has no stopping rule
+
+
+def test_the_design_says_whether_the_seeds_share_one_data_order():
+    from yxanul.report.words import data_order_text
+
+    def runs(order: str | None) -> list[RunSeries]:
+        extra = {} if order is None else {"data.order_seed": order}
+        return [seeded("a", s, 2.0 + s / 100, 1.0, params=extra) for s in (0, 1, 2)]
+
+    fixed = build_report(runs("0"), "sweep s", reference="a")
+    assert design_lines(fixed)[1] == ("data order: one token sequence for every seed and arm (data.order_seed=0); "
+                                      "seeds vary the initialisation only")
+    assert design_lines(fixed)[2].startswith("noise floor: ")
+    assert data_order_text(runs("null")).startswith("data order: drawn per seed (run.seed)")
+    assert data_order_text(runs(None)) == ""  # runs from before data.order_seed: nothing claimed
+    assert data_order_text(runs("0")[:2] + runs("null")[2:]) == "data order: mixed across runs (data.order_seed 0, null)"

@@ -229,6 +229,9 @@ def design_lines(report: ComparisonReport) -> list[str]:
              f"matched seeds (every arm finished): {', '.join(map(str, report.matched_seeds)) or 'none'}"
              + (f"; {len(report.unmatched)} run{'s' if len(report.unmatched) != 1 else ''} listed apart"
                 if report.unmatched else "")]
+    order = data_order_text(report.runs)
+    if order:
+        lines.append(order)
     floor = report.noise_floor
     if floor is not None and floor.std is not None:
         lines.append(f"noise floor: {bpb(floor.std)} bits/byte (seed standard deviation of the reference arm's final "
@@ -261,6 +264,21 @@ def design_lines(report: ComparisonReport) -> list[str]:
                      f"{LEVEL:.0%} two-sided, {POWER:.0%} power): final val/bpb {bpb(c.mde_bpb)} bits/byte{speed}"
                      f"{in_bf16}")
     return lines
+
+
+def data_order_text(runs: list[RunSeries]) -> str:
+    """How the training data order relates to the seeds, from the runs' ``data.order_seed`` param: one fixed order
+    for every seed, or an order drawn per seed (shared by the arms at that seed). Empty where no run recorded it."""
+    values = {r.params["data.order_seed"] for r in runs if "data.order_seed" in r.params}
+    if not values:
+        return ""
+    if values == {"null"}:
+        return ("data order: drawn per seed (run.seed), the same in every arm at a seed; the seed spread includes "
+                "which part of the corpus each seed trained on")
+    if len(values) == 1:
+        return (f"data order: one token sequence for every seed and arm (data.order_seed={values.pop()}); seeds "
+                "vary the initialisation only")
+    return f"data order: mixed across runs (data.order_seed {', '.join(sorted(values))})"
 
 
 def target_text(report: ComparisonReport) -> str:
@@ -558,7 +576,7 @@ BF16_EVAL_METHOD = """\
 
 METHOD = """\
 - arms and seeds: an arm is a grid point of the sweep; its runs are seed replicates (same initialisation and
-  data order per seed in every arm). Arm summaries and plots use the matched seeds, those every arm with a finished run
+  data order per seed in every arm; with data.order_seed set, one data order for every seed). Arm summaries and plots use the matched seeds, those every arm with a finished run
   finished; every other run is listed apart with its real status.
 - intervals: two-sided 95% Student t. bits/byte and their gaps: arithmetic mean with the t interval. Ratios
   (tokens/s, time to target) and other positive quantities (tokens/s per arm, tokens and seconds to target):

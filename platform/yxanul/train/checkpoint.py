@@ -87,6 +87,8 @@ class TrainState:
     max_tokens: int = 0
     shuffle_window: int = 1
     """data.shuffle_window; 1 for checkpoints written before it existed, whose data order is that of window 1."""
+    order_seed: int | None = None
+    """data.order_seed (None: the data order follows ``seed``, as it did in checkpoints written before it existed)."""
     config_hash: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -471,7 +473,7 @@ def candidates(latest: Any) -> list[Any]:
 
 RESUME_KEYS: dict[str, str] = {"scaling.num_workers": "num_workers", "train.tokens_per_step": "tokens_per_step",
                                "run.seed": "seed", "train.max_tokens": "max_tokens",
-                               "data.shuffle_window": "shuffle_window"}
+                               "data.shuffle_window": "shuffle_window", "data.order_seed": "order_seed"}
 """Config keys a resumed run must keep, because they fix the data order and the learning-rate schedule,
 each with the :class:`TrainState` field that records it. The one table both resume checks use: the
 driver's (against ``yxanul_run.json``) and the worker's (against the checkpoint)."""

@@ -226,7 +226,8 @@ class _Loop:
         self.model, self.step_model, self.optimizer = built.model, built.step_model, built.optimizer
         self.state = TrainState(num_workers=self.world, tokens_per_step=self.cfg.train.tokens_per_step,
                                 seed=self.cfg.run.seed, max_tokens=self.cfg.train.max_tokens,
-                                shuffle_window=self.cfg.data.shuffle_window, config_hash=self.cfg.config_hash(),
+                                shuffle_window=self.cfg.data.shuffle_window, order_seed=self.cfg.data.order_seed,
+                                config_hash=self.cfg.config_hash(),
                                 run_id=self.setup.run_id)
         self.data_position: dict[str, Any] | None = None
         with self.timeline.phase("restore"):
@@ -571,7 +572,7 @@ class _Loop:
     def _stream(self, stage: Stage) -> TrainStream:
         where = f"stage {stage.index} (seq_len {stage.seq_len})"
         buckets = self.dataset.stage_buckets(stage.seq_len, stage.buckets, where, self.curriculum_label)
-        stream = TrainStream(self.dataset, stage.seq_len, buckets, self.cfg.run.seed, stage.index, self.rank,
+        stream = TrainStream(self.dataset, stage.seq_len, buckets, self.cfg.data_order_seed(), stage.index, self.rank,
                              self.world, shuffle_window=self.cfg.data.shuffle_window)
         expected = (self.state.step - stage.start_step) * stage.sequences_per_step
         saved = self.data_position
