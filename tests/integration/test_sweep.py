@@ -235,7 +235,7 @@ def test_tune_starts_the_trials_in_the_planned_order(env, ray_cluster, tmp_path)
     from ray import tune
 
     from yxanul.sweep import ClusterView, plan_sweep
-    from yxanul.sweep.tune import param_space
+    from yxanul.sweep.tune import param_space, tune_config
 
     path = write_sweep(env, "order", """
 axes:
@@ -249,13 +249,22 @@ seeds: [0, 1, 2]
         def on_trial_start(self, iteration, trials, trial, **info):
             started.append(trial.config["trial"]["index"])
 
-    tuner = tune.Tuner(tune.with_resources(lambda config: {"done": True}, {"cpu": 0, "node:__internal_head__": 0.01}),
+    def trial(config):
+        import os
+
+        return {"done": True, "pid": os.getpid()}
+
+    config = tune_config(plan, load_sweep(path, ["sweep.name=order"])[0])
+    assert config.reuse_actors and config.metric == "val/bpb"
+    tuner = tune.Tuner(tune.with_resources(trial, {"cpu": 0, "node:__internal_head__": 0.01}),
                        param_space=param_space(plan, {"name": plan.name}),
-                       tune_config=tune.TuneConfig(max_concurrent_trials=1),
+                       tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=config.reuse_actors),
                        run_config=tune.RunConfig(name="order", storage_path=str(tmp_path), verbose=0,
                                                  callbacks=[Order()]))
-    tuner.fit()
+    results = tuner.fit()
     assert started == list(range(9))
+    # one trial driver process served every trial (its imports and MLflow client stay warm)
+    assert len({r.metrics["pid"] for r in results}) == 1
     assert [(t.cfg.optim.lr, t.seed) for t in plan.trials][:4] == [(1e-3, 0), (2e-3, 0), (3e-3, 0), (2e-3, 1)]
 
 

@@ -24,7 +24,7 @@ from yxanul.tags import SEEDS_AUTO_TAG, SWEEP_TAG, TUNE_TRIAL_ID_TAG
 from yxanul.timeline import EFFICIENCY_METRIC, PREFIX, WALL_METRIC, metric_name, sweep_metrics
 from yxanul.tracking import Status
 
-__all__ = ["SweepOutcome", "param_space", "run_sweep", "trial_params"]
+__all__ = ["SweepOutcome", "param_space", "run_sweep", "trial_params", "tune_config"]
 
 
 def trial_params(plan: SweepPlan) -> list[dict[str, Any]]:
@@ -73,6 +73,20 @@ def _trial_fn(config: dict[str, Any]) -> None:
     # end_unfinished=False: a trial Tune stops is recorded by the driver's callback (records.end_trial_run_callback).
     train(cfg, run_config_callbacks=[_tune_report_callback()], extra_tags=tags, parent_run_id=sweep["parent_run_id"],
           end_unfinished=False, started_at=started_at)
+
+
+def tune_config(plan: SweepPlan, spec: SweepSpec) -> Any:
+    """The sweep's ``tune.TuneConfig``: its metric, ASHA where the sweep asks for it, the trial slots, and
+    ``reuse_actors``: a trial's driver process (the function trainable that opens the MLflow run and waits on the
+    TorchTrainer) serves the next trial too, so its imports and MLflow client are warm. Measured on the 2-core CPU
+    VM (2026-12-06, 4 one-worker trials, 2 at a time): the driver's MLflow phase fell from 7.3-7.7 s to 3.8-4.4 s
+    a trial once a process was reused. Tune hands a process to the next trial only if the previous trial's thread
+    has ended within 2 s (``TUNE_FUNCTION_THREAD_TIMEOUT_S``); a trial stopped while its TorchTrainer still runs
+    (ASHA) loses its process, and its TorchTrainer with it, as without reuse."""
+    from ray import tune
+
+    return tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=asha.scheduler(plan),
+                           max_concurrent_trials=_slots(plan, spec), reuse_actors=True)
 
 
 def _concurrency(plan: SweepPlan, spec: SweepSpec) -> int:
@@ -157,8 +171,7 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None, budget_te
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space(plan, consts),
-                tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=asha.scheduler(plan),
-                                            max_concurrent_trials=_slots(plan, spec)),
+                tune_config=tune_config(plan, spec),
                 run_config=tune.RunConfig(name=plan.name, storage_path=layout.sweeps, verbose=1, stop=stop,
                                           callbacks=callbacks))
         try:
