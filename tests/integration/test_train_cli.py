@@ -75,9 +75,13 @@ def test_missing_dataset_says_how_to_prepare(tmp_path):
     assert done.returncode == 2 and "run `python -m jobs.prepare CONFIG`" in done.stderr
 
 
-def test_build_trainer_passes_scaling_failure_and_checkpoint_settings(data, tmp_path):
+def test_build_trainer_passes_scaling_failure_and_checkpoint_settings(data, tmp_path, monkeypatch):
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
+
     from yxanul.config import load_config
-    from yxanul.train.launch import build_trainer, run_dir
+    from yxanul.train.launch import TRAIN_POLL_ENV, build_trainer, run_dir
+
+    monkeypatch.delenv(TRAIN_POLL_ENV, raising=False)
 
     cfg = load_config(REPO / PULSE, [f"data.output_dir={data}", f"run.storage_path={tmp_path}", "run.name=b",
                                      "tracking.enabled=false", "scaling.use_gpu=true", "scaling.accelerator_type=H100",
@@ -94,6 +98,12 @@ def test_build_trainer_passes_scaling_failure_and_checkpoint_settings(data, tmp_
     assert (setup.fp8_plan_dir, setup.compile_cache_dir) == (f"{tmp_path}/fp8-plans", f"{tmp_path}/compile-cache")
     off = build_trainer(cfg.model_copy(update={"precision": cfg.precision.model_copy(update={"compile_cache": False})}))
     assert off.train_loop_config["setup"].compile_cache_dir is None
+    # Ray Train's controller polls its workers every 0.2 s (Ray: 2 s), handed on by Ray to controller and workers;
+    # a value the user set is kept
+    assert get_env_vars_to_propagate()[TRAIN_POLL_ENV] == "0.2"
+    monkeypatch.setenv(TRAIN_POLL_ENV, "1.5")
+    build_trainer(cfg)
+    assert get_env_vars_to_propagate()[TRAIN_POLL_ENV] == "1.5"
 
 
 def _read_only_folder(tmp_path: Path) -> Path | None:
