@@ -5,6 +5,7 @@ stopping a trial at a token milestone with its MLflow run ended."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -186,10 +187,19 @@ axes:
     command = [sys.executable, "-m", "jobs.sweep", str(path), "sweep.name=resume", *overrides]
     environ = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
-    checkpoints = env["root"] / "ray" / "resume-t00"
+    # rank 0's marker says "checkpoint" once a checkpoint is whole on storage (written in Ray's upload thread); a
+    # state.json seen in the storage folder may still be mid-copy, and the job rightly counts no checkpoint then
+    marker = env["root"] / "ray" / "resume-t00" / "workers" / "rank0.json"
+
+    def checkpointed() -> bool:
+        try:
+            return json.loads(marker.read_text())["event"] == "checkpoint"
+        except (OSError, ValueError, KeyError):
+            return False
+
     deadline = time.monotonic() + 400
-    while time.monotonic() < deadline and proc.poll() is None and not list(checkpoints.glob("checkpoint_*/state.json")):
-        time.sleep(0.2)
+    while time.monotonic() < deadline and proc.poll() is None and not checkpointed():
+        time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=180)

@@ -234,9 +234,18 @@ def test_sigterm_to_jobs_train_is_one_line_and_the_same_command_resumes_exactly(
     proc = subprocess.Popen(command, cwd=PULSE.parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=environ)
     deadline = time.monotonic() + 300
-    checkpoints = Path(run_dir(cfg))
-    while time.monotonic() < deadline and proc.poll() is None and not list(checkpoints.glob("checkpoint_*/state.json")):
-        time.sleep(0.2)
+    # rank 0's marker says "checkpoint" once a checkpoint is whole on storage (written in Ray's upload thread); a
+    # state.json seen in the storage folder may still be mid-copy, and the job rightly counts no checkpoint then
+    marker = Path(run_dir(cfg)) / "workers" / "rank0.json"
+
+    def checkpointed() -> bool:
+        try:
+            return json.loads(marker.read_text())["event"] == "checkpoint"
+        except (OSError, ValueError, KeyError):
+            return False
+
+    while time.monotonic() < deadline and proc.poll() is None and not checkpointed():
+        time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
