@@ -80,3 +80,13 @@ def make_dataset(root: Path, buckets: dict[int, int], *, mode: str = "decompose"
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return root
+
+
+def checkpoint_on_storage(run_dir: str | Path) -> bool:
+    """Rank 0's worker marker (``<run dir>/workers/rank0.json``) says ``checkpoint``: a checkpoint is whole on the
+    run's storage (written in Ray's upload thread). A ``state.json`` seen in the storage folder may still be
+    mid-copy, and a job stopped then rightly counts no checkpoint."""
+    try:
+        return json.loads((Path(run_dir) / "workers" / "rank0.json").read_text())["event"] == "checkpoint"
+    except (OSError, ValueError, KeyError):
+        return False

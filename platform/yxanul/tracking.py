@@ -528,9 +528,9 @@ class ResilientTracker:
     retry. Metrics alone are sent at most every ``send_every_s`` seconds, in one batch (the loop's logging
     interval is a fraction of a second on a GPU, and every request waits the training thread); tags, texts,
     artifacts and :meth:`flush` send everything pending at once. The first failure is one warning line through
-    ``say``; the recovery another. :meth:`close` (end of training) tries once more and writes what is left, with the problem, to ``spool_dir``. MLflow's own
-    client retries (up to ~4 min per request by default) are turned down in this process: the back-off here
-    replaces them.
+    ``say``; the recovery another. :meth:`close` (end of training) tries once more and writes what is left, with
+    the problem, to ``spool_dir``. MLflow's own client retries (up to ~4 min per request by default) are turned
+    down in this process: the back-off here replaces them.
     """
 
     def __init__(self, uri: str, run_id: str, *, spool_dir: str | None = None,

@@ -5,7 +5,6 @@ stopping a trial at a token milestone with its MLflow run ended."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from jobs import sweep as sweep_job
-from tests.train_helpers import make_dataset
+from tests.train_helpers import checkpoint_on_storage, make_dataset
 from yxanul.sweep import load_sweep, run_sweep
 
 pytestmark = pytest.mark.integration
@@ -187,18 +186,9 @@ axes:
     command = [sys.executable, "-m", "jobs.sweep", str(path), "sweep.name=resume", *overrides]
     environ = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
-    # rank 0's marker says "checkpoint" once a checkpoint is whole on storage (written in Ray's upload thread); a
-    # state.json seen in the storage folder may still be mid-copy, and the job rightly counts no checkpoint then
-    marker = env["root"] / "ray" / "resume-t00" / "workers" / "rank0.json"
-
-    def checkpointed() -> bool:
-        try:
-            return json.loads(marker.read_text())["event"] == "checkpoint"
-        except (OSError, ValueError, KeyError):
-            return False
-
     deadline = time.monotonic() + 400
-    while time.monotonic() < deadline and proc.poll() is None and not checkpointed():
+    trial_dir = env["root"] / "ray" / "resume-t00"
+    while time.monotonic() < deadline and proc.poll() is None and not checkpoint_on_storage(trial_dir):
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGTERM)

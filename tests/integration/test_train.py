@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import FAKE_PEAK_TFLOPS
-from tests.train_helpers import make_dataset
+from tests.train_helpers import checkpoint_on_storage, make_dataset
 from yxanul.config import ExperimentConfig, load_config
 from yxanul.errors import ConfigError
 from yxanul.metrics import flops_per_token
@@ -172,9 +172,9 @@ def test_the_final_validation_runs_again_with_fp8_off_once(env, uninterrupted):
 
 
 def test_interrupted_and_resumed_run_has_identical_losses(env, uninterrupted, capfd):
-    """Stopped at 8192 tokens (checkpoints at 4096 and 8192, written asynchronously), the latest checkpoint truncated as a failed upload
-    or a full disk would leave it: the resume says so in one line naming the file, falls back to the checkpoint
-    at 4096, and the run's losses are still bit-identical to the uninterrupted run's."""
+    """Stopped at 8192 tokens (checkpoints at 4096 and 8192, written asynchronously), the latest checkpoint
+    truncated as a failed upload or a full disk would leave it: the resume says so in one line naming the file,
+    falls back to the checkpoint at 4096, and the run's losses are still bit-identical to the uninterrupted run's."""
     from mlflow import MlflowClient
 
     _, full = uninterrupted
@@ -234,17 +234,7 @@ def test_sigterm_to_jobs_train_is_one_line_and_the_same_command_resumes_exactly(
     proc = subprocess.Popen(command, cwd=PULSE.parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=environ)
     deadline = time.monotonic() + 300
-    # rank 0's marker says "checkpoint" once a checkpoint is whole on storage (written in Ray's upload thread); a
-    # state.json seen in the storage folder may still be mid-copy, and the job rightly counts no checkpoint then
-    marker = Path(run_dir(cfg)) / "workers" / "rank0.json"
-
-    def checkpointed() -> bool:
-        try:
-            return json.loads(marker.read_text())["event"] == "checkpoint"
-        except (OSError, ValueError, KeyError):
-            return False
-
-    while time.monotonic() < deadline and proc.poll() is None and not checkpointed():
+    while time.monotonic() < deadline and proc.poll() is None and not checkpoint_on_storage(run_dir(cfg)):
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGTERM)

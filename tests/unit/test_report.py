@@ -359,4 +359,5 @@ def test_the_design_says_whether_the_seeds_share_one_data_order():
     assert design_lines(fixed)[2].startswith("noise floor: ")
     assert data_order_text(runs("null")).startswith("data order: drawn per seed (run.seed)")
     assert data_order_text(runs(None)) == ""  # runs from before data.order_seed: nothing claimed
-    assert data_order_text(runs("0")[:2] + runs("null")[2:]) == "data order: mixed across runs (data.order_seed 0, null)"
+    mixed = runs("0")[:2] + runs("null")[2:]
+    assert data_order_text(mixed) == "data order: mixed across runs (data.order_seed 0, null)"

@@ -131,7 +131,8 @@ def make_plan(cfg: ExperimentConfig, config_path: str | None = None, *, dry_run:
 def _config_hash(plan: Plan) -> str:
     """What decides the dataset's content: data settings, tokenizer bytes, input files (size, mtime)."""
     data = plan.cfg.data.model_dump(mode="json")
-    for key in ("output_dir", "cache_dir", "tokenize_actors", "shuffle_window", "order_seed"):  # not content: how it is made or read
+    # not content: how the dataset is made or read
+    for key in ("output_dir", "cache_dir", "tokenize_actors", "shuffle_window", "order_seed"):
         data.pop(key, None)
     inputs = []
     for source, _ in plan.sources:

@@ -576,8 +576,9 @@ BF16_EVAL_METHOD = """\
 
 METHOD = """\
 - arms and seeds: an arm is a grid point of the sweep; its runs are seed replicates (same initialisation and
-  data order per seed in every arm; with data.order_seed set, one data order for every seed). Arm summaries and plots use the matched seeds, those every arm with a finished run
-  finished; every other run is listed apart with its real status.
+  data order per seed in every arm; with data.order_seed set, one data order for every seed). Arm summaries and
+  plots use the matched seeds, those every arm with a finished run finished; every other run is listed apart with
+  its real status.
 - intervals: two-sided 95% Student t. bits/byte and their gaps: arithmetic mean with the t interval. Ratios
   (tokens/s, time to target) and other positive quantities (tokens/s per arm, tokens and seconds to target):
   geometric mean with the t interval of the logs, exponentiated (never negative).

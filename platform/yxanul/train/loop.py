@@ -227,8 +227,7 @@ class _Loop:
         self.state = TrainState(num_workers=self.world, tokens_per_step=self.cfg.train.tokens_per_step,
                                 seed=self.cfg.run.seed, max_tokens=self.cfg.train.max_tokens,
                                 shuffle_window=self.cfg.data.shuffle_window, order_seed=self.cfg.data.order_seed,
-                                config_hash=self.cfg.config_hash(),
-                                run_id=self.setup.run_id)
+                                config_hash=self.cfg.config_hash(), run_id=self.setup.run_id)
         self.data_position: dict[str, Any] | None = None
         with self.timeline.phase("restore"):
             self._restore()
