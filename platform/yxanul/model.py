@@ -406,8 +406,8 @@ def _ce_forward_chunk(logits: torch.Tensor, targets: torch.Tensor, vocab: int
     """(n, V_padded) logits of any dtype, (n,) targets -> (lse (n,) fp32, summed loss) for one chunk;
     columns >= vocab are excluded."""
     x = logits.float()
-    if vocab < x.shape[1]:
-        x = x.masked_fill(torch.arange(x.shape[1], device=x.device) >= vocab, float("-inf"))
+    # Masked unconditionally (a no-op without padded columns): a branch on vocab < columns is one more graph.
+    x = x.masked_fill(torch.arange(x.shape[1], device=x.device) >= vocab, float("-inf"))
     lse = torch.logsumexp(x, dim=-1)
     valid = targets != IGNORE_INDEX
     picked = x.gather(1, targets.clamp(min=0)[:, None]).squeeze(1)
@@ -432,16 +432,20 @@ _compiled_chunks: dict[str, Callable[..., object]] = {}
 def compile_chunk_fn(fn: Callable[..., object], backend: str | Callable[..., object] = "inductor"
                      ) -> Callable[..., object]:
     """``fn`` (a chunk kernel) compiled once for every chunk it will see: every size symbolic (rows, padded
-    columns, the vocabulary) and always called outside autocast (the kernels choose their own dtypes). Compiled
-    with static sizes, every remainder chunk, model vocabulary and autocast state was a new graph, and past
-    Dynamo's recompile limit (8) the kernel silently ran eagerly: an fp32 copy, softmax and gradient of the
-    chunk, several times its BF16 logits (an H100 test session, 2026-12-06: the fused head of 8,192 tokens x 200k
-    peaked at 8.9 GiB, above the 7.2 GiB of the plain head it exists to undercut)."""
+    columns, the vocabulary), always called outside autocast (the kernels choose their own dtypes), without
+    gradient tracking and on detached tensors (the kernels compute gradients themselves; nothing differentiates
+    through them). Dynamo guards on each of these: compiled with static sizes, every remainder chunk, model
+    vocabulary and autocast state was a new graph, and so was every caller whose logits did or did not require
+    grad (the plain head in training, in validation, the fused head), and past Dynamo's recompile limit (8) the
+    kernel silently ran eagerly: an fp32 copy, softmax and gradient of the chunk, several times its BF16 logits
+    (H100 test sessions, 2026-12-06: the fused head of 32,768 tokens x 200k peaked at 5.1 GiB where its
+    arithmetic allows 3.6). One dtype of logits is one graph: BF16 runs see one, FP32 runs another."""
     compiled = torch.compile(fn, dynamic=True, backend=backend)
 
     def call(*args: object) -> object:
         device = next(a for a in args if isinstance(a, torch.Tensor)).device
-        with torch.autocast(device.type, enabled=False):
+        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        with torch.autocast(device.type, enabled=False), torch.no_grad():
             return compiled(*args)
 
     return call

@@ -266,9 +266,10 @@ def test_head_chunk_tokens_auto_chunks_only_wide_heads():
 
 
 def test_compiled_chunk_kernels_compile_once_for_every_chunk_size_vocabulary_and_autocast_state():
-    """The CUDA path compiles the chunk kernels; a graph per remainder chunk, model vocabulary or autocast state
-    ran past Dynamo's recompile limit (8) into a silent eager fallback (an H100 test session, 2026-12-06). Counted
-    here with Dynamo's own graph counter on CPU tensors: the same compile options, no compiler needed."""
+    """The CUDA path compiles the chunk kernels; a graph per remainder chunk, model vocabulary, autocast state or
+    caller (logits that require grad in the plain head's training, not in validation or the fused head) ran past
+    Dynamo's recompile limit (8) into a silent eager fallback (H100 test sessions, 2026-12-06, twice). Counted here
+    with Dynamo's own graph counter on CPU tensors: the same compile options, no compiler needed."""
     from torch._dynamo.testing import CompileCounter
 
     from yxanul.model import _ce_backward_chunk, _ce_forward_chunk, compile_chunk_fn
@@ -279,19 +280,24 @@ def test_compiled_chunk_kernels_compile_once_for_every_chunk_size_vocabulary_and
         fwd = compile_chunk_fn(_ce_forward_chunk, backend=counters["fwd"])
         bwd = compile_chunk_fn(_ce_backward_chunk, backend=counters["bwd"])
         calls = 0
-        for vocab, padded in ((300, 384), (1000, 1024), (2000, 2048)):  # three models, each with padded columns
+        # three models with padded columns and one without (the vocabulary a multiple of 64)
+        for vocab, padded in ((300, 384), (1000, 1024), (2000, 2048), (1024, 1024)):
             for rows in (64, 37, 5):  # full chunks and remainders
                 for autocast in (False, True):  # the plain head's backward runs outside autocast, the fused inside
-                    logits = torch.randn(rows, padded, dtype=torch.bfloat16)
-                    targets = torch.randint(0, vocab, (rows,))
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                        lse, loss = fwd(logits, targets, vocab)
-                        grad = bwd(logits, targets, lse, torch.ones(()), vocab)
-                    ref_lse, ref_loss = _ce_forward_chunk(logits, targets, vocab)
-                    assert torch.equal(lse, ref_lse) and torch.equal(loss, ref_loss)
-                    assert torch.equal(grad, _ce_backward_chunk(logits, targets, ref_lse, torch.ones(()), vocab))
-                    calls += 1
-        assert calls == 18
+                    for requires_grad, grad_mode in ((False, False), (True, False), (True, True)):
+                        logits = torch.randn(rows, padded, dtype=torch.bfloat16).requires_grad_(requires_grad)
+                        targets = torch.randint(0, vocab, (rows,))
+                        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), \
+                                torch.set_grad_enabled(grad_mode):
+                            lse, loss = fwd(logits, targets, vocab)
+                            grad = bwd(logits, targets, lse, torch.ones(()), vocab)
+                        with torch.no_grad():
+                            ref_lse, ref_loss = _ce_forward_chunk(logits, targets, vocab)
+                            ref_grad = _ce_backward_chunk(logits, targets, ref_lse, torch.ones(()), vocab)
+                        assert torch.equal(lse, ref_lse) and torch.equal(loss, ref_loss)
+                        assert torch.equal(grad, ref_grad)
+                        calls += 1
+        assert calls == 72
         assert counters["fwd"].frame_count == 1 and counters["bwd"].frame_count == 1  # one graph each
     finally:
         torch._dynamo.reset()
