@@ -6,7 +6,9 @@
 #   decomposed  the same tokens decomposed 64..2048 (curriculum-variants needs it; the calibration does not), timed
 #   lr        the learning-rate sweep at seed 0 (experiments/sweeps/science-calibration.yaml)
 #   seeds     seeds 1 and 2 at the best rate of `lr` (seed 0 is the lr sweep's run), timed
-#   noise     seeds 0, 1, 2 at science.yaml's rate, timed: the noise floor first, where device time is short
+#   noise     seeds 0, 1, 2 at science.yaml's rate, timed: the noise floor first, where device time is short;
+#             NOISE_RATES="[0.001,0.0005]" runs the seeds at each of those rates instead (seed by seed, the rates
+#             rotated, so a round cut short still has whole seeds); `collect` then picks the rate by its seeds' mean
 #   lr-check  then the sweep's other rates at seed 0 (`lr` less the rate `noise` ran): was that rate the best?
 #             LR_CHECK_RATES="[0.004]" runs only those (rates measured in an earlier round on the same recipe)
 #   collect   runs.jsonl + criteria.json (scripts/calibration.py) of everything above
@@ -95,6 +97,11 @@ science_lr() {  # science.yaml's learning rate
 }
 noise() {
     local lr
+    if [ -n "${NOISE_RATES:-}" ]; then
+        echo "noise floor at the learning rates $NOISE_RATES"
+        sweep seeds sweep.name=science-seeds "sweep.axes.lr.values=$NOISE_RATES" 'sweep.seeds=[0,1,2]'
+        return
+    fi
     lr=$(science_lr) || return 1
     echo "noise floor at science.yaml's learning rate $lr"
     sweep seeds sweep.name=science-seeds 'sweep.axes={}' 'sweep.seeds=[0,1,2]' "optim.lr=$lr"
