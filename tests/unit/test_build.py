@@ -102,6 +102,10 @@ def test_build_on_cpu_is_eager_fp32_with_the_callers_initial_weights():
     groups = built.optimizer.param_groups
     assert [g["weight_decay"] for g in groups] == [OptimConfig().weight_decay, 0.0]
     assert "eager" in built.describe() and "fp32" in built.describe()
+    # where the build's seconds went, step by step, in the order they ran (the timeline's `build` phase is their sum)
+    assert list(built.seconds) == ["init", "to_device", "precision", "parallel", "optimizer"]
+    assert all(v >= 0 for v in built.seconds.values())
+    assert f"built in {sum(built.seconds.values()):.1f} s (init " in built.describe()
 
 
 def test_fp8_on_cpu_is_refused_before_any_model_is_built():

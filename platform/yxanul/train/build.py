@@ -26,8 +26,9 @@ With several workers, rank 0 measures and broadcasts, so every rank builds the s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,13 +62,38 @@ class Built:
     microbatch_fit: dict[str, Any] | None = None
     """The memory measurement behind an auto budget (bytes per sequence, fixed bytes, card memory)."""
     fp8_plan: Fp8Plan | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds of each build step that ran, in order: ``init`` (the model on the host), ``to_device``,
+    ``fp8_plan`` (with the micro-batch estimated for it), ``precision`` (the swap), ``microbatch`` (the auto measurement), ``compile`` (wrapping the
+    regions; compilation itself happens at the first step), ``parallel`` (DDP/FSDP), ``optimizer``."""
 
     def describe(self) -> str:
         parts = [self.precision.describe(), "compiled" if self.compiled else "eager"]
         if self.tokens_per_microbatch is not None:
             how = " (auto)" if self.microbatch_fit else ""
             parts.append(f"micro-batch budget {self.tokens_per_microbatch:,} tokens{how}")
+        if self.seconds:
+            steps = ", ".join(f"{name.replace('_', ' ')} {value:.1f}" for name, value in self.seconds.items())
+            parts.append(f"built in {sum(self.seconds.values()):.1f} s ({steps})")
         return ", ".join(parts)
+
+
+class _Stopwatch:
+    """Seconds per named step, the device synchronized at each boundary so that a step's queued GPU work is its own."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.seconds = device, {}
+        self._last = self._now()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda" and torch.cuda.is_initialized():
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+        self._last = now
 
 
 def _rank() -> int:
@@ -172,7 +198,11 @@ def build_training(model_cfg: ModelConfig, precision_cfg: PrecisionConfig, optim
 
     say = log or (lambda _msg: None)
     precision = Precision(precision_cfg, device)  # checks support first: fails before any work
-    model = Yxanul(model_cfg, vocab_size).to(device)
+    clock = _Stopwatch(device)
+    model = Yxanul(model_cfg, vocab_size)
+    clock.lap("init")
+    model = model.to(device)
+    clock.lap("to_device")
 
     auto = max_tokens_per_microbatch == "auto"
     if auto and (seq_len is None or max_sequences is None):
@@ -192,7 +222,9 @@ def build_training(model_cfg: ModelConfig, precision_cfg: PrecisionConfig, optim
                                          device=device, cache_dir=plan_cache_dir, log=say) if _rank() == 0 else None
         plan = _from_rank0(measured_plan)
         precision.use_plan(plan)
+        clock.lap("fp8_plan")
     precision.apply(model)
+    clock.lap("precision")
 
     fit = None
     if measure_memory:  # on the model as it will train: its precision plan and its head path
@@ -204,6 +236,7 @@ def build_training(model_cfg: ModelConfig, precision_cfg: PrecisionConfig, optim
             f"{fit['predicted_peak_gib']:.1f} of {fit['card_bytes'] / 2**30:.0f} GiB)")
         if plan is not None and plan.key["tokens_per_microbatch"] != budget:
             say(f"note: the FP8 plan was measured at {plan.key['tokens_per_microbatch']:,} tokens per micro-batch")
+        clock.lap("microbatch")
     elif auto:
         from yxanul.curriculum import unmeasured_budget
 
@@ -213,7 +246,10 @@ def build_training(model_cfg: ModelConfig, precision_cfg: PrecisionConfig, optim
         if compile_cache_dir is not None:
             use_compile_cache(compile_cache_dir)
         compile_model(model)
+        clock.lap("compile")
     step_model = wrap_model(model, strategy, device)  # type: ignore[arg-type]
+    clock.lap("parallel")
     optimizer = build_optimizer(model, optim_cfg)  # after FSDP sharding: the shards
+    clock.lap("optimizer")
     return Built(model=model, step_model=step_model, optimizer=optimizer, precision=precision, compiled=compiled,
-                 tokens_per_microbatch=budget, microbatch_fit=fit, fp8_plan=plan)
+                 tokens_per_microbatch=budget, microbatch_fit=fit, fp8_plan=plan, seconds=clock.seconds)
