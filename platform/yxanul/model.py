@@ -369,6 +369,19 @@ class Yxanul(nn.Module):
             return self.head(hidden, is_first_microbatch=chunk_index == 0)
         return self.head(hidden)
 
+    def weight_groups(self) -> dict[str, list[torch.Tensor]]:
+        """The weights by role, for their RMS in the training log (``train/weight_rms/<group>``): the token
+        embedding (``embed``; its projection ``embed_proj`` apart when factorized), the attention and MLP
+        projections, and the head (absent when tied). Padded vocabulary rows included (zero, and kept so)."""
+        groups = {"embed": [self.embed.tok.weight]}
+        if self.embed.proj is not None:
+            groups["embed_proj"] = [self.embed.proj.weight]
+        for group in LAYER_GROUPS:
+            names = self.linear_names(group)
+            if names:
+                groups[group] = [self.get_submodule(name).weight for name in names]
+        return groups
+
     def head_parameters(self) -> list[torch.Tensor]:
         """The parameters the head computes with (the embedding matrix when tied)."""
         return [self.embed.tok.weight] if self.head is None else list(self.head.parameters())

@@ -350,6 +350,10 @@ def test_fsdp_run_matches_the_ddp_run(env, uninterrupted):
     assert [s for s, _ in fsdp_loss] == [s for s, _ in ddp_loss]
     assert [v for _, v in fsdp_loss] == pytest.approx([v for _, v in ddp_loss], rel=1e-4)
     assert result.metrics["val/bpb"] == pytest.approx(ddp.metrics["val/bpb"], rel=1e-4)
+    # the weights' RMS per group: summed over the shards under FSDP, whole on each rank under DDP
+    for group in ("embed", "attention", "mlp", "head"):
+        fsdp_rms, ddp_rms = (history(client, run, f"train/weight_rms/{group}") for run in (result.run_id, ddp.run_id))
+        assert fsdp_rms and [v for _, v in fsdp_rms] == pytest.approx([v for _, v in ddp_rms], rel=1e-4), group
     import torch
 
     fsdp_weights = torch.load(Path(result.checkpoint_path) / "model.pt", weights_only=True)

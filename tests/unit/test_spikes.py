@@ -7,6 +7,8 @@ import math
 import random
 import statistics
 
+import pytest
+
 from yxanul.spikes import SpikeDetector, format_spikes, spike_start_tokens
 
 
@@ -111,8 +113,9 @@ def test_the_training_loop_checks_the_largest_grad_norm_of_each_interval(capsys)
 
     import torch
 
-    from yxanul.config import load_config
+    from yxanul.config import ModelConfig, load_config
     from yxanul.metrics import Throughput
+    from yxanul.model import Yxanul
     from yxanul.tracking import NullTracker
     from yxanul.train.checkpoint import TrainState
     from yxanul.train.loop import _Loop
@@ -122,6 +125,8 @@ def test_the_training_loop_checks_the_largest_grad_norm_of_each_interval(capsys)
     loop.rank, loop.world, loop.device = 0, 1, torch.device("cpu")
     loop.state, loop.tracker, loop.compile_s = TrainState(), NullTracker(), 0.0
     loop.spikes = SpikeDetector(start_tokens=spike_start_tokens(30720))
+    torch.manual_seed(0)
+    loop.model = Yxanul(ModelConfig(preset="tiny", embed_rank=16), vocab_size=300)
     stage = SimpleNamespace(seq_len=64, index=0)
     throughput = Throughput(tokens_per_s=1000.0, tokens_per_s_per_gpu=1000.0, mfu_bf16=None, mfu_fp8=None,
                             peak_mem_gib=None, elapsed_s=1.0)
@@ -135,6 +140,14 @@ def test_the_training_loop_checks_the_largest_grad_norm_of_each_interval(capsys)
     assert logged == [(21 * 1024, 10.0)]
     assert [m["train/grad_norm_max"] for step, m in loop.tracker.metrics if step == 21 * 1024] == [10.0]
     assert not any("train/spike_loss" in m for _, m in loop.tracker.metrics)
+    # each interval also logs how large each weight group is (RMS over the group's elements)
+    last = loop.tracker.metrics[-1][1]
+    expected = {group: torch.cat([w.detach().flatten() for w in weights]).pow(2).mean().sqrt().item()
+                for group, weights in loop.model.weight_groups().items()}
+    assert set(expected) == {"embed", "embed_proj", "attention", "mlp", "head"}
+    for group, rms in expected.items():
+        assert last[f"train/weight_rms/{group}"] == pytest.approx(rms, rel=1e-5)
+    assert last["train/weight_rms/embed"] == pytest.approx(math.sqrt(300 / 384), rel=0.05)  # std 1, padding rows 0
     assert loop.tracker.tags["yxanul.spikes"] == "grad_norm@21504 (10.0x)"
     assert "warning: grad-norm spike at 21504 tokens: 10 = 10.0x its median 1" in capsys.readouterr().err
     # 29 points from 1536 tokens on (2048 .. 30720), the first 3 only remembered

@@ -625,6 +625,7 @@ class _Loop:
                 metrics[key] = value
         if self.state.skipped_steps:
             metrics["train/skipped_steps"] = float(self.state.skipped_steps)
+        metrics.update(self._weight_rms())
         for spike in self.spikes.observe(self.state.tokens, loss=metrics.get("train/loss_max"),
                                          grad_norm=metrics.get("train/grad_norm_max")):
             metrics[f"train/spike_{spike.kind}"] = spike.size  # the record (survives resumes); the tag is for the UI
@@ -644,6 +645,26 @@ class _Loop:
                          f"lr {lr:.2e} gnorm {metrics['train/grad_norm']:.3f} {throughput.tokens_per_s:,.0f} tok/s"
                          f"{per_gpu}{mfu}{mem} eta {clock(tokens_left / rate)}")
         return metrics
+
+    @torch.no_grad()
+    def _weight_rms(self) -> dict[str, float]:
+        """``train/weight_rms/<group>`` (:meth:`yxanul.model.Yxanul.weight_groups`): how large each group's weights
+        have grown, at every logging interval. Two seeds on one data order that drift apart (calibration round 5)
+        leave a trace here first. Every rank calls it; sharded weights (FSDP) sum their squares across ranks."""
+        groups = self.model.weight_groups()
+        squares, sharded = [], False
+        for weights in groups.values():
+            total = torch.zeros((), device=self.device)
+            for w in weights:
+                if hasattr(w, "to_local"):  # a DTensor shard
+                    w, sharded = w.to_local(), True
+                total += torch.linalg.vector_norm(w.detach(), dtype=torch.float32).square()
+            squares.append(total)
+        summed = torch.stack(squares)
+        if sharded:
+            summed = self._all_reduce(summed)
+        return {f"train/weight_rms/{group}": math.sqrt(value / sum(w.numel() for w in groups[group]))
+                for group, value in zip(groups, summed.tolist())}
 
     def _bf16_eval(self) -> bool:
         """Whether the final validation runs a second time through the BF16 path (``eval.bf16_eval``: auto = when
