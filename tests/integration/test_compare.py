@@ -322,6 +322,48 @@ def test_seed_statistics_from_a_real_store(seeded_report):
     assert "/tmp/gpu-box" not in md
 
 
+
+def test_seeds_run_as_two_sweeps_compare_as_one_experiment(tmp_path, capsys):
+    """A comparison larger than one machine's session (the science-scale fp8-vs-bf16 is 9 trials, ~30 minutes of an
+    H100): seeds 0-1 as one sweep, seed 2 later as another (its own sweep.name, the same tracking.experiment and
+    MLflow store), then `jobs.compare --experiment` pairs the arms over all three seeds (docs/sweeps.md)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp_id = client.create_experiment("split", artifact_location=(tmp_path / "artifacts").as_uri())
+    finals = {"bf16": {0: 1.230, 1: 1.240, 2: 1.235}, "fp8": {0: 1.232, 1: 1.241, 2: 1.239}}  # gaps +.002 +.001 +.004
+    speed = {"bf16": {0: 300.0, 1: 300.0, 2: 300.0}, "fp8": {0: 330.0, 1: 324.0, 2: 336.0}}  # 1.10x 1.08x 1.12x
+    trial = 0
+    for sweep, seeds in (("split-a", (0, 1)), ("split-b", (2,))):
+        parent = client.create_run(exp_id, run_name=sweep, tags={T.SWEEP_TAG: sweep, T.ROLE_TAG: T.ROLE_SWEEP}).info
+        for seed in seeds:
+            for precision in ("bf16", "fp8"):
+                rid = client.create_run(exp_id, run_name=f"{sweep}-t{trial:02d}", start_time=1_000 + trial, tags={
+                    T.PARENT_RUN_ID_TAG: parent.run_id, T.SWEEP_TAG: sweep, T.STATUS_TAG: "finished",
+                    T.VARIANT_TAG: f"precision.mode={precision},seed={seed}", T.ARM_TAG: f"precision.mode={precision}",
+                    T.AXES_TAG: f'{{"precision.mode": "{precision}"}}', T.PAIR_TAG: f"seed={seed}",
+                    T.TRIAL_TAG: str(trial), T.GPU_NAME_TAG: "NVIDIA H100 80GB HBM3"}).info.run_id
+                final = finals[precision][seed]
+                metrics = [Metric("val/bpb", final + 0.5 - 0.25 * i, 0, 1000 * i) for i in (1, 2)]
+                metrics += [Metric("val/bpb", final, 0, 3000), Metric("train/loss", final + 1, 0, 3000),
+                            Metric("train/tokens_per_s_per_gpu", speed[precision][seed], 0, 3000),
+                            Metric("val/elapsed_s", 3000 / speed[precision][seed], 0, 3000)]
+                client.log_batch(rid, metrics=metrics, params=[Param("precision.mode", precision),
+                                                               Param("run.seed", str(seed))])
+                client.set_terminated(rid, "FINISHED")
+                trial += 1
+        client.set_tag(parent.run_id, T.STATUS_TAG, "finished")
+        client.set_terminated(parent.run_id, "FINISHED")
+    out = tmp_path / "report"
+    assert compare.main(["--experiment", "split", "--out", str(out), "--tracking-uri", uri, "--no-log",
+                         "--reference", "precision.mode=bf16", "--target-bpb", "1.25"]) == 0
+    [c] = rows(out / "comparisons.csv")
+    assert (c["arm"], c["reference"], c["seeds_paired"]) == ("precision.mode=fp8", "precision.mode=bf16", "3")
+    assert float(c["bpb_gap_mean"]) == pytest.approx((0.002 + 0.001 + 0.004) / 3)
+    assert float(c["speedup_mean"]) == pytest.approx((1.10 * 1.08 * 1.12) ** (1 / 3), rel=1e-9)
+    arms = {r["arm"]: r for r in rows(out / "arms.csv")}
+    assert arms["precision.mode=bf16"]["seeds"] == arms["precision.mode=fp8"]["seeds"] == "0 1 2"
+    assert "3 matched seeds" in capsys.readouterr().out
+
 def test_report_html_renders_in_headless_chromium(seeded_report, tmp_path):
     """The page as a person sees it: Chromium (Debian package `chromium`; .ci/run installs it) loads it at a
     laptop's width; a script added to a copy opens every folded section and records, after the load event, how
