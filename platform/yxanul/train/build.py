@@ -64,8 +64,9 @@ class Built:
     fp8_plan: Fp8Plan | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall seconds of each build step that ran, in order: ``init`` (the model on the host), ``to_device``,
-    ``fp8_plan`` (with the micro-batch estimated for it), ``precision`` (the swap), ``microbatch`` (the auto measurement), ``compile`` (wrapping the
-    regions; compilation itself happens at the first step), ``parallel`` (DDP/FSDP), ``optimizer``."""
+    ``fp8_plan`` (with the micro-batch estimated for it), ``precision`` (the swap), ``microbatch`` (the auto
+    measurement), ``compile`` (wrapping the regions; compilation itself happens at the first step), ``parallel``
+    (DDP/FSDP), ``optimizer``."""
 
     def describe(self) -> str:
         parts = [self.precision.describe(), "compiled" if self.compiled else "eager"]
@@ -79,7 +80,8 @@ class Built:
 
 
 class _Stopwatch:
-    """Seconds per named step, the device synchronized at each boundary so that a step's queued GPU work is its own."""
+    """Seconds per named step, the device synchronized at each boundary so that a step's queued GPU work is its
+    own."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.seconds = device, {}
@@ -92,7 +94,7 @@ class _Stopwatch:
 
     def lap(self, name: str) -> None:
         now = self._now()
-        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+        self.seconds[name] = now - self._last
         self._last = now
 
 
