@@ -3,6 +3,7 @@ the chosen setup against the criteria of docs/results/calibration/README.md.
 
     python scripts/calibration.py choose --tracking-uri URI             # prints the best learning rate
     python scripts/calibration.py collect --tracking-uri URI --out DIR  # DIR/runs.jsonl + DIR/criteria.json
+    python scripts/calibration.py gaps --tracking-uri URI               # how each rate's seeds part, batch by batch
     ... --experiment NAME                                                # another MLflow experiment (default
                                                                          # science-calibration)
 
@@ -13,7 +14,13 @@ compile and wall seconds, epochs of the training split, the card. ``choose`` tak
 with a warning, where none does); with no such rate, the rate with the lowest final val/bpb among finished runs
 of seed 0 with no spike (among all finished seed-0 runs, with a warning, where every one spiked). One seed ranks
 rates poorly where the seed sd is as large as their gaps (round 5: 0.045 bpb at 2e-3, chosen on seed 0 alone).
-``collect`` writes ``by_rate`` into criteria.json too: each rate's seeds, mean, sd and spikes.
+``collect`` writes ``by_rate`` into criteria.json too: each rate's seeds, mean, sd and spikes, and, where its seeds
+trained on one data order (``data.order_seed`` set), the sd of their training loss on the same last batches.
+
+``gaps``: where seeds share a data order, their training losses are on the same batches, so their differences are
+the models' alone, without batch noise: per rate, each seed's loss minus the first seed's, averaged over windows of
+logged steps, from the first window to the last. How the seeds of calibration rounds 5 and 6 drifted apart was
+read this way (docs/results/calibration/README.md).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ def _runs(uri: str, name: str = EXPERIMENT) -> list[dict]:
             return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
 
         val = series("val/bpb")
+        loss = series("train/loss")
         grad = series("train/grad_norm_max")
         rates = [v for _, v in series("train/tokens_per_s")]
         manifest_tokens = None
@@ -67,6 +75,8 @@ def _runs(uri: str, name: str = EXPERIMENT) -> list[dict]:
                                         if k.startswith("val/") and k.endswith("/bpb") and k != "val/bpb"},
             "unigram_bpb": metrics.get("val/unigram_bpb"),
             "val_bpb_curve": val,
+            "train_loss_curve": loss,
+            "order_seed": _order_seed(params.get("data.order_seed")),
             "max_grad_norm_after_check_start": max((v for t, v in grad if t >= start_tokens), default=None),
             "spike_check": tags.get(SPIKE_CHECK_TAG), "spikes": tags.get(SPIKES_TAG, ""),
             "tokens_per_s_median": statistics.median(rates) if rates else None,
@@ -78,6 +88,11 @@ def _runs(uri: str, name: str = EXPERIMENT) -> list[dict]:
             "gpu": tags.get(GPU_NAME_TAG), "git_sha": tags.get(GIT_SHA_TAG),
         })
     return sorted(rows, key=lambda r: (r["lr"], r["seed"]))
+
+
+def _order_seed(param: str | None) -> int | None:
+    """The run's ``data.order_seed`` param (None: unset, so the order followed the run's seed)."""
+    return None if param in (None, "None", "null") else int(param)
 
 
 def _finished(rows: list[dict]) -> list[dict]:
@@ -99,8 +114,63 @@ def by_rate(rows: list[dict]) -> list[dict]:
         finals = [r["final_val_bpb"] for r in runs]
         out.append({"lr": lr, "seeds": sorted(r["seed"] for r in runs), "mean": statistics.fmean(finals),
                     "sd": statistics.stdev(finals) if len(finals) > 1 else None,
-                    "spiked": any(r["spikes"] for r in runs)})
+                    "spiked": any(r["spikes"] for r in runs), "train_loss_sd_end": _same_batch_sd(runs)})
     return out
+
+
+SAME_BATCH_WINDOW = 16
+"""Logged steps whose training losses are averaged into one point of the same-batch comparisons."""
+
+
+def _shared_steps(runs: list[dict]) -> list[int] | None:
+    """The logged steps every run has a training loss at, when the runs share one data order (else None: their
+    losses are on different batches)."""
+    orders = {r.get("order_seed") for r in runs}
+    if len(runs) < 2 or len(orders) != 1 or None in orders or not all(r.get("train_loss_curve") for r in runs):
+        return None
+    return sorted(set.intersection(*({step for step, _ in r["train_loss_curve"]} for r in runs)))
+
+
+def _window_means(run: dict, steps: list[int]) -> float:
+    values = dict(run["train_loss_curve"])
+    return statistics.fmean(values[s] for s in steps)
+
+
+def _same_batch_sd(runs: list[dict]) -> float | None:
+    """Sample sd across seeds of the training loss (nats) over the last logged steps they share, on one data
+    order; None otherwise."""
+    steps = _shared_steps(runs)
+    if not steps:
+        return None
+    last = steps[-SAME_BATCH_WINDOW:]
+    return statistics.stdev(_window_means(r, last) for r in runs)
+
+
+def gaps(rows: list[dict], window: int = SAME_BATCH_WINDOW) -> str:
+    """Per rate whose finished seeds share a data order: at the end of each window of ``window`` shared logged
+    steps, the first seed's mean training loss and every other seed's difference to it (nats)."""
+    rates: dict[float, list[dict]] = {}
+    for row in _finished(rows):
+        rates.setdefault(row["lr"], []).append(row)
+    lines = []
+    for lr, runs in sorted(rates.items()):
+        runs = sorted(runs, key=lambda r: r["seed"])
+        steps = _shared_steps(runs)
+        if not steps:
+            lines.append(f"lr {lr:g}: seeds {[r['seed'] for r in runs]} do not share a data order (or a loss "
+                         "curve): no same-batch comparison")
+            continue
+        first = runs[0]
+        lines.append(f"lr {lr:g}: training loss of seed {first['seed']} and each seed's difference to it, mean of "
+                     f"{window} logged steps (one data order, so the same batches)")
+        for end in range(window, len(steps) + 1, window):
+            part = steps[end - window:end]
+            base = _window_means(first, part)
+            diffs = "  ".join(f"s{r['seed']} {_window_means(r, part) - base:+.3f}" for r in runs[1:])
+            lines.append(f"  to {part[-1] / 1e6:7.2f}M tokens: s{first['seed']} {base:.3f}  {diffs}")
+        sd = _same_batch_sd(runs)
+        lines.append(f"  sd across seeds over the last {min(window, len(steps))} shared steps: {sd:.4f} nats")
+    return "\n".join(lines)
 
 
 def choose(rows: list[dict]) -> float:
@@ -153,7 +223,7 @@ def criteria(rows: list[dict], lr: float, sweep_wall_s: float | None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["choose", "collect"])
+    parser.add_argument("command", choices=["choose", "collect", "gaps"])
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment of the calibration runs")
     parser.add_argument("--out", type=Path, help="collect: folder for runs.jsonl and criteria.json")
@@ -169,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             row["epochs"] = row["tokens"] / args.split_tokens if row["tokens"] else None
     if args.command == "choose":
         print(choose(rows))
+        return 0
+    if args.command == "gaps":
+        print(gaps(rows))
         return 0
     lr = args.lr if args.lr is not None else choose(rows)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import statistics
 import threading
 from pathlib import Path
 
@@ -353,3 +354,30 @@ def test_the_calibration_chooses_a_rate_by_its_seeds_mean_where_seeds_were_run_n
     assert abs(table[2e-3]["sd"] - 0.045158) < 1e-5 and table[4e-3]["sd"] is None
     result = script.criteria(steady, 1e-3, 600.0)
     assert result["b_ok"] and result["a_ok"] and [r["lr"] for r in result["by_rate"]] == [5e-4, 1e-3, 2e-3, 4e-3]
+
+
+def test_the_calibration_compares_seeds_on_the_same_batches_only_where_they_share_a_data_order():
+    """Seeds trained on one data order (data.order_seed) see the same batches, so their training-loss differences
+    are the models' alone: ``gaps`` prints them window by window, ``by_rate`` their spread at the end. Seeds with
+    an order each (or one seed) get no such number: their losses are on different batches."""
+    script = _calibration_script()
+    steps = [1000 * (i + 1) for i in range(32)]
+
+    def row(seed, offset, order_seed=0):
+        r = _calibration_row(1e-3, seed, 1.25 + offset)
+        # seed 0's loss falls from 6 by 0.1 a step; the others run `offset` nats above it from step 16 on
+        r.update(order_seed=order_seed,
+                 train_loss_curve=[(t, 6 - 0.1 * i + (offset if i >= 16 else 0.0)) for i, t in enumerate(steps)])
+        return r
+
+    shared = [row(0, 0.0), row(1, 0.05), row(2, -0.02)]
+    table = script.by_rate(shared)[0]
+    assert table["train_loss_sd_end"] == pytest.approx(statistics.stdev([0.0, 0.05, -0.02]), abs=1e-12)
+    text = script.gaps(shared, window=16)
+    assert text.splitlines()[1:] == [
+        "  to    0.02M tokens: s0 5.250  s1 +0.000  s2 +0.000",
+        "  to    0.03M tokens: s0 3.650  s1 +0.050  s2 -0.020",
+        f"  sd across seeds over the last 16 shared steps: {statistics.stdev([0.0, 0.05, -0.02]):.4f} nats"]
+    orders = [row(0, 0.0, order_seed=None), row(1, 0.05, order_seed=None)]
+    assert script.by_rate(orders)[0]["train_loss_sd_end"] is None
+    assert "do not share a data order" in script.gaps(orders)
