@@ -290,8 +290,15 @@ class Yxanul(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Normal(0, init_std) weights; residual output projections scaled by 1/sqrt(2 n_layers);
-        the factorized embedding's factors scaled so their product has std init_std; padded
-        vocabulary rows zero."""
+        padded vocabulary rows zero. The factorized embedding: the token factor at init_std like every
+        other table, its projection at 1/sqrt(rank) (unit gain), so the product has std init_std.
+
+        Why not a unit-std token factor (the rule until 2026-12-06): AdamW moves every element by about
+        the learning rate whatever its size, so a factor at std 1 changes 50x more slowly, relative to
+        itself, than the 0.02 matrices: the token vectors stayed near their random draw (2.5% of their
+        norm moved in 600 steps on an H100) and the seeds drifted apart on one data order (a CPU probe,
+        docs/results/calibration/README.md: training-loss sd across seeds 0.028-0.079 nats with the unit
+        factor, 0.015 with this one, 3 seeds each)."""
         std = self.cfg.init_std
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -302,10 +309,8 @@ class Yxanul(nn.Module):
             block.attn.proj.weight.mul_(1 / math.sqrt(2 * self.cfg.n_layers))
             block.mlp.down.weight.mul_(1 / math.sqrt(2 * self.cfg.n_layers))
         if self.embed.proj is not None:
-            nn.init.normal_(self.embed.tok.weight, std=1.0)
-            nn.init.normal_(self.embed.proj.weight, std=std / math.sqrt(self.cfg.embed_rank))
-        else:
-            nn.init.normal_(self.embed.tok.weight, std=std)
+            nn.init.normal_(self.embed.proj.weight, std=1 / math.sqrt(self.cfg.embed_rank))
+        nn.init.normal_(self.embed.tok.weight, std=std)
         self.embed.tok.weight[self.vocab_size:].zero_()
         if self.head is not None:
             self.head.weight[self.vocab_size:].zero_()

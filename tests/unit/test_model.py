@@ -156,6 +156,41 @@ def test_logits_match_hf_llama_in_fp32(shape):
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+def test_factorized_embedding_factors_learn_at_the_rate_of_the_other_weights():
+    """The token factor starts at init_std and its projection at unit gain, so the product keeps std init_std
+    and AdamW, which moves every element by about the learning rate, changes the token factor as fast,
+    relative to its size, as the other matrices (a unit-std factor moved 50x more slowly: the seeds drifted)."""
+    from yxanul.config import OptimConfig
+    from yxanul.train.step import build_optimizer
+
+    torch.manual_seed(0)
+    c = cfg(embed_rank=32)
+    model = Yxanul(c)
+    tok, proj = model.embed.tok.weight[:VOCAB], model.embed.proj.weight  # 32k and 2k elements: sample stds
+    assert tok.std().item() == pytest.approx(c.init_std, rel=0.03)      # within ~1% and ~3% of the drawn ones
+    assert proj.std().item() == pytest.approx(1 / math.sqrt(32), rel=0.1)
+    assert model.embed.full_weight()[:VOCAB].std().item() == pytest.approx(c.init_std, rel=0.1)
+    # One AdamW step: its first update is lr * sign(grad) on every element with a gradient (bias-corrected
+    # moments), so an element's relative change is lr / its size, whatever the loss.
+    opt = build_optimizer(model, OptimConfig(lr=1e-3, weight_decay=0.0))
+    tokens = torch.randint(0, VOCAB, (4, 64))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model(tokens[:, :-1], targets=tokens[:, 1:]).backward()
+    opt.step()
+    params = dict(model.named_parameters())
+
+    def relative_change(name: str, rows: torch.Tensor | None = None) -> float:
+        old, new = before[name], params[name].detach()
+        if rows is not None:
+            old, new = old[rows], new[rows]
+        return ((new - old).norm() / old.norm()).item()
+
+    seen = tokens[:, :-1].unique()
+    embed = relative_change("embed.tok.weight", seen)
+    qkv = relative_change("blocks.0.attn.qkv.weight")
+    assert embed == pytest.approx(1e-3 / c.init_std, rel=0.1) and qkv == pytest.approx(1e-3 / c.init_std, rel=0.1)
+
+
 def test_factorized_embedding_multiplies_out():
     torch.manual_seed(0)
     model = Yxanul(cfg(embed_rank=8))

@@ -147,7 +147,8 @@ def test_the_training_loop_checks_the_largest_grad_norm_of_each_interval(capsys)
     assert set(expected) == {"embed", "embed_proj", "attention", "mlp", "head"}
     for group, rms in expected.items():
         assert last[f"train/weight_rms/{group}"] == pytest.approx(rms, rel=1e-5)
-    assert last["train/weight_rms/embed"] == pytest.approx(math.sqrt(300 / 384), rel=0.05)  # std 1, padding rows 0
+    # the token factor at init_std (0.02), its padding rows 0
+    assert last["train/weight_rms/embed"] == pytest.approx(0.02 * math.sqrt(300 / 384), rel=0.05)
     assert loop.tracker.tags["yxanul.spikes"] == "grad_norm@21504 (10.0x)"
     assert "warning: grad-norm spike at 21504 tokens: 10 = 10.0x its median 1" in capsys.readouterr().err
     # 29 points from 1536 tokens on (2048 .. 30720), the first 3 only remembered
