@@ -155,6 +155,11 @@ SPIKES_TAG = "yxanul.spikes"
 COMPILE_CACHE_TAG = "yxanul.compile_cache"
 """Where the compiled model's Inductor caches were (``<storage>/compile-cache``), ``inductor default`` with
 ``precision.compile_cache=false``, or ``not compiled``."""
+EXECUTION_TAG = "yxanul.execution"
+"""How the run's training executed (:attr:`yxanul.train.session.Session.kind`): ``ray_train`` (a ``TorchTrainer``'s
+workers) or ``in_process`` (inside a sweep trial's own Ray Tune process, ``sweep.in_process``)."""
+WORKER_PID_TAG = "yxanul.worker_pid"
+"""The process id of rank 0's training (of its latest start): in-process trials of one sweep slot share it."""
 WORKER_TIMELINE_TAG = "yxanul.worker_timeline"
 """Rank 0's timeline phases as JSON (``{"phases": {...}, "start": t, "end": t}``, wall-clock times): the driver
 merges them with its own into the ``timeline/*`` metrics (:mod:`yxanul.timeline`)."""

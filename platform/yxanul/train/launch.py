@@ -1,6 +1,7 @@
 """Launching a training run: checks, the MLflow run, the Ray Train ``TorchTrainer``; the API sweeps build on.
 
     result = train(cfg)                       # check, fit, finish the MLflow run; -> TrainResult
+    result = train(cfg, session=TuneSession())  # the same, in this process (a one-worker sweep trial's)
     trainer = build_trainer(cfg)              # the same TorchTrainer, for callers that fit it themselves
     print(describe(cfg))                      # what --dry-run prints (no Ray, no MLflow)
 
@@ -22,7 +23,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yxanul import interrupt
 from yxanul.config import ExperimentConfig
@@ -60,7 +61,11 @@ from yxanul.tags import (
 )
 from yxanul.timeline import Timeline, format_timeline, timeline_metrics
 
-__all__ = ["RUN_FILE", "TrainResult", "build_trainer", "describe", "find_run_id", "run_dir", "train"]
+if TYPE_CHECKING:
+    from yxanul.train.session import TuneSession
+
+__all__ = ["RUN_FILE", "TrainResult", "build_trainer", "describe", "find_run_id", "run_dir", "train",
+           "worker_resources"]
 
 RUN_FILE = "yxanul_run.json"
 TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
@@ -83,7 +88,7 @@ class TrainResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     """Metrics of the last report with a checkpoint (the final train/* and val/* values)."""
     checkpoint_path: str | None = None
-    """The latest checkpoint (a folder under run_dir, or a URI)."""
+    """The latest checkpoint (a folder under run_dir, or a URI; in process, a folder of the Tune trial's)."""
     finished: bool = False
     """True when the run reached train.max_tokens (False when train.stop_after_tokens stopped it early)."""
     timeline: dict[str, float] = field(default_factory=dict)
@@ -383,15 +388,25 @@ def loop_config(cfg: ExperimentConfig, dataset: PreparedDataset,
     return {"cfg": cfg.to_dict(), "setup": setup}
 
 
-def _build(cfg: ExperimentConfig, run_config_callbacks: Sequence[Any] | None,
-           extra_tags: Mapping[str, str] | None, parent_run_id: str | None,
-           timeline: Timeline | None = None) -> tuple[Any, dict[str, str] | None]:
-    timeline = timeline or Timeline()
+def worker_resources(cfg: ExperimentConfig) -> dict[str, float]:
+    """What one training worker asks Ray for: ``scaling.cpus_per_worker`` CPUs and, with ``scaling.use_gpu``, one GPU.
+    A ``TorchTrainer`` asks it per worker; a sweep trial that trains in its own process asks it for itself."""
+    return {"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})}
+
+
+def _prepare(cfg: ExperimentConfig, extra_tags: Mapping[str, str] | None, parent_run_id: str | None,
+             timeline: Timeline) -> tuple[PreparedDataset, dict[str, str] | None]:
+    """Everything before training starts, wherever it runs: the checks, the run folder, the MLflow run."""
     with timeline.phase("data"):
         dataset, plan = _check(cfg)
     check_writable(run_dir(cfg), "run.storage_path")  # before the MLflow run exists: none is left RUNNING
     with timeline.phase("mlflow"):
         tracking = _open_mlflow_run(cfg, plan, dataset, extra_tags, parent_run_id)
+    return dataset, tracking
+
+
+def _trainer(cfg: ExperimentConfig, config: dict[str, Any], run_config_callbacks: Sequence[Any] | None) -> Any:
+    """The ``TorchTrainer`` that runs :func:`yxanul.train.loop.train_loop_per_worker` with ``config``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -399,9 +414,7 @@ def _build(cfg: ExperimentConfig, run_config_callbacks: Sequence[Any] | None,
 
     layout = Layout.of(cfg)
     scaling = ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                            accelerator_type=cfg.scaling.accelerator_type,
-                            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker,
-                                                  **({"GPU": 1} if cfg.scaling.use_gpu else {})})
+                            accelerator_type=cfg.scaling.accelerator_type, resources_per_worker=worker_resources(cfg))
     # Simulated accelerators: the same resource request, but the (logical) GPUs cannot run NCCL.
     torch_config = TorchConfig(backend="gloo") if cfg.scaling.simulate_accelerators else None
     run_config = RunConfig(name=cfg.run.name, storage_path=layout.root,
@@ -409,9 +422,8 @@ def _build(cfg: ExperimentConfig, run_config_callbacks: Sequence[Any] | None,
                            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
                            callbacks=list(run_config_callbacks or []))
     os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)  # read by fit(): the controller's poll interval
-    trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config(cfg, dataset, tracking),
-                           scaling_config=scaling, run_config=run_config, torch_config=torch_config)
-    return trainer, tracking
+    return TorchTrainer(train_loop_per_worker, train_loop_config=config, scaling_config=scaling,
+                        run_config=run_config, torch_config=torch_config)
 
 
 def build_trainer(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None = None,
@@ -419,14 +431,52 @@ def build_trainer(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] 
     """A ready ``TorchTrainer`` for ``cfg`` (checks done, MLflow run created or reopened, its id in
     ``trainer.train_loop_config["setup"].run_id``). Fitting it is the caller's job, and so is ending the
     MLflow run; :func:`train` does both and is what most callers want."""
-    trainer, _ = _build(cfg, run_config_callbacks, extra_tags, parent_run_id)
-    return trainer
+    dataset, tracking = _prepare(cfg, extra_tags, parent_run_id, Timeline())
+    return _trainer(cfg, loop_config(cfg, dataset, tracking), run_config_callbacks)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What a run left, wherever it ran: the metrics of its last report with a checkpoint, and that checkpoint."""
+
+    metrics: dict[str, Any]
+    checkpoint: Any
+
+
+def _on_ray_train(trainer: Any) -> _Outcome:
+    from yxanul.ray_session import ensure_ray
+
+    ensure_ray()
+    result = _fit(trainer)
+    if result.error is not None:
+        raise result.error
+    return _Outcome(dict(result.metrics or {}), result.checkpoint)
+
+
+def _in_process(config: dict[str, Any], session: TuneSession) -> _Outcome:
+    from yxanul.train.loop import train_in_process
+
+    train_in_process(config, session)
+    return _Outcome(dict(session.metrics), session.checkpoint)
+
+
+def _is_failure(exc: BaseException, in_process: bool) -> bool:
+    """Whether ``exc`` says the training failed (else it was stopped: a signal, or Tune ending the trial, which
+    raises ``SystemExit`` in the trial's thread). Ray Train wraps every failure of its workers in one type."""
+    if in_process:
+        return isinstance(exc, Exception)
+    from ray.train import TrainingFailedError
+
+    return isinstance(exc, TrainingFailedError)
 
 
 def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None = None,
           extra_tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
-          end_unfinished: bool = True, started_at: float | None = None) -> TrainResult:
-    """Run (or resume) the training ``cfg`` describes on Ray Train and return its :class:`TrainResult`.
+          end_unfinished: bool = True, started_at: float | None = None,
+          session: TuneSession | None = None) -> TrainResult:
+    """Run (or resume) the training ``cfg`` describes and return its :class:`TrainResult`: on Ray Train (a
+    ``TorchTrainer``), or with ``session`` (a :class:`~yxanul.train.session.TuneSession`: one-worker sweep trials)
+    in this process, reporting to it; ``run_config_callbacks`` are the ``TorchTrainer``'s.
 
     The MLflow run ends ``finished`` (reached train.max_tokens), ``stopped`` (by train.stop_after_tokens),
     ``killed`` (interrupted) or ``failed`` (with the error in the ``yxanul.error`` tag). A worker's
@@ -442,49 +492,33 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
     sweep trial passes its own start) or this call, to the end of the MLflow run: logged as ``timeline/*``
     metrics and printed as one line under the run's name.
     """
-    from ray.train import TrainingFailedError
-
-    from yxanul.ray_session import ensure_ray
     from yxanul.tracking import Status
 
     started_at = started_at if started_at is not None else time.time()
     timeline = Timeline()
-    trainer, tracking = _build(cfg, run_config_callbacks, extra_tags, parent_run_id, timeline)
-    ensure_ray()
+    dataset, tracking = _prepare(cfg, extra_tags, parent_run_id, timeline)
+    config = loop_config(cfg, dataset, tracking)
+    trainer = _trainer(cfg, config, run_config_callbacks) if session is None else None
     try:
         fit_start = time.time()
-        result = _fit(trainer)
+        outcome = _on_ray_train(trainer) if session is None else _in_process(config, session)
         fit_end = time.time()
-        if result.error is not None:
-            raise result.error
-    except TrainingFailedError as exc:
+    except BaseException as exc:
         if interrupt.received() is not None:
             raise _interrupted(cfg, tracking, end_unfinished) from None
-        user = user_error(exc)
-        died = None if user else worker_death(exc)
-        if died:  # not a bug: one line that says a worker died, instead of ~100 ending in gloo's connection reset
-            died = (f"{died}; scaling.max_failures={cfg.scaling.max_failures} left no restart. The run resumes from "
-                    f"its last checkpoint in {run_dir(cfg)}: run the same command again (raise "
-                    f"scaling.max_failures to restart by itself)")
-        message = str(user) if user else died or _failure_line(exc)
-        _end_mlflow_run(tracking, Status.FAILED, message)
-        if user is not None:
-            raise type(user)(str(user)) from None
-        if died:
-            raise WorkerDiedError(died) from None
-        raise WorkerFailedError(message) from None
-    except BaseException:
-        if interrupt.received() is not None:
-            raise _interrupted(cfg, tracking, end_unfinished) from None
-        if end_unfinished:
-            _end_mlflow_run(tracking, Status.KILLED, wait_s=5.0)
-        raise
-    tokens = int((result.metrics or {}).get("tokens", 0))
-    checkpoint_path = result.checkpoint.path if result.checkpoint else None
-    if result.checkpoint is not None:
+        if not _is_failure(exc, in_process=session is not None):
+            if end_unfinished:
+                _end_mlflow_run(tracking, Status.KILLED, wait_s=5.0)
+            raise
+        # Ray Train's text of a failure goes to the job's log (_failure_line); in process, the error keeps its
+        # traceback (Tune's error file of the trial).
+        raise _failed(cfg, tracking, exc) from (exc if session is not None else None)
+    tokens = int(outcome.metrics.get("tokens", 0))
+    checkpoint_path = outcome.checkpoint.path if outcome.checkpoint else None
+    if outcome.checkpoint is not None:
         from yxanul.train.checkpoint import read_state
 
-        with result.checkpoint.as_directory() as directory:
+        with outcome.checkpoint.as_directory() as directory:
             tokens = read_state(directory).tokens
     finished = tokens >= build_plan(cfg).total_tokens
     with timeline.phase("mlflow"):
@@ -494,9 +528,28 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
         elif end_unfinished:
             _end_mlflow_run(tracking, Status.STOPPED)
     metrics = _log_timeline(cfg, tracking, timeline, worker, tokens, started_at, fit_start, fit_end)
-    return TrainResult(run_id=tracking["run_id"] if tracking else None, tokens=tokens,
-                       metrics=dict(result.metrics or {}), checkpoint_path=checkpoint_path, finished=finished,
-                       timeline=metrics)
+    return TrainResult(run_id=tracking["run_id"] if tracking else None, tokens=tokens, metrics=outcome.metrics,
+                       checkpoint_path=checkpoint_path, finished=finished, timeline=metrics)
+
+
+def _failed(cfg: ExperimentConfig, tracking: dict[str, str] | None, exc: BaseException) -> YxanulError:
+    """A training that failed: its one line (the user's error, a dead worker, or the failure's real type and
+    message) recorded on the MLflow run, which ends ``failed``; the error to raise."""
+    from yxanul.tracking import Status
+
+    user = user_error(exc)
+    died = None if user else worker_death(exc)
+    if died:  # not a bug: one line that says a worker died, instead of ~100 ending in gloo's connection reset
+        died = (f"{died}; scaling.max_failures={cfg.scaling.max_failures} left no restart. The run resumes from "
+                f"its last checkpoint in {run_dir(cfg)}: run the same command again (raise "
+                f"scaling.max_failures to restart by itself)")
+    message = str(user) if user else died or _failure_line(exc)
+    _end_mlflow_run(tracking, Status.FAILED, message)
+    if user is not None:
+        return type(user)(str(user))
+    if died:
+        return WorkerDiedError(died)
+    return WorkerFailedError(message)
 
 
 def _failure_line(exc: BaseException) -> str:

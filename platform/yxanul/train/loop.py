@@ -1,4 +1,6 @@
-"""The per-worker training loop that Ray Train runs (``train_loop_per_worker``).
+"""The per-worker training loop: run by Ray Train on each worker (``train_loop_per_worker``), or by a one-worker
+sweep trial inside its own Ray Tune process (``train_in_process``). Everything the loop asks of Ray goes through
+its :class:`~yxanul.train.session.Session`.
 
 The loop owns the schedule: which curriculum stage and batch shape a step has, its learning rate, when
 to log, validate and checkpoint. The step itself is :func:`yxanul.train.step.train_step` (pure); side
@@ -10,7 +12,7 @@ and checkpoints sync by nature; the first step of each batch shape, and on rank 
 profiled for its attention share (``train.profile_attention``), are timed apart. Nothing else waits for the
 device.
 
-Every worker calls ``ray.train.report`` at the same steps (validation and checkpoint points, where the
+Every worker reports (``Session.report``) at the same steps (validation and checkpoint points, where the
 latest train/* metrics are logged too), at most once per step. MLflow gets train/* every log interval.
 """
 
@@ -21,7 +23,6 @@ import json
 import math
 import os
 import re
-import shutil
 import tempfile
 import threading
 import time
@@ -47,6 +48,7 @@ from yxanul.tags import (
     COMPILE_CACHE_TAG,
     COMPILED_TAG,
     CURRICULUM_STAGES_TAG,
+    EXECUTION_TAG,
     FP8_LAYERS_TAG,
     FP8_PLAN_TAG_PREFIX,
     MICROBATCH_TOKENS_TAG,
@@ -57,6 +59,7 @@ from yxanul.tags import (
     SIMULATION_TAG,
     SPIKE_CHECK_TAG,
     SPIKES_TAG,
+    WORKER_PID_TAG,
     WORKER_TIMELINE_TAG,
 )
 from yxanul.timeline import Timeline, timed
@@ -69,9 +72,11 @@ from yxanul.train.checkpoint import (
     snapshot,
     write_snapshot,
 )
+from yxanul.train.session import RayTrainSession, Session
 from yxanul.train.setup import WorkerSetup
 
-__all__ = ["NonFiniteLossError", "out_of_memory_fix", "out_of_memory_message", "train_loop_per_worker"]
+__all__ = ["NonFiniteLossError", "out_of_memory_fix", "out_of_memory_message", "train_in_process",
+           "train_loop_per_worker"]
 
 UPLOAD_WAIT_S = 600.0
 """How long a checkpoint waits for the previous one to be written (checkpoint.asynchronous) before a warning."""
@@ -156,17 +161,14 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 
 
 class _Loop:
-    def __init__(self, cfg: ExperimentConfig, setup: WorkerSetup) -> None:
-        import ray.train
-        from ray.train.v2.api.context import DistributedTrainContext
-
+    def __init__(self, cfg: ExperimentConfig, setup: WorkerSetup, session: Session) -> None:
         self.cfg = cfg
         self.setup = setup
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-        # Ray Train's local mode (num_workers=0) takes reports but never persists or uploads a checkpoint: written
-        # in this thread there, as always; elsewhere off it, unless checkpoint.asynchronous=false.
-        self.asynchronous = cfg.checkpoint.asynchronous and isinstance(ctx, DistributedTrainContext)
+        self.session = session
+        self.rank, self.world = session.rank, session.world
+        # Checkpoints are written off the training thread where the session can (Ray Train's workers), unless
+        # checkpoint.asynchronous=false; in this thread otherwise.
+        self.asynchronous = cfg.checkpoint.asynchronous and session.uploads_async
         self.device = self._device()
         self.timeline = Timeline()  # rank 0's is logged (yxanul.timeline); the driver adds its own phases
         self.where = "start-up (building the model: memory measurement, FP8 plan, compilation)"
@@ -185,9 +187,7 @@ class _Loop:
     def _device(self) -> torch.device:
         if not self.cfg.scaling.use_gpu or self.cfg.scaling.simulate_accelerators:
             return torch.device("cpu")
-        import ray.train.torch
-
-        device = ray.train.torch.get_device()
+        device = self.session.device()
         torch.cuda.set_device(device)
         return device
 
@@ -272,9 +272,7 @@ class _Loop:
                          + ")")
 
     def _restore(self) -> None:
-        import ray.train
-
-        latest = ray.train.get_checkpoint()
+        latest = self.session.latest_checkpoint()
         if latest is None:
             return
         checkpoint = self._usable_checkpoint(latest)
@@ -337,7 +335,8 @@ class _Loop:
                                    say=lambda text: worker_print(self.cfg.run.name, text, err=True),
                                    send_every_s=self.cfg.tracking.send_every_s)
         simulated = self.cfg.scaling.simulate_accelerators
-        tags = {**device_tags(self.cfg.scaling.use_gpu and not simulated, self.world), **node_tags()}
+        tags = {**device_tags(self.cfg.scaling.use_gpu and not simulated, self.world), **node_tags(),
+                EXECUTION_TAG: self.session.kind, WORKER_PID_TAG: str(os.getpid())}
         if simulated:
             ran = self.precision.mode
             tags.update({SIMULATED_TAG: "true", PRECISION_RAN_TAG: ran,
@@ -393,8 +392,6 @@ class _Loop:
         return out_of_memory_message(str(exc), self.where, precision, fix, memory)
 
     def _train(self) -> None:
-        import ray.train
-
         from yxanul.metrics import ThroughputMeter, flops_per_token, reset_peak_memory
         from yxanul.schedule import lr_for_step
         from yxanul.train.step import train_step
@@ -524,7 +521,7 @@ class _Loop:
                     metrics.update(self._validate(final=self.state.step == total_steps))
             if do_eval or do_ckpt:  # Ray reports only here: each one is a barrier across workers
                 with self.timeline.phase("checkpoint"):
-                    self._report(metrics, do_ckpt, ray.train)
+                    self._report(metrics, do_ckpt)
                 meter.start()
         meter.pause()
         steps_phase.__exit__(None, None, None)
@@ -728,7 +725,7 @@ class _Loop:
             worker_print(self.cfg.run.name, line)
         return metrics
 
-    def _report(self, metrics: dict[str, float], with_checkpoint: bool, train: Any) -> None:
+    def _report(self, metrics: dict[str, float], with_checkpoint: bool) -> None:
         self.where = "a checkpoint" if with_checkpoint else "a report"
         # What the spike check covered so far: "not checked" must never read as "no spike".
         self.tracker.set_tags({SPIKE_CHECK_TAG: self.spikes.status()})
@@ -736,7 +733,7 @@ class _Loop:
         payload = {**metrics, "tokens": self.state.tokens, "step": self.state.step,
                    "done": float(self.state.step >= self.plan.total_steps)}
         if not with_checkpoint:
-            train.report(payload)
+            self.session.report(payload)
             return
         # One checkpoint in flight at most (host memory for one snapshot), but never a hang: Ray skips the upload of
         # a report it drops (a worker of the group died), and then nothing sets the event.
@@ -745,24 +742,9 @@ class _Loop:
                          f"storage after {UPLOAD_WAIT_S:.0f} s; taking the next one anyway", err=True)
         taken = snapshot(rank=self.rank, state=self.state, model=self.step_model, optimizer=self.optimizer,
                          data_state=self.data_position or {})
-        directory = Path(tempfile.mkdtemp(prefix=f"yxanul-ckpt-r{self.rank}-"))
         persisted = functools.partial(self._write_marker, "checkpoint", self.state.step, self.state.tokens)
-        if self.asynchronous:
-            self.upload_done = threading.Event()
-            # Ray's upload thread writes the snapshot into the (empty) local folder, copies it to storage the way
-            # a synchronous report does, and deletes the local folder; training goes on meanwhile.
-            train.report(payload, checkpoint=train.Checkpoint.from_directory(str(directory)),
-                         checkpoint_upload_mode=train.CheckpointUploadMode.ASYNC,
-                         checkpoint_upload_fn=functools.partial(_write_and_persist, taken, persisted,
-                                                                self.upload_done),
-                         delete_local_checkpoint_after_upload=True)
-        else:
-            try:
-                write_snapshot(directory, taken)
-                train.report(payload, checkpoint=train.Checkpoint.from_directory(str(directory)))
-            finally:
-                shutil.rmtree(directory, ignore_errors=True)
-            persisted()
+        self.upload_done = self.session.report(payload, write=lambda folder: write_snapshot(Path(folder), taken),
+                                               stored=persisted, asynchronous=self.asynchronous)
 
     def _export(self) -> None:
         """The final model in Hugging Face format as an MLflow artifact (every rank calls: FSDP gathers)."""
@@ -789,25 +771,35 @@ class _Loop:
                      "artifacts/model")
 
 
-def _write_and_persist(taken: Any, persisted: Any, done: threading.Event, local: Any, dir_name: str) -> Any:
-    """Ray Train's ``checkpoint_upload_fn`` (its upload thread): write the snapshot into the local checkpoint
-    folder, then copy it to the run's storage as Ray's own synchronous upload does (``persist_current_checkpoint``,
-    which also checks that the storage is reachable from this node), then ``persisted()`` (the worker marker).
-    Ray hands the report to its controller after this returns, once the previous report was taken (a queue of one):
-    so when the marker says checkpoint k, checkpoint k - 2 is registered, as it is with synchronous reports."""
-    import ray.train
-
-    try:
-        write_snapshot(local.path, taken)
-        checkpoint = ray.train.get_context().get_storage().persist_current_checkpoint(local, dir_name)
-        persisted()
-        return checkpoint
-    finally:
-        done.set()  # the training thread may take the next snapshot (a failure reaches it through Ray)
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: {"cfg": ExperimentConfig as a dict, "setup": a
     :class:`~yxanul.train.setup.WorkerSetup`} (built by :func:`yxanul.train.launch.loop_config`)."""
     cfg = ExperimentConfig.model_validate(config["cfg"])
-    _Loop(cfg, config["setup"]).run()
+    _Loop(cfg, config["setup"], RayTrainSession()).run()
+
+
+def train_in_process(config: dict[str, Any], session: Session) -> None:
+    """The same loop in the calling process, a Ray Tune trial's, which runs many trials one after the other.
+
+    Before the build, Dynamo's state of the previous trial is dropped (``torch._dynamo.reset()``): its recompile
+    limit counts across models, and the next model's graphs would be refused once it is reached; Inductor's on-disk
+    caches (``precision.compile_cache``) keep the recompiles warm. After the run, whatever way it ends, everything it
+    held (model, optimizer, validation rows, CUDA cache) is released before the next trial builds."""
+    import gc
+    import sys
+    import traceback
+
+    if "torch._dynamo" in sys.modules:  # a process that never compiled does not pay for importing Dynamo
+        torch._dynamo.reset()
+    loop = _Loop(ExperimentConfig.model_validate(config["cfg"]), config["setup"], session)
+    try:
+        loop.run()
+    except BaseException as exc:
+        # The exception travels on to Tune; the locals of its frames (model, optimizer, batches) must not.
+        traceback.clear_frames(exc.__traceback__)
+        raise
+    finally:
+        del loop
+        gc.collect()
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()

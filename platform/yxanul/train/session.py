@@ -1,0 +1,174 @@
+"""Where the training loop runs: the one interface between :mod:`yxanul.train.loop` and Ray.
+
+The loop asks its session who it is (rank, world size), which device it trains on, which checkpoint it resumes
+from, and hands it its reports; nothing else in the loop names Ray. Two sessions:
+
+- :class:`RayTrainSession`: a Ray Train worker of a ``TorchTrainer`` (``jobs.train``, multi-worker trials, and
+  sweeps with ``sweep.in_process: false``). Checkpoints may be written in Ray Train's upload thread.
+- :class:`TuneSession`: a one-worker sweep trial run inside the Ray Tune trial's own process (``sweep.in_process:
+  auto``): no Train controller or worker processes to start per trial, so the trial process's imports, CUDA
+  context and MLflow client outlive the trial (docs/sweeps.md). Reports go to Tune, checkpoints to Tune's trial
+  folder, written in the training thread (Tune's ``report`` has no asynchronous upload).
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+__all__ = ["RayTrainSession", "Session", "TuneSession", "for_tune"]
+
+Write = Callable[[str], None]
+"""Puts a checkpoint's files into the (empty) folder it is given."""
+
+
+class Session(Protocol):
+    rank: int
+    """This worker's rank (0 in process)."""
+    world: int
+    """Workers of the run (1 in process)."""
+    uploads_async: bool
+    """Whether :meth:`report` can write a checkpoint off the training thread (``asynchronous=True``)."""
+    kind: str
+    """How the run executes, for the run's tags: ``ray_train`` or ``in_process``."""
+
+    def device(self) -> torch.device:
+        """The GPU this worker was given (called only when it trains on one)."""
+
+    def latest_checkpoint(self) -> Any:
+        """The checkpoint to resume from (a ``ray.train.Checkpoint``), or None for a fresh start."""
+
+    def report(self, metrics: dict[str, Any], write: Write | None = None, stored: Callable[[], None] | None = None,
+               asynchronous: bool = False) -> threading.Event | None:
+        """Report ``metrics``, with a checkpoint whose files ``write`` produces when given; ``stored()`` once it is
+        on the run's storage. Asynchronous (only where :attr:`uploads_async`): returns an event set once the
+        checkpoint is written, and training goes on meanwhile; otherwise returns None after it is stored."""
+
+
+def _report_written(report: Callable[[Any], None], checkpoint_cls: Any, write: Write,
+                    stored: Callable[[], None] | None) -> None:
+    """The synchronous checkpoint: written into a temporary folder, reported (Ray copies it to storage), removed."""
+    directory = Path(tempfile.mkdtemp(prefix="yxanul-ckpt-"))
+    try:
+        write(str(directory))
+        report(checkpoint_cls.from_directory(str(directory)))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    if stored is not None:
+        stored()
+
+
+class RayTrainSession:
+    """A Ray Train worker (``train_loop_per_worker`` inside a ``TorchTrainer``)."""
+
+    kind = "ray_train"
+
+    def __init__(self) -> None:
+        import ray.train
+        from ray.train.v2.api.context import DistributedTrainContext
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        # Ray Train's local mode (num_workers=0) takes reports but never persists or uploads a checkpoint.
+        self.uploads_async = isinstance(ctx, DistributedTrainContext)
+
+    def device(self) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def latest_checkpoint(self) -> Any:
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], write: Write | None = None, stored: Callable[[], None] | None = None,
+               asynchronous: bool = False) -> threading.Event | None:
+        import ray.train
+
+        if write is None:
+            ray.train.report(metrics)
+            return None
+        if not asynchronous:
+            _report_written(lambda checkpoint: ray.train.report(metrics, checkpoint=checkpoint), ray.train.Checkpoint,
+                            write, stored)
+            return None
+        done = threading.Event()
+        directory = tempfile.mkdtemp(prefix="yxanul-ckpt-")
+        # Ray's upload thread writes the checkpoint into the (empty) local folder, copies it to storage the way a
+        # synchronous report does, and deletes the local folder; training goes on meanwhile.
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+                         checkpoint_upload_fn=functools.partial(_write_and_persist, write, stored, done),
+                         delete_local_checkpoint_after_upload=True)
+        return done
+
+
+def _write_and_persist(write: Write, stored: Callable[[], None] | None, done: threading.Event, local: Any,
+                       dir_name: str) -> Any:
+    """Ray Train's ``checkpoint_upload_fn`` (its upload thread): write the checkpoint into the local folder, then
+    copy it to the run's storage as Ray's own synchronous upload does (``persist_current_checkpoint``, which also
+    checks that the storage is reachable from this node), then ``stored()`` (the worker marker). Ray hands the report
+    to its controller after this returns, once the previous report was taken (a queue of one): so when the marker
+    says checkpoint k, checkpoint k - 2 is registered, as it is with synchronous reports."""
+    import ray.train
+
+    try:
+        write(local.path)
+        checkpoint = ray.train.get_context().get_storage().persist_current_checkpoint(local, dir_name)
+        if stored is not None:
+            stored()
+        return checkpoint
+    finally:
+        done.set()  # the training thread may take the next snapshot (a failure reaches it through Ray)
+
+
+def for_tune(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A training report as a Tune result. The loop reports ``done`` (1.0 at the last step); in Tune, ``done`` is
+    the reserved key that ends a trial, so a true value would stop the trial before the run is finished and its
+    MLflow run ended. It is forwarded as ``finished`` instead."""
+    return {("finished" if k == "done" else k): v for k, v in metrics.items()}
+
+
+class TuneSession:
+    """The one worker of a run that executes inside a Ray Tune function trainable's own process and thread: Tune's
+    ``report`` / ``get_checkpoint`` instead of Ray Train's. Remembers what a ``TorchTrainer``'s result would hold:
+    the metrics of the last report with a checkpoint, and that checkpoint."""
+
+    kind = "in_process"
+    rank, world, uploads_async = 0, 1, False
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, Any] = {}
+        """The last report that carried a checkpoint (a ``TorchTrainer`` result's ``metrics``)."""
+        self.checkpoint: Any = None
+        """That checkpoint, persisted in Tune's trial folder."""
+
+    def device(self) -> torch.device:
+        # Ray sets the trial actor's CUDA_VISIBLE_DEVICES to the one GPU it was given.
+        return torch.device("cuda", 0)
+
+    def latest_checkpoint(self) -> Any:
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], write: Write | None = None, stored: Callable[[], None] | None = None,
+               asynchronous: bool = False) -> threading.Event | None:
+        from ray import tune
+
+        if write is None:
+            tune.report(for_tune(metrics))
+            return None
+        # Tune persists the checkpoint into the trial folder before report returns; get_checkpoint() is then it.
+        _report_written(lambda checkpoint: tune.report(for_tune(metrics), checkpoint=checkpoint), tune.Checkpoint,
+                        write, stored)
+        self.metrics, self.checkpoint = dict(metrics), tune.get_checkpoint()
+        return None
