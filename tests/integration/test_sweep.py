@@ -124,7 +124,8 @@ max_concurrent_trials: 2
     assert not re.search(r"pid=\d+.*yxanul\[grid-t0", printed)  # no raw forwarded worker line
     log = (env["root"] / "ray" / "sweeps" / "grid.log").read_text()
     assert "Ray and Tune output: " + str(env["root"] / "ray" / "sweeps" / "grid.log") in printed
-    assert re.search(r"\(RayTrainWorker pid=\d+[^)]*\)(\x1b\[0m)? yxanul\[grid-t00\] .* step 2/8 ", log)
+    # (in the trial's own process: one-worker trials train there, sweep.in_process: auto)
+    assert re.search(r"\(_trial_fn pid=\d+[^)]*\)(\x1b\[0m)? yxanul\[grid-t00\] .* step 2/8 ", log)
 
     # The same command again restores the (finished) Tune experiment: no trial runs again, no new runs.
     outcome = run_sweep(*load_sweep(path, ["sweep.name=grid"]))
@@ -166,12 +167,14 @@ max_concurrent_trials: 1
     assert outcome.rows[1]["status"] == "stopped_early"
 
 
-def test_sigterm_stops_the_sweep_in_one_line_and_the_same_command_resumes_it_exactly(env, ray_cluster):
+@pytest.mark.parametrize("in_process", ["auto", "false"])
+def test_sigterm_stops_the_sweep_in_one_line_and_the_same_command_resumes_it_exactly(env, ray_cluster, in_process):
     """A real SIGTERM to `python -m jobs.sweep` after the trial's first checkpoint: one line ("interrupted at ...
     in trial t00; the same command resumes"), exit code 143, no stack dump; the parent and the trial's run record
     the interruption. The same command resumes the trial from its checkpoint into the same MLflow run, and its
     losses are bit-identical (CPU fp32) to an uninterrupted sweep's. The driver attaches to the session's Ray (as
-    `ray job submit` drivers do), so only the driver gets the signal."""
+    `ray job submit` drivers do), so only the driver gets the signal. Both ways a trial trains: in the Tune trial's
+    process (its checkpoints in Tune's trial folder, restored by Tune) and on a TorchTrainer (in its run folder)."""
     import os
     import signal
     import subprocess
@@ -182,12 +185,14 @@ def test_sigterm_stops_the_sweep_in_one_line_and_the_same_command_resumes_it_exa
 axes:
   optim.lr: [3.0e-3]
 """)
-    overrides = ["train.max_tokens=32768", "eval.every_tokens=4096", "log.every_steps=4"]  # checkpoints follow eval
-    command = [sys.executable, "-m", "jobs.sweep", str(path), "sweep.name=resume", *overrides]
+    name = f"resume-{in_process}"
+    overrides = ["train.max_tokens=32768", "eval.every_tokens=4096", "log.every_steps=4",  # checkpoints follow eval
+                 f"sweep.in_process={in_process}"]
+    command = [sys.executable, "-m", "jobs.sweep", str(path), f"sweep.name={name}", *overrides]
     environ = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
     deadline = time.monotonic() + 400
-    trial_dir = env["root"] / "ray" / "resume-t00"
+    trial_dir = env["root"] / "ray" / f"{name}-t00"
     while time.monotonic() < deadline and proc.poll() is None and not checkpoint_on_storage(trial_dir):
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
@@ -198,11 +203,12 @@ axes:
     assert "SIGTERM received" not in out + err and "Traceback" not in out + err
     client = MlflowClient(env["uri"])
     [parent] = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id],
-                                  filter_string="tags.`yxanul.sweep` = 'resume' and tags.`yxanul.role` = 'sweep'")
+                                  filter_string=f"tags.`yxanul.sweep` = '{name}' and tags.`yxanul.role` = 'sweep'")
     assert parent.data.tags["yxanul.status"] == "interrupted" and parent.data.tags["yxanul.interruptions"] == "1"
     assert re.search(r"Z SIGTERM at \S+ tokens in trial t00$", parent.data.tags["yxanul.last_interruption"])
     [child] = children(client, parent.info.run_id).values()
     assert child.data.tags["yxanul.status"] == "killed" and child.data.tags["yxanul.interruptions"] == "1"
+    assert child.data.tags["yxanul.execution"] == ("in_process" if in_process == "auto" else "ray_train")
     killed_at = max(steps(client, child.info.run_id, "train/loss"))
     assert killed_at < 32768
 
@@ -214,6 +220,9 @@ axes:
     [run] = children(client, parent.info.run_id).values()
     assert run.info.run_id == child.info.run_id and run.info.status == "FINISHED"  # the same child run, continued
     assert run.data.tags["yxanul.resumed"] == "true" and run.data.tags["yxanul.resumes"] == "1"
+    # the second start trained on from the interrupted start's checkpoint (rank 0's "<pid> start <step> <tokens>")
+    starts = [line.split() for line in (trial_dir / "workers" / "rank0.log").read_text().splitlines() if " start " in line]
+    assert len(starts) == 2 and int(starts[0][3]) == 0 and int(starts[1][3]) >= 2048, starts
     assert steps(client, run.info.run_id, "val/bpb") == list(range(4096, 32769, 4096))  # none twice
     parent = client.get_run(parent.info.run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["yxanul.resumes"] == "1"
@@ -221,7 +230,7 @@ axes:
     assert [m.step for m in client.get_metric_history(parent.info.run_id, "timeline/efficiency")] == [2]
 
     # An uninterrupted sweep of the same trial: the same losses, bit for bit (CPU fp32).
-    reference = run_sweep(*load_sweep(path, ["sweep.name=resume-ref", *overrides]))
+    reference = run_sweep(*load_sweep(path, [f"sweep.name={name}-ref", *overrides]))
     [ref] = children(client, reference.parent_run_id).values()
     losses = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss"))
     assert losses == sorted((m.step, m.value) for m in client.get_metric_history(ref.info.run_id, "train/loss"))
@@ -320,3 +329,63 @@ max_seeds: 5
     assert started == [0, 1, 2, 3, 4, 5]  # seeds 0, 1, 2 of both arms, nothing after the decision
     done, line = decided(auto)
     assert done and line.startswith("seeds: auto after 3 seeds: optim.lr=0.002 vs optim.lr=0.001: different")
+
+
+def tune_pids(tune_path: str) -> dict[str, set[int]]:
+    """Run name -> the process ids Tune itself recorded for the trial's results (its trial actor's)."""
+    import json
+
+    pids: dict[str, set[int]] = {}
+    for results in Path(tune_path).glob("*/result.json"):
+        for line in results.read_text().splitlines():
+            result = json.loads(line)
+            pids.setdefault(result["config"]["trial"]["run_name"], set()).add(result["pid"])
+    return pids
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def test_one_worker_trials_train_in_the_reused_tune_process_as_they_would_on_ray_train(env, ray_cluster):
+    """``in_process: auto`` (the default): two one-worker trials, one at a time, train inside the Tune trial's own
+    process: both finish and are recorded in MLflow, the training ran in the process Tune reported the trial from
+    (no TorchTrainer worker) and in the same one for both, checkpoints went to Tune's trial folders, and the timeline
+    has no worker start and no phase counted twice. The same trial with ``sweep.in_process=false`` (a TorchTrainer)
+    gives bit-identical losses and bits/byte (CPU fp32)."""
+    path = write_sweep(env, "inproc", """
+axes:
+  optim.lr: [1.0e-3, 3.0e-3]
+max_concurrent_trials: 1
+""")
+    client = MlflowClient(env["uri"])
+    outcome = run_sweep(*load_sweep(path, ["sweep.name=inproc"]))
+    runs = children(client, outcome.parent_run_id)
+    assert sorted(runs) == ["optim.lr=0.001", "optim.lr=0.003"]
+    pids = tune_pids(outcome.tune_path)
+    for run in runs.values():
+        tags = run.data.tags
+        assert run.info.status == "FINISHED" and tags["yxanul.status"] == "finished"
+        assert tags["yxanul.execution"] == "in_process"
+        assert pids[tags["yxanul.run_name"]] == {int(tags["yxanul.worker_pid"])}  # trained where Tune ran the trial
+        assert steps(client, run.info.run_id, "val/bpb") == [2048, 4096, 6144, 8192]
+        run_folder = env["root"] / "ray" / tags["yxanul.run_name"]
+        assert not list(run_folder.glob("checkpoint_*"))  # no Ray Train run: its checkpoints would be here
+        assert len(list(Path(outcome.tune_path).glob("*/checkpoint_*/state.json"))) >= 2
+        metrics = run.data.metrics
+        assert metrics["timeline/worker_start_s"] < 1.0 and metrics["timeline/other_s"] >= 0
+        assert metrics["timeline/steps_s"] > 0 and metrics["timeline/build_s"] > 0
+    assert len({r.data.tags["yxanul.worker_pid"] for r in runs.values()}) == 1  # one process served both trials
+
+    single = write_sweep(env, "inproc-ray-train", """
+axes:
+  optim.lr: [3.0e-3]
+""")
+    reference = run_sweep(*load_sweep(single, ["sweep.in_process=false"]))
+    [ray_train] = children(client, reference.parent_run_id).values()
+    assert ray_train.data.tags["yxanul.execution"] == "ray_train"
+    assert int(ray_train.data.tags["yxanul.worker_pid"]) not in set().union(*tune_pids(reference.tune_path).values())
+    in_process = runs["optim.lr=0.003"].info.run_id
+    for key in ("train/loss", "val/bpb"):
+        assert history(client, in_process, key) == history(client, ray_train.info.run_id, key), key
+    assert len(history(client, in_process, "train/loss")) == 4

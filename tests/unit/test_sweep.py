@@ -315,3 +315,26 @@ def test_one_trial_per_gpu_on_a_two_gpu_host_unless_the_sweep_caps_it():
                              cluster=ClusterView(("H200",), True, "test"))
     assert {t.cfg.scaling.num_workers for t in two_workers.runnable} == {2}
     assert planned_concurrency(two_workers.runnable, {"GPU": 4.0, "CPU": 64.0}) == 2
+
+
+def test_one_worker_trials_train_in_process_and_ask_for_the_workers_resources(tmp_path):
+    """``in_process: auto`` (the default): a one-worker trial trains in its Tune trial's process and so asks Tune for
+    what its worker would hold (CPUs, the GPU, the accelerator type's share); a multi-worker trial, or any trial with
+    ``in_process: false``, waits on a TorchTrainer with a token share of the head."""
+    from yxanul.sweep.tune import HEAD_TOKEN, trial_params
+
+    path = write(tmp_path, BASE + """
+axes:
+  scaling.num_workers: [1, 2]
+resources: {gpus_per_worker: 1, cpus_per_worker: 3, accelerator_type: H100}
+""")
+    spec, overrides = load_sweep(path)
+    assert spec.in_process == "auto"
+    one, two = trial_params(plan_sweep(spec, overrides, cluster=MIXED))
+    assert one["in_process"] and one["resources"] == {"CPU": 3, "GPU": 1, "accelerator_type:H100": 0.001}
+    assert not two["in_process"] and two["resources"] == HEAD_TOKEN
+    spec, overrides = load_sweep(path, ["sweep.in_process=false"])
+    params = trial_params(plan_sweep(spec, overrides, cluster=MIXED))
+    assert [(p["in_process"], p["resources"]) for p in params] == [(False, HEAD_TOKEN)] * 2
+    with pytest.raises(ConfigError, match="in_process"):
+        load_sweep(path, ["sweep.in_process=true"])

@@ -135,6 +135,11 @@ class SweepSpec(_Spec):
     """Optional ASHA early stopping with milestones in tokens; None runs every trial to the end."""
     resources: ResourcesSpec = ResourcesSpec()
     """Per-trial resources (override the base config's scaling section)."""
+    in_process: Literal["auto", False] = "auto"
+    """auto: a one-worker trial (scaling.num_workers=1) trains inside its Ray Tune trial's own process, which Tune
+    reuses for the next trial, so imports, CUDA context, compiled-code state and the MLflow client outlive a trial;
+    the trial then holds the worker's resources itself (its GPU, its CPUs). Trials of several workers, and every
+    trial with ``false``, start a Ray Train ``TorchTrainer`` (a controller and worker processes) each."""
     max_concurrent_trials: int | None = Field(None, gt=0)
     """Trials running at once; None lets Ray Tune start as many as the cluster's resources allow."""
     exclude: list[dict[str, Any]] = []

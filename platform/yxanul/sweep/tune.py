@@ -1,4 +1,5 @@
-"""Running a sweep: Ray Tune over one TorchTrainer run per trial (yxanul.train.launch.train)."""
+"""Running a sweep: Ray Tune over one training run per trial (yxanul.train.launch.train): inside the trial's own
+process for one-worker trials (``in_process: auto``), else on a TorchTrainer."""
 
 from __future__ import annotations
 
@@ -24,13 +25,52 @@ from yxanul.tags import SEEDS_AUTO_TAG, SWEEP_TAG, TUNE_TRIAL_ID_TAG
 from yxanul.timeline import EFFICIENCY_METRIC, PREFIX, WALL_METRIC, metric_name, sweep_metrics
 from yxanul.tracking import Status
 
-__all__ = ["SweepOutcome", "param_space", "run_sweep", "trial_params", "tune_config"]
+__all__ = ["HEAD_TOKEN", "SweepOutcome", "param_space", "run_sweep", "runs_in_process", "trial_params", "trial_resources",
+           "tune_config"]
+
+
+HEAD_TOKEN = {"CPU": 0, "node:__internal_head__": 0.01}
+"""What a trial that waits on its TorchTrainer asks for: a token share of the resource only the head has (Tune
+refuses an empty request). Asking for CPU instead would make an autoscaling cluster, whose head has no CPUs, launch
+a CPU node just to host trial drivers (seen with the simulated cluster, yxanul.cluster_sim)."""
+
+
+def runs_in_process(cfg: Any, setting: str | bool) -> bool:
+    """Whether a trial trains inside its own Tune process (``sweep.in_process``): one worker, and not turned off."""
+    return setting == "auto" and cfg.scaling.num_workers == 1
+
+
+def trial_resources(cfg: Any, in_process: bool) -> dict[str, float]:
+    """What the trial asks Tune for. In process it is the training worker, so it asks what a TorchTrainer's worker
+    would (:func:`yxanul.train.launch.worker_resources`, and the ``accelerator_type:<type>`` share that
+    ``ScalingConfig(accelerator_type=...)`` adds), and Tune places it on a node that has them; otherwise the
+    TorchTrainer's workers hold the real resources and the trial only waits (:data:`HEAD_TOKEN`)."""
+    if not in_process:
+        return dict(HEAD_TOKEN)
+    from yxanul.train.launch import worker_resources
+
+    resources = worker_resources(cfg)
+    if cfg.scaling.accelerator_type:
+        resources[f"accelerator_type:{cfg.scaling.accelerator_type}"] = 0.001
+    return resources
 
 
 def trial_params(plan: SweepPlan) -> list[dict[str, Any]]:
     """What Ray Tune gets for each runnable trial, in the plan's run order (:func:`yxanul.sweep.plan.plan_sweep`:
-    seed by seed, the arms rotated)."""
-    return [t.to_param() for t in plan.runnable]
+    seed by seed, the arms rotated): the trial, where it trains and what it asks for."""
+    params = []
+    for t in plan.runnable:
+        in_process = runs_in_process(t.cfg, plan.spec.in_process)
+        params.append({**t.to_param(), "in_process": in_process, "resources": trial_resources(t.cfg, in_process)})
+    return params
+
+
+def _placement(config: dict[str, Any]) -> Any:
+    """The trial's Tune resources, from its params (:func:`trial_params`; a sweep started before they were carried
+    waits on TorchTrainers)."""
+    from ray import tune
+
+    return tune.PlacementGroupFactory([config["trial"].get("resources") or HEAD_TOKEN])
 
 
 def param_space(plan: SweepPlan, consts: dict[str, Any]) -> dict[str, Any]:
@@ -44,41 +84,44 @@ def param_space(plan: SweepPlan, consts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tune_report_callback() -> Any:
-    """Ray Train -> Ray Tune bridge (rank 0's reports become trial results).
-
-    The training loop reports ``done`` (1.0 at the last step); in Tune, ``done`` is the reserved key that
-    ends a trial, so a true value would stop the trial before the run is finished and its MLflow run
-    ended. It is forwarded as ``finished`` instead."""
+    """Ray Train -> Ray Tune bridge (rank 0's reports become trial results, ``done`` forwarded as ``finished``:
+    :func:`yxanul.train.session.for_tune`)."""
     from ray.tune.integration.ray_train import TuneReportCallback
+
+    from yxanul.train.session import for_tune
 
     class _SweepReport(TuneReportCallback):
         def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-            renamed = [{("finished" if k == "done" else k): v for k, v in m.items()} for m in metrics]
-            super().after_report(run_context, renamed, checkpoint)
+            super().after_report(run_context, [for_tune(m) for m in metrics], checkpoint)
 
     return _SweepReport()
 
 
 def _trial_fn(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: one TorchTrainer run (via yxanul.train.launch.train) per trial."""
+    """Ray Tune function trainable: one training run (yxanul.train.launch.train) per trial, in this process with
+    Tune's session (:func:`trial_params` decided it), or on a TorchTrainer reporting to Tune."""
     started_at = time.time()  # the trial's timeline starts here (imports and config included)
     from ray import tune
 
     from yxanul.train.launch import train
+    from yxanul.train.session import TuneSession
 
     sweep, trial = config["sweep"], config["trial"]
     base = Path(sweep["base_path"]) if sweep["base_path"] else None
     cfg = build_config(base, sweep["base_overrides"], trial["overrides"])
     tags = {SWEEP_TAG: sweep["name"], **trial_tags(trial), TUNE_TRIAL_ID_TAG: tune.get_context().get_trial_id()}
+    where: dict[str, Any] = ({"session": TuneSession()} if trial.get("in_process")
+                             else {"run_config_callbacks": [_tune_report_callback()]})
     # end_unfinished=False: a trial Tune stops is recorded by the driver's callback (records.end_trial_run_callback).
-    train(cfg, run_config_callbacks=[_tune_report_callback()], extra_tags=tags, parent_run_id=sweep["parent_run_id"],
-          end_unfinished=False, started_at=started_at)
+    train(cfg, extra_tags=tags, parent_run_id=sweep["parent_run_id"], end_unfinished=False, started_at=started_at,
+          **where)
 
 
 def tune_config(plan: SweepPlan, spec: SweepSpec) -> Any:
     """The sweep's ``tune.TuneConfig``: its metric, ASHA where the sweep asks for it, the trial slots, and
-    ``reuse_actors``: a trial's driver process (the function trainable that opens the MLflow run and waits on the
-    TorchTrainer) serves the next trial too, so its imports and MLflow client are warm. Measured on the 2-core CPU
+    ``reuse_actors``: a trial's process (the function trainable that opens the MLflow run and trains, or waits on
+    the TorchTrainer) serves the next trial too, so its imports and MLflow client (and in process, its CUDA context)
+    are warm. Measured on the 2-core CPU
     VM (2026-12-06, 4 one-worker trials, 2 at a time): the driver's MLflow phase fell from 7.3-7.7 s to 3.8-4.4 s
     a trial once a process was reused. Tune hands a process to the next trial only if the previous trial's thread
     has ended within 2 s (``TUNE_FUNCTION_THREAD_TIMEOUT_S``); a trial stopped while its TorchTrainer still runs
@@ -150,11 +193,7 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None, budget_te
     auto = _auto_seeds(plan, uri, experiment_id, parent_id) if spec.seeds == "auto" else None
     if plan.runnable:
         horizons = {t.run_name: _horizon(t.cfg) for t in plan.runnable}
-        # The trial itself only waits on its TorchTrainer, whose workers hold the real resources. It runs on
-        # the head (a token share of the resource only the head has; Tune refuses an empty request): asking
-        # for CPU instead would make an autoscaling cluster, whose head has no CPUs, launch a CPU node just
-        # to host trial drivers (seen with the simulated cluster, yxanul.cluster_sim).
-        trainable = tune.with_resources(_trial_fn, {"cpu": 0, "node:__internal_head__": 0.01})
+        trainable = tune.with_resources(_trial_fn, _placement)  # per trial: trial_resources
         if resume:
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
@@ -173,7 +212,7 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None, budget_te
                 param_space=param_space(plan, consts),
                 tune_config=tune_config(plan, spec),
                 run_config=tune.RunConfig(name=plan.name, storage_path=layout.sweeps, verbose=1, stop=stop,
-                                          callbacks=callbacks))
+                                          callbacks=callbacks, checkpoint_config=_checkpoint_config(plan)))
         try:
             with interrupt.forwarding(signal.SIGUSR1):  # Tune's graceful stop: state saved, trials stopped
                 results = tuner.fit()
@@ -202,6 +241,15 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None, budget_te
     return SweepOutcome(parent_id, experiment_id, uri, tune_path, resume, rows)
 
 
+def _checkpoint_config(plan: SweepPlan) -> Any:
+    """Tune keeps the checkpoints of in-process trials (in their trial folders) as a TorchTrainer keeps its own:
+    the latest ``checkpoint.keep_last`` (the largest any trial asks for). TorchTrainer trials hand Tune no
+    checkpoint."""
+    from ray import tune
+
+    return tune.CheckpointConfig(num_to_keep=max(t.cfg.checkpoint.keep_last for t in plan.runnable))
+
+
 def _slots(plan: SweepPlan, spec: SweepSpec) -> int:
     """Trials at once: one per GPU (or the sweep's cap); under ``seeds: auto`` at most one seed's worth."""
     slots = _concurrency(plan, spec)
@@ -228,9 +276,9 @@ def _interrupted(plan: SweepPlan, events: _Events, uri: str, experiment_id: str,
     by_name = {t.run_name: t for t in plan.trials}
     runs = records.child_run_ids(uri, experiment_id, parent_id)
     places = []
-    for name in events.running:
+    for name, tune_trial in events.running.items():
         trial = by_name[name]
-        where = interrupt.resume_point(Layout.of(trial.cfg).run_dir(name), f"trial t{trial.index:02d}")
+        where = interrupt.resume_point(_checkpoints_dir(tune_trial, trial), f"trial t{trial.index:02d}")
         places.append(where)
         if name in runs:
             interrupt.record_interruption(uri, runs[name], where)
@@ -239,6 +287,11 @@ def _interrupted(plan: SweepPlan, events: _Events, uri: str, experiment_id: str,
     records.end_running_children(uri, experiment_id, parent_id, Status.KILLED)
     records.end_parent(uri, parent_id, Status.INTERRUPTED)
     return interrupt.Interrupted(interrupt.received() or signal.SIGINT, f"interrupted {text}; the same command resumes")
+
+
+def _checkpoints_dir(tune_trial: Any, trial: Any) -> str:
+    """Where a trial's checkpoints are: Tune's trial folder in process, else its TorchTrainer's run folder."""
+    return tune_trial.path if tune_trial.config["trial"].get("in_process") else Layout.of(trial.cfg).run_dir(trial.run_name)
 
 
 def _sweep_timeline(uri: str, experiment_id: str, parent_id: str, events: Any, wall_s: float, slots: int) -> None:
