@@ -330,7 +330,10 @@ resources: {gpus_per_worker: 1, cpus_per_worker: 3, accelerator_type: H100}
 """)
     spec, overrides = load_sweep(path)
     assert spec.in_process == "auto"
-    one, two = trial_params(plan_sweep(spec, overrides, cluster=MIXED))
+    plan = plan_sweep(spec, overrides, cluster=MIXED)
+    assert ("training: 1 trial(s) in their Tune trial's own process, 1 on a Ray Train TorchTrainer each "
+            "(in_process: auto)") in format_plan(plan)
+    one, two = trial_params(plan)
     assert one["in_process"] and one["resources"] == {"CPU": 3, "GPU": 1, "accelerator_type:H100": 0.001}
     assert not two["in_process"] and two["resources"] == HEAD_TOKEN
     spec, overrides = load_sweep(path, ["sweep.in_process=false"])

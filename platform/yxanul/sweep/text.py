@@ -7,7 +7,7 @@ from typing import Any
 
 from yxanul.formatting import human_count
 from yxanul.sweep.plan import prepare_command
-from yxanul.sweep.trials import SweepPlan, override_text
+from yxanul.sweep.trials import SweepPlan, override_text, runs_in_process
 from yxanul.text import table
 
 __all__ = ["format_plan", "format_rows"]
@@ -41,6 +41,10 @@ def format_plan(plan: SweepPlan) -> str:
     if len(seed_list) > 1 and len(arms) > 1:
         lines.append("trials run in the order of the table: seed by seed, the arms rotated by one place per seed "
                      "(no arm always first)")
+    inside = sum(runs_in_process(t.cfg, spec.in_process) for t in plan.runnable)
+    if plan.runnable:
+        lines.append(f"training: {inside} trial(s) in their Tune trial's own process, {len(plan.runnable) - inside} on "
+                     f"a Ray Train TorchTrainer each (in_process: {str(spec.in_process).lower()})")
     if spec.scheduler is not None:
         lines.append(f"scheduler: ASHA at tokens {', '.join(human_count(m) for m in plan.milestones)} "
                      f"(keep 1/{spec.scheduler.reduction_factor:g} at each)")

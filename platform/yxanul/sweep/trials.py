@@ -14,7 +14,7 @@ from yxanul.sweep.spec import SweepSpec
 from yxanul.tags import ARM_TAG, AXES_TAG, PAIR_TAG, RUN_NAME_TAG, TRIAL_TAG, VARIANT_TAG
 
 __all__ = ["PRECISION_PREFIX", "TOKENS_ATTR", "SweepPlan", "Trial", "build_config", "is_precision_key",
-           "override_text", "total_tokens", "trial_tags"]
+           "override_text", "runs_in_process", "total_tokens", "trial_tags"]
 
 PRECISION_PREFIX = "precision"
 """Keys under this section are the precision keys: pairs differ only in them."""
@@ -113,6 +113,12 @@ def build_config(base_path: Path | None, base_overrides: list[str], trial: dict[
 
 def is_precision_key(key: str) -> bool:
     return key == PRECISION_PREFIX or key.startswith(PRECISION_PREFIX + ".")
+
+
+def runs_in_process(cfg: ExperimentConfig, setting: str | bool) -> bool:
+    """Whether a trial trains inside its own Tune trial process (``sweep.in_process``): one worker, and not turned
+    off; otherwise it starts a TorchTrainer."""
+    return setting == "auto" and cfg.scaling.num_workers == 1
 
 
 def total_tokens(cfg: ExperimentConfig) -> int:

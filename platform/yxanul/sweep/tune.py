@@ -20,24 +20,18 @@ from yxanul.sweep.cluster import ray_cluster_view
 from yxanul.sweep.plan import check_data, plan_sweep, sweep_layout
 from yxanul.sweep.spec import SweepSpec
 from yxanul.sweep.text import format_plan, format_rows
-from yxanul.sweep.trials import SweepPlan, build_config, total_tokens, trial_tags
+from yxanul.sweep.trials import SweepPlan, build_config, runs_in_process, total_tokens, trial_tags
 from yxanul.tags import SEEDS_AUTO_TAG, SWEEP_TAG, TUNE_TRIAL_ID_TAG
 from yxanul.timeline import EFFICIENCY_METRIC, PREFIX, WALL_METRIC, metric_name, sweep_metrics
 from yxanul.tracking import Status
 
-__all__ = ["HEAD_TOKEN", "SweepOutcome", "param_space", "run_sweep", "runs_in_process", "trial_params", "trial_resources",
-           "tune_config"]
+__all__ = ["HEAD_TOKEN", "SweepOutcome", "param_space", "run_sweep", "trial_params", "trial_resources", "tune_config"]
 
 
 HEAD_TOKEN = {"CPU": 0, "node:__internal_head__": 0.01}
 """What a trial that waits on its TorchTrainer asks for: a token share of the resource only the head has (Tune
 refuses an empty request). Asking for CPU instead would make an autoscaling cluster, whose head has no CPUs, launch
 a CPU node just to host trial drivers (seen with the simulated cluster, yxanul.cluster_sim)."""
-
-
-def runs_in_process(cfg: Any, setting: str | bool) -> bool:
-    """Whether a trial trains inside its own Tune process (``sweep.in_process``): one worker, and not turned off."""
-    return setting == "auto" and cfg.scaling.num_workers == 1
 
 
 def trial_resources(cfg: Any, in_process: bool) -> dict[str, float]:
