@@ -7,6 +7,9 @@
 #   before   precision.compile_cache=false and Inductor's cache in a fresh empty folder: a new machine
 #   after    precision.compile_cache=true on a fresh storage, run twice: cold (first sweep) then warm (a second
 #            sweep on the same storage: what a resumed or repeated sweep gets)
+#   trainer  precision.compile_cache=true on a fresh storage, sweep.in_process=false: every trial on a TorchTrainer
+#   inproc   the same with sweep.in_process=auto (the default, also of before/after): the one-worker trials train
+#            in their reused Tune trial process
 #
 # Each sweep is fp8-vs-bf16 on the science setup with ARMS (default: bf16 and fp8-auto), SEEDS (default [0]) and
 # TOKENS per trial (default 13107200 = 200 steps, ~45 s of BF16 training on an H100; 39321600 = the science
@@ -79,6 +82,9 @@ for mode in "$@"; do
         prepare) [ -f outputs/data/science-code-2048/manifest.json ] || scripts/science.sh prepare || rc=$? ;;
         before) before || rc=$? ;;
         after) after || rc=$? ;;
+        trainer) sweep trainer "$PWD/outputs/overhead-trainer-$stamp" precision.compile_cache=true \
+                     sweep.in_process=false || rc=$? ;;
+        inproc) sweep inproc "$PWD/outputs/overhead-inproc-$stamp" precision.compile_cache=true || rc=$? ;;
         *) echo "unknown mode $mode" >&2; exit 2 ;;
     esac
 done
