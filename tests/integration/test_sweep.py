@@ -389,3 +389,23 @@ axes:
     for key in ("train/loss", "val/bpb"):
         assert history(client, in_process, key) == history(client, ray_train.info.run_id, key), key
     assert len(history(client, in_process, "train/loss")) == 4
+
+
+def test_an_in_process_trial_that_fails_is_one_line_and_the_next_trial_trains(env, ray_cluster):
+    """In process a trial's error reaches the launcher directly (no Ray Train failure wraps it): the run ends
+    ``failed`` with the user's one line, the trial errors in Tune, and the next trial (which may get the same process,
+    its model released) trains to the end."""
+    path = write_sweep(env, "inproc-fail", """
+axes:
+  optim.lr: [1.0e+12, 3.0e-3]
+max_concurrent_trials: 1
+""")
+    client = MlflowClient(env["uri"])
+    outcome = run_sweep(*load_sweep(path, ["optim.grad_clip=0", "train.on_nan=stop"]))
+    runs = children(client, outcome.parent_run_id)
+    failed, good = runs["optim.lr=1000000000000.0"], runs["optim.lr=0.003"]
+    assert failed.info.status == "FAILED" and failed.data.tags["yxanul.execution"] == "in_process"
+    assert failed.data.tags["yxanul.error"].startswith("non-finite loss or gradient at step "), failed.data.tags
+    assert "\n" not in failed.data.tags["yxanul.error"]
+    assert good.info.status == "FINISHED" and steps(client, good.info.run_id, "val/bpb")[-1] == 8192
+    assert [r["status"] for r in outcome.rows] == ["failed", "finished"]
