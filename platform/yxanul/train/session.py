@@ -152,8 +152,15 @@ class TuneSession:
         """That checkpoint, persisted in Tune's trial folder."""
 
     def device(self) -> torch.device:
-        # Ray sets the trial actor's CUDA_VISIBLE_DEVICES to the one GPU it was given.
-        return torch.device("cuda", 0)
+        """The GPU Ray gave the trial (``ray.train.torch.get_device`` refuses to run outside a Train worker): its id's
+        place in ``CUDA_VISIBLE_DEVICES``, which Ray narrows to the trial's GPU unless told not to."""
+        import os
+
+        import ray
+
+        gpu = str(ray.get_gpu_ids()[0])
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+        return torch.device("cuda", visible.index(gpu) if gpu in visible else int(gpu))
 
     def latest_checkpoint(self) -> Any:
         from ray import tune
