@@ -13,7 +13,6 @@ Used by ``python -m jobs.bench`` (see experiments/bench/*.yaml).
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import itertools
 import json
 import time
@@ -170,13 +169,6 @@ def _layers_label(layers: list[str] | str) -> str:
     return layers if isinstance(layers, str) else "+".join(layers)
 
 
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    torch._dynamo.reset()
-
-
 def _tokens(cfg: BenchConfig, vocab: int, device: torch.device) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(cfg.seed)
     return [torch.randint(0, vocab, (cfg.micro_batch, cfg.seq_len), generator=g).to(device) for _ in range(4)]
@@ -274,6 +266,8 @@ def _measure(cfg: BenchConfig, step: Any, batches: list[torch.Tensor], device: t
 
 def run_bench(cfg: BenchConfig, log: Any = print) -> list[BenchResult]:
     """Run the whole matrix; returns one result per run (errors included)."""
+    from yxanul.train.build import release_built
+
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         from yxanul.errors import ConfigError
@@ -302,7 +296,7 @@ def run_bench(cfg: BenchConfig, log: Any = print) -> list[BenchResult]:
         except Exception as exc:  # a benchmark matrix reports a failed cell and goes on
             result.error = f"{type(exc).__name__}: {first_line(str(exc))}"[:300]
             log(traceback.format_exc())
-        _free()
+        release_built()
         log(f"[bench]   -> {_summary(result)}")
         results.append(result)
     _ratios(results)

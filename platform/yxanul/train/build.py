@@ -38,7 +38,8 @@ from torch import nn
 from yxanul.config import ModelConfig, OptimConfig, PrecisionConfig
 from yxanul.precision import Fp8Plan, Precision, compile_model, measure_fp8_plan, use_compile_cache
 
-__all__ = ["AUTO_HEADROOM", "Built", "build_training", "choose_sequences", "fit_microbatch", "measured_sizes"]
+__all__ = ["AUTO_HEADROOM", "Built", "build_training", "choose_sequences", "fit_microbatch", "measured_sizes",
+           "release_built"]
 
 AUTO_HEADROOM = 0.85
 """``max_tokens_per_microbatch: auto`` keeps the measured peak (plus the optimizer state) under this
@@ -255,3 +256,18 @@ def build_training(model_cfg: ModelConfig, precision_cfg: PrecisionConfig, optim
     clock.lap("optimizer")
     return Built(model=model, step_model=step_model, optimizer=optimizer, precision=precision, compiled=compiled,
                  tokens_per_microbatch=budget, microbatch_fit=fit, fp8_plan=plan, seconds=clock.seconds)
+
+
+def release_built() -> None:
+    """Free what the models built so far in this process left behind, before another is built in it (the
+    benchmark's matrix; a sweep's in-process trials): unreferenced tensors and the CUDA allocator's cache, and
+    Dynamo's state, whose recompile limit counts across models, so that later models' graphs are not refused
+    (Inductor's on-disk caches keep their recompiles warm). Drop the references to the last model first."""
+    import gc
+    import sys
+
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+    if "torch._dynamo" in sys.modules:  # a process that never compiled does not pay for importing Dynamo
+        torch._dynamo.reset()

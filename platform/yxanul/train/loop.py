@@ -779,18 +779,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def train_in_process(config: dict[str, Any], session: Session) -> None:
-    """The same loop in the calling process, a Ray Tune trial's, which runs many trials one after the other.
-
-    Before the build, Dynamo's state of the previous trial is dropped (``torch._dynamo.reset()``): its recompile
-    limit counts across models, and the next model's graphs would be refused once it is reached; Inductor's on-disk
-    caches (``precision.compile_cache``) keep the recompiles warm. After the run, whatever way it ends, everything it
-    held (model, optimizer, validation rows, CUDA cache) is released before the next trial builds."""
-    import gc
-    import sys
+    """The same loop in the calling process, a Ray Tune trial's, which runs many trials one after the other. After
+    the run, whatever way it ends, everything it held (model, optimizer, validation rows, CUDA cache) and Dynamo's
+    state are released (:func:`yxanul.train.build.release_built`), so the next trial's model builds and compiles
+    as in a fresh process, short of the imports and the CUDA context."""
     import traceback
 
-    if "torch._dynamo" in sys.modules:  # a process that never compiled does not pay for importing Dynamo
-        torch._dynamo.reset()
+    from yxanul.train.build import release_built
+
     loop = _Loop(ExperimentConfig.model_validate(config["cfg"]), config["setup"], session)
     try:
         loop.run()
@@ -800,6 +796,4 @@ def train_in_process(config: dict[str, Any], session: Session) -> None:
         raise
     finally:
         del loop
-        gc.collect()
-        if torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
+        release_built()
