@@ -8,7 +8,8 @@ job's ``train`` call) starts until its MLflow run is ended, into exclusive phase
     mlflow       every MLflow call: the driver's run creation or reopening and ending, rank 0's logging
                  (metrics, tags, artifacts, the exported model)
     worker_start from ``TorchTrainer.fit()`` to the training function starting on rank 0 (Ray Train's
-                 controller, placement, worker processes, their imports, the process group)
+                 controller, placement, worker processes, their imports, the process group); ~0 for a sweep
+                 trial that trains in its own process (``sweep.in_process``)
     build        model, micro-batch measurement, precision swap, compile wrapping, DDP/FSDP, optimizer
     fp8_plan     measuring the FP8 plan (0 when it came from the cache)
     restore      loading a checkpoint (a resumed run)
@@ -19,7 +20,8 @@ job's ``train`` call) starts until its MLflow run is ended, into exclusive phase
                  profiled steps and less rank 0's MLflow calls at logging intervals (they run while the clock runs)
     validation   validation passes
     checkpoint   writing checkpoints and Ray Train's reports (each one a barrier across workers)
-    teardown     from rank 0's training function returning to ``fit()`` returning (worker shutdown)
+    teardown     from rank 0's training function returning to ``fit()`` returning (worker shutdown; in process,
+                 the last MLflow send and releasing the model, the CUDA cache and Dynamo's state)
     other        the wall-clock no phase above covers (the rest of the driver's work; restarted workers)
 
 Phases are exclusive: a phase measured inside another (MLflow inside validation) is taken out of the outer

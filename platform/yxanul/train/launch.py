@@ -12,7 +12,9 @@ Ray starts a worker: a :class:`~yxanul.errors.ConfigError`, :class:`~yxanul.erro
 Run identity: ``<run.storage_path>/<run.name>/`` is Ray Train's run folder (checkpoints, state); the
 driver keeps ``yxanul_run.json`` there with the MLflow run id. Starting a run whose folder already exists
 resumes it: Ray Train hands the workers the latest checkpoint and rank 0 keeps logging into the same
-MLflow run, dropping metrics at steps the run already holds.
+MLflow run, dropping metrics at steps the run already holds. In process (a sweep trial's ``TuneSession``) the
+run folder holds the same run file; the checkpoints are Tune's, in the trial's folder, and Tune hands the latest
+to a restored trial.
 """
 
 from __future__ import annotations
