@@ -115,9 +115,8 @@ def tune_config(plan: SweepPlan, spec: SweepSpec) -> Any:
     """The sweep's ``tune.TuneConfig``: its metric, ASHA where the sweep asks for it, the trial slots, and
     ``reuse_actors``: a trial's process (the function trainable that opens the MLflow run and trains, or waits on
     the TorchTrainer) serves the next trial too, so its imports and MLflow client (and in process, its CUDA context)
-    are warm. Measured on the 2-core CPU
-    VM (2026-12-06, 4 one-worker trials, 2 at a time): the driver's MLflow phase fell from 7.3-7.7 s to 3.8-4.4 s
-    a trial once a process was reused. Tune hands a process to the next trial only if the previous trial's thread
+    are warm. Measured on the 2-core CPU VM (2026-12-06, 4 one-worker trials on TorchTrainers, 2 at a time): the
+    driver's MLflow phase fell from 7.3-7.7 s to 3.8-4.4 s a trial once a process was reused. Tune hands a process to the next trial only if the previous trial's thread
     has ended within 2 s (``TUNE_FUNCTION_THREAD_TIMEOUT_S``); a trial stopped while its TorchTrainer still runs
     (ASHA) loses its process, and its TorchTrainer with it, as without reuse."""
     from ray import tune
