@@ -166,8 +166,8 @@ class _Loop:
         self.setup = setup
         self.session = session
         self.rank, self.world = session.rank, session.world
-        # Checkpoints are written off the training thread where the session can (Ray Train's workers), unless
-        # checkpoint.asynchronous=false; in this thread otherwise.
+        # Checkpoints are written off the training thread (Ray Train's upload thread, or the in-process session's
+        # writer), unless checkpoint.asynchronous=false or Ray Train's local mode, which never uploads.
         self.asynchronous = cfg.checkpoint.asynchronous and session.uploads_async
         self.device = self._device()
         self.timeline = Timeline()  # rank 0's is logged (yxanul.timeline); the driver adds its own phases
@@ -796,4 +796,5 @@ def train_in_process(config: dict[str, Any], session: Session) -> None:
         raise
     finally:
         del loop
+        session.close()  # a checkpoint still being written is dropped before the memory it holds is released
         release_built()

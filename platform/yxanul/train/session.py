@@ -8,7 +8,8 @@ from, and hands it its reports; nothing else in the loop names Ray. Two sessions
 - :class:`TuneSession`: a one-worker sweep trial run inside the Ray Tune trial's own process (``sweep.in_process:
   auto``): no Train controller or worker processes to start per trial, so the trial process's imports, CUDA
   context and MLflow client outlive the trial (docs/sweeps.md). Reports go to Tune, checkpoints to Tune's trial
-  folder, written in the training thread (Tune's ``report`` has no asynchronous upload).
+  folder, written in a thread of the session and registered by the next report (Tune's ``report`` has no
+  asynchronous upload of its own).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,6 +53,9 @@ class Session(Protocol):
         on the run's storage. Asynchronous (only where :attr:`uploads_async`): returns an event set once the
         checkpoint is written, and training goes on meanwhile; otherwise returns None after it is stored."""
 
+    def close(self) -> None:
+        """The run has ended (whatever way): nothing of it may stay in flight in this process."""
+
 
 def _report_written(report: Callable[[Any], None], checkpoint_cls: Any, write: Write,
                     stored: Callable[[], None] | None) -> None:
@@ -78,6 +83,9 @@ class RayTrainSession:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         # Ray Train's local mode (num_workers=0) takes reports but never persists or uploads a checkpoint.
         self.uploads_async = isinstance(ctx, DistributedTrainContext)
+
+    def close(self) -> None:
+        """Nothing to do: Ray Train waits for a worker's uploads before its run ends, and the process ends with it."""
 
     def device(self) -> torch.device:
         import ray.train.torch
@@ -137,19 +145,39 @@ def for_tune(metrics: dict[str, Any]) -> dict[str, Any]:
     return {("finished" if k == "done" else k): v for k, v in metrics.items()}
 
 
+@dataclass
+class _Pending:
+    """A checkpoint being written off the training thread, reported to Tune once written."""
+    directory: Path
+    metrics: dict[str, Any]
+    stored: Callable[[], None] | None
+    done: threading.Event
+    thread: threading.Thread
+    error: list[BaseException] = field(default_factory=list)
+
+
 class TuneSession:
     """The one worker of a run that executes inside a Ray Tune function trainable's own process and thread: Tune's
     ``report`` / ``get_checkpoint`` instead of Ray Train's. Remembers what a ``TorchTrainer``'s result would hold:
-    the metrics of the last report with a checkpoint, and that checkpoint."""
+    the metrics of the last report with a checkpoint, and that checkpoint.
+
+    Asynchronous checkpoints (``checkpoint.asynchronous``): Tune's ``report`` copies a checkpoint into the trial
+    folder in the calling thread and must be called from the trainable's thread, so the files are written in a
+    thread of this session and the checkpoint is handed to Tune by the next report once they are complete: a
+    checkpoint is registered one report late (Ray Train's asynchronous uploads register it late too), with the
+    metrics of that report, its contents its own step's. The last report (``done``) waits for the files and writes
+    its own checkpoint in this thread, so a finished trial ends on its final checkpoint. A checkpoint still being
+    written when the run stops is dropped (:meth:`close`); the resume takes the one before."""
 
     kind = "in_process"
-    rank, world, uploads_async = 0, 1, False
+    rank, world, uploads_async = 0, 1, True
 
     def __init__(self) -> None:
         self.metrics: dict[str, Any] = {}
-        """The last report that carried a checkpoint (a ``TorchTrainer`` result's ``metrics``)."""
+        """The metrics of the step whose checkpoint was reported last (a ``TorchTrainer`` result's ``metrics``)."""
         self.checkpoint: Any = None
         """That checkpoint, persisted in Tune's trial folder."""
+        self._pending: _Pending | None = None
 
     def device(self) -> torch.device:
         """The GPU Ray gave the trial (``ray.train.torch.get_device`` refuses to run outside a Train worker): its id's
@@ -171,11 +199,64 @@ class TuneSession:
                asynchronous: bool = False) -> threading.Event | None:
         from ray import tune
 
-        if write is None:
-            tune.report(for_tune(metrics))
+        final = float(metrics.get("done", 0.0)) >= 1.0
+        if write is not None and (final or not asynchronous):
+            self.close()  # superseded by this checkpoint, written here and now
+            # Tune persists the checkpoint into the trial folder before report returns; get_checkpoint() is then it.
+            _report_written(lambda checkpoint: tune.report(for_tune(metrics), checkpoint=checkpoint), tune.Checkpoint,
+                            write, stored)
+            self.metrics, self.checkpoint = dict(metrics), tune.get_checkpoint()
             return None
-        # Tune persists the checkpoint into the trial folder before report returns; get_checkpoint() is then it.
-        _report_written(lambda checkpoint: tune.report(for_tune(metrics), checkpoint=checkpoint), tune.Checkpoint,
-                        write, stored)
-        self.metrics, self.checkpoint = dict(metrics), tune.get_checkpoint()
-        return None
+        # A written checkpoint goes with this report; the last report waits for one still being written.
+        ready = self._written(wait=final or write is not None)
+        started = self._start(metrics, write, stored) if write is not None else None
+        try:
+            tune.report(for_tune(metrics), checkpoint=None if ready is None else tune.Checkpoint.from_directory(
+                str(ready.directory)))
+        finally:
+            if ready is not None:
+                shutil.rmtree(ready.directory, ignore_errors=True)  # Tune copied it into the trial folder
+        if ready is not None:
+            self.metrics, self.checkpoint = ready.metrics, tune.get_checkpoint()
+            if ready.stored is not None:
+                ready.stored()
+        return started
+
+    def _start(self, metrics: dict[str, Any], write: Write, stored: Callable[[], None] | None) -> threading.Event:
+        directory = Path(tempfile.mkdtemp(prefix="yxanul-ckpt-"))
+        done = threading.Event()
+        error: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                write(str(directory))
+            except BaseException as exc:  # handed to the training thread by the next report
+                error.append(exc)
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=run, name="yxanul-checkpoint-writer", daemon=True)
+        self._pending = _Pending(directory, dict(metrics), stored, done, thread, error)
+        thread.start()
+        return done
+
+    def _written(self, wait: bool) -> _Pending | None:
+        """The pending checkpoint once its files are complete (waiting for them if ``wait``), else None; a failure
+        to write it is raised here, in the training thread."""
+        pending = self._pending
+        if pending is None or not (wait or pending.done.is_set()):
+            return None
+        pending.thread.join()
+        self._pending = None
+        if pending.error:
+            shutil.rmtree(pending.directory, ignore_errors=True)
+            raise pending.error[0]
+        return pending
+
+    def close(self) -> None:
+        """Drop a checkpoint not yet reported (the run ended without another report): waits for its writer and
+        removes its files. Called by the run's end, whatever way it ends."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.thread.join()
+            shutil.rmtree(pending.directory, ignore_errors=True)
