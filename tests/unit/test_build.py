@@ -173,3 +173,23 @@ def test_the_auto_choice_from_two_measured_peaks():
     assert choose_sequences((12 * gib, 16 * gib), (2, 4), 2 * gib, 80 * gib, max_sequences=8)[0] == 8
     tight, info = choose_sequences((70 * gib, 75 * gib), (1, 2), 0, 80 * gib, max_sequences=64)
     assert tight == 1 and not info["fits"]  # even one sequence is over the headroom: said, not hidden
+
+
+def test_release_built_resets_transformer_engines_fp8_state_where_te_ran(monkeypatch):
+    """A sweep's in-process trials build model after model in one process: Transformer Engine's process-global FP8
+    state (amax and scale buffers keyed by autocast) would keep the last model's scaling tensors, so it is reset
+    with the rest; a process where TE never ran does not import it for that."""
+    import sys
+    import types
+
+    from yxanul.train.build import release_built
+
+    resets: list[str] = []
+    manager = type("FP8GlobalStateManager", (), {"reset": classmethod(lambda cls: resets.append("reset"))})
+    monkeypatch.delitem(sys.modules, "transformer_engine.pytorch.quantization", raising=False)
+    release_built()
+    assert resets == [] and "transformer_engine.pytorch.quantization" not in sys.modules
+    monkeypatch.setitem(sys.modules, "transformer_engine.pytorch.quantization",
+                        types.SimpleNamespace(FP8GlobalStateManager=manager))
+    release_built()
+    assert resets == ["reset"]

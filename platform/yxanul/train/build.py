@@ -262,10 +262,15 @@ def release_built() -> None:
     """Free what the models built so far in this process left behind, before another is built in it (the
     benchmark's matrix; a sweep's in-process trials): unreferenced tensors and the CUDA allocator's cache, and
     Dynamo's state, whose recompile limit counts across models, so that later models' graphs are not refused
-    (Inductor's on-disk caches keep their recompiles warm). Drop the references to the last model first."""
+    (Inductor's on-disk caches keep their recompiles warm), and Transformer Engine's process-global FP8 state
+    (its amax and scale buffers, keyed by autocast, hold the last model's scaling tensors). Drop the references
+    to the last model first."""
     import gc
     import sys
 
+    quantization = sys.modules.get("transformer_engine.pytorch.quantization")  # TE 2.x; absent where TE never ran
+    if quantization is not None:
+        quantization.FP8GlobalStateManager.reset()
     gc.collect()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
