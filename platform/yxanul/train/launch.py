@@ -70,13 +70,13 @@ __all__ = ["RUN_FILE", "TrainResult", "build_trainer", "describe", "find_run_id"
            "worker_resources"]
 
 RUN_FILE = "yxanul_run.json"
+"""In the Ray run folder: the MLflow run id and the settings a resume must keep."""
 TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
 """How often Ray Train's controller polls its workers (Ray's default: 2 s), unless the environment sets it. The
 controller learns that training ended at a poll, and shuts the worker group down over several: a run's teardown
 (rank 0's training function returning to ``fit()`` returning) took 6.5-8.6 s at 2 s and 0.7-0.9 s at 0.2 s
 (2-core CPU VM, 2026-12-06, 4 one-worker sweep trials each). Ray Train hands it from the process that calls
 ``fit()`` to the controller and the workers, on a cluster too."""
-"""In the Ray run folder: the MLflow run id and the settings a resume must keep."""
 
 
 @dataclass(frozen=True)
