@@ -407,5 +407,8 @@ max_concurrent_trials: 1
     assert failed.info.status == "FAILED" and failed.data.tags["yxanul.execution"] == "in_process"
     assert failed.data.tags["yxanul.error"].startswith("non-finite loss or gradient at step "), failed.data.tags
     assert "\n" not in failed.data.tags["yxanul.error"]
+    # the verdict's reason (the sweep's table and console line) is that line, not "see the trial's error file"
+    assert failed.data.tags["yxanul.reason"] == failed.data.tags["yxanul.error"]
     assert good.info.status == "FINISHED" and steps(client, good.info.run_id, "val/bpb")[-1] == 8192
     assert [r["status"] for r in outcome.rows] == ["failed", "finished"]
+    assert outcome.rows[0]["reason"] == failed.data.tags["yxanul.error"]

@@ -18,6 +18,7 @@ from yxanul.sweep.trials import TOKENS_ATTR, SweepPlan, trial_tags
 from yxanul.tags import (
     ARM_TAG,
     COMMAND_TAG,
+    ERROR_TAG,
     GIT_DIRTY_TAG,
     GIT_SHA_TAG,
     NOTE_TAG,
@@ -202,7 +203,10 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
             found = client(uri).search_runs([experiment_id], max_results=1, filter_string=(
                 f"tags.`{PARENT_RUN_ID_TAG}` = {_quote(parent_id)} and tags.`{RUN_NAME_TAG}` = {_quote(name)}"))
             if error:
-                reason = _error_line(trial)
+                # The trial's own run says why it failed, once launch.train recorded it: Tune's copy of the error
+                # may not be synced to storage yet when this callback runs.
+                recorded = found[0].data.tags.get(ERROR_TAG, "") if found else ""
+                reason = _last_line(recorded) or _error_line(trial)
                 if found:
                     end_run(uri, found[0].info.run_id, Status.FAILED, reason=reason)
                 else:  # failed before its run was created (bad data, config): record it anyway
@@ -238,14 +242,19 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
     return _EndTrialRuns()
 
 
+def _last_line(text: str) -> str:
+    """The last non-empty line of ``text`` (the user-facing message of a YxanulError), stripped; "" if none."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:2000] if lines else ""
+
+
 def _error_line(trial: Any) -> str:
-    """The last line of a trial's error (the user-facing message, for YxanulErrors)."""
+    """The last line of a trial's error as Tune stored it."""
     try:
         text = str(trial.get_error() or "")
     except Exception:  # the error file may be gone; the status still says failed
         text = ""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:2000] if lines else "failed (see the trial's error file in the Ray Tune folder)"
+    return _last_line(text) or "failed (see the trial's error file in the Ray Tune folder)"
 
 
 def _record_failed(uri: str, experiment_id: str, parent_id: str, trial: Any) -> None:
