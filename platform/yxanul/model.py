@@ -296,9 +296,9 @@ class Yxanul(nn.Module):
         Why not a unit-std token factor (the rule until 2026-12-06): AdamW moves every element by about
         the learning rate whatever its size, so a factor at std 1 changes 50x more slowly, relative to
         itself, than the 0.02 matrices: the token vectors stayed near their random draw (2.5% of their
-        norm moved in 600 steps on an H100) and the seeds drifted apart on one data order (a CPU probe,
-        docs/results/calibration/README.md: training-loss sd across seeds 0.028-0.079 nats with the unit
-        factor, 0.015 with this one, 3 seeds each)."""
+        norm moved in 600 steps on an H100). Whether it is why seeds drift apart on one data order is not
+        settled: in a CPU probe (docs/results/calibration/README.md, 6 seeds each) the seeds' training-loss
+        sd fell from 0.037 to 0.024 nats, within chance, at the same mean."""
         std = self.cfg.init_std
         for module in self.modules():
             if isinstance(module, nn.Linear):
