@@ -20,7 +20,15 @@ inside the functions that need it: the CPU install never imports it.
 
 from yxanul.precision.compile import COMPILE_CACHE_ENV, compile_model, use_compile_cache
 from yxanul.precision.fp8_plan import GROUPS, MIN_GAIN, Fp8Plan, LayerShape, layer_shapes, measure_fp8_plan
-from yxanul.precision.policy import Precision, build_recipe, fp8_modules, import_te, is_te_module, preload_te
+from yxanul.precision.policy import (
+    Precision,
+    build_recipe,
+    fp8_modules,
+    import_te,
+    is_te_module,
+    preload_te,
+    reset_te_state,
+)
 from yxanul.precision.state import EXTRA_STATE_SUFFIX, load_model_state, split_state_dict
 
 __all__ = [
@@ -40,6 +48,7 @@ __all__ = [
     "load_model_state",
     "measure_fp8_plan",
     "preload_te",
+    "reset_te_state",
     "split_state_dict",
     "use_compile_cache",
 ]

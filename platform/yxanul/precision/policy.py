@@ -32,7 +32,7 @@ from torch import nn
 from yxanul.config import PrecisionConfig
 from yxanul.errors import PrecisionError
 
-__all__ = ["Precision", "build_recipe", "fp8_modules", "import_te", "is_te_module"]
+__all__ = ["Precision", "build_recipe", "fp8_modules", "import_te", "is_te_module", "reset_te_state"]
 
 _GPU_INSTALL = "install Transformer Engine with `pip install .[gpu]` (transformer-engine[pytorch]==2.20.2) on the GPU machine"
 
@@ -58,6 +58,18 @@ def preload_te() -> bool:
     except ImportError:
         return False
     return True
+
+
+def reset_te_state() -> None:
+    """Reset Transformer Engine's process-global FP8 state (TE 2.x ``FP8GlobalStateManager``: amax and scale buffers
+    keyed by autocast, which hold the last model's scaling tensors) where TE was imported; a process where it never
+    ran does not import it for that. For a process that builds model after model
+    (:func:`yxanul.train.build.release_built`)."""
+    import sys
+
+    quantization = sys.modules.get("transformer_engine.pytorch.quantization")
+    if quantization is not None:
+        quantization.FP8GlobalStateManager.reset()
 
 
 def is_te_module(module: nn.Module) -> bool:

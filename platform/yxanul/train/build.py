@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from yxanul.config import ModelConfig, OptimConfig, PrecisionConfig
-from yxanul.precision import Fp8Plan, Precision, compile_model, measure_fp8_plan, use_compile_cache
+from yxanul.precision import Fp8Plan, Precision, compile_model, measure_fp8_plan, reset_te_state, use_compile_cache
 
 __all__ = ["AUTO_HEADROOM", "Built", "build_training", "choose_sequences", "fit_microbatch", "measured_sizes",
            "release_built"]
@@ -263,14 +263,11 @@ def release_built() -> None:
     benchmark's matrix; a sweep's in-process trials): unreferenced tensors and the CUDA allocator's cache, and
     Dynamo's state, whose recompile limit counts across models, so that later models' graphs are not refused
     (Inductor's on-disk caches keep their recompiles warm), and Transformer Engine's process-global FP8 state
-    (its amax and scale buffers, keyed by autocast, hold the last model's scaling tensors). Drop the references
-    to the last model first."""
+    (:func:`yxanul.precision.reset_te_state`). Drop the references to the last model first."""
     import gc
     import sys
 
-    quantization = sys.modules.get("transformer_engine.pytorch.quantization")  # TE 2.x; absent where TE never ran
-    if quantization is not None:
-        quantization.FP8GlobalStateManager.reset()
+    reset_te_state()
     gc.collect()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
