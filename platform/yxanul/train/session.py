@@ -151,9 +151,9 @@ class _Pending:
     directory: Path
     metrics: dict[str, Any]
     stored: Callable[[], None] | None
-    done: threading.Event
-    thread: threading.Thread
-    error: list[BaseException] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    """Set once the writer has finished, with or without ``error``."""
+    error: BaseException | None = None
 
 
 class TuneSession:
@@ -165,9 +165,10 @@ class TuneSession:
     folder in the calling thread and must be called from the trainable's thread, so the files are written in a
     thread of this session and the checkpoint is handed to Tune by the next report once they are complete: a
     checkpoint is registered one report late (Ray Train's asynchronous uploads register it late too), with the
-    metrics of that report, its contents its own step's. The last report (``done``) waits for the files and writes
-    its own checkpoint in this thread, so a finished trial ends on its final checkpoint. A checkpoint still being
-    written when the run stops is dropped (:meth:`close`); the resume takes the one before."""
+    metrics of that report, its contents its own step's. The last report (``done``) writes its own checkpoint in
+    this thread (a pending one, superseded, is dropped) or, without one, waits for the pending files and registers
+    them, so a finished trial ends on its final checkpoint. A checkpoint still being written when the run stops is
+    dropped (:meth:`close`); the resume takes the one before."""
 
     kind = "in_process"
     rank, world, uploads_async = 0, 1, True
@@ -223,22 +224,18 @@ class TuneSession:
         return started
 
     def _start(self, metrics: dict[str, Any], write: Write, stored: Callable[[], None] | None) -> threading.Event:
-        directory = Path(tempfile.mkdtemp(prefix="yxanul-ckpt-"))
-        done = threading.Event()
-        error: list[BaseException] = []
+        pending = self._pending = _Pending(Path(tempfile.mkdtemp(prefix="yxanul-ckpt-")), dict(metrics), stored)
 
         def run() -> None:
             try:
-                write(str(directory))
+                write(str(pending.directory))
             except BaseException as exc:  # handed to the training thread by the next report
-                error.append(exc)
+                pending.error = exc
             finally:
-                done.set()
+                pending.done.set()
 
-        thread = threading.Thread(target=run, name="yxanul-checkpoint-writer", daemon=True)
-        self._pending = _Pending(directory, dict(metrics), stored, done, thread, error)
-        thread.start()
-        return done
+        threading.Thread(target=run, name="yxanul-checkpoint-writer", daemon=True).start()
+        return pending.done
 
     def _written(self, wait: bool) -> _Pending | None:
         """The pending checkpoint once its files are complete (waiting for them if ``wait``), else None; a failure
@@ -246,11 +243,11 @@ class TuneSession:
         pending = self._pending
         if pending is None or not (wait or pending.done.is_set()):
             return None
-        pending.thread.join()
+        pending.done.wait()
         self._pending = None
-        if pending.error:
+        if pending.error is not None:
             shutil.rmtree(pending.directory, ignore_errors=True)
-            raise pending.error[0]
+            raise pending.error
         return pending
 
     def close(self) -> None:
@@ -258,5 +255,5 @@ class TuneSession:
         removes its files. Called by the run's end, whatever way it ends."""
         pending, self._pending = self._pending, None
         if pending is not None:
-            pending.thread.join()
+            pending.done.wait()
             shutil.rmtree(pending.directory, ignore_errors=True)
