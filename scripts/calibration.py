@@ -99,6 +99,14 @@ def _finished(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["status"] == "finished" and r["final_val_bpb"] is not None]
 
 
+def _finished_by_rate(rows: list[dict]) -> list[tuple[float, list[dict]]]:
+    """The finished runs grouped by learning rate, ascending; each group by seed."""
+    rates: dict[float, list[dict]] = {}
+    for row in _finished(rows):
+        rates.setdefault(row["lr"], []).append(row)
+    return [(lr, sorted(runs, key=lambda r: r["seed"])) for lr, runs in sorted(rates.items())]
+
+
 SEED_SD_MAX = 0.01
 """Criterion (b): the seed standard deviation of final val/bpb, in bpb."""
 
@@ -106,11 +114,8 @@ SEED_SD_MAX = 0.01
 def by_rate(rows: list[dict]) -> list[dict]:
     """Per learning rate (ascending), its finished runs: seeds, mean and sample sd of final val/bpb (sd None
     under 2 seeds), and whether any spiked."""
-    rates: dict[float, list[dict]] = {}
-    for row in _finished(rows):
-        rates.setdefault(row["lr"], []).append(row)
     out = []
-    for lr, runs in sorted(rates.items()):
+    for lr, runs in _finished_by_rate(rows):
         finals = [r["final_val_bpb"] for r in runs]
         out.append({"lr": lr, "seeds": sorted(r["seed"] for r in runs), "mean": statistics.fmean(finals),
                     "sd": statistics.stdev(finals) if len(finals) > 1 else None,
@@ -131,7 +136,8 @@ def _shared_steps(runs: list[dict]) -> list[int] | None:
     return sorted(set.intersection(*({step for step, _ in r["train_loss_curve"]} for r in runs)))
 
 
-def _window_means(run: dict, steps: list[int]) -> float:
+def _mean_loss(run: dict, steps: list[int]) -> float:
+    """The run's mean training loss over ``steps`` (logged steps it has)."""
     values = dict(run["train_loss_curve"])
     return statistics.fmean(values[s] for s in steps)
 
@@ -143,18 +149,14 @@ def _same_batch_sd(runs: list[dict]) -> float | None:
     if not steps:
         return None
     last = steps[-SAME_BATCH_WINDOW:]
-    return statistics.stdev(_window_means(r, last) for r in runs)
+    return statistics.stdev(_mean_loss(r, last) for r in runs)
 
 
 def gaps(rows: list[dict], window: int = SAME_BATCH_WINDOW) -> str:
     """Per rate whose finished seeds share a data order: at the end of each window of ``window`` shared logged
     steps, the first seed's mean training loss and every other seed's difference to it (nats)."""
-    rates: dict[float, list[dict]] = {}
-    for row in _finished(rows):
-        rates.setdefault(row["lr"], []).append(row)
     lines = []
-    for lr, runs in sorted(rates.items()):
-        runs = sorted(runs, key=lambda r: r["seed"])
+    for lr, runs in _finished_by_rate(rows):
         steps = _shared_steps(runs)
         if not steps:
             lines.append(f"lr {lr:g}: seeds {[r['seed'] for r in runs]} do not share a data order (or a loss "
@@ -165,8 +167,8 @@ def gaps(rows: list[dict], window: int = SAME_BATCH_WINDOW) -> str:
                      f"{window} logged steps (one data order, so the same batches)")
         for end in range(window, len(steps) + 1, window):
             part = steps[end - window:end]
-            base = _window_means(first, part)
-            diffs = "  ".join(f"s{r['seed']} {_window_means(r, part) - base:+.3f}" for r in runs[1:])
+            base = _mean_loss(first, part)
+            diffs = "  ".join(f"s{r['seed']} {_mean_loss(r, part) - base:+.3f}" for r in runs[1:])
             lines.append(f"  to {part[-1] / 1e6:7.2f}M tokens: s{first['seed']} {base:.3f}  {diffs}")
         sd = _same_batch_sd(runs)
         lines.append(f"  sd across seeds over the last {min(window, len(steps))} shared steps: {sd:.4f} nats")
