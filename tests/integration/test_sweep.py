@@ -112,11 +112,11 @@ max_concurrent_trials: 2
     # The console: one line per trial event under the trial's name; Ray's and Tune's output is in the log.
     for label in ("t00 curriculum=short,precision.mode=fp32", "t02 curriculum=long,precision.mode=fp32"):
         mine = [line.removeprefix(f"{label} | ") for line in printed.splitlines() if line.startswith(f"{label} | ")]
-        # the trial's timeline line comes through Ray's log forwarding: it may arrive after the driver's verdict
-        timeline = [line for line in mine if line.startswith("timeline: ")]
-        mine = [line for line in mine if not line.startswith("timeline: ")]
+        # the driver prints the trial's timeline (from its run's metrics) just before its verdict: never lost to Ray's
+        # log forwarding, which may deliver a trial's last lines after the driver has exited
         assert mine[0] == "started" and mine[-1] == "finished: at 8192 tokens", mine
-        assert len(timeline) == 1 and re.match(r"timeline: wall [\d.]+ s: steps [\d.]+ s \([\d.]+%\)", timeline[0])
+        assert [line for line in mine if line.startswith("timeline: ")] == [mine[-2]], mine
+        assert re.match(r"timeline: wall [\d.]+ s: steps [\d.]+ s \([\d.]+%\)", mine[-2])
         progress = [line for line in mine if "% step " in line]  # the progress bar's lines
         assert [re.search(r" step (\d+)/8 ", line).group(1) for line in progress] == ["2", "4", "6", "8"]
         assert all(re.search(r"loss \d+\.\d+ .* [\d,]+ tok/s .*eta \S+$", line) for line in progress), progress

@@ -179,7 +179,7 @@ def record_not_runnable(plan: SweepPlan, uri: str, experiment_id: str, parent_id
 
 
 def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizons: dict[str, tuple[int, int]],
-                           announce: Callable[[str, str, str], None] | None = None) -> Any:
+                           announce: Callable[[str, str, str, dict[str, float]], None] | None = None) -> Any:
     """A Tune callback (driver side, the scheduler's side) that records the verdict of a trial's MLflow run.
 
     ``horizons``: run name -> (train.max_tokens as planned, tokens where the run stops by itself). The
@@ -187,21 +187,24 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
     ``finished`` (the trial ended it itself; here only if it is still running); short of where it stops by
     itself, ``stopped_early`` by the scheduler. Sweep trials leave an unfinished run RUNNING
     (``train(end_unfinished=False)``), so this is the only writer of that verdict: no race, no wait.
-    ``announce(run name, status, reason)`` is told every verdict (the console's trial lines)."""
+    ``announce(run name, status, reason, timeline)`` is told every verdict (the console's trial lines), with the
+    ``timeline/*`` metrics the trial's run holds by then ({} if none): the driver prints the trial's timeline line
+    itself, in order, where a line printed in the trial's process would come through Ray's log forwarding late or,
+    at the end of a sweep, not at all."""
     from ray.tune import Callback
 
     class _EndTrialRuns(Callback):
         def _finish(self, trial: Any, error: bool) -> None:
             name = trial.config["trial"]["run_name"]
-            status, reason = self._verdict(trial, error)
-            if announce is not None:
-                announce(name, status, reason)
-
-        def _verdict(self, trial: Any, error: bool) -> tuple[str, str]:
-            name = trial.config["trial"]["run_name"]
-            tokens = int((trial.last_result or {}).get(TOKENS_ATTR, 0) or 0)
             found = client(uri).search_runs([experiment_id], max_results=1, filter_string=(
                 f"tags.`{PARENT_RUN_ID_TAG}` = {_quote(parent_id)} and tags.`{RUN_NAME_TAG}` = {_quote(name)}"))
+            status, reason = self._verdict(trial, error, found)
+            if announce is not None:
+                metrics = found[0].data.metrics if found else {}
+                announce(name, status, reason, {k: v for k, v in metrics.items() if k.startswith(PREFIX)})
+
+        def _verdict(self, trial: Any, error: bool, found: list) -> tuple[str, str]:
+            tokens = int((trial.last_result or {}).get(TOKENS_ATTR, 0) or 0)
             if error:
                 # The trial's own run says why it failed, once launch.train recorded it: Tune's copy of the error
                 # may not be synced to storage yet when this callback runs.
@@ -212,7 +215,7 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
                 else:  # failed before its run was created (bad data, config): record it anyway
                     _record_failed(uri, experiment_id, parent_id, trial)
                 return Status.FAILED, reason
-            total, own_stop = horizons.get(name, (0, 0))
+            total, own_stop = horizons.get(trial.config["trial"]["run_name"], (0, 0))
             if total and tokens >= total:  # finished training; Tune may end the trial before the trial does
                 if found:
                     end_run(uri, found[0].info.run_id, Status.FINISHED, only_if_running=True)

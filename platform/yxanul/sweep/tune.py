@@ -22,7 +22,7 @@ from yxanul.sweep.spec import SweepSpec
 from yxanul.sweep.text import format_plan, format_rows
 from yxanul.sweep.trials import SweepPlan, build_config, runs_in_process, total_tokens, trial_tags
 from yxanul.tags import SEEDS_AUTO_TAG, SWEEP_TAG, TUNE_TRIAL_ID_TAG
-from yxanul.timeline import EFFICIENCY_METRIC, PREFIX, WALL_METRIC, metric_name, sweep_metrics
+from yxanul.timeline import EFFICIENCY_METRIC, PREFIX, WALL_METRIC, format_timeline, metric_name, sweep_metrics
 from yxanul.tracking import Status
 
 __all__ = ["HEAD_TOKEN", "SweepOutcome", "param_space", "run_sweep", "trial_params", "trial_resources", "tune_config"]
@@ -107,8 +107,9 @@ def _trial_fn(config: dict[str, Any]) -> None:
     where: dict[str, Any] = ({"session": TuneSession()} if trial.get("in_process")
                              else {"run_config_callbacks": [_tune_report_callback()]})
     # end_unfinished=False: a trial Tune stops is recorded by the driver's callback (records.end_trial_run_callback).
+    # print_timeline=False: the driver prints the trial's timeline line with its verdict (records.end_trial_run_callback)
     train(cfg, extra_tags=tags, parent_run_id=sweep["parent_run_id"], end_unfinished=False, started_at=started_at,
-          **where)
+          print_timeline=False, **where)
 
 
 def tune_config(plan: SweepPlan, spec: SweepSpec) -> Any:
@@ -309,9 +310,14 @@ def _horizon(cfg: Any) -> tuple[int, int]:
 
 
 def _announcer(shown: dict[str, str]) -> Any:
-    """The console line of a trial's verdict: ``t01 curriculum=none | finished: at 32768 tokens``."""
-    def announce(run_name: str, status: str, reason: str) -> None:
-        say(f"{shown.get(run_name, run_name)} | {status}" + (f": {reason}" if reason else ""))
+    """The console lines of a trial's end: its timeline, when its run holds one
+    (``t01 curriculum=none | timeline: wall 95.2 s: steps 52.1 s (54.7%), ...``), then its verdict
+    (``t01 curriculum=none | finished: at 32768 tokens``)."""
+    def announce(run_name: str, status: str, reason: str, timeline: dict[str, float]) -> None:
+        label = shown.get(run_name, run_name)
+        if timeline:
+            say(f"{label} | timeline: {format_timeline(timeline)}")
+        say(f"{label} | {status}" + (f": {reason}" if reason else ""))
 
     return announce
 

@@ -475,7 +475,7 @@ def _is_failure(exc: BaseException, in_process: bool) -> bool:
 def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None = None,
           extra_tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
           end_unfinished: bool = True, started_at: float | None = None,
-          session: TuneSession | None = None) -> TrainResult:
+          session: TuneSession | None = None, print_timeline: bool = True) -> TrainResult:
     """Run (or resume) the training ``cfg`` describes and return its :class:`TrainResult`: on Ray Train (a
     ``TorchTrainer``), or with ``session`` (a :class:`~yxanul.train.session.TuneSession`: one-worker sweep trials)
     in this process, reporting to it; ``run_config_callbacks`` are the ``TorchTrainer``'s.
@@ -492,7 +492,8 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
 
     The run's timeline (:mod:`yxanul.timeline`) covers the wall-clock from ``started_at`` (``time.time()``; a
     sweep trial passes its own start) or this call, to the end of the MLflow run: logged as ``timeline/*``
-    metrics and printed as one line under the run's name.
+    metrics and printed as one line under the run's name (``print_timeline=False``: not printed; a sweep's driver
+    prints each trial's from the metrics, in order with its verdict).
     """
     from yxanul.tracking import Status
 
@@ -530,6 +531,10 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
         elif end_unfinished:
             _end_mlflow_run(tracking, Status.STOPPED)
     metrics = _log_timeline(cfg, tracking, timeline, worker, tokens, started_at, fit_start, fit_end)
+    if metrics and print_timeline:
+        from yxanul.console import worker_print
+
+        worker_print(cfg.run.name, f"timeline: {format_timeline(metrics)}")
     return TrainResult(run_id=tracking["run_id"] if tracking else None, tokens=tokens, metrics=outcome.metrics,
                        checkpoint_path=checkpoint_path, finished=finished, timeline=metrics)
 
@@ -623,10 +628,9 @@ def _log_timeline(cfg: ExperimentConfig, tracking: dict[str, str] | None, timeli
                   worker: dict[str, Any] | None, tokens: int, started_at: float, fit_start: float,
                   fit_end: float) -> dict[str, float]:
     """The run's ``timeline/*`` metrics (the driver's phases and rank 0's; worker start and teardown from rank 0's
-    start and end against ``fit()``'s), logged at step ``tokens`` and printed as one line; {} without rank 0's."""
+    start and end against ``fit()``'s), logged at step ``tokens``; {} without rank 0's."""
     if worker is None:
         return {}
-    from yxanul.console import worker_print
     from yxanul.tracking import client
 
     timeline.merge(worker["phases"])
@@ -639,5 +643,4 @@ def _log_timeline(cfg: ExperimentConfig, tracking: dict[str, str] | None, timeli
     with contextlib.suppress(Exception):  # best effort, like _worker_timeline: the line is printed anyway
         client(tracking["uri"]).log_batch(tracking["run_id"],
                                           metrics=[Metric(k, v, now, tokens) for k, v in metrics.items()])
-    worker_print(cfg.run.name, f"timeline: {format_timeline(metrics)}")
     return metrics
