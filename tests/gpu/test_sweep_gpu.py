@@ -1,0 +1,118 @@
+"""GPU proof of one-worker sweep trials trained in their reused Tune trial process (``sweep.in_process: auto``;
+run: ``pytest -m gpu tests/gpu``): what the CPU tests cannot show. The trial trains on the GPU Tune gave it; one
+process serves every trial, FP8 and BF16 in turn, and a trial that follows others in that process trains exactly as
+the same trial did earlier in it (``release_built``: Transformer Engine's FP8 global state, Dynamo's caches and the
+CUDA allocator are reset between trials, so no scaling factor or compiled graph is inherited); and the same
+trial on a ``TorchTrainer`` (``sweep.in_process=false``, a fresh worker process) gives the same losses.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.gpu.test_fp8 import ALL_LAYERS
+from tests.train_helpers import make_dataset
+
+pytestmark = pytest.mark.gpu
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _sweep(tmp_path: Path, name: str, body: str, *overrides: str) -> list:
+    """Run ``jobs.sweep`` on a sweep file of the pulse run (Markov text, seq_len 64, compiled, 32 steps) in a fresh
+    process (its own Ray, which sees the GPU); the sweep's child runs, oldest first."""
+    data = tmp_path / "data"
+    if not data.exists():
+        make_dataset(data, {64: 4096}, validation={"english": 48, "code": 48}, successors=4)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"""
+base:
+  config: experiments/runs/pulse.yaml
+  overrides:
+    data.output_dir: {data}
+    run.storage_path: {tmp_path / 'ray'}
+    tracking.uri: sqlite:///{tmp_path / 'm.db'}
+    tracking.experiment: sweeps
+    precision.recipe: delayed
+    precision.compile: "on"
+    curriculum.stages: [{{seq_len: 64}}]
+    train.max_tokens: 131072
+    train.tokens_per_step: 4096
+    train.max_tokens_per_microbatch: 4096
+    optim.warmup_tokens: 16384
+    eval.every_tokens: 65536
+    eval.seq_len: 64
+    eval.max_tokens_per_domain: 2048
+    checkpoint.every_tokens: 65536
+    log.every_steps: 1
+resources: {{num_workers: 1, gpus_per_worker: 1}}
+max_concurrent_trials: 1
+{body}""")
+    done = subprocess.run([sys.executable, "-m", "jobs.sweep", str(path), f"sweep.name={name}", *overrides],
+                          cwd=REPO, capture_output=True, text=True, timeout=500, env=os.environ.copy())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    experiment = client.get_experiment_by_name("sweeps").experiment_id
+    [parent] = client.search_runs([experiment], filter_string=f"tags.`yxanul.sweep` = '{name}' and "
+                                                              "tags.`yxanul.role` = 'sweep'")
+    runs = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                              order_by=["attributes.start_time ASC"])
+    return [(run, {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+                   for key in ("train/loss", "train/grad_norm", "val/bpb")}) for run in runs]
+
+
+def test_in_process_trials_share_one_process_and_a_later_trial_trains_as_an_earlier_one(tmp_path):
+    """Four trials in one process, FP8 (every group forced, delayed scaling) and BF16 at two values of a key that
+    changes nothing in training (``checkpoint.keep_last``): each arm's second trial, which ran after other trials in the
+    same process (at least one of them in the other precision), repeats its first trial's losses, gradient norms and
+    bits/byte exactly.
+    The FP8 trial on a TorchTrainer gives the same losses again."""
+    fp8 = f"{{precision.mode: fp8, precision.fp8_layers: [{', '.join(ALL_LAYERS)}]}}"
+    runs = _sweep(tmp_path, "inproc-gpu", f"""
+axes:
+  checkpoint.keep_last: [2, 3]
+  precision:
+    variants:
+      fp8: {fp8}
+      bf16: {{precision.mode: bf16}}
+""")
+    assert len(runs) == 4
+    card = torch.cuda.get_device_name()
+    for run, metrics in runs:
+        tags = run.data.tags
+        assert run.info.status == "FINISHED" and tags["yxanul.status"] == "finished", tags.get("yxanul.error")
+        assert tags["yxanul.execution"] == "in_process" and tags["yxanul.gpu_name"] == card
+        assert [s for s, _ in metrics["val/bpb"]] == [65536, 131072] and len(metrics["train/loss"]) == 32
+    assert len({run.data.tags["yxanul.worker_pid"] for run, _ in runs}) == 1  # one process trained all four
+    by_arm: dict[str, list] = {}
+    for run, metrics in runs:
+        by_arm.setdefault(run.data.params["precision.mode"], []).append((run, metrics))
+    order = [run.data.params["precision.mode"] for run, _ in runs]
+    for mode in by_arm:  # the later trial of each arm followed a trial in the other precision in that process
+        later = [i for i, m in enumerate(order) if m == mode][1]
+        assert any(m != mode for m in order[:later]), order
+    for mode, ((first, a), (second, b)) in by_arm.items():
+        assert first.data.params["checkpoint.keep_last"] != second.data.params["checkpoint.keep_last"]
+        for key in ("train/loss", "train/grad_norm", "val/bpb"):
+            assert a[key] == b[key], (mode, key, a[key][:4], b[key][:4])
+    assert by_arm["fp8"][0][0].data.tags["yxanul.fp8_layers"] == "attention+mlp+head"
+    assert "yxanul.fp8_layers" not in by_arm["bf16"][0][0].data.tags
+
+    [(ray_train, metrics)] = _sweep(tmp_path, "ray-train-gpu", f"""
+axes:
+  checkpoint.keep_last: [2]
+  precision:
+    variants:
+      fp8: {fp8}
+""", "sweep.in_process=false")
+    assert ray_train.data.tags["yxanul.execution"] == "ray_train"
+    reference = by_arm["fp8"][0][1]
+    for key in ("train/loss", "val/bpb"):
+        assert metrics[key] == reference[key], (key, metrics[key][:4], reference[key][:4])
