@@ -361,3 +361,32 @@ def test_the_design_says_whether_the_seeds_share_one_data_order():
     assert data_order_text(runs(None)) == ""  # runs from before data.order_seed: nothing claimed
     mixed = runs("0")[:2] + runs("null")[2:]
     assert data_order_text(mixed) == "data order: mixed across runs (data.order_seed 0, null)"
+
+
+def test_the_design_says_how_many_seeds_would_decide_a_comparison_it_could_not():
+    """#24: with no difference detected, the design says how many seed pairs would detect the sweep's target effect
+    and one of the size measured, at the spread of the per-seed differences measured (paired t, 95%, 80% power).
+    Gaps -0.04 and -0.05: sd 0.00707. By the published t tables, MDE(n) = (t.975(n-1) + t.80(n-1)) sd / sqrt(n):
+    n=2 0.0704, n=3 (4.303 + 1.061) 0.00707 / 1.732 = 0.0219 <= 0.045, so 3 pairs for 0.045; for 0.01, n=6
+    (2.571 + 0.920) 0.00707 / 2.449 = 0.01008 > 0.01 and n=7 (2.447 + 0.906) 0.00707 / 2.646 = 0.00896, so 7."""
+    from yxanul.report.fetch import SweepRecord
+
+    parent = SweepRecord("p" * 32, "s", "7", "finished", running=False, params={"sweep.target_effect": "0.01"})
+    report = build_report(sweep_runs(), "sweep fp8-vs-bf16", parent=parent)
+    [c] = report.comparisons
+    assert c.quality_verdict == "no difference detected"
+    [line] = [line for line in design_lines(report) if line.startswith("seeds to decide, ")]
+    assert line.endswith(": 7 seed pairs for a difference of 0.0100 bits/byte (sweep.target_effect); 3 seed pairs for "
+                         "one the size measured here (-0.0450 bits/byte; a planning figure, the measured difference is "
+                         "itself uncertain), at the per-seed difference spread measured here (sd 0.0071 bits/byte)"), line
+    # without a target effect, only the measured size; a difference already detected and no target: nothing to say
+    plain = build_report(sweep_runs(), "sweep fp8-vs-bf16")
+    [line] = [line for line in design_lines(plain) if line.startswith("seeds to decide, ")]
+    assert ": 3 seed pairs for one the size measured here (-0.0450" in line and "target_effect" not in line
+    bf16 = {s: (2.80 + 0.01 * s, 100.0) for s in range(4)}
+    runs = [seeded("precision.mode=bf16", s, f, t) for s, (f, t) in bf16.items()]
+    runs += [seeded("precision.mode=fp8", s, f - 0.05 - 0.001 * s, t, precision="fp8", params=FP8_PARAMS,
+                    tags=FP8_HEAD) for s, (f, t) in bf16.items()]
+    detected = build_report(runs, "sweep s")
+    assert detected.comparisons[0].quality_verdict == "better"
+    assert not [line for line in design_lines(detected) if line.startswith("seeds to decide, ")]

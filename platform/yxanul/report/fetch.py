@@ -69,6 +69,12 @@ class SweepRecord:
         return float(text) if text else None
 
     @property
+    def target_effect(self) -> float | None:
+        """``sweep.target_effect``: the smallest difference in the sweep's metric the design is meant to detect."""
+        text = self.params.get("sweep.target_effect")
+        return float(text) if text else None
+
+    @property
     def command_overrides(self) -> list[str] | None:
         """The command line's overrides on top of the sweep file (None: the sweep predates this param)."""
         text = self.params.get("sweep.command_overrides")

@@ -13,7 +13,7 @@ from pathlib import Path
 from yxanul.formatting import bpb, human_count, percent, ratio, shown_paths, signed
 from yxanul.report.analysis import ArmSummary, Comparison, ComparisonReport, RunRow, status_text
 from yxanul.report.runs import RunSeries, int_tag, model_config, ran_precision, run_spikes, spike_check, vocabularies
-from yxanul.stats import LEVEL, POWER, Estimate, t_quantile
+from yxanul.stats import LEVEL, POWER, Estimate, seeds_needed, t_quantile
 from yxanul.tags import (
     DATA_TRAIN_TOKENS_TAG,
     GIT_DIFF_SHA256_TAG,
@@ -31,8 +31,11 @@ from yxanul.tags import (
     VERSION_TAG_PREFIX,
 )
 
-__all__ = ["BF16_EVAL_METHOD", "METHOD", "Fact", "arm_names", "design_lines", "display_uri", "facts", "headline",
-           "mlflow_link", "provenance_lines", "title", "warnings"]
+MOST_SEEDS = 1000
+"""The most seed pairs :func:`seeds_to_decide` counts up to."""
+
+__all__ = ["BF16_EVAL_METHOD", "METHOD", "MOST_SEEDS", "Fact", "arm_names", "design_lines", "display_uri", "facts",
+           "headline", "mlflow_link", "provenance_lines", "seeds_to_decide", "title", "warnings"]
 
 PER_RUN_KEYS = ("run.name", "run.seed", "run.storage_path", "tracking.uri", "tracking.experiment", "data.output_dir",
                 "tokenizer.path", "data.cache_dir")
@@ -263,7 +266,36 @@ def design_lines(report: ComparisonReport) -> list[str]:
         lines.append(f"minimal detectable effect, {arm} vs {ref_short} ({c.n} seed pairs, paired t, "
                      f"{LEVEL:.0%} two-sided, {POWER:.0%} power): final val/bpb {bpb(c.mde_bpb)} bits/byte{speed}"
                      f"{in_bf16}")
+        needed = seeds_to_decide(c, report.parent.target_effect if report.parent else None)
+        if needed:
+            lines.append(f"seeds to decide, {arm} vs {ref_short}: {needed}")
     return lines
+
+
+def seeds_to_decide(c: Comparison, target_effect: float | None) -> str:
+    """How many seed pairs would detect a difference in final val/bpb (paired t, the report's level and power, at the
+    spread of the per-seed differences measured here): of ``sweep.target_effect`` when the sweep set one, and, where
+    the verdict is "no difference detected", of the size measured (a planning figure: the measured difference is
+    itself uncertain). "" when nothing is to say (no spread measured, or a difference already detected without a
+    target effect)."""
+    gap = c.bpb_gap
+    if gap is None or gap.std is None:
+        return ""
+    parts = []
+
+    def count(effect: float) -> str:
+        n = seeds_needed(gap.std, effect, most=MOST_SEEDS)
+        return f"{n} seed pairs" if n is not None else f"more than {MOST_SEEDS} seed pairs"
+
+    if target_effect is not None:
+        parts.append(f"{count(target_effect)} for a difference of {bpb(target_effect)} bits/byte "
+                     "(sweep.target_effect)")
+    if c.quality_verdict == "no difference detected" and abs(gap.mean) > 0:
+        parts.append(f"{count(abs(gap.mean))} for one the size measured here ({signed(gap.mean)} bits/byte; a "
+                     "planning figure, the measured difference is itself uncertain)")
+    if not parts:
+        return ""
+    return "; ".join(parts) + f", at the per-seed difference spread measured here (sd {bpb(gap.std)} bits/byte)"
 
 
 def data_order_text(runs: list[RunSeries]) -> str:
