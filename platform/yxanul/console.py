@@ -15,7 +15,9 @@ Ray and Tune print it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import sys
 import threading
@@ -28,6 +30,44 @@ __all__ = ["Console", "log_path", "name_run", "say", "to_log", "worker_line", "w
 _MARK = re.compile(r"yxanul\[(?P<run>[^\]\s]+)\] (?P<text>.*)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _active: Console | None = None
+
+_NEVER_DEDUP = r"yxanul\["
+"""Ray's driver deduplicates the worker lines it forwards (Ray 2.60, ``ray._private.ray_logging.LogDeduplicator``):
+lines of different processes that are equal once every word holding a digit is dropped, within
+``RAY_DEDUP_LOGS_AGG_WINDOW_S`` (5 s), are held back and shown once, as ``[repeated 3x across cluster]`` with the last
+one's text. Two trials' marked lines differ in numbers only (their run names included), so a console lost whole lines
+(stage 1's profile line of a trial, merged into stage 2's) and showed others up to 5 s late: after the trial's verdict,
+or after the job had ended, raw, on the terminal. Lines matching ``RAY_DEDUP_LOGS_ALLOW_REGEX`` are never held: the
+marked lines join it (:func:`_keep_marked_lines`)."""
+
+
+def _keep_marked_lines() -> None:
+    """Exempt the marked worker lines from Ray's deduplication: in the environment Ray reads when it is imported, and
+    in the deduplicators of a Ray imported already. Any other pattern the user allowed stays allowed."""
+    current = os.environ.get("RAY_DEDUP_LOGS_ALLOW_REGEX")
+    if current is None or _NEVER_DEDUP not in current:
+        os.environ["RAY_DEDUP_LOGS_ALLOW_REGEX"] = f"(?:{current})|{_NEVER_DEDUP}" if current else _NEVER_DEDUP
+    logging_module = sys.modules.get("ray._private.ray_logging")
+    if logging_module is None:
+        return
+    with contextlib.suppress(AttributeError, re.error):  # another Ray's internals: its output stays as Ray shows it
+        for dedup in (logging_module.stdout_deduplicator, logging_module.stderr_deduplicator):
+            allowed = dedup.allow_re.pattern if dedup.allow_re is not None else None
+            if allowed is None or _NEVER_DEDUP not in allowed:
+                dedup.allow_re = re.compile(f"(?:{allowed})|{_NEVER_DEDUP}" if allowed else _NEVER_DEDUP)
+
+
+def _flush_held_ray_lines() -> None:
+    """Print the lines Ray's deduplicators still hold (other than the marked ones, which are never held) now, into
+    the console's log, rather than on the terminal when Ray shuts down after the job."""
+    logging_module, worker = sys.modules.get("ray._private.ray_logging"), sys.modules.get("ray._private.worker")
+    if logging_module is None or worker is None:
+        return
+    with contextlib.suppress(Exception):  # best effort: the log loses a held line, nothing else
+        for dedup, stream in ((logging_module.stdout_deduplicator, sys.stdout),
+                              (logging_module.stderr_deduplicator, sys.stderr)):
+            for batch in dedup.flush():
+                worker.print_worker_logs(batch, stream)
 
 
 def worker_line(run_name: str, text: str) -> str:
@@ -177,6 +217,7 @@ class Console:
                         self._handlers.append((handler, handler.stream))
                         handler.setStream(err)  # type: ignore[arg-type]
             sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+            _keep_marked_lines()
         _active = self
         return self
 
@@ -184,6 +225,7 @@ class Console:
         global _active
         _active = None
         if self._saved is not None:
+            _flush_held_ray_lines()
             for stream in (sys.stdout, sys.stderr):
                 if isinstance(stream, _Filter) and stream._pending:
                     self.from_output(stream._pending)

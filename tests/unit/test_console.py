@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from yxanul.console import Console, name_run, say, worker_line
@@ -61,3 +62,39 @@ def test_worker_print_writes_once_even_where_print_is_patched(capfd, monkeypatch
     worker_print("pulse", "warning: skipped", err=True)
     out, err = capfd.readouterr()
     assert out == "yxanul[pulse] step 2/8 loss 5.5\n" and err == "yxanul[pulse] warning: skipped\n"
+
+
+def test_marked_lines_pass_rays_deduplication_whole_and_in_time(tmp_path, capsys, monkeypatch):
+    """Ray's driver holds back forwarded lines of different processes that differ only in numbers (5 s window) and
+    shows the last one as "[repeated 2x across cluster]": two trials' progress lines were merged that way. Inside a
+    Console the marked lines pass at once, each as it was; an unmarked line Ray still holds is printed into the log
+    when the console ends, not on the terminal after it."""
+    import ray._private.ray_logging as ray_logging
+    import ray._private.worker as ray_worker
+
+    from yxanul.console import _NEVER_DEDUP
+
+    monkeypatch.delenv("RAY_DEDUP_LOGS_ALLOW_REGEX", raising=False)
+    monkeypatch.setattr(ray_logging, "RAY_DEDUP_LOGS", True)  # the tests' conftest turns it off; jobs have it on
+    dedup = ray_logging.LogDeduplicator(5, None, None, _timesource=lambda: 100.0)
+    monkeypatch.setattr(ray_logging, "stdout_deduplicator", dedup)
+    monkeypatch.setattr(ray_worker, "_worker_logs_enabled", True)
+
+    def batch(pid: int, line: str) -> dict:
+        return {"ip": "127.0.0.1", "pid": pid, "job": "01", "is_err": False, "actor_name": "_trial_fn",
+                "task_name": None, "lines": [line]}
+
+    unmarked = ["Checkpoint successfully created at: 0001", "Checkpoint successfully created at: 0002"]
+    # Ray as it is: the second process's line, equal but for its numbers, is held (printed nowhere yet)
+    assert dedup.deduplicate(batch(1, unmarked[0]))[0]["lines"] == [unmarked[0]]
+    assert dedup.deduplicate(batch(2, unmarked[1]))[0]["lines"] == []
+    marked = [worker_line("grid-t00", "step 8/8 loss 2.1"), worker_line("grid-t01", "step 8/8 loss 2.3")]
+    with Console(tmp_path / "job.log"):
+        assert dedup.allow_re.pattern.endswith(_NEVER_DEDUP)
+        for pid, line in zip((1, 2), marked):
+            assert dedup.deduplicate(batch(pid, line))[0]["lines"] == [line]  # at once, whole
+    out = capsys.readouterr().out
+    assert "Checkpoint" not in out and "repeated" not in out  # the held line went to the log, not the terminal
+    log = (tmp_path / "job.log").read_text()
+    assert unmarked[1] in log and not dedup.recent
+    assert os.environ["RAY_DEDUP_LOGS_ALLOW_REGEX"] == _NEVER_DEDUP  # for a Ray imported after the console started
