@@ -41,20 +41,23 @@ or after the job had ended, raw, on the terminal. Lines matching ``RAY_DEDUP_LOG
 marked lines join it (:func:`_keep_marked_lines`)."""
 
 
+def _with_marked(pattern: str | None) -> str:
+    """``pattern`` (an allow pattern, or none) that also matches the marked lines."""
+    if not pattern:
+        return _NEVER_DEDUP
+    return pattern if _NEVER_DEDUP in pattern else f"(?:{pattern})|{_NEVER_DEDUP}"
+
+
 def _keep_marked_lines() -> None:
     """Exempt the marked worker lines from Ray's deduplication: in the environment Ray reads when it is imported, and
     in the deduplicators of a Ray imported already. Any other pattern the user allowed stays allowed."""
-    current = os.environ.get("RAY_DEDUP_LOGS_ALLOW_REGEX")
-    if current is None or _NEVER_DEDUP not in current:
-        os.environ["RAY_DEDUP_LOGS_ALLOW_REGEX"] = f"(?:{current})|{_NEVER_DEDUP}" if current else _NEVER_DEDUP
+    os.environ["RAY_DEDUP_LOGS_ALLOW_REGEX"] = _with_marked(os.environ.get("RAY_DEDUP_LOGS_ALLOW_REGEX"))
     logging_module = sys.modules.get("ray._private.ray_logging")
     if logging_module is None:
         return
     with contextlib.suppress(AttributeError, re.error):  # another Ray's internals: its output stays as Ray shows it
         for dedup in (logging_module.stdout_deduplicator, logging_module.stderr_deduplicator):
-            allowed = dedup.allow_re.pattern if dedup.allow_re is not None else None
-            if allowed is None or _NEVER_DEDUP not in allowed:
-                dedup.allow_re = re.compile(f"(?:{allowed})|{_NEVER_DEDUP}" if allowed else _NEVER_DEDUP)
+            dedup.allow_re = re.compile(_with_marked(dedup.allow_re.pattern if dedup.allow_re is not None else None))
 
 
 def _flush_held_ray_lines() -> None:

@@ -19,8 +19,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["NO_DIFFERENCE", "POWER", "Estimate", "geometric_interval", "mean_interval", "minimal_detectable_effect",
-           "paired_ratio", "seeds_needed", "t_quantile", "verdict"]
+__all__ = ["MOST_SEEDS", "NO_DIFFERENCE", "POWER", "Estimate", "geometric_interval", "mean_interval",
+           "minimal_detectable_effect", "paired_ratio", "seeds_needed", "t_quantile", "verdict"]
 
 LEVEL = 0.95
 """Two-sided confidence level of every interval the report prints."""
@@ -191,8 +191,12 @@ def minimal_detectable_effect(std: float | None, n: int, level: float = LEVEL, p
     return (t_quantile(0.5 + level / 2.0, n - 1) + t_quantile(power, n - 1)) * std / math.sqrt(n)
 
 
+MOST_SEEDS = 1000
+"""The most seed pairs :func:`seeds_needed` counts up to."""
+
+
 def seeds_needed(std: float, effect: float, level: float = LEVEL, power: float = POWER,
-                 most: int = 1000) -> int | None:
+                 most: int = MOST_SEEDS) -> int | None:
     """The fewest seed pairs whose :func:`minimal_detectable_effect` is at most ``effect`` (the same formula,
     so the two agree); None when even ``most`` are not enough."""
     if std <= 0:

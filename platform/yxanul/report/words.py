@@ -13,7 +13,7 @@ from pathlib import Path
 from yxanul.formatting import bpb, human_count, percent, ratio, shown_paths, signed
 from yxanul.report.analysis import ArmSummary, Comparison, ComparisonReport, RunRow, status_text
 from yxanul.report.runs import RunSeries, int_tag, model_config, ran_precision, run_spikes, spike_check, vocabularies
-from yxanul.stats import LEVEL, POWER, Estimate, seeds_needed, t_quantile
+from yxanul.stats import LEVEL, MOST_SEEDS, NO_DIFFERENCE, POWER, Estimate, seeds_needed, t_quantile
 from yxanul.tags import (
     DATA_TRAIN_TOKENS_TAG,
     GIT_DIFF_SHA256_TAG,
@@ -31,10 +31,7 @@ from yxanul.tags import (
     VERSION_TAG_PREFIX,
 )
 
-MOST_SEEDS = 1000
-"""The most seed pairs :func:`seeds_to_decide` counts up to."""
-
-__all__ = ["BF16_EVAL_METHOD", "METHOD", "MOST_SEEDS", "Fact", "arm_names", "design_lines", "display_uri", "facts",
+__all__ = ["BF16_EVAL_METHOD", "METHOD", "Fact", "arm_names", "design_lines", "display_uri", "facts",
            "headline", "mlflow_link", "provenance_lines", "seeds_to_decide", "title", "warnings"]
 
 PER_RUN_KEYS = ("run.name", "run.seed", "run.storage_path", "tracking.uri", "tracking.experiment", "data.output_dir",
@@ -284,13 +281,13 @@ def seeds_to_decide(c: Comparison, target_effect: float | None) -> str:
     parts = []
 
     def count(effect: float) -> str:
-        n = seeds_needed(gap.std, effect, most=MOST_SEEDS)
+        n = seeds_needed(gap.std, effect)
         return f"{n} seed pairs" if n is not None else f"more than {MOST_SEEDS} seed pairs"
 
     if target_effect is not None:
         parts.append(f"{count(target_effect)} for a difference of {bpb(target_effect)} bits/byte "
                      "(sweep.target_effect)")
-    if c.quality_verdict == "no difference detected" and abs(gap.mean) > 0:
+    if c.quality_verdict == NO_DIFFERENCE and abs(gap.mean) > 0:
         parts.append(f"{count(abs(gap.mean))} for one the size measured here ({signed(gap.mean)} bits/byte; a "
                      "planning figure, the measured difference is itself uncertain)")
     if not parts:

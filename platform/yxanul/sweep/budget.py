@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from yxanul.formatting import clock, human_count
+from yxanul.stats import MOST_SEEDS
 from yxanul.text import table
 
 __all__ = ["DEFAULT_MFU", "DEFAULT_OVERHEAD_S", "PRICES_FILE", "Budget", "NodeType", "Power", "StoreRun", "node_types",
@@ -271,7 +272,7 @@ class Power:
                + (f"{self.mde:.4f}" if self.mde is not None else "none (1 seed: no test)")]
         if self.target_effect is not None:
             out.append(f"target effect {self.target_effect:g} (sweep.target_effect): "
-                       + (f"needs {self.needed} seeds" if self.needed else "needs more than 1000 seeds"))
+                       + (f"needs {self.needed} seeds" if self.needed else f"needs more than {MOST_SEEDS} seeds"))
         return out
 
 

@@ -198,12 +198,11 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
             name = trial.config["trial"]["run_name"]
             found = client(uri).search_runs([experiment_id], max_results=1, filter_string=(
                 f"tags.`{PARENT_RUN_ID_TAG}` = {_quote(parent_id)} and tags.`{RUN_NAME_TAG}` = {_quote(name)}"))
-            status, reason = self._verdict(trial, error, found)
+            status, reason = self._verdict(trial, name, error, found)
             if announce is not None:
-                metrics = found[0].data.metrics if found else {}
-                announce(name, status, reason, {k: v for k, v in metrics.items() if k.startswith(PREFIX)})
+                announce(name, status, reason, _timeline(found[0]) if found else {})
 
-        def _verdict(self, trial: Any, error: bool, found: list) -> tuple[str, str]:
+        def _verdict(self, trial: Any, name: str, error: bool, found: list) -> tuple[str, str]:
             tokens = int((trial.last_result or {}).get(TOKENS_ATTR, 0) or 0)
             if error:
                 # The trial's own run says why it failed, once launch.train recorded it: Tune's copy of the error
@@ -215,7 +214,7 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
                 else:  # failed before its run was created (bad data, config): record it anyway
                     _record_failed(uri, experiment_id, parent_id, trial)
                 return Status.FAILED, reason
-            total, own_stop = horizons.get(trial.config["trial"]["run_name"], (0, 0))
+            total, own_stop = horizons.get(name, (0, 0))
             if total and tokens >= total:  # finished training; Tune may end the trial before the trial does
                 if found:
                     end_run(uri, found[0].info.run_id, Status.FINISHED, only_if_running=True)
@@ -289,10 +288,15 @@ def trial_timelines(uri: str, experiment_id: str, parent_id: str, run_names: lis
     out = {}
     for run in _children(uri, experiment_id, parent_id):
         name = run.data.tags.get(RUN_NAME_TAG)
-        timeline = {k: v for k, v in run.data.metrics.items() if k.startswith(PREFIX)}
+        timeline = _timeline(run)
         if name in wanted and timeline:
             out[name] = timeline
     return out
+
+
+def _timeline(run: Any) -> dict[str, float]:
+    """An MLflow run's latest ``timeline/*`` metrics ({} if it logged none)."""
+    return {k: v for k, v in run.data.metrics.items() if k.startswith(PREFIX)}
 
 
 def log_parent_timeline(uri: str, parent_id: str, metrics: dict[str, float]) -> None:

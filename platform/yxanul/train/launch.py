@@ -640,7 +640,7 @@ def _log_timeline(cfg: ExperimentConfig, tracking: dict[str, str] | None, timeli
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    with contextlib.suppress(Exception):  # best effort, like _worker_timeline: the line is printed anyway
+    with contextlib.suppress(Exception):  # best effort, like _worker_timeline: a measurement never fails the run
         client(tracking["uri"]).log_batch(tracking["run_id"],
                                           metrics=[Metric(k, v, now, tokens) for k, v in metrics.items()])
     return metrics
