@@ -203,9 +203,14 @@ def test_dry_run_prints_the_trial_table_without_ray(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "sweep fp8-vs-bf16: 9 trials" in out
     assert "3 variants x 3 seeds (0, 1, 2; shared by every variant) = 9 trials; token budget 39.3M per trial, 354M in all" in out
+    assert "reference arm: precision=bf16; target for time-to-target: 1.4 bits/byte (fixed in the sweep)" in out
+    assert "precision=bf16" in out and "precision=fp8-auto" in out and "precision=fp8-all" in out and "placement" in out
+    assert "target effect 0.01 (sweep.target_effect)" not in out  # no noise floor yet, so no seed count
+    assert sweep_job.main(["fp8-vs-bf16", "--dry-run", "sweep.target_bpb=null", "--noise-floor", "0.0178"]) == 0
+    out = capsys.readouterr().out
     assert ("reference arm: precision=bf16; target for time-to-target: the worst final val/bpb of the reference "
             "arm's runs (every reference run reaches it)") in out
-    assert "precision=bf16" in out and "precision=fp8-auto" in out and "precision=fp8-all" in out and "placement" in out
+    assert "target effect 0.01 (sweep.target_effect): needs 52 seeds" in out
     assert ray.is_initialized() == was_running
 
 
