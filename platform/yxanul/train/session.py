@@ -7,9 +7,9 @@ from, and hands it its reports; nothing else in the loop names Ray. Two sessions
   sweeps with ``sweep.in_process: false``). Checkpoints may be written in Ray Train's upload thread.
 - :class:`TuneSession`: a one-worker sweep trial run inside the Ray Tune trial's own process (``sweep.in_process:
   auto``): no Train controller or worker processes to start per trial, so the trial process's imports, CUDA
-  context and MLflow client outlive the trial (docs/sweeps.md). Reports go to Tune, checkpoints to Tune's trial
-  folder, written in a thread of the session and registered by the next report (Tune's ``report`` has no
-  asynchronous upload of its own).
+  context and MLflow client outlive the trial (docs/sweeps.md). Reports go to Tune, checkpoints straight into
+  Tune's trial folder, written in a thread of the session and registered by the next report (Tune's ``report``
+  has no asynchronous upload of its own, and copies a checkpoint in the calling thread).
 """
 
 from __future__ import annotations
@@ -146,9 +146,57 @@ def for_tune(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
+class _Place:
+    """Where one checkpoint of an in-process trial goes: its folder in Tune's trial folder (``checkpoint_000003``)
+    on the trial's storage filesystem, reserved in Tune's numbering before its files are written."""
+    filesystem: Any
+    path: str
+    name: str
+
+    def fill(self, write: Write) -> None:
+        """Write the checkpoint into its place (any thread). On local storage the files are written into a hidden
+        sibling folder renamed into place once complete, so nothing is copied and a folder named ``checkpoint_*``
+        is always whole; elsewhere (S3, GCS, NFS through fsspec) into a local folder then copied there."""
+        import pyarrow.fs
+
+        if isinstance(self.filesystem, pyarrow.fs.LocalFileSystem):
+            target = Path(self.path)
+            staging = target.with_name(f".{target.name}.writing")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            write(str(staging))
+            shutil.rmtree(target, ignore_errors=True)  # left unregistered by an interrupted earlier start
+            staging.rename(target)
+            return
+        from ray.train._internal.storage import _pyarrow_fs_copy_files
+
+        local = Path(tempfile.mkdtemp(prefix="yxanul-ckpt-"))
+        try:
+            write(str(local))
+            self.filesystem.create_dir(self.path)
+            _pyarrow_fs_copy_files(str(local), self.path, destination_filesystem=self.filesystem)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Remove whatever was written of a checkpoint that will not be registered."""
+        import pyarrow.fs
+
+        if isinstance(self.filesystem, pyarrow.fs.LocalFileSystem):
+            target = Path(self.path)
+            shutil.rmtree(target.with_name(f".{target.name}.writing"), ignore_errors=True)
+            shutil.rmtree(target, ignore_errors=True)
+            return
+        try:
+            self.filesystem.delete_dir(self.path)
+        except OSError:
+            pass  # never written
+
+
+@dataclass
 class _Pending:
-    """A checkpoint being written off the training thread, reported to Tune once written."""
-    directory: Path
+    """A checkpoint being written into its place off the training thread, registered with Tune once written."""
+    place: _Place
     metrics: dict[str, Any]
     stored: Callable[[], None] | None
     done: threading.Event = field(default_factory=threading.Event)
@@ -158,17 +206,20 @@ class _Pending:
 
 class TuneSession:
     """The one worker of a run that executes inside a Ray Tune function trainable's own process and thread: Tune's
-    ``report`` / ``get_checkpoint`` instead of Ray Train's. Remembers what a ``TorchTrainer``'s result would hold:
-    the metrics of the last report with a checkpoint, and that checkpoint.
+    report and checkpoints instead of Ray Train's. Remembers what a ``TorchTrainer``'s result would hold: the
+    metrics of the last report with a checkpoint, and that checkpoint.
 
-    Asynchronous checkpoints (``checkpoint.asynchronous``): Tune's ``report`` copies a checkpoint into the trial
-    folder in the calling thread and must be called from the trainable's thread, so the files are written in a
-    thread of this session and the checkpoint is handed to Tune by the next report once they are complete: a
-    checkpoint is registered one report late (Ray Train's asynchronous uploads register it late too), with the
-    metrics of that report, its contents its own step's. The last report (``done``) writes its own checkpoint in
-    this thread (a pending one, superseded, is dropped) or, without one, waits for the pending files and registers
-    them, so a finished trial ends on its final checkpoint. A checkpoint still being written when the run stops is
-    dropped (:meth:`close`); the resume takes the one before."""
+    Checkpoints are written straight into their folder in Tune's trial folder and then registered with Tune, the
+    way Ray's own ``DataParallelTrainer`` registers checkpoints its workers persisted (``_report_training_result``
+    with a checkpoint already on storage). Tune's public ``report(checkpoint=...)`` would instead copy a finished
+    folder there, in the calling thread, which must be the trainable's: 1.6 GB of weights and AdamW state for the
+    science model, most of a trial's checkpoint time on an H100 (docs/benchmarks.md). Asynchronous checkpoints
+    (``checkpoint.asynchronous``) are written in a thread of this session and registered by the next report once
+    complete: one report late (Ray Train's asynchronous uploads register late too), with the metrics of that
+    report, its contents its own step's. The last report (``done``) writes its own checkpoint in this thread (a
+    pending one, superseded, is dropped) or, without one, waits for the pending one and registers it, so a
+    finished trial ends on its final checkpoint. A checkpoint still being written when the run stops is dropped
+    with its files (:meth:`close`); the resume takes the one before."""
 
     kind = "in_process"
     rank, world, uploads_async = 0, 1, True
@@ -203,39 +254,62 @@ class TuneSession:
         final = float(metrics.get("done", 0.0)) >= 1.0
         if write is not None and (final or not asynchronous):
             self.close()  # superseded by this checkpoint, written here and now
-            # Tune persists the checkpoint into the trial folder before report returns; get_checkpoint() is then it.
-            _report_written(lambda checkpoint: tune.report(for_tune(metrics), checkpoint=checkpoint), tune.Checkpoint,
-                            write, stored)
-            self.metrics, self.checkpoint = dict(metrics), tune.get_checkpoint()
+            self._start(metrics, write, stored, threaded=False)
+            self._register(self._written(wait=True), metrics)
             return None
-        # A written checkpoint goes with this report; the last report waits for one still being written.
+        # A written checkpoint goes with this report; a new one (at most one in flight) or the last report waits for
+        # one still being written.
         ready = self._written(wait=final or write is not None)
-        started = self._start(metrics, write, stored) if write is not None else None
-        try:
-            tune.report(for_tune(metrics), checkpoint=None if ready is None else tune.Checkpoint.from_directory(
-                str(ready.directory)))
-        finally:
-            if ready is not None:
-                shutil.rmtree(ready.directory, ignore_errors=True)  # Tune copied it into the trial folder
-        if ready is not None:
-            self.metrics, self.checkpoint = ready.metrics, tune.get_checkpoint()
-            if ready.stored is not None:
-                ready.stored()
+        started = self._start(metrics, write, stored, threaded=True) if write is not None else None
+        if ready is None:
+            tune.report(for_tune(metrics))
+        else:
+            self._register(ready, metrics)
         return started
 
-    def _start(self, metrics: dict[str, Any], write: Write, stored: Callable[[], None] | None) -> threading.Event:
-        pending = self._pending = _Pending(Path(tempfile.mkdtemp(prefix="yxanul-ckpt-")), dict(metrics), stored)
+    def _start(self, metrics: dict[str, Any], write: Write, stored: Callable[[], None] | None,
+               threaded: bool) -> threading.Event:
+        """Reserve the checkpoint's place in Tune's numbering (in this, the trainable's thread) and write it there,
+        in a writer thread or here."""
+        from ray.train._internal.session import get_session
+
+        storage = get_session().storage
+        storage._check_validation_file()  # as Tune's own persist: a local storage path must be this node's
+        storage._update_checkpoint_index(metrics)
+        place = _Place(storage.storage_filesystem, storage.checkpoint_fs_path, storage.checkpoint_dir_name)
+        pending = self._pending = _Pending(place, dict(metrics), stored)
 
         def run() -> None:
             try:
-                write(str(pending.directory))
+                place.fill(write)
             except BaseException as exc:  # handed to the training thread by the next report
                 pending.error = exc
             finally:
                 pending.done.set()
 
-        threading.Thread(target=run, name="yxanul-checkpoint-writer", daemon=True).start()
+        if threaded:
+            threading.Thread(target=run, name="yxanul-checkpoint-writer", daemon=True).start()
+        else:
+            run()
         return pending.done
+
+    def _register(self, ready: _Pending, metrics: dict[str, Any]) -> None:
+        """Report ``metrics`` to Tune with the written checkpoint ``ready``: what Tune's ``report`` does once it
+        has copied a checkpoint (auto-filled metrics, the checkpoint's folder name, the trial's artifacts synced,
+        the result handed to Tune, which may end the trial here), its files already in place."""
+        from ray import tune
+        from ray.train._internal.session import _TrainingResult, get_session
+        from ray.train.constants import CHECKPOINT_DIR_NAME
+
+        session = get_session()
+        result = session._auto_fill_metrics(for_tune(metrics))
+        result[CHECKPOINT_DIR_NAME] = ready.place.name
+        session.storage.persist_artifacts(force=session.storage.sync_config.sync_artifacts_on_checkpoint)
+        checkpoint = tune.Checkpoint(filesystem=ready.place.filesystem, path=ready.place.path)
+        session._report_training_result(_TrainingResult(checkpoint=checkpoint, metrics=result))
+        self.metrics, self.checkpoint = ready.metrics, tune.get_checkpoint()
+        if ready.stored is not None:
+            ready.stored()
 
     def _written(self, wait: bool) -> _Pending | None:
         """The pending checkpoint once its files are complete (waiting for them if ``wait``), else None; a failure
@@ -246,14 +320,14 @@ class TuneSession:
         pending.done.wait()
         self._pending = None
         if pending.error is not None:
-            shutil.rmtree(pending.directory, ignore_errors=True)
+            pending.place.discard()
             raise pending.error
         return pending
 
     def close(self) -> None:
-        """Drop a checkpoint not yet reported (the run ended without another report): waits for its writer and
+        """Drop a checkpoint not yet registered (the run ended without another report): waits for its writer and
         removes its files. Called by the run's end, whatever way it ends."""
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.done.wait()
-            shutil.rmtree(pending.directory, ignore_errors=True)
+            pending.place.discard()
