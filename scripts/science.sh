@@ -12,6 +12,10 @@
 #   lr-check  then the sweep's other rates at seed 0 (`lr` less the rate `noise` ran): was that rate the best?
 #             LR_CHECK_RATES="[0.004]" runs only those (rates measured in an earlier round on the same recipe)
 #   collect   runs.jsonl + criteria.json (scripts/calibration.py) of everything above
+#   fp8       the shipped comparison fp8-vs-bf16 (issue 24), then its report (jobs.compare) into $OUT/fp8-vs-bf16
+#   curricula the shipped comparison curriculum-variants (issue 25; needs `decomposed`), report into
+#             $OUT/curriculum-variants; COMPARE_OVERRIDES="key=value ..." (split at spaces) is added to either,
+#             e.g. "sweep.seeds=[0,1]"; the same command resumes an interrupted sweep (same machine, ./outputs)
 #   tests     pytest -m gpu tests/gpu
 #
 # Everything runs from the repository root with the default relative paths of experiments/runs/science.yaml
@@ -125,12 +129,25 @@ collect() {
     $py scripts/calibration.py collect --tracking-uri "$uri" --out "$out" ${wall:+--sweep-wall-s "$wall"} | tail -40
     cp outputs/mlflow.db "$out/mlflow.db" 2>/dev/null
 }
+comparison() {  # $1 = a shipped sweep: run it on the science setup, then its report into $out/$1
+    local name=$1 start status
+    local -a narrow
+    read -r -a narrow <<< "${COMPARE_OVERRIDES:-}"
+    start=$(date +%s)
+    $py -m jobs.sweep "$name" "tracking.uri=$uri" "${extra[@]}" "${sweep_extra[@]}" "${narrow[@]}" 2>&1 \
+        | tee -a "$out/$name.log" | grep -v "^$" | grep -v "Failed to query Ray Train Controller" | tail -25
+    status=${PIPESTATUS[0]}
+    echo "{\"sweep\": \"$name\", \"wall_s\": $(( $(date +%s) - start )), \"rc\": $status}" >> "$out/sweeps.jsonl"
+    $py -m jobs.compare --sweep "$name" --out "$out/$name" --tracking-uri "$uri" 2>&1 | tee -a "$out/$name.log" | tail -30
+    cp outputs/mlflow.db "$out/mlflow.db" 2>/dev/null
+    return "$status"
+}
 tests() {
     $py -m pytest -m gpu tests/gpu -p no:cacheprovider -q -rA -s --timeout 500 2>&1 | tee "$out/gpu_tests.log" \
         | grep -v "^$" | tail -40
     return "${PIPESTATUS[0]}"
 }
-[ $# -gt 0 ] || { sed -n '3,13p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '3,19p' "$0"; exit 2; }
 { date -u +%FT%TZ; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null; } \
     >> "$out/env.txt"
 for stage in "$@"; do
@@ -142,6 +159,8 @@ for stage in "$@"; do
         noise) noise || rc=$? ;;
         lr-check) lr_check || rc=$? ;;
         collect) collect || rc=$? ;;
+        fp8) comparison fp8-vs-bf16 || rc=$? ;;
+        curricula) comparison curriculum-variants || rc=$? ;;
         tests) tests || rc=$? ;;
         *) echo "unknown stage $stage" >&2; exit 2 ;;
     esac
