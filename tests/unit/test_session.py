@@ -94,20 +94,22 @@ def test_in_process_checkpoints_are_written_in_place_off_the_training_thread_and
     assert registered(0) == ({"step": 2, CHECKPOINT_DIR_NAME: "checkpoint_000000"}, "checkpoint_000000", "step 1")
     assert markers == ["1"] and session.metrics == {"step": 1} and len(plain) == 1
     assert session.checkpoint.path == str(trial / "checkpoint_000000")
+    (trial / "checkpoint_000001").mkdir()  # left unregistered by an interrupted earlier start: replaced
+    (trial / "checkpoint_000001" / "junk").write_text("x")
     slow = session.report({"step": 3}, writer("step 3", gate=release), lambda: markers.append("3"), asynchronous=True)
     session.report({"step": 4})  # step 3 still being written: not waited for
     assert plain[-1] == {"step": 4} and len(fake.results) == 1 and not slow.is_set()
     release.set()
-    (trial / "checkpoint_000002").mkdir()  # left unregistered by an interrupted earlier start: replaced
-    (trial / "checkpoint_000002" / "junk").write_text("x")
     session.report({"step": 5, "done": 1.0}, writer("step 5", gate="inline"), lambda: markers.append("5"),
                    asynchronous=True)
-    # the last report writes its own checkpoint here; step 3's, superseded, is dropped with its folder
-    assert registered(1) == ({"finished": 1.0, "step": 5, CHECKPOINT_DIR_NAME: "checkpoint_000002"},
-                             "checkpoint_000002", "step 5")
+    # the last report writes its own checkpoint here, in the place of step 3's, which it supersedes: no gap in
+    # the numbering (a restored trial counts on it: its next folder must not be a registered checkpoint)
+    assert registered(1) == ({"finished": 1.0, "step": 5, CHECKPOINT_DIR_NAME: "checkpoint_000001"},
+                             "checkpoint_000001", "step 5")
     assert markers == ["1", "5"] and session.metrics == {"step": 5, "done": 1.0}
-    assert folders() == ["checkpoint_000000", "checkpoint_000002"]
-    assert sorted(p.name for p in (trial / "checkpoint_000002").iterdir()) == ["state"]
+    assert folders() == ["checkpoint_000000", "checkpoint_000001"]
+    assert sorted(p.name for p in (trial / "checkpoint_000001").iterdir()) == ["state"]
+    assert storage.current_checkpoint_index == 1  # as Tune's driver counts the two registered checkpoints
 
     def broken(folder):
         (Path(folder) / "half").write_text("x")
@@ -117,7 +119,7 @@ def test_in_process_checkpoints_are_written_in_place_off_the_training_thread_and
     assert failed.report({"step": 6}, broken, None, asynchronous=True).wait(10)
     with pytest.raises(OSError, match="disk full"):
         failed.report({"step": 7})
-    assert folders() == ["checkpoint_000000", "checkpoint_000002"]  # nothing of the failed one, staging included
+    assert folders() == ["checkpoint_000000", "checkpoint_000001"]  # nothing of the failed one, staging included
 
 
 def test_in_process_checkpoints_on_storage_other_than_a_local_path_are_copied_there_by_the_writer(

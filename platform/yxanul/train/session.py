@@ -216,10 +216,12 @@ class TuneSession:
     science model, most of a trial's checkpoint time on an H100 (docs/benchmarks.md). Asynchronous checkpoints
     (``checkpoint.asynchronous``) are written in a thread of this session and registered by the next report once
     complete: one report late (Ray Train's asynchronous uploads register late too), with the metrics of that
-    report, its contents its own step's. The last report (``done``) writes its own checkpoint in this thread (a
-    pending one, superseded, is dropped) or, without one, waits for the pending one and registers it, so a
-    finished trial ends on its final checkpoint. A checkpoint still being written when the run stops is dropped
-    with its files (:meth:`close`); the resume takes the one before."""
+    report, its contents its own step's. The last report (``done``) writes its own checkpoint in this thread, in
+    the place of a pending one it supersedes (dropped), or, without one, waits for the pending one and registers
+    it, so a finished trial ends on its final checkpoint. A checkpoint still being written when the run stops is
+    dropped with its files (:meth:`close`); the resume takes the one before. The folders are numbered without a
+    gap before a registered one, as Tune numbers them, so a restored trial's next folder is never a registered
+    checkpoint: a folder found there was left by an interrupted start and is replaced."""
 
     kind = "in_process"
     rank, world, uploads_async = 0, 1, True
@@ -253,8 +255,8 @@ class TuneSession:
 
         final = float(metrics.get("done", 0.0)) >= 1.0
         if write is not None and (final or not asynchronous):
-            self.close()  # superseded by this checkpoint, written here and now
-            self._start(metrics, write, stored, threaded=False)
+            # Written here and now, in the place of a pending checkpoint it supersedes (dropped with its files).
+            self._start(metrics, write, stored, threaded=False, place=self._drop())
             self._register(self._written(wait=True), metrics)
             return None
         # A written checkpoint goes with this report; a new one (at most one in flight) or the last report waits for
@@ -267,16 +269,17 @@ class TuneSession:
             self._register(ready, metrics)
         return started
 
-    def _start(self, metrics: dict[str, Any], write: Write, stored: Callable[[], None] | None,
-               threaded: bool) -> threading.Event:
-        """Reserve the checkpoint's place in Tune's numbering (in this, the trainable's thread) and write it there,
-        in a writer thread or here."""
-        from ray.train._internal.session import get_session
+    def _start(self, metrics: dict[str, Any], write: Write, stored: Callable[[], None] | None, threaded: bool,
+               place: _Place | None = None) -> threading.Event:
+        """Write the checkpoint into ``place`` or, without one, the next place in Tune's numbering (reserved in this,
+        the trainable's thread), in a writer thread or here."""
+        if place is None:
+            from ray.train._internal.session import get_session
 
-        storage = get_session().storage
-        storage._check_validation_file()  # as Tune's own persist: a local storage path must be this node's
-        storage._update_checkpoint_index(metrics)
-        place = _Place(storage.storage_filesystem, storage.checkpoint_fs_path, storage.checkpoint_dir_name)
+            storage = get_session().storage
+            storage._check_validation_file()  # as Tune's own persist: a local storage path must be this node's
+            storage._update_checkpoint_index(metrics)
+            place = _Place(storage.storage_filesystem, storage.checkpoint_fs_path, storage.checkpoint_dir_name)
         pending = self._pending = _Pending(place, dict(metrics), stored)
 
         def run() -> None:
@@ -324,10 +327,15 @@ class TuneSession:
             raise pending.error
         return pending
 
-    def close(self) -> None:
-        """Drop a checkpoint not yet registered (the run ended without another report): waits for its writer and
-        removes its files. Called by the run's end, whatever way it ends."""
+    def _drop(self) -> _Place | None:
+        """Drop the checkpoint not yet registered, if any: wait for its writer, remove its files, return its place."""
         pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.done.wait()
-            pending.place.discard()
+        if pending is None:
+            return None
+        pending.done.wait()
+        pending.place.discard()
+        return pending.place
+
+    def close(self) -> None:
+        """The run has ended, whatever way: a checkpoint not yet registered is dropped with its files."""
+        self._drop()
