@@ -155,6 +155,14 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return every > 0 and after // every > before // every
 
 
+def _eta_s(tokens_left: int, steady_tokens_per_s: float, tokens: int, elapsed_s: float) -> float:
+    """Seconds to the end of the run for the progress line: at the steady rate of the last interval's timed steps
+    (the first step of each shape, which compiles, and profiled steps are not in it), else at the run's average so
+    far, else nan. The average alone would read a 2.5-minute run as 30 minutes after its first compile."""
+    rate = steady_tokens_per_s if steady_tokens_per_s > 0 else (tokens / elapsed_s if elapsed_s > 0 else math.nan)
+    return tokens_left / rate
+
+
 def _bar(done: int, total: int, width: int = 20) -> str:
     filled = int(width * done / total) if total else width
     return "[" + "#" * filled + "." * (width - filled) + f"] {100 * done / total:5.1f}%"
@@ -632,7 +640,7 @@ class _Loop:
         self.tracker.log_metrics(metrics, step=self.state.tokens)
         if self.rank == 0:
             tokens_left = (stop_step - self.state.step) * self.cfg.train.tokens_per_step
-            rate = self.state.tokens / self.state.elapsed_s if self.state.elapsed_s > 0 else float("nan")
+            eta = _eta_s(tokens_left, throughput.tokens_per_s, self.state.tokens, self.state.elapsed_s)
             loss = f"{metrics['train/loss']:.4f}" if "train/loss" in metrics else "skipped"
             mfu = f" mfu {100 * throughput.mfu_bf16:.1f}%" if throughput.mfu_bf16 is not None else ""
             mem = f" mem {throughput.peak_mem_gib:.1f}GiB" if throughput.peak_mem_gib is not None else ""
@@ -640,7 +648,7 @@ class _Loop:
             worker_print(self.cfg.run.name, f"{_bar(self.state.step, stop_step)} step {self.state.step}/{stop_step} "
                          f"tokens {human_count(self.state.tokens)} stage {stage.index} seq {stage.seq_len} loss {loss} "
                          f"lr {lr:.2e} gnorm {metrics['train/grad_norm']:.3f} {throughput.tokens_per_s:,.0f} tok/s"
-                         f"{per_gpu}{mfu}{mem} eta {clock(tokens_left / rate)}")
+                         f"{per_gpu}{mfu}{mem} eta {clock(eta)}")
         return metrics
 
     @torch.no_grad()
