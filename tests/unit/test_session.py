@@ -152,6 +152,9 @@ def test_in_process_checkpoints_on_storage_other_than_a_local_path_are_copied_th
     assert [p.name for p in trial.iterdir()] == ["checkpoint_000000"]
     assert (trial / "checkpoint_000000" / "state").read_text().startswith("written in yxanul-ckpt-")  # a local copy
     assert fake.results[0].checkpoint.path == "/exp/trial/checkpoint_000000"
+    (trial / "checkpoint_000001").mkdir()  # left unregistered by an interrupted earlier start: replaced
+    (trial / "checkpoint_000001" / "junk").write_text("x")
     session.report({"step": 3}, write, None, asynchronous=True).wait(10)
+    assert [p.name for p in (trial / "checkpoint_000001").iterdir()] == ["state"]
     session.close()  # the run ended before the next report: the unregistered copy goes
     assert [p.name for p in trial.iterdir()] == ["checkpoint_000000"]

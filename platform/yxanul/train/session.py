@@ -153,20 +153,27 @@ class _Place:
     path: str
     name: str
 
-    def fill(self, write: Write) -> None:
-        """Write the checkpoint into its place (any thread). On local storage the files are written into a hidden
-        sibling folder renamed into place once complete, so nothing is copied and a folder named ``checkpoint_*``
-        is always whole; elsewhere (S3, GCS, NFS through fsspec) into a local folder then copied there."""
+    @property
+    def _local(self) -> bool:
         import pyarrow.fs
 
-        if isinstance(self.filesystem, pyarrow.fs.LocalFileSystem):
-            target = Path(self.path)
-            staging = target.with_name(f".{target.name}.writing")
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-            write(str(staging))
-            shutil.rmtree(target, ignore_errors=True)  # left unregistered by an interrupted earlier start
-            staging.rename(target)
+        return isinstance(self.filesystem, pyarrow.fs.LocalFileSystem)
+
+    @property
+    def _staging(self) -> Path:
+        """On local storage, the hidden sibling folder the files are written into before the rename."""
+        return Path(self.path).with_name(f".{self.name}.writing")
+
+    def fill(self, write: Write) -> None:
+        """Write the checkpoint into its place (any thread), replacing what an interrupted earlier start left there
+        unregistered. On local storage the files are written into a hidden sibling folder renamed into place once
+        complete, so nothing is copied and a folder named ``checkpoint_*`` is always whole; elsewhere (S3, GCS, a
+        custom pyarrow filesystem) into a local folder, then copied there."""
+        self.discard()
+        if self._local:
+            self._staging.mkdir(parents=True)
+            write(str(self._staging))
+            self._staging.rename(self.path)
             return
         from ray.train._internal.storage import _pyarrow_fs_copy_files
 
@@ -180,17 +187,14 @@ class _Place:
 
     def discard(self) -> None:
         """Remove whatever was written of a checkpoint that will not be registered."""
-        import pyarrow.fs
-
-        if isinstance(self.filesystem, pyarrow.fs.LocalFileSystem):
-            target = Path(self.path)
-            shutil.rmtree(target.with_name(f".{target.name}.writing"), ignore_errors=True)
-            shutil.rmtree(target, ignore_errors=True)
+        if self._local:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            shutil.rmtree(self.path, ignore_errors=True)
             return
         try:
             self.filesystem.delete_dir(self.path)
         except OSError:
-            pass  # never written
+            pass  # nothing there
 
 
 @dataclass
