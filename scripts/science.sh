@@ -81,15 +81,16 @@ for name in sys.argv[2:]:
         fh.write(json.dumps(row) + "\n")
 EOF
 }
-sweep() {  # $1 = log name, rest = jobs.sweep arguments
-    local name=$1 start; shift
+sweep_of() {  # $1 = sweep file, $2 = log name, rest = jobs.sweep arguments; its wall time goes into sweeps.jsonl
+    local file=$1 name=$2 start; shift 2
     start=$(date +%s)
-    $py -m jobs.sweep science-calibration "tracking.uri=$uri" "${extra[@]}" "${sweep_extra[@]}" "$@" 2>&1 | tee -a "$out/$name.log" \
+    $py -m jobs.sweep "$file" "tracking.uri=$uri" "${extra[@]}" "${sweep_extra[@]}" "$@" 2>&1 | tee -a "$out/$name.log" \
         | grep -v "^$" | grep -v "Failed to query Ray Train Controller" | tail -25
     local status=${PIPESTATUS[0]}
     echo "{\"sweep\": \"$name\", \"wall_s\": $(( $(date +%s) - start )), \"rc\": $status}" >> "$out/sweeps.jsonl"
     return "$status"
 }
+sweep() { sweep_of science-calibration "$@"; }  # $1 = log name, rest = jobs.sweep arguments
 seeds() {
     local lr
     lr=$($py scripts/calibration.py choose --tracking-uri "$uri") || return 1
@@ -130,15 +131,15 @@ collect() {
     cp outputs/mlflow.db "$out/mlflow.db" 2>/dev/null
 }
 comparison() {  # $1 = a shipped sweep: run it on the science setup, then its report into $out/$1
-    local name=$1 start status
+    local name=$1 compared=$1 status override
     local -a narrow
     read -r -a narrow <<< "${COMPARE_OVERRIDES:-}"
-    start=$(date +%s)
-    $py -m jobs.sweep "$name" "tracking.uri=$uri" "${extra[@]}" "${sweep_extra[@]}" "${narrow[@]}" 2>&1 \
-        | tee -a "$out/$name.log" | grep -v "^$" | grep -v "Failed to query Ray Train Controller" | tail -25
-    status=${PIPESTATUS[0]}
-    echo "{\"sweep\": \"$name\", \"wall_s\": $(( $(date +%s) - start )), \"rc\": $status}" >> "$out/sweeps.jsonl"
-    $py -m jobs.compare --sweep "$name" --out "$out/$name" --tracking-uri "$uri" 2>&1 | tee -a "$out/$name.log" | tail -30
+    for override in "${narrow[@]}"; do  # a renamed sweep is compared under its own name, not the file's
+        [[ $override == sweep.name=* ]] && compared=${override#sweep.name=}
+    done
+    sweep_of "$name" "$name" "${narrow[@]}"
+    status=$?
+    $py -m jobs.compare --sweep "$compared" --out "$out/$name" --tracking-uri "$uri" 2>&1 | tee -a "$out/$name.log" | tail -30
     cp outputs/mlflow.db "$out/mlflow.db" 2>/dev/null
     return "$status"
 }
