@@ -1,6 +1,7 @@
 """Compare runs from MLflow: seed statistics and verdicts, tables (CSV + Markdown), plots (PNG), one HTML page.
 
     python -m jobs.compare --sweep fp8-vs-bf16 --out outputs/reports/fp8-vs-bf16
+    python -m jobs.compare --sweep fp8-vs-bf16 --sweep fp8-vs-bf16-seed2 --out outputs/reports/fp8-vs-bf16
     python -m jobs.compare --experiment yxanul --out outputs/reports/all --tracking-uri http://127.0.0.1:5000
 
 Reads MLflow only. Says what ran (the arms' recorded configuration, resolved FP8 plan, model, data), then
@@ -22,7 +23,10 @@ from yxanul.cli import run_job
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--sweep", help="sweep name (tag yxanul.sweep): compares the children of its latest parent run")
+    which.add_argument("--sweep", action="append",
+                       help="sweep name (tag yxanul.sweep): compares the children of its latest parent run; give it "
+                            "again to compare several sweeps as one (a comparison run in parts, e.g. seeds 0-1 and "
+                            "later seed 2 under another sweep.name in the same store)")
     which.add_argument("--experiment", help="MLflow experiment name: compares all its runs")
     parser.add_argument("--parent-run-id", default=None,
                         help="with --sweep: this parent run rather than the latest of that name")
@@ -50,10 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                           reference=args.reference, command=command, parent_run_id=args.parent_run_id)
     files = write_report(report, args.out)
     say(format_summary(report))
-    parent_id = report.parent.run_id if report.parent else None
-    if parent_id and not args.no_log:
-        log_report(uri, parent_id, files)
-        say(f"logged to MLflow run {parent_id} (artifacts: comparison/)")
+    # every sweep compared keeps the report; an experiment's runs only when they are one sweep's
+    parent_ids = [p.run_id for p in report.parents] if args.sweep else [report.parent.run_id] if report.parent else []
+    if parent_ids and not args.no_log:
+        for parent_id in parent_ids:
+            log_report(uri, parent_id, files)
+        say(f"logged to MLflow run{'s' if len(parent_ids) > 1 else ''} {', '.join(parent_ids)} (artifacts: comparison/)")
     say(f"report: {files[-1]}")
     return 0
 

@@ -8,6 +8,7 @@ is rendered in a real headless Chromium at a laptop's width."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from jobs import compare
 from yxanul import tags as T
+from yxanul.errors import TrackingError
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -131,7 +133,6 @@ def test_compare_local_sqlite_store(local_store, tmp_path, capsys):
     assert compare.main(["--sweep", "syn-sweep", "--parent-run-id", parent, "--out", str(tmp_path / "by-id"),
                          "--tracking-uri", uri, "--target-bpb", "1.75", "--no-log"]) == 0
     check_report(tmp_path / "by-id")
-    from yxanul.errors import TrackingError
 
     with pytest.raises(TrackingError, match="no parent run 0123456789abcdef"):
         compare.main(["--sweep", "syn-sweep", "--parent-run-id", "0123456789abcdef", "--out", str(tmp_path / "x"),
@@ -157,7 +158,6 @@ def test_compare_http_server(mlflow_server, tmp_path):
 
 
 def test_compare_errors_are_one_line_and_write_nothing(local_store, tmp_path):
-    from yxanul.errors import TrackingError
 
     proc = subprocess.run([sys.executable, "-m", "jobs.compare", "--sweep", "nope", "--out", str(tmp_path / "o"),
                            "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"],
@@ -323,18 +323,25 @@ def test_seed_statistics_from_a_real_store(seeded_report):
 
 
 
-def test_seeds_run_as_two_sweeps_compare_as_one_experiment(tmp_path, capsys):
+def test_seeds_run_as_two_sweeps_compare_as_one(tmp_path, capsys):
     """A comparison larger than one machine's session (the science-scale fp8-vs-bf16 is 9 trials, ~30 minutes of an
-    H100): seeds 0-1 as one sweep, seed 2 later as another (its own sweep.name, the same tracking.experiment and
-    MLflow store), then `jobs.compare --experiment` pairs the arms over all three seeds (docs/sweeps.md)."""
+    H100): seeds 0-1 as one sweep, seed 2 later as another (its own sweep.name, the same MLflow store), then
+    `jobs.compare --sweep A --sweep B` (or `--experiment`) pairs the arms over all three seeds (docs/sweeps.md), with
+    the reference, target and target effect both sweeps fixed, each sweep's command, and the report on both."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.create_experiment("split", artifact_location=(tmp_path / "artifacts").as_uri())
     finals = {"bf16": {0: 1.230, 1: 1.240, 2: 1.235}, "fp8": {0: 1.232, 1: 1.241, 2: 1.239}}  # gaps +.002 +.001 +.004
     speed = {"bf16": {0: 300.0, 1: 300.0, 2: 300.0}, "fp8": {0: 330.0, 1: 324.0, 2: 336.0}}  # 1.10x 1.08x 1.12x
-    trial = 0
+    trial, parents = 0, []
     for sweep, seeds in (("split-a", (0, 1)), ("split-b", (2,))):
-        parent = client.create_run(exp_id, run_name=sweep, tags={T.SWEEP_TAG: sweep, T.ROLE_TAG: T.ROLE_SWEEP}).info
+        parent = client.create_run(exp_id, run_name=sweep, tags={
+            T.SWEEP_TAG: sweep, T.ROLE_TAG: T.ROLE_SWEEP,
+            T.COMMAND_TAG: f"python -m jobs.sweep fp8-vs-bf16 sweep.name={sweep} sweep.seeds={list(seeds)}"}).info
+        parents.append(parent.run_id)
+        client.log_batch(parent.run_id, params=[Param("sweep.reference", "precision.mode=bf16"),
+                                                Param("sweep.target_bpb", "1.25"), Param("sweep.target_effect", "0.01"),
+                                                Param("sweep.command_overrides", json.dumps([f"sweep.name={sweep}"]))])
         for seed in seeds:
             for precision in ("bf16", "fp8"):
                 rid = client.create_run(exp_id, run_name=f"{sweep}-t{trial:02d}", start_time=1_000 + trial, tags={
@@ -354,15 +361,38 @@ def test_seeds_run_as_two_sweeps_compare_as_one_experiment(tmp_path, capsys):
         client.set_tag(parent.run_id, T.STATUS_TAG, "finished")
         client.set_terminated(parent.run_id, "FINISHED")
     out = tmp_path / "report"
-    assert compare.main(["--experiment", "split", "--out", str(out), "--tracking-uri", uri, "--no-log",
-                         "--reference", "precision.mode=bf16", "--target-bpb", "1.25"]) == 0
+    assert compare.main(["--sweep", "split-a", "--sweep", "split-b", "--out", str(out), "--tracking-uri", uri]) == 0
     [c] = rows(out / "comparisons.csv")
     assert (c["arm"], c["reference"], c["seeds_paired"]) == ("precision.mode=fp8", "precision.mode=bf16", "3")
     assert float(c["bpb_gap_mean"]) == pytest.approx((0.002 + 0.001 + 0.004) / 3)
     assert float(c["speedup_mean"]) == pytest.approx((1.10 * 1.08 * 1.12) ** (1 / 3), rel=1e-9)
     arms = {r["arm"]: r for r in rows(out / "arms.csv")}
     assert arms["precision.mode=bf16"]["seeds"] == arms["precision.mode=fp8"]["seeds"] == "0 1 2"
-    assert "3 matched seeds" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "3 matched seeds" in said and f"logged to MLflow runs {parents[0]}, {parents[1]}" in said
+    md = (out / "comparison.md").read_text()
+    assert "target: 1.2500 bits/byte (fixed in the sweep file (target_bpb))" in md
+    # seeds to decide come from the sweeps' target effect (both fixed 0.01) at the gaps' sd (0.0015)
+    assert "seed pairs for a difference of 0.0100 bits/byte (sweep.target_effect)" in md
+    for line in ("- sweep commands: split-a: python -m jobs.sweep fp8-vs-bf16 sweep.name=split-a sweep.seeds=[0, 1]; "
+                 "split-b: python -m jobs.sweep fp8-vs-bf16 sweep.name=split-b sweep.seeds=[2]",
+                 "- overrides on the sweep file: split-a: sweep.name=split-a; split-b: sweep.name=split-b",
+                 f"- sweep runs: split-a: {parents[0]} (experiment {exp_id}); split-b: {parents[1]} (experiment {exp_id})",
+                 "- history: split-a: sweep run finished; split-b: sweep run finished"):
+        assert line in md, line
+    for parent in parents:
+        assert "comparison.md" in logged_files(uri, parent)
+    # the same runs as one experiment: every parent's sweep.* agree, so the same reference and target
+    assert compare.main(["--experiment", "split", "--out", str(tmp_path / "by-experiment"), "--tracking-uri", uri,
+                         "--no-log"]) == 0
+    assert rows(tmp_path / "by-experiment" / "comparisons.csv") == rows(out / "comparisons.csv")
+    # sweeps that fixed different targets are not one design: the report says so and writes nothing
+    client.log_param(client.create_run(exp_id, run_name="split-c", tags={T.SWEEP_TAG: "split-c"}).info.run_id,
+                     "sweep.target_bpb", "1.3")
+    with pytest.raises(TrackingError, match=r"the sweeps disagree on their target_bpb: split-a: 1.25, split-c: 1.3; "
+                                            "give --target-bpb to compare them anyway"):
+        compare.main(["--sweep", "split-a", "--sweep", "split-c", "--out", str(tmp_path / "mixed"), "--tracking-uri", uri])
+    assert not (tmp_path / "mixed").exists()
 
 def test_report_html_renders_in_headless_chromium(seeded_report, tmp_path):
     """The page as a person sees it: Chromium (Debian package `chromium`; .ci/run installs it) loads it at a

@@ -303,12 +303,12 @@ def test_the_mlflow_ui_is_a_link_for_a_server_and_an_exact_command_for_a_local_s
     from yxanul.report.words import mlflow_link
 
     parent = SweepRecord("p" * 32, "s", "7", "interrupted", running=False)
-    report = build_report(sweep_runs(), "sweep s", parent=parent, tracking_uri="http://mlflow.example:5000/")
+    report = build_report(sweep_runs(), "sweep s", parents=[parent], tracking_uri="http://mlflow.example:5000/")
     assert mlflow_link(report) == f"http://mlflow.example:5000/#/experiments/7/runs/{'p' * 32}"
     monkeypatch.chdir(tmp_path)
-    local = build_report(sweep_runs(), "sweep s", parent=parent, tracking_uri=f"sqlite:///{tmp_path}/store/mlflow.db")
+    local = build_report(sweep_runs(), "sweep s", parents=[parent], tracking_uri=f"sqlite:///{tmp_path}/store/mlflow.db")
     assert mlflow_link(local) == "mlflow ui --backend-store-uri sqlite:///store/mlflow.db"
-    elsewhere = build_report(sweep_runs(), "sweep s", parent=parent, tracking_uri="sqlite:////srv/runs/mlflow.db")
+    elsewhere = build_report(sweep_runs(), "sweep s", parents=[parent], tracking_uri="sqlite:////srv/runs/mlflow.db")
     assert mlflow_link(elsewhere) == "mlflow ui --backend-store-uri sqlite:////srv/runs/mlflow.db"
 
 
@@ -331,7 +331,7 @@ def test_a_seeds_auto_sweep_states_its_stopping_rule_and_each_comparisons_decisi
                     tags=FP8_HEAD) for s, (f, t) in bf16.items()]
     parent = SweepRecord("p" * 32, "s", "7", "finished", running=False,
                          params={"sweep.seeds": '"auto"', "sweep.max_seeds": "6", "sweep.equivalence_margin": "0.01"})
-    report = build_report(runs, "sweep s", parent=parent)
+    report = build_report(runs, "sweep s", parents=[parent])
     design = report.sequential
     assert design == SequentialDesign(max_seeds=6, margin=0.01)
     [c] = report.comparisons
@@ -372,7 +372,7 @@ def test_the_design_says_how_many_seeds_would_decide_a_comparison_it_could_not()
     from yxanul.report.fetch import SweepRecord
 
     parent = SweepRecord("p" * 32, "s", "7", "finished", running=False, params={"sweep.target_effect": "0.01"})
-    report = build_report(sweep_runs(), "sweep fp8-vs-bf16", parent=parent)
+    report = build_report(sweep_runs(), "sweep fp8-vs-bf16", parents=[parent])
     [c] = report.comparisons
     assert c.quality_verdict == "no difference detected"
     [line] = [line for line in design_lines(report) if line.startswith("seeds to decide, ")]
@@ -390,3 +390,17 @@ def test_the_design_says_how_many_seeds_would_decide_a_comparison_it_could_not()
     detected = build_report(runs, "sweep s")
     assert detected.comparisons[0].quality_verdict == "better"
     assert not [line for line in design_lines(detected) if line.startswith("seeds to decide, ")]
+
+
+def test_an_arm_whose_seeds_trained_different_configurations_is_flagged():
+    """Sweeps compared as one (seeds run in parts) must have trained one configuration per arm: a seed run at
+    another learning rate is named, key, values and seeds, and an arm whose seeds agree is not."""
+    runs = sweep_runs()
+    assert not [w for w in warnings(build_report(runs, "s")) if "did not all train the same" in w]
+    bf16_seed1 = next(r for r in runs if r.arm == "precision.mode=bf16" and r.replicate == 1)
+    bf16_seed1.params["optim.lr"] = "0.0005"
+    for r in runs:
+        r.params.setdefault("optim.lr", "0.00025")
+    said = [w for w in warnings(build_report(runs, "s")) if "did not all train the same" in w]
+    assert said == ["precision.mode=bf16: its runs did not all train the same configuration (optim.lr: 0.00025 "
+                    "(seed 0), 0.0005 (seed 1)): its seeds are not replicates of one arm."]

@@ -14,6 +14,8 @@ and printed in every report (``words.METHOD``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from yxanul.report.analysis import (
     ArmSummary,
     Comparison,
@@ -35,12 +37,13 @@ __all__ = ["FILES", "ArmSummary", "Comparison", "ComparisonReport", "Fetched", "
            "write_report"]
 
 
-def compare_runs(tracking_uri: str, *, sweep: str | None = None, experiment: str | None = None,
+def compare_runs(tracking_uri: str, *, sweep: str | Sequence[str] | None = None, experiment: str | None = None,
                  target_bpb: float | None = None, reference: str | None = None, command: str = "",
                  parent_run_id: str | None = None) -> ComparisonReport:
     """Fetch the runs and build the report, with the sweep's own reference arm and target (from its parent run:
-    ``parent_run_id``, else the latest of the sweep's name) unless ``target_bpb`` / ``reference`` are given."""
+    ``parent_run_id``, else the latest of the sweep's name; several sweeps: what they all say) unless
+    ``target_bpb`` / ``reference`` are given."""
     fetched = fetch_runs(tracking_uri, sweep=sweep, experiment=experiment, parent_run_id=parent_run_id)
     return build_report(fetched.runs, fetched.source, reference=reference, target_bpb=target_bpb,
                         target_source="given by --target-bpb" if target_bpb is not None else None,
-                        parent=fetched.parent, tracking_uri=tracking_uri, compare_command=command)
+                        parents=fetched.parents, tracking_uri=tracking_uri, compare_command=command)

@@ -33,7 +33,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from yxanul.errors import TrackingError
 from yxanul.formatting import shown_paths
@@ -602,13 +602,24 @@ class ComparisonReport:
     target_bpb: float | None
     target_source: str
     domains: list[str]
-    parent: SweepRecord | None = None
+    parents: list[SweepRecord] = field(default_factory=list)
+    """The parent runs of the sweeps compared (several: one comparison run in parts), in the order asked."""
     tracking_uri: str = ""
     compare_command: str = ""
     unigram_bpb: list[float] = field(default_factory=list)
     """The unigram baseline's val bits/byte the runs logged (``val/unigram_bpb``; one value per dataset)."""
     stages: list[StageRow] = field(default_factory=list)
     """Every measured arm's curriculum stages (a run without a curriculum has one)."""
+
+    @property
+    def parent(self) -> SweepRecord | None:
+        """The sweep's parent run when one sweep is compared (None for several, or loose runs)."""
+        return self.parents[0] if len(self.parents) == 1 else None
+
+    @property
+    def target_effect(self) -> float | None:
+        """The sweeps' ``target_effect`` (the smallest difference worth detecting) when they state one alike."""
+        return _agreed(self.parents, "target_effect")
 
     @property
     def curriculum(self) -> bool:
@@ -661,7 +672,21 @@ class ComparisonReport:
 
     @property
     def description(self) -> str:
-        return self.parent.description if self.parent else ""
+        return " / ".join(dict.fromkeys(p.description for p in self.parents if p.description))
+
+
+def _agreed(parents: Sequence[SweepRecord], attribute: str, flag: str = "") -> Any:
+    """What the sweeps' parent runs say about ``attribute`` (``reference``, ``target_bpb``, ``target_effect``):
+    the one value those that say it share, None when none says it. Sweeps that disagree are not one comparison:
+    with ``flag`` (the option that decides instead) that is a :class:`TrackingError`, else None."""
+    said = {p.name: value for p in parents if (value := getattr(p, attribute)) is not None}
+    if len(set(said.values())) <= 1:
+        return next(iter(said.values()), None)
+    if not flag:
+        return None
+    raise TrackingError(f"the sweeps disagree on their {attribute}: "
+                        + ", ".join(f"{name}: {value}" for name, value in said.items())
+                        + f"; give {flag} to compare them anyway")
 
 
 def _target(target_bpb: float | None, target_source: str | None, ref: ArmSummary | None) -> tuple[float | None, str]:
@@ -677,7 +702,8 @@ def _target(target_bpb: float | None, target_source: str | None, ref: ArmSummary
 
 def build_report(runs: Sequence[RunSeries], source: str = "runs", *, reference: str | None = None,
                  target_bpb: float | None = None, target_source: str | None = None,
-                 parent: SweepRecord | None = None, tracking_uri: str = "", compare_command: str = "") -> ComparisonReport:
+                 parents: Sequence[SweepRecord] = (), tracking_uri: str = "",
+                 compare_command: str = "") -> ComparisonReport:
     """Compute every number of the report from the runs' series.
 
     ``reference``: the reference arm (default: the sweep's, else the arm of the first run). ``target_bpb``: given
@@ -687,14 +713,16 @@ def build_report(runs: Sequence[RunSeries], source: str = "runs", *, reference: 
     grouped: dict[str, list[RunSeries]] = {}
     for run in runs:
         grouped.setdefault(run.arm, []).append(run)
-    if reference is None and parent is not None and parent.reference in grouped:
-        reference = parent.reference
+    parents = list(parents)
+    if reference is None:
+        said = _agreed(parents, "reference", "--reference")
+        reference = said if said in grouped else None
     if reference is not None and reference not in grouped:
         raise TrackingError(f"reference arm {reference!r} is not among the runs' arms: {', '.join(grouped)}; "
                             "check --reference")
     reference = reference if reference is not None else (runs[0].arm if runs else None)
-    if target_bpb is None and parent is not None and parent.target_bpb is not None:
-        target_bpb, target_source = parent.target_bpb, "fixed in the sweep file (target_bpb)"
+    if target_bpb is None and (said := _agreed(parents, "target_bpb", "--target-bpb")) is not None:
+        target_bpb, target_source = said, "fixed in the sweep file (target_bpb)"
 
     def finished_rows(members: list[RunSeries], target: float | None) -> dict[int, RunRow]:
         measured = [_row(r, target) for r in members if r.finished and r.series("val/bpb")]
@@ -755,6 +783,6 @@ def build_report(runs: Sequence[RunSeries], source: str = "runs", *, reference: 
     return ComparisonReport(
         source=source, runs=runs, rows=rows, arms=list(arms.values()), reference=reference, matched_seeds=matched,
         unmatched=unmatched, comparisons=comparisons, target_bpb=target_bpb, target_source=source_text,
-        domains=sorted({d for r in rows for d in r.domain_bpb}), parent=parent, tracking_uri=tracking_uri,
+        domains=sorted({d for r in rows for d in r.domain_bpb}), parents=parents, tracking_uri=tracking_uri,
         compare_command=compare_command, unigram_bpb=unigram,
         stages=[row for a in arms.values() if a.rows for row in stage_rows(a)])

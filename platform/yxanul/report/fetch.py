@@ -7,6 +7,7 @@ against the local SQLite store and a remote ``mlflow server`` alike. Tag names c
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,10 +85,16 @@ class SweepRecord:
 @dataclass
 class Fetched:
     runs: list[RunSeries]
-    parent: SweepRecord | None
+    parents: list[SweepRecord]
+    """The sweeps' parent runs, in the order asked (an experiment's: by start time); empty for loose runs."""
     source: str
-    """``sweep fp8-vs-bf16`` or ``experiment yxanul``."""
+    """``sweep fp8-vs-bf16``, ``sweeps fp8-vs-bf16 + fp8-vs-bf16-seed2`` or ``experiment yxanul``."""
     tracking_uri: str
+
+    @property
+    def parent(self) -> SweepRecord | None:
+        """The one sweep's parent run (None for several, or none)."""
+        return self.parents[0] if len(self.parents) == 1 else None
 
 
 def mlflow_client(tracking_uri: str) -> Any:
@@ -159,38 +166,43 @@ def _real_status(run: Any, parent: SweepRecord | None) -> tuple[str, str]:
     return status, reason
 
 
-def fetch_runs(tracking_uri: str, *, sweep: str | None = None, experiment: str | None = None,
+def fetch_runs(tracking_uri: str, *, sweep: str | Sequence[str] | None = None, experiment: str | None = None,
                parent_run_id: str | None = None) -> Fetched:
-    """Runs of a sweep (children of its latest parent run, or of ``parent_run_id`` when the caller holds it)
-    or of an experiment (every run that is not a parent), in trial order. Raises :class:`TrackingError` when
-    nothing matches."""
-    if (sweep is None) == (experiment is None):
-        raise TrackingError("give exactly one of --sweep NAME or --experiment NAME")
+    """Runs of one sweep or several (children of each one's latest parent run, or of ``parent_run_id`` when the
+    caller holds the one sweep's) or of an experiment (every run that is not a parent), in sweep then trial order.
+    Several sweeps are one comparison run in parts (seeds 0-1, then seed 2 on another day or machine, in the same
+    MLflow store). Raises :class:`TrackingError` when nothing matches."""
+    sweeps = [sweep] if isinstance(sweep, str) else list(dict.fromkeys(sweep)) if sweep is not None else []
+    if bool(sweeps) == (experiment is not None):
+        raise TrackingError("give --sweep NAME (one or more) or --experiment NAME, not both")
+    if parent_run_id is not None and len(sweeps) != 1:
+        raise TrackingError("--parent-run-id names the parent run of one sweep: give exactly one --sweep with it")
     client = mlflow_client(tracking_uri)
-    parent: Any = None
-    if sweep is not None and parent_run_id is not None:
+    parents: list[Any] = []
+    children: list[Any] = []
+    if parent_run_id is not None:
         try:
             parent = client.get_run(parent_run_id)
         except Exception as exc:  # MLflow raises MlflowException (or a REST error) for an unknown id
             raise TrackingError(f"no parent run {parent_run_id} in {tracking_uri} ({first_line(exc)}); check "
                                 "--parent-run-id and --tracking-uri") from None
-        if parent.data.tags.get(SWEEP_TAG) != sweep:
-            raise TrackingError(f"run {parent_run_id} is not the parent run of sweep {sweep!r} (its {SWEEP_TAG} tag "
-                                f"is {parent.data.tags.get(SWEEP_TAG)!r}); check --sweep and --parent-run-id")
+        if parent.data.tags.get(SWEEP_TAG) != sweeps[0]:
+            raise TrackingError(f"run {parent_run_id} is not the parent run of sweep {sweeps[0]!r} (its {SWEEP_TAG} "
+                                f"tag is {parent.data.tags.get(SWEEP_TAG)!r}); check --sweep and --parent-run-id")
+        parents = [parent]
         children = client.search_runs([parent.info.experiment_id], max_results=5000,
                                       filter_string=f"tags.`{PARENT_RUN_ID_TAG}` = {_quote(parent_run_id)}")
-        source = f"sweep {sweep}"
-    elif sweep is not None:
+    elif sweeps:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
-        found = client.search_runs(experiment_ids, filter_string=f"tags.`{SWEEP_TAG}` = {_quote(sweep)}",
-                                   order_by=["attributes.start_time DESC"], max_results=5000)
-        parents = [r for r in found if PARENT_RUN_ID_TAG not in r.data.tags]
-        if not parents:
-            raise TrackingError(f"no sweep named {sweep!r} in {tracking_uri} (no run tagged {SWEEP_TAG} without a "
-                                "parent); check the name and --tracking-uri")
-        parent = parents[0]  # the latest run of this sweep name
-        children = [r for r in found if r.data.tags.get(PARENT_RUN_ID_TAG) == parent.info.run_id]
-        source = f"sweep {sweep}"
+        for name in sweeps:
+            found = client.search_runs(experiment_ids, filter_string=f"tags.`{SWEEP_TAG}` = {_quote(name)}",
+                                       order_by=["attributes.start_time DESC"], max_results=5000)
+            latest = [r for r in found if PARENT_RUN_ID_TAG not in r.data.tags]
+            if not latest:
+                raise TrackingError(f"no sweep named {name!r} in {tracking_uri} (no run tagged {SWEEP_TAG} without a "
+                                    "parent); check the name and --tracking-uri")
+            parents.append(latest[0])  # the latest run of this sweep name
+            children += [r for r in found if r.data.tags.get(PARENT_RUN_ID_TAG) == latest[0].info.run_id]
     else:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
@@ -199,16 +211,23 @@ def fetch_runs(tracking_uri: str, *, sweep: str | None = None, experiment: str |
         found = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=5000)
         has_children = {r.data.tags.get(PARENT_RUN_ID_TAG) for r in found}
         children = [r for r in found if r.info.run_id not in has_children]
-        parent_ids = {r.data.tags.get(PARENT_RUN_ID_TAG) for r in children} - {None}
-        parent = client.get_run(parent_ids.pop()) if len(parent_ids) == 1 else None
-        source = f"experiment {experiment}"
+        by_id = {r.info.run_id: r for r in found}
+        parents = [by_id.get(i) or client.get_run(i)
+                   for i in dict.fromkeys(r.data.tags[PARENT_RUN_ID_TAG] for r in children
+                                          if PARENT_RUN_ID_TAG in r.data.tags)]
+    source = f"experiment {experiment}" if experiment is not None else (
+        f"sweep {sweeps[0]}" if len(sweeps) == 1 else "sweeps " + " + ".join(sweeps))
     if not children:
         raise TrackingError(f"{source} has no runs to compare")
 
+    records = {p.info.run_id: _sweep_record(p) for p in parents}
+    parent_order = {run_id: i for i, run_id in enumerate(records)}
+
     def order(r: Any) -> tuple:
         trial = r.data.tags.get(TRIAL_TAG, "")
-        return (int(trial) if trial.isdigit() else 1 << 30, r.info.start_time or 0, r.info.run_name or "")
+        return (parent_order.get(r.data.tags.get(PARENT_RUN_ID_TAG), len(parent_order)),
+                int(trial) if trial.isdigit() else 1 << 30, r.info.start_time or 0, r.info.run_name or "")
 
-    record = _sweep_record(parent) if parent is not None else None
-    runs = [_run_series(client, r, record) for r in sorted(children, key=order)]
-    return Fetched(runs, record, source, tracking_uri)
+    runs = [_run_series(client, r, records.get(r.data.tags.get(PARENT_RUN_ID_TAG, "")))
+            for r in sorted(children, key=order)]
+    return Fetched(runs, list(records.values()), source, tracking_uri)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from yxanul.formatting import bpb, human_count, percent, ratio, shown_paths, signed
 from yxanul.report.analysis import ArmSummary, Comparison, ComparisonReport, RunRow, status_text
+from yxanul.report.fetch import SweepRecord
 from yxanul.report.runs import RunSeries, int_tag, model_config, ran_precision, run_spikes, spike_check, vocabularies
 from yxanul.stats import LEVEL, MOST_SEEDS, NO_DIFFERENCE, POWER, Estimate, seeds_needed, t_quantile
 from yxanul.tags import (
@@ -263,7 +264,7 @@ def design_lines(report: ComparisonReport) -> list[str]:
         lines.append(f"minimal detectable effect, {arm} vs {ref_short} ({c.n} seed pairs, paired t, "
                      f"{LEVEL:.0%} two-sided, {POWER:.0%} power): final val/bpb {bpb(c.mde_bpb)} bits/byte{speed}"
                      f"{in_bf16}")
-        needed = seeds_to_decide(c, report.parent.target_effect if report.parent else None)
+        needed = seeds_to_decide(c, report.target_effect)
         if needed:
             lines.append(f"seeds to decide, {arm} vs {ref_short}: {needed}")
     return lines
@@ -329,6 +330,15 @@ def warnings(report: ComparisonReport) -> list[str]:
                        "before reading a verdict.")
         elif c.n == 1:
             out.append(f"{arm} vs {ref}: 1 seed pair: one run per arm, no interval and no verdict.")
+    for a in report.measured_arms:  # one arm is one configuration: sweeps compared as one must agree
+        runs = [r.run for r in a.rows]
+        keys = sorted({k for r in runs for k in r.params} - set(PER_RUN_KEYS))
+        split = [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
+        if split:
+            out.append(f"{a.arm}: its runs did not all train the same configuration ("
+                       + "; ".join(f"{k}: " + ", ".join(f"{r.params.get(k, 'unset')} (seed {r.replicate})" for r in runs)
+                                   for k in split[:3]) + (f"; +{len(split) - 3} more keys" if len(split) > 3 else "")
+                       + "): its seeds are not replicates of one arm.")
     simulated = report.simulated
     if simulated:
         out.append(f"{len(simulated)} of {len(report.runs)} runs are simulated (scaling.simulate_accelerators): they "
@@ -485,15 +495,24 @@ def _count_param(run: RunSeries, key: str) -> str:
 
 
 def overrides_text(report: ComparisonReport) -> str:
-    parent = report.parent
-    if parent is None:
-        return ""
+    """What each sweep's command line changed on its sweep file (named per sweep when there are several)."""
+    return _per_sweep(report, _overrides)
+
+
+def _overrides(parent: SweepRecord) -> str:
     given = parent.command_overrides
     if given is not None:
         return " ".join(given) if given else "none (the sweep file as it is)"
     base = parent.params.get("sweep.base_overrides", "")
     return ("not recorded separately by this sweep (it predates sweep.command_overrides); the sweep file's and "
             f"the command line's together: {base}" if base else "not recorded")
+
+
+def _per_sweep(report: ComparisonReport, text: Callable[[SweepRecord], str]) -> str:
+    """``text`` of the one sweep, or ``name: text`` per sweep joined by ``; `` when the report compares several."""
+    if len(report.parents) == 1:
+        return text(report.parents[0])
+    return "; ".join(f"{p.name}: {text(p)}" for p in report.parents)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -514,7 +533,7 @@ def display_uri(uri: str) -> str:
 def mlflow_link(report: ComparisonReport) -> str:
     """The MLflow UI's page of the sweep (an HTTP store), else the exact command that serves this store."""
     uri = report.tracking_uri
-    parent = report.parent
+    parent = report.parent  # one sweep: its page; several: their experiment's
     if uri.startswith(("http://", "https://")):
         if parent is not None:
             return f"{uri.rstrip('/')}/#/experiments/{parent.experiment_id}/runs/{parent.run_id}"
@@ -546,21 +565,13 @@ def _git(report: ComparisonReport) -> str:
                                                         if diff else "(its hash was not recorded)"))
         else:
             states.add(f"{sha} (clean)")
-    if not states and report.parent and report.parent.git_sha:
-        states.add(report.parent.git_sha + (" (dirty)" if report.parent.git_dirty == "true" else ""))
+    if not states:
+        states = {p.git_sha + (" (dirty)" if p.git_dirty == "true" else "") for p in report.parents if p.git_sha}
     return "; ".join(sorted(states)) or "not recorded"
 
 
 def _run_history(report: ComparisonReport) -> str:
-    parent = report.parent
-    parts = []
-    if parent is not None:
-        parts.append(f"sweep run {parent.status}")
-        for tag, word, last in ((INTERRUPTIONS_TAG, "interruptions", LAST_INTERRUPTION_TAG),
-                                (RESUMES_TAG, "resumes", LAST_RESUME_TAG)):
-            if parent.tags.get(tag):
-                parts.append(f"{parent.tags[tag]} {word}"
-                             + (f" (last: {parent.tags[last]})" if parent.tags.get(last) else ""))
+    parts = [_per_sweep(report, _sweep_history)] if report.parents else []
     resumed = [r for r in report.runs if r.tags.get(RESUMED_TAG) == "true" or r.tags.get(RESUMES_TAG)]
     if resumed:
         parts.append("resumed runs: " + ", ".join(
@@ -576,19 +587,28 @@ def _run_history(report: ComparisonReport) -> str:
     return "; ".join(parts)
 
 
+def _sweep_history(parent: SweepRecord) -> str:
+    parts = [f"sweep run {parent.status}"]
+    for tag, word, last in ((INTERRUPTIONS_TAG, "interruptions", LAST_INTERRUPTION_TAG),
+                            (RESUMES_TAG, "resumes", LAST_RESUME_TAG)):
+        if parent.tags.get(tag):
+            parts.append(f"{parent.tags[tag]} {word}" + (f" (last: {parent.tags[last]})" if parent.tags.get(last) else ""))
+    return "; ".join(parts)
+
+
 def provenance_lines(report: ComparisonReport) -> list[tuple[str, str]]:
-    parent = report.parent
     machines = sorted({r.machine for r in report.runs if r.card})
     out = [("card", "; ".join(machines) or "not recorded"), ("software", _versions(report.runs)),
            ("date", _dates(report.runs)), ("code", _git(report)),
            ("budget", (f"{_budgets(report.runs)} tokens per run; " if _budgets(report.runs) else "")
             + f"{human_count(sum(r.final_tokens for r in report.rows))} trained in all ({len(report.runs)} runs)"),
-           ("sweep command", parent.command if parent and parent.command else
-            ("not recorded by this sweep" if parent else "")),
+           ("sweep command" if len(report.parents) < 2 else "sweep commands",
+            _per_sweep(report, lambda p: p.command or "not recorded by this sweep") if report.parents else ""),
            ("overrides on the sweep file", overrides_text(report)),
            ("report command", report.compare_command),
            ("MLflow", mlflow_link(report)),
-           ("sweep run", f"{parent.run_id} (experiment {parent.experiment_id})" if parent else ""),
+           ("sweep run" if len(report.parents) < 2 else "sweep runs",
+            _per_sweep(report, lambda p: f"{p.run_id} (experiment {p.experiment_id})") if report.parents else ""),
            ("history", _run_history(report))]
     # the MLflow command stays exact; every other machine path is shortened
     return [(k, v if k == "MLflow" else shown_paths(v)) for k, v in out if v]
