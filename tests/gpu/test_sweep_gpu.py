@@ -72,7 +72,8 @@ def test_in_process_trials_share_one_process_and_a_later_trial_trains_as_an_earl
     """Four trials in one process, FP8 (every group forced, delayed scaling) and BF16 at two values of a key that
     changes nothing in training (``checkpoint.keep_last``): each arm's second trial, which ran after other trials in the
     same process (at least one of them in the other precision), repeats its first trial's losses, gradient norms and
-    bits/byte exactly.
+    bits/byte exactly. BF16 trains first: its attention may load torch's cuDNN before an FP8 trial loads Transformer
+    Engine in the same process (the order that failed every fp8-auto trial of 2026-12-06's fp8-vs-bf16 on an H100).
     The FP8 trial on a TorchTrainer gives the same losses again."""
     fp8 = f"{{precision.mode: fp8, precision.fp8_layers: [{', '.join(ALL_LAYERS)}]}}"
     runs = _sweep(tmp_path, "inproc-gpu", f"""
@@ -80,8 +81,8 @@ axes:
   checkpoint.keep_last: [2, 3]
   precision:
     variants:
-      fp8: {fp8}
       bf16: {{precision.mode: bf16}}
+      fp8: {fp8}
 """)
     assert len(runs) == 4
     card = torch.cuda.get_device_name()
@@ -116,3 +117,41 @@ axes:
     reference = by_arm["fp8"][0][1]
     for key in ("train/loss", "val/bpb"):
         assert metrics[key] == reference[key], (key, metrics[key][:4], reference[key][:4])
+
+
+LOAD_ORDER = """
+import sys
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+if sys.argv[1] == "trial":  # what an in-process sweep trial does first (yxanul.sweep.tune._trial_fn)
+    from yxanul.precision import preload_te
+    assert preload_te()
+q = torch.randn(2, 8, 2048, 64, device="cuda", dtype=torch.bfloat16)
+with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):  # a BF16 trial's attention: torch loads its own cuDNN
+    F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().item()
+import transformer_engine.pytorch as te  # a later FP8 trial in the same process
+from yxanul.precision import build_recipe
+layer = te.Linear(256, 256, params_dtype=torch.bfloat16).cuda()
+x = torch.randn(64, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+with te.autocast(enabled=True, recipe=build_recipe("delayed")):
+    y = layer(x)
+y.float().sum().backward()
+print("ok", torch.isfinite(x.grad).all().item())
+"""
+
+
+def test_an_fp8_trial_loads_transformer_engine_after_a_bf16_trials_cudnn_attention():
+    """The process of an in-process sweep trial loads Transformer Engine before anything else (preload_te), so an FP8
+    trial that follows a BF16 one whose attention ran on torch's cuDNN still loads TE's libraries and trains. A fresh
+    Python, since this test's own process already loaded TE (conftest.py); without the preload the same script
+    failed on the lent H100 image ("libcudnn_cnn.so.9: undefined symbol"), which the second run records."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "platform"), str(REPO),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", LOAD_ORDER, "trial"], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=REPO)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok True"), done.stdout[-2000:] + done.stderr[-3000:]
+    bare = subprocess.run([sys.executable, "-c", LOAD_ORDER, "bare"], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=REPO)
+    print("without the preload:", "ok" if bare.returncode == 0 else (bare.stderr.strip().splitlines() or ["?"])[-1])

@@ -52,10 +52,11 @@ def import_te() -> Any:
 def preload_te() -> bool:
     """Load Transformer Engine's libraries now, if it is installed (True): before torch loads its own cuDNN. The
     other order (a peer model's attention first) gave "libcudnn_cnn.so.9: undefined symbol" on the H100 machine.
-    Not installed: False, and each FP8 run reports its own PrecisionError later."""
+    Not installed, or not loadable: False, and each FP8 run reports its own error later (a BF16 run never fails on
+    Transformer Engine)."""
     try:
         import transformer_engine.pytorch  # noqa: F401
-    except ImportError:
+    except (ImportError, OSError):
         return False
     return True
 

@@ -101,6 +101,13 @@ def _trial_fn(config: dict[str, Any]) -> None:
     from yxanul.train.session import TuneSession
 
     sweep, trial = config["sweep"], config["trial"]
+    if trial.get("in_process"):
+        from yxanul.precision import preload_te
+
+        # This process trains trial after trial (reuse_actors): once a BF16 trial's attention has loaded torch's
+        # cuDNN, Transformer Engine's libraries fail to load in a later FP8 trial ("libcudnn_cnn.so.9: undefined
+        # symbol": both fp8-auto trials after BF16 ones, H100, 2026-12-06). TE loaded first, where installed, is safe.
+        preload_te()
     base = Path(sweep["base_path"]) if sweep["base_path"] else None
     cfg = build_config(base, sweep["base_overrides"], trial["overrides"])
     tags = {SWEEP_TAG: sweep["name"], **trial_tags(trial), TUNE_TRIAL_ID_TAG: tune.get_context().get_trial_id()}
