@@ -16,11 +16,12 @@
 #   curricula the shipped comparison curriculum-variants (issue 25; needs `decomposed`), report into
 #             $OUT/curriculum-variants; COMPARE_OVERRIDES="key=value ..." (split at spaces) is added to either,
 #             e.g. "sweep.seeds=[0,1]"; the same command resumes an interrupted sweep (same machine, ./outputs).
-#             A comparison run in parts (seed 0 on one machine, seeds 1-2 on the next): STORE=path/mlflow.db seeds
-#             ./outputs/mlflow.db with the earlier machine's store (when there is none yet), and
+#             A comparison run in parts (seed 0 on one machine, seeds 1-2 on the next): STORE=path/mlflow.db[.gz]
+#             seeds ./outputs/mlflow.db with the earlier machine's store (when there is none yet), and
 #             COMPARE_WITH="fp8-vs-bf16" compares those earlier sweeps with this one in one report, e.g.
-#             STORE=.store/mlflow.db COMPARE_WITH=fp8-vs-bf16 COMPARE_OVERRIDES="sweep.name=fp8-vs-bf16-s12
-#             sweep.seeds=[1,2]" scripts/science.sh prepare fp8
+#             STORE=docs/results/fp8-vs-bf16/mlflow.db.gz COMPARE_WITH=fp8-vs-bf16 COMPARE_OVERRIDES="sweep.name=fp8-vs-bf16-s12
+#             sweep.seeds=[1,2]" scripts/science.sh prepare fp8; COMPARE_ARGS="--reference precision=bf16" is added
+#             to that report's command (where the parts fixed different references)
 #   tests     pytest -m gpu tests/gpu
 #
 # Everything runs from the repository root with the default relative paths of experiments/runs/science.yaml
@@ -42,8 +43,10 @@ run=experiments/runs/science.yaml
 read -r -a extra <<< "${SCIENCE_OVERRIDES:-}"  # e.g. "data.builtin_max_bytes=20M" for a quick CPU rehearsal
 read -r -a sweep_extra <<< "${SCIENCE_SWEEP_OVERRIDES:-}"  # e.g. "sweep.resources.gpus_per_worker=0" on a CPU
 uri="sqlite:///$PWD/outputs/mlflow.db"
-if [ -n "${STORE:-}" ] && [ ! -e outputs/mlflow.db ]; then  # an earlier machine's store: its sweeps go on here
-    cp "$STORE" outputs/mlflow.db || { echo "science.sh: cannot copy STORE=$STORE to outputs/mlflow.db" >&2; exit 2; }
+if [ -n "${STORE:-}" ] && [ ! -e outputs/mlflow.db ]; then  # an earlier machine's store (.db or .db.gz): go on in it
+    if [[ $STORE == *.gz ]]; then gzip -dc "$STORE" > outputs/mlflow.db.part; else cp "$STORE" outputs/mlflow.db.part; fi \
+        && mv outputs/mlflow.db.part outputs/mlflow.db \
+        || { rm -f outputs/mlflow.db.part; echo "science.sh: cannot copy STORE=$STORE to outputs/mlflow.db" >&2; exit 2; }
     echo "MLflow store: a copy of $STORE"
 fi
 rc=0
@@ -141,15 +144,16 @@ collect() {
 }
 comparison() {  # $1 = a shipped sweep: run it on the science setup, then its report into $out/$1
     local name=$1 compared=$1 status override
-    local -a narrow earlier=()
+    local -a narrow report_args earlier=()
     read -r -a narrow <<< "${COMPARE_OVERRIDES:-}"
     for override in ${COMPARE_WITH:-}; do earlier+=(--sweep "$override"); done  # earlier parts of this comparison
+    read -r -a report_args <<< "${COMPARE_ARGS:-}"  # e.g. "--reference precision=bf16" where the parts disagree
     for override in "${narrow[@]}"; do  # a renamed sweep is compared under its own name, not the file's
         [[ $override == sweep.name=* ]] && compared=${override#sweep.name=}
     done
     sweep_of "$name" "$name" "${narrow[@]}"
     status=$?
-    $py -m jobs.compare "${earlier[@]}" --sweep "$compared" --out "$out/$name" --tracking-uri "$uri" 2>&1 | tee -a "$out/$name.log" | tail -30
+    $py -m jobs.compare "${earlier[@]}" --sweep "$compared" "${report_args[@]}" --out "$out/$name" --tracking-uri "$uri" 2>&1 | tee -a "$out/$name.log" | tail -30
     cp outputs/mlflow.db "$out/mlflow.db" 2>/dev/null
     return "$status"
 }

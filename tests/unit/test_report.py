@@ -404,3 +404,14 @@ def test_an_arm_whose_seeds_trained_different_configurations_is_flagged():
     said = [w for w in warnings(build_report(runs, "s")) if "did not all train the same" in w]
     assert said == ["precision.mode=bf16: its runs did not all train the same configuration (optim.lr: 0.00025 "
                     "(seed 0), 0.0005 (seed 1)): its seeds are not replicates of one arm."]
+
+
+def test_seed_pairs_trained_on_different_cards_are_named():
+    """A comparison run in parts may pair a seed's arms across machines: where the card models differ, the report
+    names the pairs, since their speed ratios measure the cards too; pairs on one card model say nothing."""
+    runs = sweep_runs()
+    assert not [w for w in warnings(build_report(runs, "s")) if "different cards" in w]
+    fp8_seed1 = next(r for r in runs if r.arm == "precision.mode=fp8" and r.replicate == 1)
+    fp8_seed1.tags["yxanul.gpu_name"] = "NVIDIA H200"
+    [said] = [w for w in warnings(build_report(runs, "s")) if "different cards" in w]
+    assert "1 of 2 seed pairs trained on different cards (seed 1: NVIDIA H100 80GB HBM3 / NVIDIA H200)" in said

@@ -330,6 +330,14 @@ def warnings(report: ComparisonReport) -> list[str]:
                        "before reading a verdict.")
         elif c.n == 1:
             out.append(f"{arm} vs {ref}: 1 seed pair: one run per arm, no interval and no verdict.")
+    for c in report.comparisons:  # a speed ratio pairs two runs: on different card models it measures the cards
+        _, _, _, arm, ref = arm_names(c)
+        crossed = [f"seed {p.arm.seed}: {p.reference.run.card} / {p.arm.run.card}" for p in c.pairs
+                   if p.arm.run.card != p.reference.run.card]
+        if crossed:
+            out.append(f"{arm} vs {ref}: {len(crossed)} of {len(c.pairs)} seed pairs trained on different cards ("
+                       + "; ".join(crossed) + "): their tokens/s ratios and times compare the cards as well as the "
+                       "arms; the bits/byte gaps do not depend on the card.")
     for a in report.measured_arms:  # one arm is one configuration: sweeps compared as one must agree
         runs = [r.run for r in a.rows]
         keys = sorted({k for r in runs for k in r.params} - set(PER_RUN_KEYS))
