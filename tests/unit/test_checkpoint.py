@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from yxanul.errors import CheckpointError, ConfigError
+from yxanul.files import sha256_file
 from yxanul.train.checkpoint import (
+    HostBuffers,
     TrainState,
     fp8_state_from_data,
     fp8_state_to_data,
@@ -125,6 +127,57 @@ def test_a_snapshot_is_a_copy_written_later_as_the_state_it_was_taken_from(tmp_p
         assert torch.equal(value, at_snapshot[name]), name
     assert torch.equal(fresh_optimizer.state_dict()["state"][0]["exp_avg"], exp_avg)
     assert torch.rand(1).item() == after_snapshot_draw  # the RNG as it was at the snapshot
+
+
+def test_snapshots_reuse_their_host_buffers_and_a_fresh_set_keeps_one_in_flight(tmp_path):
+    """A run's snapshots copy into the same host memory (no allocation after the first): the second snapshot holds
+    the state at its own time in the first one's buffers. While a snapshot may still be being written, the loop
+    takes the next into fresh buffers, and the first stays the state it was taken from, as written."""
+    model, optimizer = _model_and_optimizer()
+    state = TrainState(step=3, tokens=300, num_workers=1, tokens_per_step=100, seed=1, max_tokens=1000)
+    data = {"stage": 0, "position": 12, "rank": 0, "world_size": 1, "seq_len": 8}
+    buffers = HostBuffers()
+    first = snapshot(rank=0, state=state, model=model, optimizer=optimizer, data_state=data, buffers=buffers)
+    at_first = {k: v.clone() for k, v in first.weights.items()}
+    model(torch.randn(3, 8)).sum().backward()
+    optimizer.step()
+    second = snapshot(rank=0, state=state, model=model, optimizer=optimizer, data_state=data, buffers=buffers)
+    for name, value in model.state_dict().items():
+        assert torch.equal(second.weights[name], value), name
+        assert second.weights[name].data_ptr() == first.weights[name].data_ptr(), name  # the same memory
+    param = next(iter(first.optimizer["state"]))  # keyed by parameter name
+    assert second.optimizer["state"][param]["exp_avg"].data_ptr() == first.optimizer["state"][param]["exp_avg"].data_ptr()
+    in_flight = second
+    at_second = {k: v.clone() for k, v in in_flight.weights.items()}
+    model(torch.randn(3, 8)).sum().backward()
+    optimizer.step()
+    third = snapshot(rank=0, state=state, model=model, optimizer=optimizer, data_state=data, buffers=buffers.fresh())
+    for name, value in model.state_dict().items():
+        assert torch.equal(third.weights[name], value) and not torch.equal(value, at_second[name]), name
+        assert torch.equal(in_flight.weights[name], at_second[name]), name  # untouched by the third
+    directory = write_snapshot(tmp_path / "ckpt", in_flight)
+    fresh, fresh_optimizer = _model_and_optimizer(seed=99)
+    load_checkpoint(directory, rank=0, model=fresh, optimizer=fresh_optimizer)
+    assert all(torch.equal(v, at_second[k]) for k, v in fresh.state_dict().items())
+    assert not any(torch.equal(at_first[k], at_second[k]) for k in at_first if at_first[k].numel() > 1)
+
+
+def test_the_manifest_describes_every_file_as_written(tmp_path):
+    """The .pt files are hashed as they are written (no read-back): the manifest's size and sha256 of every file are
+    those of the file on disk, and a byte changed afterwards is caught on load."""
+    model, optimizer = _model_and_optimizer()
+    taken = snapshot(rank=0, state=TrainState(step=1, num_workers=1), model=model, optimizer=optimizer,
+                     data_state={"stage": 0, "position": 0})
+    directory = write_snapshot(tmp_path / "ckpt", taken)
+    manifest = json.loads((directory / "manifest.rank0.json").read_text())
+    assert set(manifest["files"]) == {"rank0.json", "model.pt", "optimizer.pt", "state.json"}
+    for name, entry in manifest["files"].items():
+        assert entry == {"bytes": (directory / name).stat().st_size, "sha256": sha256_file(directory / name)}, name
+    raw = bytearray((directory / "model.pt").read_bytes())
+    raw[len(raw) // 2] ^= 1
+    (directory / "model.pt").write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="model.pt is corrupt"):
+        verify_checkpoint(directory)
 
 
 def test_rank_one_writes_only_its_own_state(tmp_path):

@@ -65,6 +65,7 @@ from yxanul.tags import (
 from yxanul.timeline import Timeline, timed
 from yxanul.tracking import SPOOL_DIR, NullTracker, ResilientTracker, Tracker, device_tags, node_tags
 from yxanul.train.checkpoint import (
+    HostBuffers,
     TrainState,
     check_compatible,
     load_checkpoint,
@@ -183,6 +184,8 @@ class _Loop:
         """What the worker is doing, for a one-line out-of-memory error."""
         self.started_at = time.time()
         self.upload_done: threading.Event | None = None
+        self.host_buffers = HostBuffers()
+        """Host memory of the checkpoint snapshots, reused from one to the next (one checkpoint in flight)."""
         """Set once the last asynchronously written checkpoint is written and on storage."""
         with self.timeline.phase("data"):
             self.dataset = PreparedDataset.open(setup.data_dir)
@@ -748,8 +751,9 @@ class _Loop:
         if self.upload_done is not None and not self.upload_done.wait(timeout=UPLOAD_WAIT_S):
             worker_print(self.cfg.run.name, f"warning: the checkpoint before step {self.state.step} is not on "
                          f"storage after {UPLOAD_WAIT_S:.0f} s; taking the next one anyway", err=True)
+            self.host_buffers = self.host_buffers.fresh()  # the one still being written keeps its memory
         taken = snapshot(rank=self.rank, state=self.state, model=self.step_model, optimizer=self.optimizer,
-                         data_state=self.data_position or {})
+                         data_state=self.data_position or {}, buffers=self.host_buffers)
         persisted = functools.partial(self._write_marker, "checkpoint", self.state.step, self.state.tokens)
         self.upload_done = self.session.report(payload, write=lambda folder: write_snapshot(Path(folder), taken),
                                                stored=persisted, asynchronous=self.asynchronous)

@@ -151,19 +151,22 @@ def _options(**kwargs: Any) -> Any:
     return StateDictOptions(full_state_dict=True, **kwargs)
 
 
-def full_state_dict(model: nn.Module) -> dict[str, Any]:
+def full_state_dict(model: nn.Module, copy: bool = True) -> dict[str, Any]:
     """The model's full (unsharded) state dict on the CPU, keyed as a plain single-process model's.
 
     Under FSDP every rank must call it (it all-gathers); rank 0 receives the weights, other ranks an
-    empty dict. Under DDP and in a single process every rank gets a CPU copy. Transformer Engine's FP8
-    scaling state (``*._extra_state``) is included as the model holds it; :func:`yxanul.precision.split_state_dict`
-    separates it.
+    empty dict. Under DDP and in a single process every rank gets a CPU copy, or with ``copy=False`` the model's
+    own tensors where they are (a caller that copies them itself, once: :class:`yxanul.train.checkpoint.HostBuffers`).
+    Transformer Engine's FP8 scaling state (``*._extra_state``) is included as the model holds it;
+    :func:`yxanul.precision.split_state_dict` separates it.
     """
     inner = unwrap(model)
     if is_sharded(inner):
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
         return get_model_state_dict(inner, options=_options(cpu_offload=True))
+    if not copy:
+        return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in inner.state_dict().items()}
     return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
             for k, v in inner.state_dict().items()}
 
@@ -193,9 +196,10 @@ def load_full_state_dict(model: nn.Module, state_dict: Mapping[str, Any],
     set_model_state_dict(inner, {**weights, **restore}, options=_options(strict=False))
 
 
-def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, copy: bool = True) -> dict[str, Any]:
     """The optimizer's full state on the CPU, keyed by parameter name (not by position), so that it loads
-    into the optimizer of a plain, DDP or FSDP model of the same shape.
+    into the optimizer of a plain, DDP or FSDP model of the same shape (``copy=False``, not sharded: the optimizer's
+    own tensors where they are, for a caller that copies them itself).
 
     Every rank must call it; under FSDP rank 0 receives it and other ranks get an empty dict.
     """
@@ -206,7 +210,7 @@ def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
         return get_optimizer_state_dict(inner, optimizer, options=_options(cpu_offload=True))
     # Not sharded: nothing to gather, and cpu_offload would need a process group (ranks > 0 get nothing).
     state = get_optimizer_state_dict(inner, optimizer, options=_options())
-    return _to_cpu(state)
+    return _to_cpu(state) if copy else state
 
 
 def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer,
