@@ -60,3 +60,32 @@ def test_fp8_checkpoint_is_data_and_restores_the_scaling_state(recipe, tmp_path,
         if not key.endswith("_extra_state"):
             assert torch.equal(value, fresh.state_dict()[key]), key
 
+
+
+def test_snapshots_on_the_gpu_reuse_pinned_buffers_and_hold_the_state_they_were_taken_at(tmp_path):
+    """checkpoint.HostBuffers on the card: the weights and AdamW state (on the GPU) are copied asynchronously into
+    pinned host buffers, the same memory at the next snapshot; after each snapshot returns its tensors equal the
+    state at that moment although training goes on, and the second one written loads bit for bit."""
+    from yxanul.train.checkpoint import HostBuffers, snapshot, write_snapshot
+
+    model, precision = build(fp8("delayed"))
+    optimizer = build_optimizer(model, OptimConfig())
+    batches = list(markov_batches(4, batch=8, seq=128, seed=3))
+    buffers = HostBuffers()
+    taken = []
+    for batch in batches[:2]:
+        train_step(model, optimizer, [batch], lr=1e-3, precision=precision)
+        taken.append(snapshot(rank=0, state=TrainState(num_workers=1), model=model, optimizer=optimizer,
+                              data_state={"stage": 0, "position": 0}, buffers=buffers))
+        at = {k: v.detach().cpu().clone() for k, v in split_state_dict(model.state_dict())[0].items()}
+        train_step(model, optimizer, [batches[2]], lr=1e-3, precision=precision)  # changes what was snapshotted
+        for key, value in taken[-1].weights.items():
+            assert value.is_pinned() and torch.equal(value, at[key]), key
+    first, second = taken
+    assert all(first.weights[k].data_ptr() == second.weights[k].data_ptr() for k in first.weights)
+    directory = write_snapshot(tmp_path / "ckpt", second)
+    verify_checkpoint(directory)
+    fresh, _ = build(fp8("delayed"), seed=17)
+    load_checkpoint(directory, rank=0, model=fresh, optimizer=build_optimizer(fresh, OptimConfig()))
+    for key, value in split_state_dict(fresh.state_dict())[0].items():
+        assert torch.equal(value.cpu(), second.weights[key]), key
