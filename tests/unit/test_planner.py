@@ -13,7 +13,14 @@ from yxanul.metrics import flops_per_token
 from yxanul.sequential import SequentialDesign, simulate
 from yxanul.stats import minimal_detectable_effect, seeds_needed
 from yxanul.sweep import load_sweep, plan_sweep
-from yxanul.sweep.budget import DEFAULT_MFU, DEFAULT_OVERHEAD_S, node_types, plan_budget, store_runs
+from yxanul.sweep.budget import (
+    DEFAULT_MFU,
+    DEFAULT_OVERHEAD_S,
+    IN_PROCESS_OVERHEAD_S,
+    node_types,
+    plan_budget,
+    store_runs,
+)
 from yxanul.sweep.cluster import ClusterView
 from yxanul.tags import GPU_NAME_TAG, STATUS_TAG
 from yxanul.tracking import Status, connect, create_run, end_run
@@ -100,7 +107,7 @@ def test_rates_and_overhead_come_from_the_stores_earlier_runs_and_cost_is_gpu_ho
     fp8 = plan.trials[1].cfg
     peak_rate = DEFAULT_MFU * 989.4e12 / flops_per_token(fp8.model, 2048, 512)
     assert rows[("gpu.h100", "precision.mode=fp8")][5] == "peak x 35% MFU (not measured)"
-    fp8_trial = TOKENS / peak_rate + DEFAULT_OVERHEAD_S
+    fp8_trial = TOKENS / peak_rate + IN_PROCESS_OVERHEAD_S  # one-worker trials train in their Tune process
     gpu_hours = (2 * per_trial + 2 * fp8_trial) / 3600
     totals = budget.totals_by_node["gpu.h100"]
     assert totals["gpu_hours"] == pytest.approx(gpu_hours, rel=1e-12)
@@ -109,6 +116,12 @@ def test_rates_and_overhead_come_from_the_stores_earlier_runs_and_cost_is_gpu_ho
     # the A100 has no FP8: an FP8 arm and the BF16 arm paired with it run on one card type, so neither runs there
     assert "gpu.a100" not in budget.totals_by_node
     text = budget.text()
+    assert "else 30 s for a trial in its Tune process, 60 s on a TorchTrainer (not measured here)" in text
+    # on TorchTrainers (sweep.in_process=false) the unmeasured overhead is a worker group's start-up and teardown
+    trainer = plan_sweep(*load_sweep(tmp_path / "s.yaml", ["sweep.in_process=false"]), cluster=H100)
+    on_workers = plan_budget(trainer, cluster_file=cluster, tracking_uri=uri).totals_by_node["gpu.h100"]
+    assert on_workers["gpu_hours"] == pytest.approx(gpu_hours + 2 * (DEFAULT_OVERHEAD_S - IN_PROCESS_OVERHEAD_S) / 3600,
+                                                    rel=1e-12)
     assert "gpu.a100 (A100): runs none of these trials (FP8 arms and their pairs need FP8 tensor cores)" in text
     assert "as of 2026-01" in text
     # a BF16-only sweep runs there too, at the A100 run's own rate, and unpriced

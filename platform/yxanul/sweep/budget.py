@@ -11,7 +11,8 @@ compilation, validation, checkpoints, MLflow), with the rate taken from, in this
    precision on that card (``jobs.train`` rows before ``jobs.bench`` rows);
 3. **peak**: the card's dense BF16 peak x :data:`DEFAULT_MFU` / the model's training FLOPs per token
    (token-weighted over the curriculum's stages), BF16 peak for FP8 arms too (at small widths FP8 is not
-   faster), and :data:`DEFAULT_OVERHEAD_S` of overhead.
+   faster), and :data:`DEFAULT_OVERHEAD_S` of overhead (:data:`IN_PROCESS_OVERHEAD_S` for a trial that trains in
+   its reused Tune process, ``sweep.in_process``).
 
 Each row says which. Cost = GPU-hours x the node type's hourly price / its GPUs, from ``cluster-prices.yaml``
 beside ``cluster.yaml`` (a dated table the user edits; nothing is looked up on the network); wall time =
@@ -41,15 +42,19 @@ from yxanul.formatting import clock, human_count
 from yxanul.stats import MOST_SEEDS
 from yxanul.text import table
 
-__all__ = ["DEFAULT_MFU", "DEFAULT_OVERHEAD_S", "PRICES_FILE", "Budget", "NodeType", "Power", "StoreRun", "node_types",
+__all__ = ["DEFAULT_MFU", "DEFAULT_OVERHEAD_S", "IN_PROCESS_OVERHEAD_S", "PRICES_FILE", "Budget", "NodeType", "Power", "StoreRun", "node_types",
            "plan_budget", "store_runs", "sweep_budget"]
 
 PRICES_FILE = "cluster-prices.yaml"
 DEFAULT_MFU = 0.35
 """MFU assumed where nothing was measured (the science model ran at 38% on an H100, 2026-12-05)."""
 DEFAULT_OVERHEAD_S = 60.0
-"""Per-trial overhead assumed where nothing was measured (43-61 s per trial on an H100, 2026-12-05:
-docs/results/calibration/README.md)."""
+"""Per-trial overhead assumed where nothing was measured, a trial on a TorchTrainer (43-61 s per trial on an H100,
+2026-12-05: docs/results/calibration/README.md)."""
+IN_PROCESS_OVERHEAD_S = 30.0
+"""The same for a one-worker trial trained in its reused Tune process: wall - tokens / rate was 17-21 s for
+a process's later trials and 39-55 s for its first (H100, 2026-12-06, the science setup's 600-step trials:
+docs/benchmarks.md), so about 30 s over a sweep of a few trials."""
 
 _SHAPE_KEYS = ("model.hidden", "model.n_layers", "model.n_heads", "model.n_kv_heads", "model.ffn_hidden",
                "model.embed_rank", "precision.mode", "precision.recipe", "precision.fp8_layers", "curriculum.preset",
@@ -219,10 +224,13 @@ def _flops_per_token(cfg: Any, vocab: int | None) -> float:
                for s in plan.stages) / total
 
 
-def trial_rate(cfg: Any, node: NodeType, runs: Sequence[StoreRun], bench: Sequence[dict[str, Any]]) -> Rate:
-    """The expected tokens/s and overhead of a trial ``cfg`` on ``node``, and where they come from."""
+def trial_rate(cfg: Any, node: NodeType, runs: Sequence[StoreRun], bench: Sequence[dict[str, Any]],
+               in_process: bool = False) -> Rate:
+    """The expected tokens/s and overhead of a trial ``cfg`` on ``node`` (``in_process``: trained in its Tune trial
+    process, which changes the overhead assumed where the store measured none), and where they come from."""
     from yxanul.accelerators import get_spec, ray_family, spec_for_device_name
 
+    default_overhead = IN_PROCESS_OVERHEAD_S if in_process else DEFAULT_OVERHEAD_S
     flat = cfg.flat_params()
     vocab = _vocab(cfg)
     matched = [r for r in runs if _same_speed(r, flat, vocab, node.accelerator)]
@@ -230,7 +238,7 @@ def trial_rate(cfg: Any, node: NodeType, runs: Sequence[StoreRun], bench: Sequen
         rates = [r.metrics["train/tokens_per_s"] for r in matched]
         overheads = [r.wall_s - float(r.params.get("train.max_tokens", 0)) / rate
                      for r, rate in zip(matched, rates) if r.wall_s]
-        overhead = statistics.median(overheads) if overheads else DEFAULT_OVERHEAD_S
+        overhead = statistics.median(overheads) if overheads else default_overhead
         return Rate(statistics.median(rates), max(0.0, overhead),
                     f"store: {len(matched)} run{'s' if len(matched) != 1 else ''}")
     workers = cfg.scaling.num_workers
@@ -241,10 +249,10 @@ def trial_rate(cfg: Any, node: NodeType, runs: Sequence[StoreRun], bench: Sequen
                 and ray_family(spec.name) == ray_family(node.accelerator)]
         if rows:
             rate = statistics.median(b["tokens_per_s"] for b in rows) * workers
-            return Rate(rate, DEFAULT_OVERHEAD_S, f"jobs.{runner} result ({len(rows)} row{'s' if len(rows) != 1 else ''})")
+            return Rate(rate, default_overhead, f"jobs.{runner} result ({len(rows)} row{'s' if len(rows) != 1 else ''})")
     peak = get_spec(node.accelerator).peak_tflops("bf16")
     rate = DEFAULT_MFU * peak * 1e12 / _flops_per_token(cfg, vocab) * workers
-    return Rate(rate, DEFAULT_OVERHEAD_S, f"peak x {DEFAULT_MFU:.0%} MFU (not measured)")
+    return Rate(rate, default_overhead, f"peak x {DEFAULT_MFU:.0%} MFU (not measured)")
 
 
 @dataclass(frozen=True)
@@ -345,6 +353,7 @@ def plan_budget(plan: Any, *, cluster_file: str | Path, tracking_uri: str, noise
                 bench_files: Iterable[str | Path] = ()) -> Budget:
     """The dry run's time, cost and power section for ``plan`` (a :class:`~yxanul.sweep.trials.SweepPlan`)."""
     from yxanul.accelerators import supports_fp8
+    from yxanul.sweep.trials import runs_in_process
 
     runs, store_note = store_runs(tracking_uri)
     bench = []
@@ -375,7 +384,7 @@ def plan_budget(plan: Any, *, cluster_file: str | Path, tracking_uri: str, noise
         gpu_seconds = 0.0
         for arm in dict.fromkeys(t.arm for t in fits):
             group = [t for t in fits if t.arm == arm]
-            rate = trial_rate(group[0].cfg, node, runs, bench)
+            rate = trial_rate(group[0].cfg, node, runs, bench, runs_in_process(group[0].cfg, plan.spec.in_process))
             per_trial = group[0].cfg.train.max_tokens / rate.tokens_per_s + rate.overhead_s
             gpus = group[0].cfg.scaling.num_workers
             hours = per_trial * len(group) * gpus / 3600
@@ -395,7 +404,8 @@ def plan_budget(plan: Any, *, cluster_file: str | Path, tracking_uri: str, noise
                        _money(cost, currency)))
         by_node[node.name] = {"gpu_hours": gpu_seconds / 3600, "wall_s": wall, "cost": cost if cost is not None else -1}
     notes += [f"tracking store: {store_note}; overhead per trial: measured with the rate where the store had runs, "
-             f"else {DEFAULT_OVERHEAD_S:.0f} s (not measured here)"]
+             f"else {IN_PROCESS_OVERHEAD_S:.0f} s for a trial in its Tune process, {DEFAULT_OVERHEAD_S:.0f} s on a "
+             "TorchTrainer (not measured here)"]
     if header:
         notes.append(f"prices: {header.get('file', PRICES_FILE)} ({currency} per node-hour, as of "
                      f"{header.get('as_of', '?')}: edit it for your account and region)")
