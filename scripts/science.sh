@@ -143,10 +143,10 @@ collect() {
     cp outputs/mlflow.db "$out/mlflow.db" 2>/dev/null
 }
 comparison() {  # $1 = a shipped sweep: run it on the science setup, then its report into $out/$1
-    local name=$1 compared=$1 status override
+    local name=$1 compared=$1 status override part
     local -a narrow report_args earlier=()
     read -r -a narrow <<< "${COMPARE_OVERRIDES:-}"
-    for override in ${COMPARE_WITH:-}; do earlier+=(--sweep "$override"); done  # earlier parts of this comparison
+    for part in ${COMPARE_WITH:-}; do earlier+=(--sweep "$part"); done  # earlier parts of this comparison
     read -r -a report_args <<< "${COMPARE_ARGS:-}"  # e.g. "--reference precision=bf16" where the parts disagree
     for override in "${narrow[@]}"; do  # a renamed sweep is compared under its own name, not the file's
         [[ $override == sweep.name=* ]] && compared=${override#sweep.name=}

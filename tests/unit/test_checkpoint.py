@@ -151,7 +151,7 @@ def test_snapshots_reuse_their_host_buffers_and_a_fresh_set_keeps_one_in_flight(
     at_second = {k: v.clone() for k, v in in_flight.weights.items()}
     model(torch.randn(3, 8)).sum().backward()
     optimizer.step()
-    third = snapshot(rank=0, state=state, model=model, optimizer=optimizer, data_state=data, buffers=buffers.fresh())
+    third = snapshot(rank=0, state=state, model=model, optimizer=optimizer, data_state=data, buffers=HostBuffers())
     for name, value in model.state_dict().items():
         assert torch.equal(third.weights[name], value) and not torch.equal(value, at_second[name]), name
         assert torch.equal(in_flight.weights[name], at_second[name]), name  # untouched by the third

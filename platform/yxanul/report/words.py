@@ -517,7 +517,8 @@ def _overrides(parent: SweepRecord) -> str:
 
 
 def _per_sweep(report: ComparisonReport, text: Callable[[SweepRecord], str]) -> str:
-    """``text`` of the one sweep, or ``name: text`` per sweep joined by ``; `` when the report compares several."""
+    """``text`` of the one sweep, or ``name: text`` per sweep joined by ``; `` when the report compares several
+    ("" for none)."""
     if len(report.parents) == 1:
         return text(report.parents[0])
     return "; ".join(f"{p.name}: {text(p)}" for p in report.parents)
@@ -611,12 +612,12 @@ def provenance_lines(report: ComparisonReport) -> list[tuple[str, str]]:
            ("budget", (f"{_budgets(report.runs)} tokens per run; " if _budgets(report.runs) else "")
             + f"{human_count(sum(r.final_tokens for r in report.rows))} trained in all ({len(report.runs)} runs)"),
            ("sweep command" if len(report.parents) < 2 else "sweep commands",
-            _per_sweep(report, lambda p: p.command or "not recorded by this sweep") if report.parents else ""),
+            _per_sweep(report, lambda p: p.command or "not recorded by this sweep")),
            ("overrides on the sweep file", overrides_text(report)),
            ("report command", report.compare_command),
            ("MLflow", mlflow_link(report)),
            ("sweep run" if len(report.parents) < 2 else "sweep runs",
-            _per_sweep(report, lambda p: f"{p.run_id} (experiment {p.experiment_id})") if report.parents else ""),
+            _per_sweep(report, lambda p: f"{p.run_id} (experiment {p.experiment_id})")),
            ("history", _run_history(report))]
     # the MLflow command stays exact; every other machine path is shortened
     return [(k, v if k == "MLflow" else shown_paths(v)) for k, v in out if v]

@@ -270,7 +270,7 @@ class HostBuffers:
     tensors at every checkpoint, so after the first the copy allocates nothing, and a GPU tensor's buffer is pinned
     (page-locked), which the device copies into asynchronously at full bus speed; one synchronisation ends the
     snapshot. A buffer may be reused only once the snapshot that used it is written (the training loop keeps one
-    checkpoint in flight; :meth:`fresh` when it cannot wait). On the H100 a snapshot is 1.6 GB for the science model,
+    checkpoint in flight, and takes new buffers when it cannot wait for one). On the H100 a snapshot is 1.6 GB for the science model,
     six a trial (docs/benchmarks.md)."""
 
     def __init__(self) -> None:
@@ -290,10 +290,6 @@ class HostBuffers:
         if isinstance(value, (list, tuple)):
             return type(value)(self.copy(v, (*path, i)) for i, v in enumerate(value))
         return value
-
-    def fresh(self) -> HostBuffers:
-        """Buffers of its own, for a snapshot taken while this one's may still be being written."""
-        return HostBuffers()
 
 
 def snapshot(*, rank: int, state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer,

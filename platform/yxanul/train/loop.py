@@ -184,9 +184,9 @@ class _Loop:
         """What the worker is doing, for a one-line out-of-memory error."""
         self.started_at = time.time()
         self.upload_done: threading.Event | None = None
+        """Set once the last asynchronously written checkpoint is written and on storage."""
         self.host_buffers = HostBuffers()
         """Host memory of the checkpoint snapshots, reused from one to the next (one checkpoint in flight)."""
-        """Set once the last asynchronously written checkpoint is written and on storage."""
         with self.timeline.phase("data"):
             self.dataset = PreparedDataset.open(setup.data_dir)
         self.plan: CurriculumPlan = build_plan(cfg, self.world, self.dataset.seq_len_ok)
@@ -751,7 +751,7 @@ class _Loop:
         if self.upload_done is not None and not self.upload_done.wait(timeout=UPLOAD_WAIT_S):
             worker_print(self.cfg.run.name, f"warning: the checkpoint before step {self.state.step} is not on "
                          f"storage after {UPLOAD_WAIT_S:.0f} s; taking the next one anyway", err=True)
-            self.host_buffers = self.host_buffers.fresh()  # the one still being written keeps its memory
+            self.host_buffers = HostBuffers()  # the snapshot still being written keeps its memory
         taken = snapshot(rank=self.rank, state=self.state, model=self.step_model, optimizer=self.optimizer,
                          data_state=self.data_position or {}, buffers=self.host_buffers)
         persisted = functools.partial(self._write_marker, "checkpoint", self.state.step, self.state.tokens)

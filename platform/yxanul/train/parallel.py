@@ -165,9 +165,7 @@ def full_state_dict(model: nn.Module, copy: bool = True) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
         return get_model_state_dict(inner, options=_options(cpu_offload=True))
-    if not copy:
-        return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in inner.state_dict().items()}
-    return {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v
+    return {k: (v.detach().to("cpu", copy=True) if copy else v.detach()) if isinstance(v, torch.Tensor) else v
             for k, v in inner.state_dict().items()}
 
 
