@@ -50,6 +50,7 @@ from yxanul.tags import (
     CONFIG_HASH_TAG,
     CUDA_VERSION_TAG,
     DATA_MODE_TAG,
+    DATA_SHA256_TAG,
     ERROR_TAG,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -59,6 +60,7 @@ from yxanul.tags import (
     GPU_COUNT_TAG,
     GPU_DRIVER_TAG,
     GPU_NAME_TAG,
+    GPU_UUID_TAG,
     HOST_TAG,
     MANIFEST_SHA256_TAG,
     NODE_ID_TAG,
@@ -832,6 +834,8 @@ def provenance_tags(config_hash: str, manifest_path: str | Path | None = None,
         tokenizer = manifest.get("tokenizer") or {}
         if tokenizer.get("sha256"):
             tags[TOKENIZER_SHA256_TAG] = str(tokenizer["sha256"])
+        if manifest.get("content_sha256"):
+            tags[DATA_SHA256_TAG] = str(manifest["content_sha256"])
         if manifest.get("mode"):
             tags[DATA_MODE_TAG] = str(manifest["mode"])
     return tags
@@ -871,6 +875,10 @@ def device_tags(use_gpu: bool, num_workers: int) -> dict[str, str]:
         return {**tags, GPU_NAME_TAG: "none", GPU_COUNT_TAG: "0"}
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "unavailable"
     tags.update({GPU_NAME_TAG: name, GPU_COUNT_TAG: str(num_workers), CUDA_VERSION_TAG: str(torch.version.cuda)})
+    uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None) \
+        if torch.cuda.is_available() else None
+    if uuid is not None:
+        tags[GPU_UUID_TAG] = f"GPU-{uuid}"
     driver = _nvidia_driver()
     if driver:
         tags[GPU_DRIVER_TAG] = driver

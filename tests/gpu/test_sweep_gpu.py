@@ -90,6 +90,7 @@ axes:
         tags = run.data.tags
         assert run.info.status == "FINISHED" and tags["yxanul.status"] == "finished", tags.get("yxanul.error")
         assert tags["yxanul.execution"] == "in_process" and tags["yxanul.gpu_name"] == card
+        assert tags["yxanul.gpu_uuid"] == f"GPU-{torch.cuda.get_device_properties(0).uuid}"  # as nvidia-smi -L
         assert [s for s, _ in metrics["val/bpb"]] == [65536, 131072] and len(metrics["train/loss"]) == 32
     assert len({run.data.tags["yxanul.worker_pid"] for run, _ in runs}) == 1  # one process trained all four
     by_arm: dict[str, list] = {}

@@ -3,6 +3,7 @@ idempotence, --force, determinism and a single 50 MB document."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -107,6 +108,14 @@ def test_decompose_end_to_end(env, dec, capsys):
     assert not list(root.glob(".dec.tmp-*"))
 
 
+def _files_sha256(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        data = path.read_bytes()
+        digest.update(f"{path.relative_to(root).as_posix()}\0{len(data)}\0".encode() + data)
+    return digest.hexdigest()
+
+
 def test_rerun_is_a_noop_and_force_rebuilds_identically(env, dec, capsys):
     root, _ = env
     shutil.copytree(root / "dec", root / "idem")  # a complete dataset; output_dir is not in the hash
@@ -123,11 +132,15 @@ def test_rerun_is_a_noop_and_force_rebuilds_identically(env, dec, capsys):
     assert before.keys() == after.keys() and before == after  # deterministic, byte for byte
     assert {k: v for k, v in forced.items() if k not in ("created_at", "seconds")} == \
         {k: v for k, v in dec.items() if k not in ("created_at", "seconds")}
+    # the data's hash (the run tag yxanul.data_sha256) is equal where the manifest's own sha256 is not: every file
+    # but the manifest, path and bytes in path order, recomputed here from the files
+    assert forced["content_sha256"] == dec["content_sha256"] == _files_sha256(root / "idem")
     # a changed setting gives a new hash and replaces the dataset
     code, changed = _prepare(env, "idem", "data.max_bucket=256")
     assert code == 0 and changed["config_hash"] != dec["config_hash"] and "512" not in changed["buckets"]
     assert not (root / "idem" / "bucket=512").exists()
     assert changed["train"]["tokens"] == dec["train"]["tokens"]
+    assert changed["content_sha256"] == _files_sha256(root / "idem") != dec["content_sha256"]  # other buckets
 
 
 def test_packed_mode_is_the_token_stream_cut_into_rows(env):

@@ -415,3 +415,34 @@ def test_seed_pairs_trained_on_different_cards_are_named():
     fp8_seed1.tags["yxanul.gpu_name"] = "NVIDIA H200"
     [said] = [w for w in warnings(build_report(runs, "s")) if "different cards" in w]
     assert "1 of 2 seed pairs trained on different cards (seed 1: NVIDIA H100 80GB HBM3 / NVIDIA H200)" in said
+
+
+def test_seed_pairs_trained_on_two_cards_of_one_model_are_named_by_uuid():
+    """Two cards of one model differ in speed too (two H100 80GB HBM3 of 2026-12-06: 7% in BF16 tokens/s): where
+    both runs of a pair recorded their card's UUID and the UUIDs differ, the report names the pair; one card, or a
+    UUID missing on either side (runs before the tag), says nothing."""
+    runs = sweep_runs()
+    for r in runs:
+        r.tags["yxanul.gpu_uuid"] = "GPU-aaaa"
+    next(r for r in runs if r.arm == "precision.mode=bf16" and r.replicate == 0).tags.pop("yxanul.gpu_uuid")
+    assert not [w for w in warnings(build_report(runs, "s")) if "different cards" in w]
+    next(r for r in runs if r.arm == "precision.mode=fp8" and r.replicate == 1).tags["yxanul.gpu_uuid"] = "GPU-bbbb"
+    [said] = [w for w in warnings(build_report(runs, "s")) if "different cards" in w]
+    assert ("1 of 2 seed pairs trained on different cards (seed 1: NVIDIA H100 80GB HBM3 GPU-aaaa / "
+            "NVIDIA H100 80GB HBM3 GPU-bbbb)") in said
+
+
+def test_two_fp8_arms_are_told_apart_by_their_variant_names():
+    """Two FP8 arms against one BF16 reference (the measured plan and every group forced) both ran "FP8": their
+    short names, which head the per-seed tables and the design lines, add the sweep's variant names."""
+    runs = []
+    for seed in (0, 1):
+        for name, mode, final in (("bf16", "bf16", 2.80), ("fp8-auto", "fp8", 2.79), ("fp8-all", "fp8", 2.78)):
+            run = seeded(f"precision={name}", seed, final + seed / 100, 100.0, precision=mode,
+                         tags={} if mode == "bf16" else FP8_HEAD, params={} if mode == "bf16" else FP8_PARAMS)
+            run.axes = {"precision": name}
+            runs.append(run)
+    report = build_report(runs, "s", reference="precision=bf16")
+    assert sorted(arm_names(c)[3] for c in report.comparisons) == ["FP8 (fp8-all)", "FP8 (fp8-auto)"]
+    assert {arm_names(c)[4] for c in report.comparisons} == {"BF16"}  # the variant name bf16 says nothing more
+    assert sum("minimal detectable effect, FP8 (fp8-auto) vs BF16" in line for line in design_lines(report)) == 1

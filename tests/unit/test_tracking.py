@@ -127,6 +127,9 @@ def test_provenance_tags_hash_the_manifest_and_name_the_tokenizer(tmp_path):
     assert tags["yxanul.config_hash"] == "cafe" and tags["yxanul.git_sha"] == "1" * 40
     assert "yxanul.version.torch" in tags and "yxanul.version.mlflow" in tags
     assert "yxanul.git_diff_sha256" not in tags  # a clean checkout has no diff
+    assert "yxanul.data_sha256" not in tags  # a dataset prepared before content_sha256: the manifest's hash only
+    manifest.write_text(json.dumps({"mode": "packed", "content_sha256": "cd" * 32}))
+    assert provenance_tags("cafe", manifest, git={"sha": "1" * 40, "dirty": "false"})["yxanul.data_sha256"] == "cd" * 32
     dirty = provenance_tags("cafe", manifest, git={"sha": "1" * 40, "dirty": "true", "diff": "+b\n"})
     assert dirty["yxanul.git_diff_sha256"] == hashlib.sha256(b"+b\n").hexdigest()
 

@@ -371,6 +371,7 @@ def run(plan: Plan, *, force: bool = False) -> dict[str, Any] | None:
             collector.writer.close()
             np.save(tmp / TOKEN_COUNTS, collector.token_counts, allow_pickle=False)
             manifest = _manifest(plan, collector, tok, eos, time.perf_counter() - start)
+            manifest["content_sha256"] = content_sha256(tmp)
             _write_json(tmp / MANIFEST, manifest)
             _publish(tmp, out)
             return manifest
@@ -492,6 +493,21 @@ def _split_packages(corpus: dict[str, Any], fraction: float, validation_only: bo
         sides[side][name] = info["bytes"]
     return {**corpus, "packages": sides,
             "split": "whole top-level packages by a stable hash of the package name (data.validation_fraction)"}
+
+
+def content_sha256(root: Path) -> str:
+    """What the dataset is, whenever and wherever it was made: one sha256 over every file under ``root`` but the
+    manifest (the token parquet files and the token counts), each as its path relative to ``root`` and its bytes, in
+    path order. Preparation is deterministic byte for byte (the same sources, tokenizer and settings give the same
+    files, whatever the number of tokenize actors), so two machines that prepared the same data agree; the manifest's
+    own sha256 does not (it records when and how fast). Files written by another pyarrow version may differ."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _publish(tmp: Path, out: Path) -> None:

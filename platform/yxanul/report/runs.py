@@ -23,6 +23,7 @@ from yxanul.tags import (
     GPU_COUNT_TAG,
     GPU_DRIVER_TAG,
     GPU_NAME_TAG,
+    GPU_UUID_TAG,
     PRECISION_PLAN_TAG,
     PRECISION_RAN_TAG,
     SIMULATED_TAG,
@@ -103,6 +104,12 @@ class RunSeries:
         if not name:
             return None
         return "CPU" if name in ("none", "unavailable") else name
+
+    @property
+    def card_uuid(self) -> str | None:
+        """The UUID of the card rank 0 trained on (``GPU-5f3e...``); None where not recorded (runs before
+        2026-12-06) or on CPU."""
+        return self.tags.get(GPU_UUID_TAG) or None
 
     @property
     def gpu_count(self) -> int | None:

@@ -16,6 +16,7 @@ from yxanul.report.fetch import SweepRecord
 from yxanul.report.runs import RunSeries, int_tag, model_config, ran_precision, run_spikes, spike_check, vocabularies
 from yxanul.stats import LEVEL, MOST_SEEDS, NO_DIFFERENCE, POWER, Estimate, seeds_needed, t_quantile
 from yxanul.tags import (
+    DATA_SHA256_TAG,
     DATA_TRAIN_TOKENS_TAG,
     GIT_DIFF_SHA256_TAG,
     GIT_DIRTY_TAG,
@@ -84,7 +85,10 @@ def arm_names(c: Comparison) -> tuple[str, str, str, str, str]:
             parts = [*parts[:3], f"+{len(parts) - 3} more keys"]
         if fp8 or any(_precision_key(k) for k, _ in diff):
             parts.append(arm.precision_text)
-            short = ", ".join(p for p in parts[:-1]) + (", " if len(parts) > 1 else "") + _short_precision(arm)
+            ran = _short_precision(arm)  # + the variant's own name where it says more (two FP8 arms: which one)
+            named = [v for k, v in diff if _precision_key(k) and v.lower() not in (ran.lower(), "bf16", "fp8", "fp32")]
+            ran += f" ({', '.join(named)})" if named else ""
+            short = ", ".join(p for p in parts[:-1]) + (", " if len(parts) > 1 else "") + ran
         else:
             short = ", ".join(parts)
         return ", ".join(parts) or arm.arm, short or arm.arm
@@ -317,6 +321,16 @@ def target_text(report: ComparisonReport) -> str:
     return f"target: {bpb(report.target_bpb)} bits/byte ({report.target_source})"
 
 
+def _other_card(a: RunSeries, b: RunSeries) -> bool:
+    """Whether two runs trained on different cards: another model, or (both recorded) another card's UUID."""
+    return a.card != b.card or (a.card_uuid is not None and b.card_uuid is not None and a.card_uuid != b.card_uuid)
+
+
+def _card_of(run: RunSeries, other: RunSeries) -> str:
+    """The card's model, and its UUID where the other run's card is of the same model."""
+    return f"{run.card} {run.card_uuid}" if run.card == other.card and run.card_uuid else str(run.card)
+
+
 def warnings(report: ComparisonReport) -> list[str]:
     """What a reader must know before trusting the numbers."""
     out = []
@@ -330,10 +344,10 @@ def warnings(report: ComparisonReport) -> list[str]:
                        "before reading a verdict.")
         elif c.n == 1:
             out.append(f"{arm} vs {ref}: 1 seed pair: one run per arm, no interval and no verdict.")
-    for c in report.comparisons:  # a speed ratio pairs two runs: on different card models it measures the cards
+    for c in report.comparisons:  # a speed ratio pairs two runs: on different cards it measures the cards
         _, _, _, arm, ref = arm_names(c)
-        crossed = [f"seed {p.arm.seed}: {p.reference.run.card} / {p.arm.run.card}" for p in c.pairs
-                   if p.arm.run.card != p.reference.run.card]
+        crossed = [f"seed {p.arm.seed}: {_card_of(p.reference.run, p.arm.run)} / {_card_of(p.arm.run, p.reference.run)}"
+                   for p in c.pairs if _other_card(p.reference.run, p.arm.run)]
         if crossed:
             out.append(f"{arm} vs {ref}: {len(crossed)} of {len(c.pairs)} seed pairs trained on different cards ("
                        + "; ".join(crossed) + "): their tokens/s ratios and times compare the cards as well as the "
@@ -447,8 +461,8 @@ def _data_text(run: RunSeries, tokens_trained: float) -> str:
     if p.get("data.mode") == "packed" and p.get("data.seq_len"):
         text += f" to {p['data.seq_len']} tokens"
     text += ")"
-    sha = run.tags.get(MANIFEST_SHA256_TAG)
-    text += f"; manifest {sha[:12]}" if sha else "; manifest not recorded"
+    data_sha, sha = run.tags.get(DATA_SHA256_TAG), run.tags.get(MANIFEST_SHA256_TAG)
+    text += (f"; data {data_sha[:12]}" if data_sha else f"; manifest {sha[:12]}" if sha else "; manifest not recorded")
     data = int_tag(run, DATA_TRAIN_TOKENS_TAG)
     if data:
         text += f"; {human_count(data)} training tokens, {tokens_trained / data:.2f} epochs trained"
