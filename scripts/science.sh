@@ -94,12 +94,14 @@ for name in sys.argv[2:]:
 EOF
 }
 sweep_of() {  # $1 = sweep file, $2 = log name, rest = jobs.sweep arguments; its wall time goes into sweeps.jsonl
-    local file=$1 name=$2 start; shift 2
+    local file=$1 name=$2 start arg called=$1; shift 2
+    for arg in "$@"; do [[ $arg == sweep.name=* ]] && called=${arg#sweep.name=}; done  # the sweep's own name
     start=$(date +%s)
     $py -m jobs.sweep "$file" "tracking.uri=$uri" "${extra[@]}" "${sweep_extra[@]}" "$@" 2>&1 | tee -a "$out/$name.log" \
         | grep -v "^$" | grep -v "Failed to query Ray Train Controller" | tail -25
     local status=${PIPESTATUS[0]}
-    echo "{\"sweep\": \"$name\", \"wall_s\": $(( $(date +%s) - start )), \"rc\": $status}" >> "$out/sweeps.jsonl"
+    echo "{\"sweep\": \"$name\", \"name\": \"$called\", \"wall_s\": $(( $(date +%s) - start )), \"rc\": $status," \
+         "\"date\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\"}" >> "$out/sweeps.jsonl"
     return "$status"
 }
 sweep() { sweep_of science-calibration "$@"; }  # $1 = log name, rest = jobs.sweep arguments
