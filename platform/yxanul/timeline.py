@@ -3,6 +3,8 @@
 A training run (one sweep trial, or ``jobs.train``) splits its wall-clock, from the moment the trial (or the
 job's ``train`` call) starts until its MLflow run is ended, into exclusive phases:
 
+    imports      a sweep trial's imports before anything else (with ``sweep.in_process``, Transformer Engine's
+                 preload too): paid by the first trial of a process; ~0 for the trials that reuse it
     data         the driver opens the dataset and checks the curriculum; the workers open it, load the
                  validation rows and compute the unigram baseline
     mlflow       every MLflow call: the driver's run creation or reopening and ending, rank 0's logging
@@ -46,7 +48,7 @@ from yxanul.formatting import percent, seconds
 __all__ = ["EFFICIENCY_METRIC", "OUTSIDE", "PHASES", "PREFIX", "WALL_METRIC", "Timeline", "format_timeline",
            "metric_name", "sweep_metrics", "timed", "timeline_metrics"]
 
-PHASES: tuple[str, ...] = ("data", "mlflow", "worker_start", "build", "fp8_plan", "restore", "compile", "profile",
+PHASES: tuple[str, ...] = ("imports", "data", "mlflow", "worker_start", "build", "fp8_plan", "restore", "compile", "profile",
                            "steps", "validation", "checkpoint", "teardown", "other")
 """Per-run phases, in the order a run goes through them (``other`` last)."""
 PREFIX = "timeline/"

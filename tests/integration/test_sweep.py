@@ -376,6 +376,9 @@ max_concurrent_trials: 1
         assert metrics["timeline/worker_start_s"] < 1.0 and metrics["timeline/other_s"] >= 0
         assert metrics["timeline/steps_s"] > 0 and metrics["timeline/build_s"] > 0
     assert len({r.data.tags["yxanul.worker_pid"] for r in runs.values()}) == 1  # one process served both trials
+    first, later = sorted(runs.values(), key=lambda r: r.info.start_time)
+    # the trial process's imports are the first trial's: the later one finds them done
+    assert first.data.metrics["timeline/imports_s"] > later.data.metrics["timeline/imports_s"] >= 0
 
     single = write_sweep(env, "inproc-ray-train", """
 axes:

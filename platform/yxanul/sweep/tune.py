@@ -108,6 +108,7 @@ def _trial_fn(config: dict[str, Any]) -> None:
         # cuDNN, Transformer Engine's libraries fail to load in a later FP8 trial ("libcudnn_cnn.so.9: undefined
         # symbol": both fp8-auto trials after BF16 ones, H100, 2026-12-06). TE loaded first, where installed, is safe.
         preload_te()
+    imports_s = time.time() - started_at  # ~0 once this process has served a trial
     base = Path(sweep["base_path"]) if sweep["base_path"] else None
     cfg = build_config(base, sweep["base_overrides"], trial["overrides"])
     tags = {SWEEP_TAG: sweep["name"], **trial_tags(trial), TUNE_TRIAL_ID_TAG: tune.get_context().get_trial_id()}
@@ -116,7 +117,7 @@ def _trial_fn(config: dict[str, Any]) -> None:
     # end_unfinished=False: a trial Tune stops is recorded by the driver's callback (records.end_trial_run_callback).
     # print_timeline=False: the driver prints the trial's timeline line with its verdict (records.end_trial_run_callback)
     train(cfg, extra_tags=tags, parent_run_id=sweep["parent_run_id"], end_unfinished=False, started_at=started_at,
-          print_timeline=False, **where)
+          before={"imports": imports_s}, print_timeline=False, **where)
 
 
 def tune_config(plan: SweepPlan, spec: SweepSpec) -> Any:

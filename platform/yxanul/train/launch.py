@@ -474,7 +474,7 @@ def _is_failure(exc: BaseException, in_process: bool) -> bool:
 
 def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None = None,
           extra_tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
-          end_unfinished: bool = True, started_at: float | None = None,
+          end_unfinished: bool = True, started_at: float | None = None, before: Mapping[str, float] | None = None,
           session: TuneSession | None = None, print_timeline: bool = True) -> TrainResult:
     """Run (or resume) the training ``cfg`` describes and return its :class:`TrainResult`: on Ray Train (a
     ``TorchTrainer``), or with ``session`` (a :class:`~yxanul.train.session.TuneSession`: one-worker sweep trials)
@@ -491,7 +491,8 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
     "killed" itself, so no two writers race for the verdict.
 
     The run's timeline (:mod:`yxanul.timeline`) covers the wall-clock from ``started_at`` (``time.time()``; a
-    sweep trial passes its own start) or this call, to the end of the MLflow run: logged as ``timeline/*``
+    sweep trial passes its own start, and in ``before`` the phases it measured before this call: its imports) or
+    this call, to the end of the MLflow run: logged as ``timeline/*``
     metrics and printed as one line under the run's name (``print_timeline=False``: not printed; a sweep's driver
     prints each trial's from the metrics, in order with its verdict).
     """
@@ -499,6 +500,7 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
 
     started_at = started_at if started_at is not None else time.time()
     timeline = Timeline()
+    timeline.merge(before or {})
     dataset, tracking = _prepare(cfg, extra_tags, parent_run_id, timeline)
     config = loop_config(cfg, dataset, tracking)
     trainer = _trainer(cfg, config, run_config_callbacks) if session is None else None
