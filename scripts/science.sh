@@ -87,7 +87,8 @@ for name in sys.argv[2:]:
            "installed_python": {k: corpus.get(k) for k in ("python", "roots", "files", "bytes", "skipped")},
            "packages": {side: len(p) for side, p in corpus.get("packages", {}).items()},
            "validation_packages": corpus.get("packages", {}).get("validation"),
-           "prepare_seconds": m["seconds"], "tokenizer_sha256": m["tokenizer"]["sha256"]}
+           "prepare_seconds": m["seconds"], "tokenizer_sha256": m["tokenizer"]["sha256"],
+           "content_sha256": m.get("content_sha256")}
     print(json.dumps({k: row[k] for k in ("dataset", "train_tokens", "train_bytes", "prepare_seconds")}))
     with open(out / "datasets.jsonl", "a") as fh:
         fh.write(json.dumps(row) + "\n")
