@@ -128,8 +128,12 @@ GPU_NAME_TAG = "yxanul.gpu_name"
 """The full device name (``NVIDIA H200``), ``none`` without GPUs, ``unavailable`` if CUDA was not."""
 GPU_COUNT_TAG = "yxanul.gpu_count"
 GPU_UUID_TAG = "yxanul.gpu_uuid"
-"""The UUID of the card rank 0 trained on (``torch.cuda.get_device_properties().uuid``): two cards of one model
-can differ in speed (two H100 80GB HBM3 of 2026-12-06: 7% in BF16 tokens/s), so pairs are matched on it."""
+"""The UUID of the card rank 0 trained on (``GPU-<uuid>``, as ``nvidia-smi -L`` prints it)."""
+BOOT_ID_TAG = "yxanul.boot_id"
+"""The Linux boot id of the machine rank 0 ran on (``/proc/sys/kernel/random/boot_id``): runs with different ones
+ran on different machines (or across a reboot), and two machines with cards of one model can differ in speed (two
+lent H100 80GB HBM3 of 2026-12-06: 7% in BF16 tokens/s). Trials on the GPUs of one node share it. Absent where
+the file is (not Linux)."""
 NUM_WORKERS_TAG = "yxanul.num_workers"
 GPU_DRIVER_TAG = "yxanul.gpu_driver"
 """The NVIDIA driver version (``nvidia-smi``), when it could be read."""

@@ -47,6 +47,7 @@ from typing import Any, Protocol, runtime_checkable
 from yxanul.errors import TrackingError, first_line
 from yxanul.files import sha256_file, uri_secret
 from yxanul.tags import (
+    BOOT_ID_TAG,
     CONFIG_HASH_TAG,
     CUDA_VERSION_TAG,
     DATA_MODE_TAG,
@@ -871,6 +872,9 @@ def device_tags(use_gpu: bool, num_workers: int) -> dict[str, str]:
     import torch
 
     tags = {TORCH_VERSION_TAG: torch.__version__, NUM_WORKERS_TAG: str(num_workers)}
+    boot = _boot_id()
+    if boot:
+        tags[BOOT_ID_TAG] = boot
     if not use_gpu:
         return {**tags, GPU_NAME_TAG: "none", GPU_COUNT_TAG: "0"}
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "unavailable"
@@ -883,6 +887,14 @@ def device_tags(use_gpu: bool, num_workers: int) -> dict[str, str]:
     if driver:
         tags[GPU_DRIVER_TAG] = driver
     return tags
+
+
+def _boot_id() -> str | None:
+    """This machine's Linux boot id (None elsewhere: the tag is left out)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _nvidia_driver() -> str | None:

@@ -417,19 +417,22 @@ def test_seed_pairs_trained_on_different_cards_are_named():
     assert "1 of 2 seed pairs trained on different cards (seed 1: NVIDIA H100 80GB HBM3 / NVIDIA H200)" in said
 
 
-def test_seed_pairs_trained_on_two_cards_of_one_model_are_named_by_uuid():
-    """Two cards of one model differ in speed too (two H100 80GB HBM3 of 2026-12-06: 7% in BF16 tokens/s): where
-    both runs of a pair recorded their card's UUID and the UUIDs differ, the report names the pair; one card, or a
-    UUID missing on either side (runs before the tag), says nothing."""
+def test_seed_pairs_trained_on_two_machines_with_cards_of_one_model_are_named():
+    """Two machines with cards of one model differ in speed too (two lent H100 80GB HBM3 of 2026-12-06: 7% in BF16
+    tokens/s): where both runs of a pair recorded their machine's boot id and the ids differ, the report names the
+    pair. Two GPUs of one node (another card UUID, one boot id: a sweep's concurrent trials), or a boot id missing on
+    either side (runs before the tag), say nothing."""
     runs = sweep_runs()
-    for r in runs:
-        r.tags["yxanul.gpu_uuid"] = "GPU-aaaa"
-    next(r for r in runs if r.arm == "precision.mode=bf16" and r.replicate == 0).tags.pop("yxanul.gpu_uuid")
+    for i, r in enumerate(runs):
+        r.tags.update({"yxanul.boot_id": "aaaaaaaa-1111", "yxanul.gpu_uuid": f"GPU-{i}"})  # one node, many GPUs
     assert not [w for w in warnings(build_report(runs, "s")) if "different cards" in w]
-    next(r for r in runs if r.arm == "precision.mode=fp8" and r.replicate == 1).tags["yxanul.gpu_uuid"] = "GPU-bbbb"
+    fp8_seed1 = next(r for r in runs if r.arm == "precision.mode=fp8" and r.replicate == 1)
+    fp8_seed1.tags["yxanul.boot_id"] = "bbbbbbbb-2222"
     [said] = [w for w in warnings(build_report(runs, "s")) if "different cards" in w]
-    assert ("1 of 2 seed pairs trained on different cards (seed 1: NVIDIA H100 80GB HBM3 GPU-aaaa / "
-            "NVIDIA H100 80GB HBM3 GPU-bbbb)") in said
+    assert ("1 of 2 seed pairs trained on different cards (seed 1: NVIDIA H100 80GB HBM3 on machine aaaaaaaa / "
+            "NVIDIA H100 80GB HBM3 on machine bbbbbbbb)") in said
+    next(r for r in runs if r.arm == "precision.mode=bf16" and r.replicate == 1).tags.pop("yxanul.boot_id")
+    assert not [w for w in warnings(build_report(runs, "s")) if "different cards" in w]
 
 
 def test_two_fp8_arms_are_told_apart_by_their_variant_names():

@@ -6,6 +6,7 @@ import hashlib
 import json
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -140,6 +141,8 @@ def test_device_tags_name_the_torch_build_and_the_worker_count():
     from yxanul.tracking import device_tags
 
     tags = device_tags(use_gpu=False, num_workers=2)
+    boot = tags.pop("yxanul.boot_id")  # the machine: the report names speed pairs split across machines
+    assert boot == Path("/proc/sys/kernel/random/boot_id").read_text().strip() and len(boot) == 36
     assert tags == {"yxanul.torch_version": torch.__version__, "yxanul.num_workers": "2", "yxanul.gpu_name": "none",
                     "yxanul.gpu_count": "0"}
 

@@ -17,13 +17,13 @@ from yxanul.formatting import human_count
 from yxanul.tags import (
     ARM_TAG,
     AXES_TAG,
+    BOOT_ID_TAG,
     CUDA_VERSION_TAG,
     CURRICULUM_STAGES_TAG,
     FP8_LAYERS_TAG,
     GPU_COUNT_TAG,
     GPU_DRIVER_TAG,
     GPU_NAME_TAG,
-    GPU_UUID_TAG,
     PRECISION_PLAN_TAG,
     PRECISION_RAN_TAG,
     SIMULATED_TAG,
@@ -106,10 +106,10 @@ class RunSeries:
         return "CPU" if name in ("none", "unavailable") else name
 
     @property
-    def card_uuid(self) -> str | None:
-        """The UUID of the card rank 0 trained on (``GPU-5f3e...``); None where not recorded (runs before
-        2026-12-06) or on CPU."""
-        return self.tags.get(GPU_UUID_TAG) or None
+    def boot_id(self) -> str | None:
+        """The boot id of the machine rank 0 ran on: another one is another machine; None where not recorded (runs
+        before 2026-12-06, not Linux)."""
+        return self.tags.get(BOOT_ID_TAG) or None
 
     @property
     def gpu_count(self) -> int | None:

@@ -321,14 +321,16 @@ def target_text(report: ComparisonReport) -> str:
     return f"target: {bpb(report.target_bpb)} bits/byte ({report.target_source})"
 
 
-def _other_card(a: RunSeries, b: RunSeries) -> bool:
-    """Whether two runs trained on different cards: another model, or (both recorded) another card's UUID."""
-    return a.card != b.card or (a.card_uuid is not None and b.card_uuid is not None and a.card_uuid != b.card_uuid)
+def _elsewhere(a: RunSeries, b: RunSeries) -> bool:
+    """Whether two runs trained on different cards: another model, or (both recorded) another machine. The GPUs of
+    one node count as one card: sweeps put concurrent trials on them, and they share the machine's state."""
+    return a.card != b.card or (a.boot_id is not None and b.boot_id is not None and a.boot_id != b.boot_id)
 
 
 def _card_of(run: RunSeries, other: RunSeries) -> str:
-    """The card's model, and its UUID where the other run's card is of the same model."""
-    return f"{run.card} {run.card_uuid}" if run.card == other.card and run.card_uuid else str(run.card)
+    """The card's model, and its machine (the boot id's first 8 digits) where the other run's card is of the same
+    model."""
+    return f"{run.card} on machine {run.boot_id[:8]}" if run.card == other.card and run.boot_id else str(run.card)
 
 
 def warnings(report: ComparisonReport) -> list[str]:
@@ -344,10 +346,10 @@ def warnings(report: ComparisonReport) -> list[str]:
                        "before reading a verdict.")
         elif c.n == 1:
             out.append(f"{arm} vs {ref}: 1 seed pair: one run per arm, no interval and no verdict.")
-    for c in report.comparisons:  # a speed ratio pairs two runs: on different cards it measures the cards
+    for c in report.comparisons:  # a speed ratio pairs two runs: on different cards or machines it measures them
         _, _, _, arm, ref = arm_names(c)
         crossed = [f"seed {p.arm.seed}: {_card_of(p.reference.run, p.arm.run)} / {_card_of(p.arm.run, p.reference.run)}"
-                   for p in c.pairs if _other_card(p.reference.run, p.arm.run)]
+                   for p in c.pairs if _elsewhere(p.reference.run, p.arm.run)]
         if crossed:
             out.append(f"{arm} vs {ref}: {len(crossed)} of {len(c.pairs)} seed pairs trained on different cards ("
                        + "; ".join(crossed) + "): their tokens/s ratios and times compare the cards as well as the "
