@@ -22,7 +22,8 @@
 #             STORE=docs/results/fp8-vs-bf16/mlflow.db.gz COMPARE_WITH=fp8-vs-bf16 COMPARE_OVERRIDES="sweep.name=fp8-vs-bf16-s12
 #             sweep.seeds=[1,2]" scripts/science.sh prepare fp8; COMPARE_ARGS="--reference precision=bf16" is added
 #             to that report's command (where the parts fixed different references)
-#   tests     pytest -m gpu tests/gpu
+#   tests     pytest -m gpu tests/gpu, its whole output in $OUT/gpu_tests.log (GPU_TESTS="tests/gpu/test_x.py ...":
+#             only those; all of them take ~10 minutes)
 #
 # Everything runs from the repository root with the default relative paths of experiments/runs/science.yaml
 # (./outputs/...); on the GPU machine ./outputs is a link into $WORK (default /tmp/yxanul-science), which
@@ -161,7 +162,9 @@ comparison() {  # $1 = a shipped sweep: run it on the science setup, then its re
     return "$status"
 }
 tests() {
-    $py -m pytest -m gpu tests/gpu -p no:cacheprovider -q -rA -s --timeout 500 2>&1 | tee "$out/gpu_tests.log" \
+    local -a chosen
+    read -r -a chosen <<< "${GPU_TESTS:-tests/gpu}"
+    $py -m pytest -m gpu "${chosen[@]}" -p no:cacheprovider -q -rA -s --timeout 500 2>&1 | tee "$out/gpu_tests.log" \
         | grep -v "^$" | tail -40
     return "${PIPESTATUS[0]}"
 }
