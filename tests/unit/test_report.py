@@ -211,6 +211,13 @@ def test_what_was_compared_comes_from_the_runs_params_and_tags():
     assert found["data"][0] == ("[builtin:wiki-en] (packed); manifest 7b9dbe3c744e; 1.5k training tokens, 2.00 epochs "
                                 "trained")
     assert "run.name" not in found and "data.output_dir" not in found  # per run / a machine's path: never a difference
+    # the data named by its files' hash where recorded: two preparations of the same data (their manifests' hashes
+    # differ with when they were made) are one dataset
+    for i, run in enumerate(runs):
+        run.tags.update({"yxanul.manifest_sha256": f"{i:02d}" * 32, "yxanul.data_sha256": "d47a5e7" + "0" * 57})
+    found = {f.name: f.values for f in facts(build_report(runs, "sweep fp8-vs-bf16"))}
+    assert found["data"] == ["[builtin:wiki-en] (packed); data d47a5e700000; 1.5k training tokens, 2.00 epochs "
+                             "trained"] * 2
     said = " ".join(warnings(report))
     assert "the model's vocabulary (200,005) is 24x the tokenizer's (8,192) in every arm" in said
     assert "runs trained 2.00 epochs of their data" in said
