@@ -152,6 +152,57 @@ def worker_death(exc: BaseException) -> str | None:
     return None
 
 
+DIED_OF_ITSELF = ("WORKER_DIED", "OUT_OF_MEMORY", "NODE_DIED")
+"""Ray's reasons for an actor's death that are the worker's own end (killed, out of memory, its node lost), not
+Ray Train stopping the worker group after a failure (``RAY_KILL``)."""
+
+
+PEER_LOST = ("reset by peer", "closed by peer", "Broken pipe", "communicator was aborted", "remote process exited")
+"""What a collective (gloo, NCCL) says when another rank's process is gone."""
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether a Ray Train failure is a rank's collective that lost a peer (gloo's "Connection reset by peer", NCCL's
+    "remote process exited"): the failure of a rank that survived another's death."""
+    return any(p in str(err) for err in error_chain(exc) for p in PEER_LOST)  # the chain holds the workers' errors
+
+
+def dead_rank(marker_dir: str | None) -> str | None:
+    """``"training worker rank 1 (pid 31363, node 10.0.0.7) died: <why>"`` for a rank of this run whose process Ray
+    records as dead of itself, found by the pid each rank wrote in ``<marker_dir>/rank<r>.json``; else None (no
+    markers, none died, or Ray's state API did not answer).
+
+    Ray Train 2.60 names a dead worker only when its health check fails before another rank's error reaches the
+    controller: when a peer's collective fails first (gloo's "Connection reset by peer"), the failure holds only
+    that error, and :func:`worker_death` finds nothing. Ray's actor table still says which process died and why."""
+    import json
+    from pathlib import Path
+
+    if not marker_dir or not Path(marker_dir).is_dir():
+        return None
+    try:
+        import ray
+        from ray.util.state import list_actors
+
+        # This job's Ray, named: without an address the state API may find another cluster on the machine.
+        address = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+        for path in sorted(Path(marker_dir).glob("rank*.json")):
+            info = json.loads(path.read_text() or "{}")
+            pid, rank = info.get("pid"), info.get("rank")
+            if pid is None or rank is None:
+                continue
+            for actor in list_actors(address=address, filters=[("pid", "=", int(pid)), ("state", "=", "DEAD")],
+                                     detail=True, raise_on_missing_output=False, timeout=10):
+                context = (actor.death_cause or {}).get("actor_died_error_context") or {}
+                if context.get("reason") in DIED_OF_ITSELF:
+                    node = context.get("node_ip_address")
+                    why = first_line(str(context.get("error_message") or context["reason"]), 300)
+                    return f"training worker rank {rank} (pid {pid}{f', node {node}' if node else ''}) died: {why}"
+    except Exception:  # noqa: BLE001 - no state API (no dashboard), a marker half-written: the failure's own line
+        return None
+    return None
+
+
 def _is_wrapper(err: BaseException) -> bool:
     """Ray's and Ray Train's own exceptions, which carry a user's error rather than being one."""
     module = type(err).__module__

@@ -19,6 +19,7 @@ from yxanul.errors import (
     clean_line,
     error_chain,
     first_line,
+    lost_peer,
     root_cause,
     user_error,
     worker_failure,
@@ -58,6 +59,22 @@ def test_a_worker_exception_is_named_by_its_real_type_and_message():
     inner = DataError("no bucket=64 in /data")
     assert user_error(WorkerGroupError("x", {0: UserExceptionWithTraceback(inner, "tb")})) is inner
     assert worker_failure(ValueError("")) == "training failed: ValueError: ValueError"
+
+
+def test_a_rank_that_lost_a_peer_is_told_apart_from_a_rank_with_its_own_error():
+    """The failure of a rank whose collective lost a peer (the race in which Ray Train reports it before the dead
+    rank's health check) says so in gloo's or NCCL's words; a worker's own error does not."""
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
+                        "[127.0.0.1]:11649: Connection reset by peer. This is typically caused by a remote worker")
+    assert lost_peer(WorkerGroupError("rank 0 failed", {0: UserExceptionWithTraceback(gloo, "tb")}))
+    nccl = RuntimeError("NCCL communicator was aborted on rank 0.")
+    assert lost_peer(WorkerGroupError("x", {0: UserExceptionWithTraceback(nccl, "tb")}))
+    own = RuntimeError("CUDA error: an illegal memory access was encountered")
+    assert not lost_peer(WorkerGroupError("x", {0: UserExceptionWithTraceback(own, "tb")}))
+    assert not lost_peer(ValueError("optim.lr"))
 
 
 def test_a_cuda_out_of_memory_message_names_where_precision_memory_and_fix():

@@ -38,7 +38,9 @@ from yxanul.errors import (
     WorkerDiedError,
     WorkerFailedError,
     YxanulError,
+    dead_rank,
     first_line,
+    lost_peer,
     user_error,
     worker_death,
     worker_failure,
@@ -517,7 +519,7 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
             raise
         # Ray Train's text of a failure goes to the job's log (_failure_line); in process, the error keeps its
         # traceback (Tune's error file of the trial).
-        raise _failed(cfg, tracking, exc) from (exc if session is not None else None)
+        raise _failed(cfg, tracking, exc, in_process=session is not None) from (exc if session is not None else None)
     tokens = int(outcome.metrics.get("tokens", 0))
     checkpoint_path = outcome.checkpoint.path if outcome.checkpoint else None
     if outcome.checkpoint is not None:
@@ -541,13 +543,20 @@ def train(cfg: ExperimentConfig, *, run_config_callbacks: Sequence[Any] | None =
                        checkpoint_path=checkpoint_path, finished=finished, timeline=metrics)
 
 
-def _failed(cfg: ExperimentConfig, tracking: dict[str, str] | None, exc: BaseException) -> YxanulError:
+def _failed(cfg: ExperimentConfig, tracking: dict[str, str] | None, exc: BaseException,
+            in_process: bool = False) -> YxanulError:
     """A training that failed: its one line (the user's error, a dead worker, or the failure's real type and
-    message) recorded on the MLflow run, which ends ``failed``; the error to raise."""
+    message) recorded on the MLflow run, which ends ``failed``; the error to raise. On Ray Train a dead worker is
+    found in the failure or, where another rank's error reached the controller first, in Ray's actor table
+    (:func:`yxanul.errors.dead_rank`)."""
     from yxanul.tracking import Status
 
     user = user_error(exc)
-    died = None if user else worker_death(exc)
+    died = None
+    if user is None:
+        died = worker_death(exc)
+        if died is None and not in_process and lost_peer(exc):  # a collective saw the death before Ray Train did
+            died = dead_rank(Layout.of(cfg).worker_markers(cfg.run.name))
     if died:  # not a bug: one line that says a worker died, instead of ~100 ending in gloo's connection reset
         died = (f"{died}; scaling.max_failures={cfg.scaling.max_failures} left no restart. The run resumes from "
                 f"its last checkpoint in {run_dir(cfg)}: run the same command again (raise "
