@@ -167,15 +167,17 @@ def lost_peer(exc: BaseException) -> bool:
     return any(p in str(err) for err in error_chain(exc) for p in PEER_LOST)  # the chain holds the workers' errors
 
 
-def dead_rank(marker_dir: str | None) -> str | None:
+def dead_rank(marker_dir: str | None, wait_s: float = 3.0) -> str | None:
     """``"training worker rank 1 (pid 31363, node 10.0.0.7) died: <why>"`` for a rank of this run whose process Ray
     records as dead of itself, found by the pid each rank wrote in ``<marker_dir>/rank<r>.json``; else None (no
-    markers, none died, or Ray's state API did not answer).
+    markers, none died within ``wait_s`` seconds, or Ray's state API did not answer).
 
     Ray Train 2.60 names a dead worker only when its health check fails before another rank's error reaches the
     controller: when a peer's collective fails first (gloo's "Connection reset by peer"), the failure holds only
-    that error, and :func:`worker_death` finds nothing. Ray's actor table still says which process died and why."""
+    that error, and :func:`worker_death` finds nothing. Ray's actor table still says which process died and why
+    (a death is recorded within moments: ``wait_s`` allows for it)."""
     import json
+    import time
     from pathlib import Path
 
     if not marker_dir or not Path(marker_dir).is_dir():
@@ -186,21 +188,25 @@ def dead_rank(marker_dir: str | None) -> str | None:
 
         # This job's Ray, named: without an address the state API may find another cluster on the machine.
         address = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
-        for path in sorted(Path(marker_dir).glob("rank*.json")):
-            info = json.loads(path.read_text() or "{}")
-            pid, rank = info.get("pid"), info.get("rank")
-            if pid is None or rank is None:
-                continue
-            for actor in list_actors(address=address, filters=[("pid", "=", int(pid)), ("state", "=", "DEAD")],
-                                     detail=True, raise_on_missing_output=False, timeout=10):
-                context = (actor.death_cause or {}).get("actor_died_error_context") or {}
-                if context.get("reason") in DIED_OF_ITSELF:
-                    node = context.get("node_ip_address")
-                    why = first_line(str(context.get("error_message") or context["reason"]), 300)
-                    return f"training worker rank {rank} (pid {pid}{f', node {node}' if node else ''}) died: {why}"
+        ranks = [json.loads(path.read_text() or "{}") for path in sorted(Path(marker_dir).glob("rank*.json"))]
+        deadline = time.monotonic() + wait_s
+        while True:
+            for info in ranks:
+                pid, rank = info.get("pid"), info.get("rank")
+                if pid is None or rank is None:
+                    continue
+                for actor in list_actors(address=address, filters=[("pid", "=", int(pid)), ("state", "=", "DEAD")],
+                                         detail=True, raise_on_missing_output=False, timeout=10):
+                    context = (actor.death_cause or {}).get("actor_died_error_context") or {}
+                    if context.get("reason") in DIED_OF_ITSELF:
+                        node = context.get("node_ip_address")
+                        why = first_line(str(context.get("error_message") or context["reason"]), 300)
+                        return f"training worker rank {rank} (pid {pid}{f', node {node}' if node else ''}) died: {why}"
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.5)
     except Exception:  # noqa: BLE001 - no state API (no dashboard), a marker half-written: the failure's own line
         return None
-    return None
 
 
 def _is_wrapper(err: BaseException) -> bool:

@@ -113,7 +113,7 @@ def test_a_dead_worker_without_restarts_left_is_one_error_line(tmp_path):
 
 
 DEAD_RANK = """
-import json, os, signal, sys, time
+import json, os, signal, sys
 from pathlib import Path
 import ray
 from yxanul.errors import dead_rank
@@ -129,16 +129,11 @@ class Rank:
 
 stopped, killed = Rank.remote(), Rank.remote()
 ray.get(stopped.mark.remote(0))
-print("stopped by Ray, alive:", dead_rank(str(markers)))
+print("stopped by Ray, alive:", dead_rank(str(markers), wait_s=0))
 pid = ray.get(killed.mark.remote(1))
 ray.kill(stopped)  # how Ray Train ends a failed worker group: not a death of its own
 os.kill(pid, signal.SIGKILL)
-deadline = time.monotonic() + 60
-line = None
-while line is None and time.monotonic() < deadline:
-    line = dead_rank(str(markers))
-    time.sleep(0.5)
-print("killed:", line)
+print("killed:", dead_rank(str(markers), wait_s=60))  # at once, or as soon as Ray records the death
 print("no markers:", dead_rank(str(markers / "missing")))
 ray.shutdown()
 """
