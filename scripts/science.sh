@@ -95,9 +95,14 @@ for name in sys.argv[2:]:
         fh.write(json.dumps(row) + "\n")
 EOF
 }
+sweep_name() {  # $1 = the sweep file's name, rest = jobs.sweep arguments: the name the sweep runs under
+    local name=$1 arg; shift
+    for arg in "$@"; do [[ $arg == sweep.name=* ]] && name=${arg#sweep.name=}; done
+    echo "$name"
+}
 sweep_of() {  # $1 = sweep file, $2 = log name, rest = jobs.sweep arguments; its wall time goes into sweeps.jsonl
-    local file=$1 name=$2 start arg called=$1; shift 2
-    for arg in "$@"; do [[ $arg == sweep.name=* ]] && called=${arg#sweep.name=}; done  # the sweep's own name
+    local file=$1 name=$2 start called; shift 2
+    called=$(sweep_name "$file" "$@")
     start=$(date +%s)
     $py -m jobs.sweep "$file" "tracking.uri=$uri" "${extra[@]}" "${sweep_extra[@]}" "$@" 2>&1 | tee -a "$out/$name.log" \
         | grep -v "^$" | grep -v "Failed to query Ray Train Controller" | tail -25
@@ -147,14 +152,12 @@ collect() {
     cp outputs/mlflow.db "$out/mlflow.db" 2>/dev/null
 }
 comparison() {  # $1 = a shipped sweep: run it on the science setup, then its report into $out/$1
-    local name=$1 compared=$1 status override part
+    local name=$1 compared status part
     local -a narrow report_args earlier=()
     read -r -a narrow <<< "${COMPARE_OVERRIDES:-}"
     for part in ${COMPARE_WITH:-}; do earlier+=(--sweep "$part"); done  # earlier parts of this comparison
     read -r -a report_args <<< "${COMPARE_ARGS:-}"  # e.g. "--reference precision=bf16" where the parts disagree
-    for override in "${narrow[@]}"; do  # a renamed sweep is compared under its own name, not the file's
-        [[ $override == sweep.name=* ]] && compared=${override#sweep.name=}
-    done
+    compared=$(sweep_name "$name" "${narrow[@]}")  # a renamed sweep is compared under its own name, not the file's
     sweep_of "$name" "$name" "${narrow[@]}"
     status=$?
     $py -m jobs.compare "${earlier[@]}" --sweep "$compared" "${report_args[@]}" --out "$out/$name" --tracking-uri "$uri" 2>&1 | tee -a "$out/$name.log" | tail -30

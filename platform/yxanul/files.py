@@ -4,7 +4,7 @@
     atomic_write(path, text)                           # readers see the old file or the new one, never half
     with atomic_path(out) as tmp:                      # for writers that want a path (pyarrow, torch.save)
         pq.write_table(table, tmp)
-    sha256_file(path)                                  # hex digest, read in 1 MiB blocks
+    sha256_file(path)                                  # hex digest, read in 1 MiB blocks (or into a digest)
     write_secret(path, token)                          # 0600 file in a 0700 folder, never readable by others
     uri_secret(uri)                                    # "a password" when the URI carries one, else None
 """
@@ -19,6 +19,7 @@ import tempfile
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = ["absolute_path", "atomic_path", "atomic_write", "check_writable", "is_uri", "secure_secret_file",
            "sha256_file", "uri_secret", "write_secret"]
@@ -95,9 +96,10 @@ def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
     return Path(path)
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """The sha256 hex digest of a file (read in 1 MiB blocks: checkpoints are gigabytes)."""
-    digest = hashlib.sha256()
+def sha256_file(path: str | os.PathLike[str], digest: Any = None) -> str:
+    """The sha256 hex digest of a file (read in 1 MiB blocks: checkpoints are gigabytes); with ``digest`` (a
+    ``hashlib`` object) the file's bytes are added to it and its digest so far is returned (several files, one hash)."""
+    digest = digest if digest is not None else hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)

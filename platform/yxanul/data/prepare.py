@@ -33,7 +33,7 @@ from yxanul.corpora import Source, corpus_summary, is_uri, resolve_sources
 from yxanul.data.decompose import Packer, bucket_lengths
 from yxanul.data.split import split_key_column
 from yxanul.errors import DataError, YxanulError, first_line, root_cause, user_error
-from yxanul.files import atomic_write
+from yxanul.files import atomic_write, sha256_file
 from yxanul.ray_session import ensure_ray
 
 FORMAT_VERSION = 1
@@ -504,9 +504,7 @@ def content_sha256(root: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        sha256_file(path, digest)
     return digest.hexdigest()
 
 
