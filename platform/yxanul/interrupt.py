@@ -38,8 +38,8 @@ from typing import Any
 from yxanul.formatting import human_count, timestamp
 from yxanul.tags import INTERRUPTIONS_TAG, LAST_INTERRUPTION_TAG, LAST_RESUME_TAG, RESUMES_TAG
 
-__all__ = ["HANDLED", "Interrupted", "active", "forwarding", "latest_checkpoint_tokens", "received", "record_interruption",
-           "record_resume", "reinstall", "resume_point", "signals_handled", "stop_ray"]
+__all__ = ["HANDLED", "Interrupted", "active", "checkpoint_tokens", "forwarding", "latest_checkpoint_tokens", "received",
+           "record_interruption", "record_resume", "reinstall", "resume_point", "signals_handled", "stop_ray"]
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -149,14 +149,17 @@ def latest_checkpoint_tokens(run_dir: str) -> int | None:
     """Training tokens of the latest complete checkpoint in a Ray Train run folder (``state.json`` is written
     last), or None (none yet, or a URI storage: not read here)."""
     folder = Path(run_dir)
-    best = None
-    for state in folder.glob("checkpoint_*/state.json") if folder.is_dir() else ():
-        try:
-            tokens = int(json.loads(state.read_text())["tokens"])
-        except (OSError, ValueError, KeyError):
-            continue
-        best = tokens if best is None else max(best, tokens)
-    return best
+    found = [checkpoint_tokens(str(state.parent)) for state in folder.glob("checkpoint_*/state.json")]
+    return max((t for t in found if t is not None), default=None)
+
+
+def checkpoint_tokens(checkpoint_dir: str) -> int | None:
+    """Training tokens of one complete checkpoint folder (its ``state.json``), or None (incomplete, unreadable, a
+    URI)."""
+    try:
+        return int(json.loads((Path(checkpoint_dir) / "state.json").read_text())["tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def resume_point(run_dir: str, what: str) -> str:

@@ -50,6 +50,10 @@ LAST_INTERRUPTION_TAG = "yxanul.last_interruption"
 """The latest interruption: when (UTC), the signal, and where (``at 4.19M tokens in trial t04``)."""
 LAST_RESUME_TAG = "yxanul.last_resume"
 """When (UTC) the run (or sweep) was last resumed."""
+RESTARTS_TAG = "yxanul.restarts"
+"""How many times a sweep trial's run was started again by the sweep itself after a failure (``trial_restarts``)."""
+LAST_RESTART_TAG = "yxanul.last_restart"
+"""The latest such restart: when (UTC), from where, and the failure it followed (e.g. a fatal error's line)."""
 
 # ---------------------------------------------------------------------------------------------------
 # Sweeps

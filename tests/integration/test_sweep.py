@@ -415,3 +415,60 @@ max_concurrent_trials: 1
     assert good.info.status == "FINISHED" and steps(client, good.info.run_id, "val/bpb")[-1] == 8192
     assert [r["status"] for r in outcome.rows] == ["failed", "finished"]
     assert outcome.rows[0]["reason"] == failed.data.tags["yxanul.error"]
+
+
+def test_a_trial_whose_process_dies_restarts_from_its_checkpoint_and_says_why(env):
+    """A real segmentation fault of an in-process trial's process (test-only YXANUL_TEST_FAILURE=segv@5, after
+    checkpoints): Ray only says the actor died; the sweep names the fault and where it struck from the stack the
+    process left (yxanul.fatal), starts the trial again in a new process from the checkpoint Tune registered last
+    (sweep.trial_restarts, default 1), and the same MLflow run trains on to the end, every step logged once, its
+    restart counted with that line. With trial_restarts=0 the trial fails with the same line. The sweep runs in its
+    own local Ray (as `python -m jobs.sweep` on a machine without a head does), whose workers see the variable."""
+    import os
+    import subprocess
+    import sys
+
+    path = write_sweep(env, "segv", """
+axes:
+  optim.lr: [3.0e-3]
+""")
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"YXANUL_TEST_FAILURE": "segv@5"}
+    fault = (r"its process died: Fatal Python error: Segmentation fault in train/loop\.py:\d+ \(_inject_test_failure\)"
+             r" <- train/loop\.py:\d+ \(_train\)")
+    client = MlflowClient(env["uri"])
+
+    done = subprocess.run([sys.executable, "-m", "jobs.sweep", str(path), "sweep.name=segv"], cwd=ROOT,
+                          capture_output=True, text=True, env=environ, timeout=600)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    restart = re.search(r"t00 optim.lr=0.003 \| restarting: from (\S+) tokens \(its latest checkpoint\) "
+                        r"\(restart 1 of 1\), after: " + fault + r"; every thread's stack: (\S+)\n", done.stdout)
+    assert restart, done.stdout[-3000:]
+    assert restart[1] in ("2.05k", "4.1k") and Path(restart[2]).read_text().startswith("Fatal Python error")
+    assert "t00 optim.lr=0.003 | finished: at 8192 tokens" in done.stdout
+    [parent] = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id],
+                                  filter_string="tags.`yxanul.sweep` = 'segv' and tags.`yxanul.role` = 'sweep'")
+    [run] = children(client, parent.info.run_id).values()
+    assert run.info.status == "FINISHED" and run.data.tags["yxanul.restarts"] == "1"
+    assert re.search(r"Z from \S+ tokens \(its latest checkpoint\) \(restart 1 of 1\), after: " + fault,
+                     run.data.tags["yxanul.last_restart"])
+    assert run.data.tags["yxanul.resumes"] == "1"  # the restart reopened the same run
+    assert steps(client, run.info.run_id, "train/loss") == [2048, 4096, 6144, 8192]  # none lost, none twice
+    assert steps(client, run.info.run_id, "val/bpb") == [2048, 4096, 6144, 8192]
+    report = subprocess.run([sys.executable, "-m", "jobs.compare", "--sweep", "segv", "--out", str(env["root"] / "segv"),
+                             "--tracking-uri", env["uri"], "--no-log"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    history = next(line for line in (env["root"] / "segv" / "comparison.md").read_text().splitlines()
+                   if line.startswith("- history: "))
+    assert re.search(r"restarted after a failure: optim.lr=0.003 seed 0 \(1; last: \S+Z from \S+ tokens .*"
+                     r"Segmentation fault", history), history
+
+    done = subprocess.run([sys.executable, "-m", "jobs.sweep", str(path), "sweep.name=segv-0",
+                           "sweep.trial_restarts=0"], cwd=ROOT, capture_output=True, text=True, env=environ,
+                          timeout=600)
+    assert done.returncode != 0 and "restarting" not in done.stdout
+    assert re.search(r"t00 optim.lr=0.003 \| failed: " + fault, done.stdout), done.stdout[-3000:]
+    [parent] = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id],
+                                  filter_string="tags.`yxanul.sweep` = 'segv-0' and tags.`yxanul.role` = 'sweep'")
+    [run] = children(client, parent.info.run_id).values()
+    assert run.info.status == "FAILED" and re.match(fault, run.data.tags["yxanul.reason"])

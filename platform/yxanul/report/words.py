@@ -23,10 +23,12 @@ from yxanul.tags import (
     GIT_SHA_TAG,
     INTERRUPTIONS_TAG,
     LAST_INTERRUPTION_TAG,
+    LAST_RESTART_TAG,
     LAST_RESUME_TAG,
     MANIFEST_SHA256_TAG,
     MODEL_PARAMS_NON_EMBEDDING_TAG,
     MODEL_PARAMS_TAG,
+    RESTARTS_TAG,
     RESUMED_TAG,
     RESUMES_TAG,
     TORCH_VERSION_TAG,
@@ -602,6 +604,11 @@ def _run_history(report: ComparisonReport) -> str:
         parts.append("resumed runs: " + ", ".join(
             f"{r.arm} seed {r.replicate}" + (f" ({r.tags[RESUMES_TAG]} resumes)" if r.tags.get(RESUMES_TAG) else "")
             for r in resumed))
+    restarted = [r for r in report.runs if r.tags.get(RESTARTS_TAG)]
+    if restarted:  # started again by the sweep after a failure (sweep.trial_restarts), e.g. a process that died
+        parts.append("restarted after a failure: " + ", ".join(
+            f"{r.arm} seed {r.replicate} ({r.tags[RESTARTS_TAG]}; last: {r.tags.get(LAST_RESTART_TAG, '?')})"
+            for r in restarted))
     interrupted = [r for r in report.runs if r.tags.get(INTERRUPTIONS_TAG)]
     if interrupted:
         parts.append("interrupted runs: " + ", ".join(f"{r.arm} seed {r.replicate} ({r.tags[INTERRUPTIONS_TAG]})"

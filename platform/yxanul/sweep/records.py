@@ -21,10 +21,12 @@ from yxanul.tags import (
     ERROR_TAG,
     GIT_DIRTY_TAG,
     GIT_SHA_TAG,
+    LAST_RESTART_TAG,
     NOTE_TAG,
     PARENT_RUN_ID_TAG,
     PRECISION_TAG,
     REASON_TAG,
+    RESTARTS_TAG,
     RESUMES_TAG,
     ROLE_SWEEP,
     ROLE_TAG,
@@ -146,7 +148,8 @@ def _command_line() -> str:
 
 
 def set_parent_tags(uri: str, parent_id: str, tags: dict[str, str]) -> None:
-    """Tags the sweep learns while it runs (e.g. where ``seeds: auto`` stood at the end)."""
+    """Tags the sweep learns while it runs (e.g. where ``seeds: auto`` stood at the end), on its parent run or, the
+    same way, on a trial's run."""
     mlflow = client(uri)
     for key, value in tags.items():
         mlflow.set_tag(parent_id, key, value)
@@ -179,7 +182,9 @@ def record_not_runnable(plan: SweepPlan, uri: str, experiment_id: str, parent_id
 
 
 def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizons: dict[str, tuple[int, int]],
-                           announce: Callable[[str, str, str, dict[str, float]], None] | None = None) -> Any:
+                           announce: Callable[[str, str, str, dict[str, float]], None] | None = None,
+                           markers: dict[str, str | None] | None = None,
+                           restart_point: Callable[[Any], str] | None = None) -> Any:
     """A Tune callback (driver side, the scheduler's side) that records the verdict of a trial's MLflow run.
 
     ``horizons``: run name -> (train.max_tokens as planned, tokens where the run stops by itself). The
@@ -190,7 +195,12 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
     ``announce(run name, status, reason, timeline)`` is told every verdict (the console's trial lines), with the
     ``timeline/*`` metrics the trial's run holds by then ({} if none): the driver prints the trial's timeline line
     itself, in order, where a line printed in the trial's process would come through Ray's log forwarding late or,
-    at the end of a sweep, not at all."""
+    at the end of a sweep, not at all.
+
+    ``markers``: run name -> its workers' marker folder, where a training process that died of a fatal error left
+    its stack (:mod:`yxanul.fatal`): the reason of a trial whose process died. A trial Tune starts again
+    (``trial_restarts``) is announced as ``restarting`` with where from (``restart_point(trial)``) and why, and its run
+    counts the restart (:data:`RESTARTS_TAG`, :data:`LAST_RESTART_TAG`)."""
     from ray.tune import Callback
 
     class _EndTrialRuns(Callback):
@@ -205,10 +215,7 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
         def _verdict(self, trial: Any, name: str, error: bool, found: list) -> tuple[str, str]:
             tokens = int((trial.last_result or {}).get(TOKENS_ATTR, 0) or 0)
             if error:
-                # The trial's own run says why it failed, once launch.train recorded it: Tune's copy of the error
-                # may not be synced to storage yet when this callback runs.
-                recorded = found[0].data.tags.get(ERROR_TAG, "") if found else ""
-                reason = _last_line(recorded) or _error_line(trial)
+                reason = self._why(trial, name, found)
                 if found:
                     end_run(uri, found[0].info.run_id, Status.FAILED, reason=reason)
                 else:  # failed before its run was created (bad data, config): record it anyway
@@ -233,6 +240,18 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
                 end_run(uri, found[0].info.run_id, status, tags=tags, reason=reason)
             return status, reason
 
+        def _why(self, trial: Any, name: str, found: list) -> str:
+            """Why the trial failed: the error its own run recorded (launch.train; Tune's copy of it may not be
+            synced to storage yet when this callback runs), else its process's fatal error (a process that died
+            records nothing itself), else Tune's error."""
+            from yxanul.fatal import summary
+
+            recorded = _last_line(found[0].data.tags.get(ERROR_TAG, "")) if found else ""
+            if recorded and found[0].data.tags.get(STATUS_TAG) == Status.FAILED:
+                return recorded
+            fatal = summary((markers or {}).get(name))
+            return f"its process died: {fatal}" if fatal else _error_line(trial)
+
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._finish(trial, error=False)
 
@@ -240,6 +259,27 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
             if received() is not None:  # lost to the job's signal: the sweep records it as interrupted, not failed
                 return
             self._finish(trial, error=True)
+
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            if received() is not None:
+                return
+            name = trial.config["trial"]["run_name"]
+            found = client(uri).search_runs([experiment_id], max_results=1, filter_string=(
+                f"tags.`{PARENT_RUN_ID_TAG}` = {_quote(parent_id)} and tags.`{RUN_NAME_TAG}` = {_quote(name)}"))
+            why = self._why(trial, name, found)
+            where = restart_point(trial) if restart_point is not None else "from its latest checkpoint"
+            failures = getattr(getattr(trial, "run_metadata", None), "num_failures", 0)
+            count = f" (restart {failures} of {trial.max_failures})" if failures and trial.max_failures > 0 else ""
+            text = f"{where}{count}, after: {why}"
+            if found:
+                tags = found[0].data.tags
+                restarts = int(tags.get(RESTARTS_TAG) or 0) + 1
+                from yxanul.formatting import timestamp
+
+                set_parent_tags(uri, found[0].info.run_id, {
+                    RESTARTS_TAG: str(restarts), LAST_RESTART_TAG: f"{timestamp(time.time())} {text}"})
+            if announce is not None:
+                announce(name, "restarting", text, {})
 
     return _EndTrialRuns()
 
@@ -251,11 +291,19 @@ def _last_line(text: str) -> str:
 
 
 def _error_line(trial: Any) -> str:
-    """The last line of a trial's error as Tune stored it."""
+    """The last line of a trial's error as Tune stored it; for a process that died (Ray's "The actor died
+    unexpectedly ..." paragraph), "its process died: " and Ray's exit detail."""
     try:
         text = str(trial.get_error() or "")
     except Exception:  # the error file may be gone; the status still says failed
         text = ""
+    if "actor died unexpectedly" in text or "The actor is dead" in text:
+        import re
+
+        detail = re.search(r"Worker exit detail: (.*?)(?:\. Some common causes|$)", text, re.S)
+        return ("its process died" + (f": {' '.join(detail[1].split())}" if detail else "")
+                + " (no fatal error was recorded: killed by a signal Python cannot catch, e.g. SIGKILL or the OOM "
+                "killer, or before its training started)")
     return _last_line(text) or "failed (see the trial's error file in the Ray Tune folder)"
 
 

@@ -142,6 +142,11 @@ class SweepSpec(_Spec):
     trial with ``false``, start a Ray Train ``TorchTrainer`` (a controller and worker processes) each."""
     max_concurrent_trials: int | None = Field(None, gt=0)
     """Trials running at once; None lets Ray Tune start as many as the cluster's resources allow."""
+    trial_restarts: int = Field(1, ge=0)
+    """How many times a failed trial starts again from its latest checkpoint before it counts as failed (Ray Tune's
+    ``FailureConfig.max_failures``): a trial whose process died (a segmentation fault, a lost node) trains on into the
+    same MLflow run, which records the restart and why; a deterministic error fails again, after replaying the steps
+    since that checkpoint. 0: the first failure ends the trial."""
     exclude: list[dict[str, Any]] = []
     """Grid points left out, each ``{axis name: value or variant name, ...}``: a point matching every
     entry of one item is not run (e.g. to keep only one-change ablations of a factorial grid)."""

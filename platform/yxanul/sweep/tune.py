@@ -12,7 +12,7 @@ from typing import Any
 from yxanul import interrupt
 from yxanul.console import name_run, say
 from yxanul.errors import ConfigError, first_line
-from yxanul.formatting import percent, seconds
+from yxanul.formatting import human_count, percent, seconds
 from yxanul.layout import Layout
 from yxanul.ray_session import ensure_ray
 from yxanul.sweep import asha, records
@@ -201,8 +201,10 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None, budget_te
         else:
             consts = {"name": plan.name, "base_path": str(plan.base_path) if plan.base_path else None,
                       "base_overrides": plan.base_overrides, "parent_run_id": parent_id}
+            markers = {t.run_name: Layout.of(t.cfg).worker_markers(t.run_name) for t in plan.runnable}
             callbacks = [_trial_events_callback()(shown, plan.name), records.end_trial_run_callback(
-                uri, experiment_id, parent_id, horizons, announce=_announcer(shown))]
+                uri, experiment_id, parent_id, horizons, announce=_announcer(shown), markers=markers,
+                restart_point=_restart_point(plan))]
             stop = None
             if auto is not None:  # after the verdicts are recorded: the rule reads them from MLflow
                 from yxanul.sweep.auto import AutoStop, AutoWatch
@@ -214,7 +216,8 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None, budget_te
                 param_space=param_space(plan, consts),
                 tune_config=tune_config(plan, spec),
                 run_config=tune.RunConfig(name=plan.name, storage_path=layout.sweeps, verbose=1, stop=stop,
-                                          callbacks=callbacks, checkpoint_config=_checkpoint_config(plan)))
+                                          callbacks=callbacks, checkpoint_config=_checkpoint_config(plan),
+                                          failure_config=tune.FailureConfig(max_failures=spec.trial_restarts)))
         try:
             with interrupt.forwarding(signal.SIGUSR1):  # Tune's graceful stop: state saved, trials stopped
                 results = tuner.fit()
@@ -289,6 +292,23 @@ def _interrupted(plan: SweepPlan, events: _Events, uri: str, experiment_id: str,
     records.end_running_children(uri, experiment_id, parent_id, Status.KILLED)
     records.end_parent(uri, parent_id, Status.INTERRUPTED)
     return interrupt.Interrupted(interrupt.received() or signal.SIGINT, f"interrupted {text}; the same command resumes")
+
+
+def _restart_point(plan: SweepPlan) -> Any:
+    """For the callback that announces a restarted trial: ``from 6.55M tokens`` (its latest checkpoint) or ``from
+    the start`` (none yet)."""
+    by_name = {t.run_name: t for t in plan.trials}
+
+    def point(tune_trial: Any) -> str:
+        trial = by_name.get(tune_trial.config["trial"]["run_name"])
+        if tune_trial.config["trial"].get("in_process"):  # Tune restores the checkpoint it registered last
+            registered = getattr(tune_trial, "checkpoint", None)
+            tokens = interrupt.checkpoint_tokens(registered.path) if registered is not None else None
+        else:  # the TorchTrainer resumes from its run folder's latest
+            tokens = interrupt.latest_checkpoint_tokens(_checkpoints_dir(tune_trial, trial)) if trial else None
+        return f"from {human_count(tokens)} tokens (its latest checkpoint)" if tokens else "from the start"
+
+    return point
 
 
 def _checkpoints_dir(tune_trial: Any, trial: Any) -> str:

@@ -558,6 +558,7 @@ def _failed(cfg: ExperimentConfig, tracking: dict[str, str] | None, exc: BaseExc
         if died is None and not in_process and lost_peer(exc):  # a collective saw the death before Ray Train did
             died = dead_rank(Layout.of(cfg).worker_markers(cfg.run.name))
     if died:  # not a bug: one line that says a worker died, instead of ~100 ending in gloo's connection reset
+        died = _with_fatal_error(died, Layout.of(cfg).worker_markers(cfg.run.name))
         died = (f"{died}; scaling.max_failures={cfg.scaling.max_failures} left no restart. The run resumes from "
                 f"its last checkpoint in {run_dir(cfg)}: run the same command again (raise "
                 f"scaling.max_failures to restart by itself)")
@@ -568,6 +569,18 @@ def _failed(cfg: ExperimentConfig, tracking: dict[str, str] | None, exc: BaseExc
     if died:
         return WorkerDiedError(died)
     return WorkerFailedError(message)
+
+
+def _with_fatal_error(died: str, marker_dir: str | None) -> str:
+    """``died`` ("training worker rank 1 (pid 31363) died: ...") and, where that process wrote one, its fatal error
+    (:mod:`yxanul.fatal`: "Fatal Python error: Segmentation fault in ...; every thread's stack: <file>")."""
+    import re
+
+    from yxanul.fatal import summary
+
+    found = re.search(r"rank (\d+) \(pid (\d+)", died)
+    fatal = summary(marker_dir, int(found[1]), int(found[2])) if found else None
+    return f"{died}; {fatal}" if fatal else died
 
 
 def _failure_line(exc: BaseException) -> str:

@@ -131,10 +131,18 @@ def out_of_memory_fix(cfg: ExperimentConfig, *, params: int, world: int, card_gi
     return fix
 
 
-def _inject_test_failure(spec: str, step: int) -> None:
-    """Test-only (yxanul.train.setup.TEST_FAILURE_ENV): raise the failure ``<kind>@<step>`` names at that step."""
+def _inject_test_failure(spec: str, step: int, resumed: bool) -> None:
+    """Test-only (yxanul.train.setup.TEST_FAILURE_ENV): the failure ``<kind>@<step>`` names at that step: ``oom``,
+    ``segv`` (a real segmentation fault of this process, only in a run that did not resume: its restart trains on),
+    anything else a RuntimeError."""
     kind, _, at = spec.partition("@")
     if step != int(at or 0):
+        return
+    if kind == "segv":
+        if not resumed:
+            import faulthandler
+
+            faulthandler._sigsegv()
         return
     if kind == "oom":
         raise torch.OutOfMemoryError(
@@ -373,6 +381,13 @@ class _Loop:
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> None:
+        from yxanul.fatal import recording
+
+        # A fault that kills this process (SIGSEGV, SIGABRT) leaves its stack where the driver reads it (yxanul.fatal).
+        with recording(self.setup.marker_dir, self.rank):
+            self._run()
+
+    def _run(self) -> None:
         try:
             self._build()
             with self.timeline.phase("mlflow"):
@@ -421,6 +436,7 @@ class _Loop:
         stop_tokens = self.cfg.train.stop_after_tokens
         stop_step = min(total_steps, math.ceil(stop_tokens / tps)) if stop_tokens else total_steps
         self._write_marker("start")
+        started_at_step = self.state.step  # > 0: resumed from a checkpoint
 
         meter = ThroughputMeter(1.0, self.device, world=self.world)
         reset_peak_memory(self.device)
@@ -452,7 +468,7 @@ class _Loop:
             lr = lr_for_step(step, tps, self.cfg.optim, self.cfg.train.max_tokens, stage.lr_scale)
             self.where = f"micro-batch {stage.micro_batch}x{stage.seq_len}"
             if self.setup.test_failure:
-                _inject_test_failure(self.setup.test_failure, step)
+                _inject_test_failure(self.setup.test_failure, step, resumed=started_at_step > 0)
             first_of_shape = (stage.seq_len, stage.micro_batch) not in shapes_seen
             # Once per stage, the first step after its shape's warm-up runs under the profiler (rank 0); kept out of
             # tokens/s like the warm-up, its own seconds still count in train/elapsed_s (those tokens were trained).

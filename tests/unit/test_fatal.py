@@ -1,0 +1,65 @@
+"""yxanul.fatal: a process that dies of a real segmentation fault leaves its stack in the run's marker folder, read
+back as one line naming the fault and where the faulting thread was; a process that ends normally leaves nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from yxanul.fatal import describe, summary
+
+PLATFORM = Path(__file__).resolve().parents[2] / "platform"
+
+
+def run_child(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+    code = textwrap.dedent(f"""
+        import sys, threading, time
+        sys.path.insert(0, {str(PLATFORM)!r})
+        from yxanul.fatal import recording
+        threading.Thread(target=lambda: time.sleep(60), daemon=True, name="writer").start()
+        def inner():
+            import faulthandler
+            {body}
+        def outer():
+            inner()
+        with recording({str(tmp_path)!r}, 3):
+            outer()
+        print("ended")
+    """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_a_segmentation_fault_is_one_line_with_where_the_faulting_thread_was(tmp_path):
+    done = run_child(tmp_path, "faulthandler._sigsegv()")
+    assert done.returncode == -11  # the process really died of SIGSEGV
+    [log] = tmp_path.glob("rank3-*.fatal")
+    text = log.read_text()
+    assert "Thread 0x" in text and "Current thread 0x" in text  # every thread's stack, the sleeping one too
+    line = summary(str(tmp_path))
+    assert line == (f"Fatal Python error: Segmentation fault in <string>:8 (inner) <- <string>:10 (outer); "
+                    f"every thread's stack: {log}")
+    pid = int(log.stem.split("-")[1])
+    assert summary(str(tmp_path), rank=3, pid=pid) == line
+    assert summary(str(tmp_path), rank=0) is None and summary(str(tmp_path), rank=3, pid=pid + 1) is None
+
+
+def test_a_process_that_ends_normally_leaves_no_file_and_no_line(tmp_path):
+    done = run_child(tmp_path, "pass")
+    assert done.returncode == 0 and done.stdout == "ended\n"
+    assert list(tmp_path.iterdir()) == []
+    assert summary(str(tmp_path)) is None and summary(None) is None and summary(str(tmp_path / "missing")) is None
+
+
+def test_describe_without_a_python_frame_or_a_current_thread():
+    assert describe("Fatal Python error: Aborted\n\nCurrent thread 0x00007f (most recent call first):\n"
+                    "  <no Python frame>\n") == "Fatal Python error: Aborted in a thread with no Python frame"
+    assert describe("Fatal Python error: Bus error\n") == "Fatal Python error: Bus error"
+    assert describe("") == "the process died"
+    long = ('Fatal Python error: Segmentation fault\n\nCurrent thread 0x1 (most recent call first):\n'
+            '  File "/usr/lib/python3.12/site-packages/torch/profiler/profiler.py", line 812 in stop\n'
+            '  File "/repo/platform/yxanul/profiling.py", line 121 in profiled\n'
+            '  File "/repo/platform/yxanul/train/loop.py", line 555 in _profiled_step\n')
+    assert describe(long) == ("Fatal Python error: Segmentation fault in profiler/profiler.py:812 (stop) <- "
+                              "yxanul/profiling.py:121 (profiled)")
