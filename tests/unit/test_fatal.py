@@ -63,3 +63,19 @@ def test_describe_without_a_python_frame_or_a_current_thread():
             '  File "/repo/platform/yxanul/train/loop.py", line 555 in _profiled_step\n')
     assert describe(long) == ("Fatal Python error: Segmentation fault in profiler/profiler.py:812 (stop) <- "
                               "yxanul/profiling.py:121 (profiled)")
+
+
+def test_a_dead_training_worker_line_gets_its_fatal_error(tmp_path):
+    """jobs.train's "training worker rank 1 (pid N) died" line, plus that rank's fatal error where it wrote one."""
+    from yxanul.train.launch import _with_fatal_error
+
+    died = "training worker rank 1 (pid 4242, node 10.0.0.7) died: Worker unexpectedly exits"
+    assert _with_fatal_error(died, str(tmp_path)) == died  # nothing written: a SIGKILL
+    (tmp_path / "rank0-4242.fatal").write_text("Fatal Python error: Aborted\n")  # another rank's: not this one
+    assert _with_fatal_error(died, str(tmp_path)) == died
+    log = tmp_path / "rank1-4242.fatal"
+    log.write_text("Fatal Python error: Segmentation fault\n\nCurrent thread 0x1 (most recent call first):\n"
+                   '  File "/x/yxanul/model.py", line 184 in forward\n')
+    assert _with_fatal_error(died, str(tmp_path)) == (
+        f"{died}; Fatal Python error: Segmentation fault in yxanul/model.py:184 (forward); every thread's stack: {log}")
+    assert _with_fatal_error(died, None) == died
