@@ -61,12 +61,22 @@ def recording(marker_dir: str | None, rank: int) -> Iterator[Path | None]:
                 path.unlink()
 
 
-def summary(marker_dir: str | None, rank: int | None = None, pid: int | None = None) -> str | None:
+def summary(marker_dir: str | None, rank: int | None = None, pid: int | None = None,
+            latest: bool = False) -> str | None:
     """One line for the fatal error a training process of the run wrote (:func:`recording`): the newest non-empty
-    ``rank<rank>-<pid>.fatal`` (any rank or pid where not given), or None when there is none (the process ended
-    normally, or was killed without a chance to write: SIGKILL)."""
+    ``rank<rank>-<pid>.fatal`` (any rank or pid where not given; with ``latest``, the pid of the rank's latest
+    process, from its marker ``rank<rank>.json``, so that an earlier process's fault is not taken for a later
+    death), or None when there is none (the process ended normally, or was killed without a chance to write:
+    SIGKILL)."""
     if not marker_dir or not Path(marker_dir).is_dir():
         return None
+    if latest and rank is not None and pid is None:
+        import json
+
+        try:
+            pid = int(json.loads((Path(marker_dir) / f"rank{rank}.json").read_text())["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
     pattern = f"rank{'*' if rank is None else rank}-{'*' if pid is None else pid}.fatal"
     logs = []
     for path in Path(marker_dir).glob(pattern):

@@ -79,3 +79,13 @@ def test_a_dead_training_worker_line_gets_its_fatal_error(tmp_path):
     assert _with_fatal_error(died, str(tmp_path)) == (
         f"{died}; Fatal Python error: Segmentation fault in yxanul/model.py:184 (forward); every thread's stack: {log}")
     assert _with_fatal_error(died, None) == died
+
+
+def test_latest_reads_the_rank_s_latest_process_only(tmp_path):
+    """A restarted trial's later death is not blamed on its earlier process's fault."""
+    (tmp_path / "rank0-100.fatal").write_text("Fatal Python error: Segmentation fault\n")
+    assert summary(str(tmp_path), rank=0, latest=True) is None  # no marker: which process was last is unknown
+    (tmp_path / "rank0.json").write_text('{"pid": 200, "rank": 0}')
+    assert summary(str(tmp_path), rank=0, latest=True) is None  # process 200 wrote nothing (e.g. SIGKILL)
+    (tmp_path / "rank0.json").write_text('{"pid": 100, "rank": 0}')
+    assert summary(str(tmp_path), rank=0, latest=True).startswith("Fatal Python error: Segmentation fault; ")

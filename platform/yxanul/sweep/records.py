@@ -249,7 +249,7 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
             recorded = _last_line(found[0].data.tags.get(ERROR_TAG, "")) if found else ""
             if recorded and found[0].data.tags.get(STATUS_TAG) == Status.FAILED:
                 return recorded
-            fatal = summary((markers or {}).get(name))
+            fatal = summary((markers or {}).get(name), rank=0, latest=True)  # the trial's own (latest) process
             return f"its process died: {fatal}" if fatal else _error_line(trial)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
