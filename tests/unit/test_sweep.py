@@ -346,3 +346,13 @@ resources: {gpus_per_worker: 1, cpus_per_worker: 3, accelerator_type: H100}
     assert [(p["in_process"], p["resources"]) for p in params] == [(False, HEAD_TOKEN)] * 2
     with pytest.raises(ConfigError, match="in_process"):
         load_sweep(path, ["sweep.in_process=true"])
+
+
+@pytest.mark.parametrize(("name", "fp8"), [("fp8-vs-bf16", True), ("curriculum-variants", False)])
+def test_in_process_trials_load_transformer_engine_first_only_in_a_sweep_with_fp8_trials(name, fp8):
+    """The trials' shared constants say whether any runnable trial trains in FP8: only then does an in-process
+    trial's process load Transformer Engine before torch's cuDNN (a BF16 sweep does not pay for the import)."""
+    from yxanul.sweep.tune import sweep_consts
+
+    consts = sweep_consts(plan_sweep(*load_sweep(name), cluster=MIXED), "parent-id")
+    assert consts["fp8"] is fp8 and consts["parent_run_id"] == "parent-id" and consts["name"] == name

@@ -25,7 +25,8 @@ from yxanul.tags import SEEDS_AUTO_TAG, SWEEP_TAG, TUNE_TRIAL_ID_TAG
 from yxanul.timeline import EFFICIENCY_METRIC, PREFIX, WALL_METRIC, format_timeline, metric_name, sweep_metrics
 from yxanul.tracking import Status
 
-__all__ = ["HEAD_TOKEN", "SweepOutcome", "param_space", "run_sweep", "trial_params", "trial_resources", "tune_config"]
+__all__ = ["HEAD_TOKEN", "SweepOutcome", "param_space", "run_sweep", "sweep_consts", "trial_params", "trial_resources",
+           "tune_config"]
 
 
 HEAD_TOKEN = {"CPU": 0, "node:__internal_head__": 0.01}
@@ -67,6 +68,15 @@ def _placement(config: dict[str, Any]) -> Any:
     return tune.PlacementGroupFactory([config["trial"].get("resources") or HEAD_TOKEN])
 
 
+def sweep_consts(plan: SweepPlan, parent_run_id: str) -> dict[str, Any]:
+    """What every trial of the sweep is told besides its own params: the sweep's name, base config and overrides,
+    the MLflow parent run, and whether any runnable trial trains in FP8 (``fp8``: only then does an in-process trial
+    load Transformer Engine before anything else, :func:`_trial_fn`)."""
+    return {"name": plan.name, "base_path": str(plan.base_path) if plan.base_path else None,
+            "base_overrides": plan.base_overrides, "parent_run_id": parent_run_id,
+            "fp8": any(t.cfg.precision.mode == "fp8" for t in plan.runnable)}
+
+
 def param_space(plan: SweepPlan, consts: dict[str, Any]) -> dict[str, Any]:
     """Tune's param space: the sweep's constants and one grid value per trial. Tune's default search algorithm
     (BasicVariantGenerator) makes the trials of a grid in the list's order and starts pending trials in the order
@@ -101,12 +111,13 @@ def _trial_fn(config: dict[str, Any]) -> None:
     from yxanul.train.session import TuneSession
 
     sweep, trial = config["sweep"], config["trial"]
-    if trial.get("in_process"):
+    if trial.get("in_process") and sweep.get("fp8", True):
         from yxanul.precision import preload_te
 
         # This process trains trial after trial (reuse_actors): once a BF16 trial's attention has loaded torch's
         # cuDNN, Transformer Engine's libraries fail to load in a later FP8 trial ("libcudnn_cnn.so.9: undefined
         # symbol": both fp8-auto trials after BF16 ones, H100, 2026-12-06). TE loaded first, where installed, is safe.
+        # A sweep without FP8 trials never loads it (sweeps started before this key was carried: as before).
         preload_te()
     imports_s = time.time() - started_at  # ~0 once this process has served a trial
     base = Path(sweep["base_path"]) if sweep["base_path"] else None
@@ -199,8 +210,7 @@ def run_sweep(spec: SweepSpec, run_overrides: list[str] | None = None, budget_te
         if resume:
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         else:
-            consts = {"name": plan.name, "base_path": str(plan.base_path) if plan.base_path else None,
-                      "base_overrides": plan.base_overrides, "parent_run_id": parent_id}
+            consts = sweep_consts(plan, parent_id)
             markers = {t.run_name: Layout.of(t.cfg).worker_markers(t.run_name) for t in plan.runnable}
             callbacks = [_trial_events_callback()(shown, plan.name), records.end_trial_run_callback(
                 uri, experiment_id, parent_id, horizons, announce=_announcer(shown), markers=markers,
