@@ -204,10 +204,14 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
     from ray.tune import Callback
 
     class _EndTrialRuns(Callback):
+        def _run_of(self, name: str) -> list:
+            """The trial's MLflow run ([] before it exists)."""
+            return client(uri).search_runs([experiment_id], max_results=1, filter_string=(
+                f"tags.`{PARENT_RUN_ID_TAG}` = {_quote(parent_id)} and tags.`{RUN_NAME_TAG}` = {_quote(name)}"))
+
         def _finish(self, trial: Any, error: bool) -> None:
             name = trial.config["trial"]["run_name"]
-            found = client(uri).search_runs([experiment_id], max_results=1, filter_string=(
-                f"tags.`{PARENT_RUN_ID_TAG}` = {_quote(parent_id)} and tags.`{RUN_NAME_TAG}` = {_quote(name)}"))
+            found = self._run_of(name)
             status, reason = self._verdict(trial, name, error, found)
             if announce is not None:
                 announce(name, status, reason, _timeline(found[0]) if found else {})
@@ -264,8 +268,7 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
             if received() is not None:
                 return
             name = trial.config["trial"]["run_name"]
-            found = client(uri).search_runs([experiment_id], max_results=1, filter_string=(
-                f"tags.`{PARENT_RUN_ID_TAG}` = {_quote(parent_id)} and tags.`{RUN_NAME_TAG}` = {_quote(name)}"))
+            found = self._run_of(name)
             why = self._why(trial, name, found)
             where = restart_point(trial) if restart_point is not None else "from its latest checkpoint"
             failures = getattr(getattr(trial, "run_metadata", None), "num_failures", 0)
