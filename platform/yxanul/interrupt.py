@@ -36,10 +36,18 @@ from pathlib import Path
 from typing import Any
 
 from yxanul.formatting import human_count, timestamp
-from yxanul.tags import INTERRUPTIONS_TAG, LAST_INTERRUPTION_TAG, LAST_RESUME_TAG, RESUMES_TAG
+from yxanul.tags import (
+    INTERRUPTIONS_TAG,
+    LAST_INTERRUPTION_TAG,
+    LAST_RESTART_TAG,
+    LAST_RESUME_TAG,
+    RESTARTS_TAG,
+    RESUMES_TAG,
+)
 
 __all__ = ["HANDLED", "Interrupted", "active", "checkpoint_tokens", "forwarding", "latest_checkpoint_tokens", "received",
-           "record_interruption", "record_resume", "reinstall", "resume_point", "signals_handled", "stop_ray"]
+           "record_interruption", "record_restart", "record_resume", "reinstall", "resume_point", "signals_handled",
+           "stop_ray"]
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -171,20 +179,26 @@ def resume_point(run_dir: str, what: str) -> str:
 def record_interruption(uri: str, run_id: str, what: str) -> None:
     """Count an interruption on an MLflow run: :data:`INTERRUPTIONS_TAG` + 1, and the last one's time, signal
     and place in :data:`LAST_INTERRUPTION_TAG`."""
-    from yxanul.tracking import client
-
-    mlflow = client(uri)
-    count = int(mlflow.get_run(run_id).data.tags.get(INTERRUPTIONS_TAG) or 0) + 1
     signame = signal.Signals(_State.received).name if _State.received else "interrupt"
-    for key, value in ((INTERRUPTIONS_TAG, str(count)), (LAST_INTERRUPTION_TAG, f"{timestamp(time.time())} {signame} {what}")):
-        mlflow.set_tag(run_id, key, value)
+    _count_on_run(uri, run_id, INTERRUPTIONS_TAG, LAST_INTERRUPTION_TAG, f"{timestamp(time.time())} {signame} {what}")
 
 
 def record_resume(uri: str, run_id: str) -> None:
     """Count a resume on an MLflow run: :data:`RESUMES_TAG` + 1, and its time in :data:`LAST_RESUME_TAG`."""
+    _count_on_run(uri, run_id, RESUMES_TAG, LAST_RESUME_TAG, timestamp(time.time()))
+
+
+def record_restart(uri: str, run_id: str, what: str) -> None:
+    """Count a sweep's restart of a failed trial on its MLflow run: :data:`RESTARTS_TAG` + 1, and the last one's
+    time, place and cause in :data:`LAST_RESTART_TAG`."""
+    _count_on_run(uri, run_id, RESTARTS_TAG, LAST_RESTART_TAG, f"{timestamp(time.time())} {what}")
+
+
+def _count_on_run(uri: str, run_id: str, count_tag: str, last_tag: str, last: str) -> None:
+    """``count_tag`` + 1 on the run (0 where it has none) and ``last_tag`` = ``last``."""
     from yxanul.tracking import client
 
     mlflow = client(uri)
-    count = int(mlflow.get_run(run_id).data.tags.get(RESUMES_TAG) or 0) + 1
-    mlflow.set_tag(run_id, RESUMES_TAG, str(count))
-    mlflow.set_tag(run_id, LAST_RESUME_TAG, timestamp(time.time()))
+    count = int(mlflow.get_run(run_id).data.tags.get(count_tag) or 0) + 1
+    mlflow.set_tag(run_id, count_tag, str(count))
+    mlflow.set_tag(run_id, last_tag, last)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from yxanul.errors import ConfigError
-from yxanul.interrupt import received, record_resume
+from yxanul.interrupt import received, record_restart, record_resume
 from yxanul.sweep.spec import spec_yaml
 from yxanul.sweep.text import format_plan
 from yxanul.sweep.trials import TOKENS_ATTR, SweepPlan, trial_tags
@@ -21,12 +21,10 @@ from yxanul.tags import (
     ERROR_TAG,
     GIT_DIRTY_TAG,
     GIT_SHA_TAG,
-    LAST_RESTART_TAG,
     NOTE_TAG,
     PARENT_RUN_ID_TAG,
     PRECISION_TAG,
     REASON_TAG,
-    RESTARTS_TAG,
     RESUMES_TAG,
     ROLE_SWEEP,
     ROLE_TAG,
@@ -148,8 +146,7 @@ def _command_line() -> str:
 
 
 def set_parent_tags(uri: str, parent_id: str, tags: dict[str, str]) -> None:
-    """Tags the sweep learns while it runs (e.g. where ``seeds: auto`` stood at the end), on its parent run or, the
-    same way, on a trial's run."""
+    """Tags the sweep learns while it runs (e.g. where ``seeds: auto`` stood at the end)."""
     mlflow = client(uri)
     for key, value in tags.items():
         mlflow.set_tag(parent_id, key, value)
@@ -200,7 +197,7 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
     ``markers``: run name -> its workers' marker folder, where a training process that died of a fatal error left
     its stack (:mod:`yxanul.fatal`): the reason of a trial whose process died. A trial Tune starts again
     (``trial_restarts``) is announced as ``restarting`` with where from (``restart_point(trial)``) and why, and its run
-    counts the restart (:data:`RESTARTS_TAG`, :data:`LAST_RESTART_TAG`)."""
+    counts the restart (:func:`yxanul.interrupt.record_restart`)."""
     from ray.tune import Callback
 
     class _EndTrialRuns(Callback):
@@ -275,12 +272,7 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
             count = f" (restart {failures} of {trial.max_failures})" if failures and trial.max_failures > 0 else ""
             text = f"{where}{count}, after: {why}"
             if found:
-                tags = found[0].data.tags
-                restarts = int(tags.get(RESTARTS_TAG) or 0) + 1
-                from yxanul.formatting import timestamp
-
-                set_parent_tags(uri, found[0].info.run_id, {
-                    RESTARTS_TAG: str(restarts), LAST_RESTART_TAG: f"{timestamp(time.time())} {text}"})
+                record_restart(uri, found[0].info.run_id, text)
             if announce is not None:
                 announce(name, "restarting", text, {})
 
