@@ -16,27 +16,37 @@ projections, RoPE, the repeat of KV heads for GQA: those are GEMMs and copies wh
 with the sequence. The math fallback (no fused kernel for a shape or dtype) differentiates through generic
 matmuls, so only its forward is found; the platform's causal SDPA runs a fused kernel on CPU (fp32) and on GPU.
 
-How the time is summed without counting anything twice. The profiler's CPU events form one tree per thread (an
-op contains the ops it calls; :attr:`FunctionEvent.cpu_parent`):
+How the time is summed without counting anything twice. The profiler records CPU events (ops, and on a GPU the
+runtime calls that launch kernels) with their thread and time span, and device events (kernels, copies) each linked
+to the op that launched it (its correlation id). On one thread the CPU events nest by time (an op contains the ops
+it calls), which is the tree PyTorch's ``prof.events()`` builds from the same records:
 
-- attention = the inclusive time of every *outermost* attention event (no ancestor is an attention event), so
+- attention = the time of every *outermost* attention event (not inside another attention event of its thread), so
   ``aten::scaled_dot_product_attention`` is counted once with the flash op inside it; the autograd engine's wrapper
   (``autograd::engine::evaluate_function: ...``) is not an attention event, because it also adds the produced
   gradients into the next nodes' buffers.
-- on a GPU the time is device time: attention = the kernels launched inside those events
-  (:attr:`FunctionEvent.device_time_total`: an op's own kernels plus its children's); the step = the duration of
-  every device activity (kernels, memcpy, memset), as PyTorch's own "Self CUDA time total" sums it (the GPU
-  ranges of ``record_function`` annotations left out: they span kernels already counted), less communication
-  kernels (NCCL: they overlap compute and wait for the other ranks).
-- on CPU the time is CPU time: the step = the sum of every event's self time, PyTorch's "Self CPU time total"
-  (each microsecond inside some op counted once: the time covered by the top-level ops).
+- on a GPU the time is device time: attention = the kernels launched by those events or by ops inside them (what
+  PyTorch's :attr:`FunctionEvent.device_time_total` of the outermost events adds up); the step = the duration of
+  every device activity (kernels, memcpy, memset), as PyTorch's own "Self CUDA time total" sums it, less the GPU
+  ranges of ``record_function`` annotations (they span kernels already counted) and communication kernels (NCCL:
+  they overlap compute and wait for the other ranks).
+- on CPU the time is CPU time: attention = the outermost attention events' spans; the step = the spans of the
+  events no other event of their thread contains, which is PyTorch's "Self CPU time total" (each microsecond inside
+  some op counted once).
 
-Costs: the profiled step runs with the profiler's per-op bookkeeping and the events are parsed afterwards; the
-loop keeps both out of tokens/s and times them as the ``profile`` phase of the run's timeline.
+The events are read as the profiler recorded them (``prof.profiler.kineto_results``, :func:`recorded_events`), not
+through ``prof.events()``: for a 19k-event CPU step on the 2-core development VM (2026-12-07, 6 profiles, one-off
+timing) building PyTorch's :class:`FunctionEvent` tree took 0.8-1.8 s (43-95 us an event), the spans here 0.07-0.12 s.
+The tests check both give the same sums (on a GPU too: ``tests/gpu/test_profiling_gpu.py`` prints both times). Events PyTorch's own tables leave out (its ``_filter_name`` list: memory records, the
+``record_function`` enter/exit ops, ``aten::is_leaf`` and such) are left out here too.
+
+Costs: the profiled step runs with the profiler's per-op bookkeeping and the events are read afterwards; the loop
+keeps both out of tokens/s and times them as the ``profile`` phase of the run's timeline.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -44,7 +54,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["AttentionShare", "attention_share", "is_attention_op", "profiled"]
+__all__ = ["AttentionShare", "attention_share", "is_attention_op", "profiled", "recorded_events"]
 
 _ATTENTION_NAMES = ("scaled_dot_product", "scaleddotproduct", "flash_attention", "flashattention",
                     "efficient_attention", "efficientattention", "cudnn_attention", "cudnnattention")
@@ -74,39 +84,73 @@ class AttentionShare:
         return self.attention_ms / self.step_ms
 
 
-def _is_cpu(event: Any) -> bool:
-    return event.device_type == torch.autograd.DeviceType.CPU
+_LEFT_OUT = frozenset(("[memory]", "[OutOfMemory]", "profiler::_record_function_enter",
+                       "profiler::_record_function_enter_new", "profiler::_record_function_exit", "aten::is_leaf",
+                       "aten::output_nr", "aten::_version"))
+"""Events PyTorch's own tables leave out (``torch.autograd.profiler_util._filter_name``)."""
 
 
-def _outermost_attention(events: list[Any]) -> list[Any]:
-    out = []
-    for event in events:
-        if not _is_cpu(event) or event.is_async or not is_attention_op(event.name):
-            continue
-        parent = event.cpu_parent
-        while parent is not None and not is_attention_op(parent.name):
-            parent = parent.cpu_parent
-        if parent is None:
-            out.append(event)
+def recorded_events(prof: Any) -> Iterable[Any]:
+    """The events a finished ``torch.profiler.profile`` recorded, unparsed (``_KinetoEvent`` s), for
+    :func:`attention_share`."""
+    return prof.profiler.kineto_results.events()
+
+
+def _outermost(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The (start, end) spans of one thread that no other span of the list contains, in start order."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans, key=lambda span: (span[0], -span[1])):
+        if not out or start >= out[-1][1]:
+            out.append((start, end))
     return out
 
 
+def _inside(spans: list[tuple[int, int]], starts: list[int], at: int) -> bool:
+    """Whether ``at`` falls in one of the disjoint, start-ordered ``spans`` (``starts``: their starts)."""
+    i = bisect.bisect_right(starts, at) - 1
+    return i >= 0 and at < spans[i][1]
+
+
 def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare | None:
-    """The attention share of a profiled step from its events (``prof.events()``: :class:`FunctionEvent` s with
-    their tree built); ``device_type`` ``cuda`` measures device time, anything else CPU time. None when the
-    events hold no time at all (nothing was recorded)."""
-    events = list(events)
-    outer = _outermost_attention(events)
-    if device_type == "cuda":
-        step_us = sum(e.device_time_total for e in events if not _is_cpu(e) and not e.is_async
-                      and not e.is_user_annotation and not any(part in e.name.lower() for part in _COMMUNICATION))
-        attention_us = sum(e.device_time_total for e in outer)
+    """The attention share of a profiled step from the events the profiler recorded (:func:`recorded_events`);
+    ``device_type`` ``cuda`` measures device time, anything else CPU time. None when the events hold no time at
+    all (nothing was recorded)."""
+    cuda = device_type == "cuda"
+    spans: dict[int, list[tuple[int, int]]] = {}  # thread -> every CPU event's span (the CPU step)
+    attention: dict[int, list[tuple[int, int]]] = {}  # thread -> the attention events' spans
+    ops: dict[int, tuple[int, int]] = {}  # correlation id -> (thread, start) of the op that launched kernels
+    kernels: list[tuple[int, int]] = []  # (the launching op's correlation id, ns) of every device activity counted
+    for event in events:
+        name = event.name()
+        if name in _LEFT_OUT or getattr(event, "is_hidden_event", lambda: False)():
+            continue
+        thread = event.start_thread_id()
+        if event.is_async() or thread != event.end_thread_id():
+            continue
+        start, end = event.start_ns(), event.end_ns()
+        if event.device_type() == torch.autograd.DeviceType.CPU:
+            spans.setdefault(thread, []).append((start, end))
+            if is_attention_op(name):
+                attention.setdefault(thread, []).append((start, end))
+            if event.linked_correlation_id() == 0:  # an op, not a runtime call made for one
+                ops[event.correlation_id()] = (thread, start)
+        elif cuda and not event.is_user_annotation() and not any(part in name.lower() for part in _COMMUNICATION):
+            kernels.append((event.linked_correlation_id(), end - start))
+    outer = {thread: _outermost(found) for thread, found in attention.items()}
+    if cuda:
+        starts = {thread: [span[0] for span in found] for thread, found in outer.items()}
+        step_ns = sum(ns for _, ns in kernels)
+        attention_ns = 0
+        for launched_by, ns in kernels:
+            op = ops.get(launched_by)
+            if op is not None and op[0] in outer and _inside(outer[op[0]], starts[op[0]], op[1]):
+                attention_ns += ns
     else:
-        step_us = sum(e.self_cpu_time_total for e in events if _is_cpu(e) and not e.is_async)
-        attention_us = sum(e.cpu_time_total for e in outer)
-    if step_us <= 0:
+        step_ns = sum(end - start for found in spans.values() for start, end in _outermost(found))
+        attention_ns = sum(end - start for found in outer.values() for start, end in found)
+    if step_ns <= 0:
         return None
-    return AttentionShare(attention_us / 1000, step_us / 1000, "cuda" if device_type == "cuda" else "cpu")
+    return AttentionShare(attention_ns / 1e6, step_ns / 1e6, "cuda" if cuda else "cpu")
 
 
 @contextlib.contextmanager

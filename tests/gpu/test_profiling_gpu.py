@@ -1,10 +1,13 @@
 """GPU proof of the attention share (yxanul.profiling) on the one build path (yxanul-270m, BF16, compiled by blocks):
 every fused attention kernel (flash / memory-efficient / cuDNN SDPA, forward and backward) is found inside the
-attention ops, even under torch.compile; the step's device time is the total PyTorch's own table prints; and the
-share grows with the sequence length, as the FLOPs say it must. Run: ``pytest -m gpu tests/gpu``; the printed shares
+attention ops, even under torch.compile; the sums equal those of PyTorch's own event tree (``prof.events()``) and the
+step's device time the total PyTorch's own table prints; and the share grows with the sequence length, as the FLOPs
+say it must. The seconds each way of reading the events takes are printed (the loop's ``profile`` phase). Run: ``pytest -m gpu tests/gpu``; the printed shares
 are the numbers the curriculum comparison reads."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
@@ -13,7 +16,7 @@ from torch.autograd import DeviceType
 from tests.gpu.test_fp8 import DEV
 from yxanul.config import ModelConfig, OptimConfig, PrecisionConfig
 from yxanul.metrics import flops_split
-from yxanul.profiling import attention_share, profiled
+from yxanul.profiling import attention_share, is_attention_op, profiled, recorded_events
 from yxanul.train.build import build_training
 from yxanul.train.step import train_step
 
@@ -37,16 +40,24 @@ def test_every_fused_attention_kernel_is_counted_and_the_share_grows_with_the_se
             train_step(built.step_model, built.optimizer, batches, lr=1e-4, precision=built.precision)
         with profiled(DEV) as prof:
             train_step(built.step_model, built.optimizer, batches, lr=1e-4, precision=built.precision)
-        events = prof.events()
-        measured = attention_share(events, "cuda")
+        began = time.perf_counter()
+        measured = attention_share(recorded_events(prof), "cuda")
+        read_s = time.perf_counter() - began
+        events = prof.events()  # PyTorch's own tree of the same records: the reference sums
+        tree_s = time.perf_counter() - began - read_s
         kernels = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
         fused = sum(e.device_time_total for e in kernels if any(k in e.name.lower() for k in FUSED)) / 1000
         table_total = sum(e.self_device_time_total for e in prof.key_averages()
                           if e.device_type == DeviceType.CUDA and not e.is_user_annotation) / 1000
+        outermost = [e for e in events if e.device_type == DeviceType.CPU and not e.is_async
+                     and is_attention_op(e.name) and not _has_attention_parent(e)]
+        tree_attention = sum(e.device_time_total for e in outermost) / 1000
         print(f"seq_len {seq_len}: attention {measured.attention_ms:.2f} of {measured.step_ms:.2f} ms device time "
               f"({100 * measured.share:.1f}%; fused kernels by name {fused:.2f} ms); attention FLOPs "
-              f"{100 * flops_split(M270, seq_len, VOCAB).attention_share:.1f}%; {len(events)} events; kernels: "
+              f"{100 * flops_split(M270, seq_len, VOCAB).attention_share:.1f}%; {len(events)} events read in "
+              f"{read_s:.3f} s (PyTorch's tree: {tree_s:.3f} s); kernels: "
               f"{sorted({e.name[:60] for e in kernels if any(k in e.name.lower() for k in FUSED)})}")
+        assert measured.attention_ms == pytest.approx(tree_attention, rel=1e-9)
         assert measured.step_ms == pytest.approx(table_total, rel=1e-9)  # one GPU: no NCCL kernel to leave out
         assert fused > 0, "no fused attention kernel ran"
         assert fused <= measured.attention_ms * (1 + 1e-9), "a fused attention kernel ran outside the attention ops"
@@ -55,3 +66,10 @@ def test_every_fused_attention_kernel_is_counted_and_the_share_grows_with_the_se
         del built
         torch.cuda.empty_cache()
     assert shares[128] < shares[2048]
+
+
+def _has_attention_parent(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None and not is_attention_op(parent.name):
+        parent = parent.cpu_parent
+    return parent is not None

@@ -1,16 +1,18 @@
 """The attention share of a profiled step (yxanul.profiling): which events are attention, summed without counting a
-microsecond twice, on a synthetic event tree built from torch's own FunctionEvent (exact sums: the tree's times are
-whole microseconds) and on a real profile of the tiny model's train step on CPU (checked against the total PyTorch's
-own table prints, and bounded by the attention ops' own self times: timings themselves are never compared)."""
+microsecond twice, on synthetic recorded events (exact sums: whole nanoseconds) and on real profiles of the tiny
+model's train step on CPU, checked against PyTorch's own event tree (``prof.events()``: the sums it gives by
+``cpu_parent`` and ``cpu_time_total``) and against the total PyTorch's own table prints (timings themselves are never
+compared)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pytest
 import torch
 from torch.autograd import DeviceType
-from torch.autograd.profiler_util import EventList, FunctionEvent
 
-from yxanul.profiling import attention_share, is_attention_op, profiled
+from yxanul.profiling import attention_share, is_attention_op, profiled, recorded_events
 
 
 def test_attention_ops_and_autograd_nodes_are_named_but_not_their_wrappers_or_neighbours():
@@ -26,48 +28,97 @@ def test_attention_ops_and_autograd_nodes_are_named_but_not_their_wrappers_or_ne
         assert not is_attention_op(name), name
 
 
-def _tree(use_device: str | None) -> list[FunctionEvent]:
-    """A step's events: forward SDPA (the flash op inside the composite), a matmul, the SDPA backward inside the
-    autograd engine's wrapper (which also adds a gradient into the next node's buffer), an optimizer annotation
-    with a foreach op, an NCCL all-reduce; with ``use_device`` each op's kernels as device events too."""
-    ids = iter(range(1, 100))
+@dataclass
+class _Recorded:
+    """One recorded event, with the methods of torch's ``_KinetoEvent`` that the share reads (times in ns)."""
 
-    def cpu(name: str, start: int, end: int, **kw) -> FunctionEvent:
-        return FunctionEvent(next(ids), name, thread=1, start_us=start, end_us=end, use_device=use_device, **kw)
+    label: str
+    start: int
+    end: int
+    thread: int = 1
+    device: DeviceType = DeviceType.CPU
+    correlation: int = 0
+    linked: int = 0
+    annotation: bool = False
+    asynchronous: bool = False
+
+    def name(self) -> str:
+        return self.label
+
+    def start_ns(self) -> int:
+        return self.start
+
+    def end_ns(self) -> int:
+        return self.end
+
+    def start_thread_id(self) -> int:
+        return self.thread
+
+    def end_thread_id(self) -> int:
+        return self.thread
+
+    def device_type(self) -> DeviceType:
+        return self.device
+
+    def correlation_id(self) -> int:
+        return self.correlation
+
+    def linked_correlation_id(self) -> int:
+        return self.linked
+
+    def is_user_annotation(self) -> bool:
+        return self.annotation
+
+    def is_async(self) -> bool:
+        return self.asynchronous
+
+
+def _tree(with_kernels: bool) -> list[_Recorded]:
+    """A step's events in microseconds x 1000: forward SDPA (the flash op inside the composite), a matmul, the SDPA
+    backward on the autograd engine's thread inside its wrapper (which also adds a gradient into the next node's
+    buffer), an optimizer annotation with a foreach op, an NCCL all-reduce, an event PyTorch's tables leave out and an
+    asynchronous one; with ``with_kernels`` each op's kernel as a device event linked to the op, and the runtime call
+    that launched it (a CPU event inside the op, linked to it too)."""
+    ids = iter(range(1, 100))
+    us = 1000
+
+    def cpu(name: str, start: int, end: int, thread: int = 1, **kw) -> _Recorded:
+        return _Recorded(name, start * us, end * us, thread, correlation=next(ids), **kw)
 
     events = [cpu("aten::scaled_dot_product_attention", 0, 100),
               cpu("aten::_scaled_dot_product_flash_attention", 10, 90),
               cpu("aten::mm", 100, 150),
-              cpu("autograd::engine::evaluate_function: ScaledDotProductFlashAttentionBackward0", 200, 400),
-              cpu("ScaledDotProductFlashAttentionBackward0", 210, 390),
-              cpu("aten::_scaled_dot_product_flash_attention_backward", 220, 380),
-              cpu("aten::add_", 392, 398),
-              cpu("Optimizer.step#AdamW.step", 400, 500, is_user_annotation=True),
+              cpu("autograd::engine::evaluate_function: ScaledDotProductFlashAttentionBackward0", 200, 400, 2),
+              cpu("ScaledDotProductFlashAttentionBackward0", 210, 390, 2),
+              cpu("aten::_scaled_dot_product_flash_attention_backward", 220, 380, 2),
+              cpu("aten::add_", 392, 398, 2),
+              cpu("Optimizer.step#AdamW.step", 400, 500, annotation=True),
               cpu("aten::_foreach_add_", 410, 490),
-              cpu("nccl:all_reduce", 500, 510)]
-    if use_device:
+              cpu("nccl:all_reduce", 500, 510),
+              cpu("profiler::_record_function_exit", 510, 530),  # left out, as PyTorch's tables leave it out
+              cpu("aten::scaled_dot_product_attention", 600, 700, asynchronous=True)]  # not in the thread's tree
+    if with_kernels:
         kernels = {"aten::_scaled_dot_product_flash_attention": ("flash_fwd_kernel", 40), "aten::mm": ("gemm", 30),
                    "aten::_scaled_dot_product_flash_attention_backward": ("flash_bwd_kernel", 80),
                    "aten::add_": ("elementwise_add", 5), "aten::_foreach_add_": ("multi_tensor_apply", 10),
                    "nccl:all_reduce": ("ncclDevKernel_AllReduce_Sum_f32", 50)}
         start = 1000
         for event in list(events):
-            if event.name in kernels:
-                kernel, us = kernels[event.name]
-                event.append_kernel(kernel, 0, us)
-                events.append(FunctionEvent(next(ids), kernel, thread=7, start_us=start, end_us=start + us,
-                                            use_device=use_device, device_type=DeviceType.CUDA))
-                start += us
+            if event.label in kernels:
+                kernel, took = kernels[event.label]
+                events.append(_Recorded("cudaLaunchKernel", event.start + us, event.start + 2 * us, event.thread,
+                                        correlation=next(ids), linked=event.correlation))
+                events.append(_Recorded(kernel, start * us, (start + took) * us, 7, DeviceType.CUDA,
+                                        correlation=next(ids), linked=event.correlation))
+                start += took
         # the GPU range of the optimizer's record_function: it spans kernels already counted
-        events.append(FunctionEvent(next(ids), "Optimizer.step#AdamW.step", thread=7, start_us=1160, end_us=1175,
-                                    use_device=use_device, device_type=DeviceType.CUDA, is_user_annotation=True))
-    tree = EventList(events, use_device=use_device)
-    tree._build_tree()
-    return list(tree)
+        events.append(_Recorded("Optimizer.step#AdamW.step", 1160 * us, 1175 * us, 7, DeviceType.CUDA,
+                                correlation=next(ids), annotation=True))
+    return events
 
 
 def test_gpu_device_time_counts_each_kernel_once_without_communication_or_annotations():
-    measured = attention_share(_tree("cuda"), "cuda")
+    measured = attention_share(_tree(True), "cuda")
     # attention: the forward flash kernel (40, inside the composite op) + the backward one (80); the gradient add in
     # the engine's wrapper (5) is not attention. step: every kernel once (40 + 30 + 80 + 5 + 10), without NCCL (50)
     # and the annotation's GPU range (15).
@@ -76,15 +127,16 @@ def test_gpu_device_time_counts_each_kernel_once_without_communication_or_annota
 
 
 def test_cpu_time_counts_outermost_attention_ops_and_every_microsecond_in_ops_once():
-    measured = attention_share(_tree(None), "cpu")
+    measured = attention_share(_tree(False), "cpu")
     # attention: the composite forward op (100) + the backward node (180), not the wrapper around it (200)
-    # step: the top-level ops' spans, 100 + 50 + 200 + 100 + 10 (each nested op's time is inside its parent's)
+    # step: the top-level ops' spans, 100 + 50 + 200 + 100 + 10 (each nested op's time is inside its parent's; the
+    # enter/exit op and the asynchronous attention op are not counted)
     assert (measured.attention_ms, measured.step_ms, measured.device) == (0.28, 0.46, "cpu")
 
 
 def test_no_recorded_time_is_no_measurement():
     assert attention_share([], "cpu") is None
-    assert attention_share([e for e in _tree("cuda") if e.device_type == DeviceType.CPU], "cuda") is None
+    assert attention_share([e for e in _tree(True) if e.device == DeviceType.CPU], "cuda") is None
 
 
 def test_a_real_train_step_profiled_on_cpu():
@@ -101,10 +153,15 @@ def test_a_real_train_step_profiled_on_cpu():
     with profiled(torch.device("cpu")) as prof:
         result = train_step(model, optimizer, batch, lr=1e-3, precision=precision)
     assert torch.isfinite(result.loss)
-    events = prof.events()
-    measured = attention_share(events, "cpu")
+    measured = attention_share(recorded_events(prof), "cpu")
     assert 0 < measured.share < 1
-    # the step's CPU time is the total PyTorch's own table prints ("Self CPU time total"), up to summation order
+    # the same sums from PyTorch's own event tree: the outermost attention events' inclusive CPU time, every event's
+    # self CPU time, the total PyTorch's own table prints ("Self CPU time total"); up to summation order
+    events = prof.events()
+    outermost = [e for e in events if is_attention_op(e.name) and not _has_attention_parent(e)]
+    assert measured.attention_ms == pytest.approx(sum(e.cpu_time_total for e in outermost) / 1000, rel=1e-9)
+    assert measured.step_ms == pytest.approx(sum(e.self_cpu_time_total for e in events if not e.is_async) / 1000,
+                                             rel=1e-9)
     assert measured.step_ms == pytest.approx(prof.key_averages().self_cpu_time_total / 1000, rel=1e-9)
     # the flash kernels for CPU ran forward and backward, inside what was counted as attention
     names = {e.name for e in events}
@@ -112,3 +169,10 @@ def test_a_real_train_step_profiled_on_cpu():
             "aten::_scaled_dot_product_flash_attention_for_cpu_backward"} <= names
     own = sum(e.self_cpu_time_total for e in events if is_attention_op(e.name)) / 1000
     assert own <= measured.attention_ms * (1 + 1e-9)
+
+
+def _has_attention_parent(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None and not is_attention_op(parent.name):
+        parent = parent.cpu_parent
+    return parent is not None

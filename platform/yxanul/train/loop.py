@@ -563,9 +563,9 @@ class _Loop:
 
     def _profiled_step(self, run_step: Any) -> tuple[Any, AttentionShare | None, float]:
         """``run_step()`` under ``torch.profiler`` (:mod:`yxanul.profiling`): (its result, the attention share of
-        its time, the step's own seconds). The whole of it (the profiler's start and stop, parsing the events) is
+        its time, the step's own seconds). The whole of it (the profiler's start and stop, reading the events) is
         the timeline's ``profile`` phase; only the step's seconds go to the training clock."""
-        from yxanul.profiling import attention_share, profiled
+        from yxanul.profiling import attention_share, profiled, recorded_events
 
         begun = time.perf_counter()
         with profiled(self.device) as prof:
@@ -574,7 +574,7 @@ class _Loop:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # deliberate sync: once per stage, the step's own time
             seconds = time.perf_counter() - started
-        measured = attention_share(prof.events(), self.device.type)
+        measured = attention_share(recorded_events(prof), self.device.type)
         self.timeline.took("profile", time.perf_counter() - begun)
         return result, measured, seconds
 
