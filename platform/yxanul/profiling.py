@@ -37,8 +37,9 @@ it calls), which is the tree PyTorch's ``prof.events()`` builds from the same re
 The events are read as the profiler recorded them (``prof.profiler.kineto_results``, :func:`recorded_events`), not
 through ``prof.events()``: for a 19k-event CPU step on the 2-core development VM (2026-12-07, 6 profiles, one-off
 timing) building PyTorch's :class:`FunctionEvent` tree took 0.8-1.8 s (43-95 us an event), the spans here 0.07-0.12 s.
-The tests check both give the same sums (on a GPU too: ``tests/gpu/test_profiling_gpu.py`` prints both times). Events PyTorch's own tables leave out (its ``_filter_name`` list: memory records, the
-``record_function`` enter/exit ops, ``aten::is_leaf`` and such) are left out here too.
+The tests check both give the same sums (on a GPU too: ``tests/gpu/test_profiling_gpu.py`` prints both times).
+Events PyTorch's own tables leave out (its ``_filter_name`` list: memory records, the ``record_function``
+enter/exit ops, ``aten::is_leaf`` and such) are left out here too.
 
 Costs: the profiled step runs with the profiler's per-op bookkeeping and the events are read afterwards; the loop
 keeps both out of tokens/s and times them as the ``profile`` phase of the run's timeline.
@@ -116,10 +117,10 @@ def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare |
     ``device_type`` ``cuda`` measures device time, anything else CPU time. None when the events hold no time at
     all (nothing was recorded)."""
     cuda = device_type == "cuda"
-    spans: dict[int, list[tuple[int, int]]] = {}  # thread -> every CPU event's span (the CPU step)
+    spans: dict[int, list[tuple[int, int]]] = {}  # CPU: thread -> every event's span (the step)
     attention: dict[int, list[tuple[int, int]]] = {}  # thread -> the attention events' spans
-    ops: dict[int, tuple[int, int]] = {}  # correlation id -> (thread, start) of the op that launched kernels
-    kernels: list[tuple[int, int]] = []  # (the launching op's correlation id, ns) of every device activity counted
+    ops: dict[int, tuple[int, int]] = {}  # GPU: correlation id -> (thread, start) of the op that launched kernels
+    kernels: list[tuple[int, int]] = []  # GPU: (the launching op's correlation id, ns) of every device activity
     for event in events:
         name = event.name()
         if name in _LEFT_OUT or getattr(event, "is_hidden_event", lambda: False)():
@@ -129,10 +130,11 @@ def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare |
             continue
         start, end = event.start_ns(), event.end_ns()
         if event.device_type() == torch.autograd.DeviceType.CPU:
-            spans.setdefault(thread, []).append((start, end))
             if is_attention_op(name):
                 attention.setdefault(thread, []).append((start, end))
-            if event.linked_correlation_id() == 0:  # an op, not a runtime call made for one
+            if not cuda:
+                spans.setdefault(thread, []).append((start, end))
+            elif event.linked_correlation_id() == 0:  # an op, not a runtime call made for one
                 ops[event.correlation_id()] = (thread, start)
         elif cuda and not event.is_user_annotation() and not any(part in name.lower() for part in _COMMUNICATION):
             kernels.append((event.linked_correlation_id(), end - start))
