@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 
 class YxanulError(Exception):
@@ -129,12 +130,26 @@ def root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def worker_death(exc: BaseException) -> str | None:
-    """``"training worker rank 1 (pid 31363, node 10.0.0.7) died: <why>"`` when a Ray Train failure comes from a
-    worker process that died, else None. Ray Train 2.60 reports it as a failed health check of that rank,
-    next to the other ranks' errors (gloo's "Connection reset by peer"), which say nothing of the cause."""
-    import re
+@dataclass(frozen=True)
+class WorkerDeath:
+    """A training worker process that died (of itself: a crash, out of memory, its node lost), as Ray reports it;
+    ``str()`` is its one line: ``training worker rank 1 (pid 31363, node 10.0.0.7) died: <why>``."""
 
+    rank: int
+    pid: int | None
+    node: str | None
+    why: str
+
+    def __str__(self) -> str:
+        where = ", ".join(filter(None, (f"pid {self.pid}" if self.pid is not None else "",
+                                        f"node {self.node}" if self.node else "")))
+        return f"training worker rank {self.rank}{f' ({where})' if where else ''} died: {self.why}"
+
+
+def worker_death(exc: BaseException) -> WorkerDeath | None:
+    """The worker whose process died when a Ray Train failure comes from one, else None. Ray Train 2.60 reports it
+    as a failed health check of that rank, next to the other ranks' errors (gloo's "Connection reset by peer"),
+    which say nothing of the cause."""
     for err in error_chain(exc):
         for rank, failure in (getattr(err, "worker_failures", None) or {}).items():
             health = getattr(failure, "health_check_failure", None)
@@ -145,10 +160,8 @@ def worker_death(exc: BaseException) -> str | None:
             text = str(getattr(failure, "_message", "")) or str(failure)
             pid = re.search(r"\bpid=(\d+)", text)
             node = re.search(r"\bnode_ip='([^']+)'", text)
-            where = ", ".join(filter(None, (f"pid {pid.group(1)}" if pid else "",
-                                            f"node {node.group(1)}" if node else "")))
-            why = first_line(health if health is not None else failure, 300)
-            return f"training worker rank {rank}{f' ({where})' if where else ''} died: {why}"
+            return WorkerDeath(int(rank), int(pid.group(1)) if pid else None, node.group(1) if node else None,
+                               first_line(health if health is not None else failure, 300))
     return None
 
 
@@ -167,20 +180,21 @@ def lost_peer(exc: BaseException) -> bool:
     return any(p in str(err) for err in error_chain(exc) for p in PEER_LOST)  # the chain holds the workers' errors
 
 
-def dead_rank(marker_dir: str | None, wait_s: float = 3.0) -> str | None:
-    """``"training worker rank 1 (pid 31363, node 10.0.0.7) died: <why>"`` for a rank of this run whose process Ray
-    records as dead of itself, found by the pid each rank wrote in ``<marker_dir>/rank<r>.json``; else None (no
-    markers, none died within ``wait_s`` seconds, or Ray's state API did not answer).
+def dead_rank(marker_dir: str | None, wait_s: float = 3.0) -> WorkerDeath | None:
+    """A rank of this run whose process Ray records as dead of itself, found by the pid each rank wrote in its
+    marker (:func:`yxanul.fatal.worker_markers`); else None (no markers, none died within ``wait_s`` seconds, or
+    Ray's state API did not answer).
 
     Ray Train 2.60 names a dead worker only when its health check fails before another rank's error reaches the
     controller: when a peer's collective fails first (gloo's "Connection reset by peer"), the failure holds only
     that error, and :func:`worker_death` finds nothing. Ray's actor table still says which process died and why
     (a death is recorded within moments: ``wait_s`` allows for it)."""
-    import json
     import time
-    from pathlib import Path
 
-    if not marker_dir or not Path(marker_dir).is_dir():
+    from yxanul.fatal import worker_markers
+
+    ranks = {rank: marker["pid"] for rank, marker in worker_markers(marker_dir).items() if "pid" in marker}
+    if not ranks:
         return None
     try:
         import ray
@@ -188,24 +202,19 @@ def dead_rank(marker_dir: str | None, wait_s: float = 3.0) -> str | None:
 
         # This job's Ray, named: without an address the state API may find another cluster on the machine.
         address = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
-        ranks = [json.loads(path.read_text() or "{}") for path in sorted(Path(marker_dir).glob("rank*.json"))]
         deadline = time.monotonic() + wait_s
         while True:
-            for info in ranks:
-                pid, rank = info.get("pid"), info.get("rank")
-                if pid is None or rank is None:
-                    continue
+            for rank, pid in ranks.items():
                 for actor in list_actors(address=address, filters=[("pid", "=", int(pid)), ("state", "=", "DEAD")],
                                          detail=True, raise_on_missing_output=False, timeout=10):
                     context = (actor.death_cause or {}).get("actor_died_error_context") or {}
                     if context.get("reason") in DIED_OF_ITSELF:
-                        node = context.get("node_ip_address")
-                        why = first_line(str(context.get("error_message") or context["reason"]), 300)
-                        return f"training worker rank {rank} (pid {pid}{f', node {node}' if node else ''}) died: {why}"
+                        return WorkerDeath(rank, int(pid), context.get("node_ip_address"),
+                                           first_line(str(context.get("error_message") or context["reason"]), 300))
             if time.monotonic() >= deadline:
                 return None
             time.sleep(0.5)
-    except Exception:  # noqa: BLE001 - no state API (no dashboard), a marker half-written: the failure's own line
+    except Exception:  # noqa: BLE001 - no state API (no dashboard): the failure's own line
         return None
 
 

@@ -24,8 +24,9 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["fatal_log", "recording", "summary"]
+__all__ = ["fatal_log", "marker_path", "recording", "summary", "worker_markers"]
 
 _FRAME = re.compile(r'^\s+File "(?P<path>[^"]+)", line (?P<line>\d+) in (?P<name>\S+)')
 
@@ -61,21 +62,40 @@ def recording(marker_dir: str | None, rank: int) -> Iterator[Path | None]:
                 path.unlink()
 
 
+def marker_path(marker_dir: str | os.PathLike[str], rank: int) -> Path:
+    """``<marker_dir>/rank<rank>.json``: the marker each rank's training process keeps (its pid, rank, step, tokens
+    and last event; written by the loop), which says which process is, or was last, that rank."""
+    return Path(marker_dir) / f"rank{rank}.json"
+
+
+def worker_markers(marker_dir: str | os.PathLike[str] | None) -> dict[int, dict[str, Any]]:
+    """Each rank's marker (:func:`marker_path`) in ``marker_dir``, by rank; none where the folder or a marker is
+    missing or unreadable (a process that never started, a marker half-written by a crash)."""
+    import json
+
+    if not marker_dir or not Path(marker_dir).is_dir():
+        return {}
+    markers = {}
+    for path in sorted(Path(marker_dir).glob("rank*.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            marker = json.loads(path.read_text())
+            markers[int(marker["rank"])] = marker
+    return markers
+
+
 def summary(marker_dir: str | None, rank: int | None = None, pid: int | None = None,
             latest: bool = False) -> str | None:
     """One line for the fatal error a training process of the run wrote (:func:`recording`): the newest non-empty
     ``rank<rank>-<pid>.fatal`` (any rank or pid where not given; with ``latest``, the pid of the rank's latest
-    process, from its marker ``rank<rank>.json``, so that an earlier process's fault is not taken for a later
+    process, from its marker (:func:`worker_markers`), so that an earlier process's fault is not taken for a later
     death), or None when there is none (the process ended normally, or was killed without a chance to write:
     SIGKILL)."""
     if not marker_dir or not Path(marker_dir).is_dir():
         return None
     if latest and rank is not None and pid is None:
-        import json
-
         try:
-            pid = int(json.loads((Path(marker_dir) / f"rank{rank}.json").read_text())["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
+            pid = int(worker_markers(marker_dir)[rank]["pid"])
+        except (KeyError, ValueError, TypeError):
             return None
     pattern = f"rank{'*' if rank is None else rank}-{'*' if pid is None else pid}.fatal"
     logs = []

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from yxanul.fatal import describe, summary
+from yxanul.fatal import describe, marker_path, summary, worker_markers
 
 PLATFORM = Path(__file__).resolve().parents[2] / "platform"
 
@@ -67,18 +67,32 @@ def test_describe_without_a_python_frame_or_a_current_thread():
 
 def test_a_dead_training_worker_line_gets_its_fatal_error(tmp_path):
     """jobs.train's "training worker rank 1 (pid N) died" line, plus that rank's fatal error where it wrote one."""
+    from yxanul.errors import WorkerDeath
     from yxanul.train.launch import _with_fatal_error
 
+    death = WorkerDeath(rank=1, pid=4242, node="10.0.0.7", why="Worker unexpectedly exits")
     died = "training worker rank 1 (pid 4242, node 10.0.0.7) died: Worker unexpectedly exits"
-    assert _with_fatal_error(died, str(tmp_path)) == died  # nothing written: a SIGKILL
+    assert str(death) == died
+    assert _with_fatal_error(death, str(tmp_path)) == died  # nothing written: a SIGKILL
     (tmp_path / "rank0-4242.fatal").write_text("Fatal Python error: Aborted\n")  # another rank's: not this one
-    assert _with_fatal_error(died, str(tmp_path)) == died
+    assert _with_fatal_error(death, str(tmp_path)) == died
     log = tmp_path / "rank1-4242.fatal"
     log.write_text("Fatal Python error: Segmentation fault\n\nCurrent thread 0x1 (most recent call first):\n"
                    '  File "/x/yxanul/model.py", line 184 in forward\n')
-    assert _with_fatal_error(died, str(tmp_path)) == (
+    assert _with_fatal_error(death, str(tmp_path)) == (
         f"{died}; Fatal Python error: Segmentation fault in yxanul/model.py:184 (forward); every thread's stack: {log}")
-    assert _with_fatal_error(died, None) == died
+    assert _with_fatal_error(death, None) == died
+    unknown = WorkerDeath(rank=1, pid=None, node=None, why="Worker unexpectedly exits")  # Ray named no pid
+    assert _with_fatal_error(unknown, str(tmp_path)) == "training worker rank 1 died: Worker unexpectedly exits"
+
+
+def test_worker_markers_are_read_by_rank_and_a_half_written_one_is_skipped(tmp_path):
+    assert worker_markers(str(tmp_path / "missing")) == {} and worker_markers(None) == {}
+    marker_path(tmp_path, 0).write_text('{"pid": 100, "rank": 0, "event": "start"}')
+    marker_path(tmp_path, 1).write_text('{"pid": 10')  # a crash while writing (the loop writes atomically, a user may not)
+    (tmp_path / "rank2.json").write_text('{"pid": 300}')  # no rank: not a marker of this format
+    assert worker_markers(str(tmp_path)) == {0: {"pid": 100, "rank": 0, "event": "start"}}
+    assert marker_path(tmp_path, 3) == tmp_path / "rank3.json"
 
 
 def test_latest_reads_the_rank_s_latest_process_only(tmp_path):

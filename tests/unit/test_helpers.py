@@ -127,6 +127,29 @@ def test_user_error_unwraps_a_real_ray_task_error_and_a_train_failure():
     assert user_error(RuntimeError("plain")) is None
 
 
+def test_worker_death_names_the_rank_pid_and_node_of_a_failed_health_check():
+    """Ray Train 2.60's shape: a rank whose health check failed, beside a peer's gloo error that says nothing."""
+    from yxanul.errors import WorkerDeath, worker_death
+
+    class HealthFailed(Exception):
+        def __init__(self) -> None:
+            super().__init__("health check failed")
+            self._message = ("The actor died unexpectedly before finishing this task. class_name: RayTrainWorker "
+                             "actor_id: 1f pid=31363 namespace=x ip=10.0.0.7 node_ip='10.0.0.7'")
+            self.health_check_failure = RuntimeError("Worker unexpectedly exits with a connection error code 2")
+
+    class TrainingFailed(Exception):
+        def __init__(self, failures: dict[int, BaseException]) -> None:
+            super().__init__("Training failed due to worker errors")
+            self.worker_failures = failures
+
+    death = worker_death(TrainingFailed({0: RuntimeError("Connection reset by peer"), 1: HealthFailed()}))
+    assert death == WorkerDeath(1, 31363, "10.0.0.7", "Worker unexpectedly exits with a connection error code 2")
+    assert str(death) == ("training worker rank 1 (pid 31363, node 10.0.0.7) died: Worker unexpectedly exits with a "
+                          "connection error code 2")
+    assert worker_death(TrainingFailed({0: RuntimeError("Connection reset by peer")})) is None
+
+
 def test_atomic_write_replaces_whole_files_and_leaves_nothing_behind(tmp_path):
     target = tmp_path / "sub" / "manifest.json"
     atomic_write(target, "old\n")

@@ -35,6 +35,7 @@ from yxanul.errors import (
     ConfigError,
     DataError,
     TrackingError,
+    WorkerDeath,
     WorkerDiedError,
     WorkerFailedError,
     YxanulError,
@@ -552,16 +553,16 @@ def _failed(cfg: ExperimentConfig, tracking: dict[str, str] | None, exc: BaseExc
     from yxanul.tracking import Status
 
     user = user_error(exc)
-    died = None
+    death, died = None, None
     if user is None:
-        died = worker_death(exc)
-        if died is None and not in_process and lost_peer(exc):  # a collective saw the death before Ray Train did
-            died = dead_rank(Layout.of(cfg).worker_markers(cfg.run.name))
-    if died:  # not a bug: one line that says a worker died, instead of ~100 ending in gloo's connection reset
-        died = _with_fatal_error(died, Layout.of(cfg).worker_markers(cfg.run.name))
-        died = (f"{died}; scaling.max_failures={cfg.scaling.max_failures} left no restart. The run resumes from "
-                f"its last checkpoint in {run_dir(cfg)}: run the same command again (raise "
-                f"scaling.max_failures to restart by itself)")
+        death = worker_death(exc)
+        if death is None and not in_process and lost_peer(exc):  # a collective saw the death before Ray Train did
+            death = dead_rank(Layout.of(cfg).worker_markers(cfg.run.name))
+    if death:  # not a bug: one line that says a worker died, instead of ~100 ending in gloo's connection reset
+        died = (f"{_with_fatal_error(death, Layout.of(cfg).worker_markers(cfg.run.name))}; "
+                f"scaling.max_failures={cfg.scaling.max_failures} left no restart. The run resumes from its last "
+                f"checkpoint in {run_dir(cfg)}: run the same command again (raise scaling.max_failures to restart "
+                "by itself)")
     message = str(user) if user else died or _failure_line(exc)
     _end_mlflow_run(tracking, Status.FAILED, message)
     if user is not None:
@@ -571,16 +572,13 @@ def _failed(cfg: ExperimentConfig, tracking: dict[str, str] | None, exc: BaseExc
     return WorkerFailedError(message)
 
 
-def _with_fatal_error(died: str, marker_dir: str | None) -> str:
-    """``died`` ("training worker rank 1 (pid 31363) died: ...") and, where that process wrote one, its fatal error
-    (:mod:`yxanul.fatal`: "Fatal Python error: Segmentation fault in ...; every thread's stack: <file>")."""
-    import re
-
+def _with_fatal_error(died: WorkerDeath, marker_dir: str | None) -> str:
+    """``died``'s line and, where that process wrote one, its fatal error (:mod:`yxanul.fatal`: "Fatal Python error:
+    Segmentation fault in ...; every thread's stack: <file>")."""
     from yxanul.fatal import summary
 
-    found = re.search(r"rank (\d+) \(pid (\d+)", died)
-    fatal = summary(marker_dir, int(found[1]), int(found[2])) if found else None
-    return f"{died}; {fatal}" if fatal else died
+    fatal = summary(marker_dir, died.rank, died.pid) if died.pid is not None else None
+    return f"{died}; {fatal}" if fatal else str(died)
 
 
 def _failure_line(exc: BaseException) -> str:

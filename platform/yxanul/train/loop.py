@@ -37,6 +37,7 @@ from yxanul.console import worker_print
 from yxanul.curriculum import CurriculumPlan, Stage, build_plan, microbatch_budget
 from yxanul.data.loader import PreparedDataset, TrainStream, ValidationSet, load_validation
 from yxanul.errors import DeviceMemoryError, YxanulError
+from yxanul.fatal import marker_path, recording
 from yxanul.files import atomic_write
 from yxanul.formatting import clock, human_count, percent
 from yxanul.profiling import AttentionShare
@@ -372,7 +373,7 @@ class _Loop:
             return
         step = self.state.step if step is None else step
         tokens = self.state.tokens if tokens is None else tokens
-        atomic_write(Path(folder) / f"rank{self.rank}.json", json.dumps({
+        atomic_write(marker_path(folder, self.rank), json.dumps({
             "pid": os.getpid(), "rank": self.rank, "step": step, "tokens": tokens, "event": event,
             "time": time.time()}))
         with open(Path(folder) / f"rank{self.rank}.log", "a") as log:
@@ -381,8 +382,6 @@ class _Loop:
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> None:
-        from yxanul.fatal import recording
-
         # A fault that kills this process (SIGSEGV, SIGABRT) leaves its stack where the driver reads it (yxanul.fatal).
         with recording(self.setup.marker_dir, self.rank):
             self._run()
