@@ -172,6 +172,9 @@ COMPILE_CACHE_TAG = "yxanul.compile_cache"
 EXECUTION_TAG = "yxanul.execution"
 """How the run's training executed (:attr:`yxanul.train.session.Session.kind`): ``ray_train`` (a ``TorchTrainer``'s
 workers) or ``in_process`` (inside a sweep trial's own Ray Tune process, ``sweep.in_process``)."""
+COMPILE_SCOPE_TAG = "yxanul.compile_s_scope"
+"""``run``: the run's ``train/compile_s`` counts every process's compilation, restarts included (checkpointed with
+the clock). Runs without it logged each process's own seconds from 0, and the report joins the segments."""
 WORKER_PID_TAG = "yxanul.worker_pid"
 """The process id of rank 0's training (of its latest start): in-process trials of one sweep slot share it."""
 WORKER_TIMELINE_TAG = "yxanul.worker_timeline"

@@ -184,6 +184,8 @@ def test_interrupted_and_resumed_run_has_identical_losses(env, uninterrupted, ca
     assert client.get_run(first.run_id).data.tags["yxanul.status"] == "stopped"
     checkpoints = sorted(p for p in Path(run_dir(config(env, "resumed"))).glob("checkpoint_*") if p.is_dir())
     assert [json.loads((p / "state.json").read_text())["tokens"] for p in checkpoints] == [4096, 8192]
+    saved_compile = json.loads((checkpoints[0] / "state.json").read_text())["compile_s"]
+    assert saved_compile == dict(history(client, first.run_id, "train/compile_s"))[4096] > 0  # the clock's part
     latest = checkpoints[-1] / "model.pt"
     size = latest.stat().st_size
     with open(latest, "r+b") as fh:
@@ -209,6 +211,10 @@ def test_interrupted_and_resumed_run_has_identical_losses(env, uninterrupted, ca
     assert [s for s, _ in resumed] == [s for s, _ in reference]  # every step once, none twice
     assert resumed == reference  # bit-identical on CPU fp32, across the stage boundary at 6144
     assert history(client, second.run_id, "val/bpb") == history(client, full.run_id, "val/bpb")
+    # the resumed process's compilation adds to the checkpoint's: train/compile_s is the run's, across the resume
+    compile_s = history(client, second.run_id, "train/compile_s")
+    assert [v for _, v in compile_s] == sorted(v for _, v in compile_s) and compile_s[-1][1] > saved_compile
+    assert client.get_run(second.run_id).data.tags["yxanul.compile_s_scope"] == "run"
     # the stop at 8192 was not the run's end: the FP8-off pass ran once, at the end of the resumed part
     assert history(client, second.run_id, "val/bpb_bf16_eval") == history(client, full.run_id, "val/bpb_bf16_eval")
     assert client.get_run(second.run_id).info.status == "FINISHED"

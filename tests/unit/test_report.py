@@ -79,12 +79,27 @@ def test_crossing_is_interpolated_between_bracketing_validation_points():
 
 
 def test_the_training_clock_leaves_compilation_out_across_a_resume():
-    """val/elapsed_s includes the first step of each batch shape (compilation); train/compile_s restarts at 0 when a
-    run resumes, so the compile seconds are summed over the segments."""
+    """val/elapsed_s includes the first step of each batch shape (compilation); runs before yxanul.compile_s_scope
+    logged train/compile_s from 0 in each process, so the compile seconds are summed over the segments."""
     run = seeded("a", 0, 2.0, 1.0, compile_s=10.0)
     assert training_clock(run) == [(1000, 10.0), (2000, 20.0), (3000, 30.0)]
     run.metrics["train/compile_s"] = [(500, 10.0), (1000, 12.0), (2000, 3.0), (3000, 3.0)]  # resumed after 1000
     run.metrics["val/elapsed_s"] = [(1000, 32.0), (2000, 45.0), (3000, 55.0)]
+    assert training_clock(run) == [(1000, 20.0), (2000, 30.0), (3000, 40.0)]
+    # the resumed process compiled longer (14 s) than its predecessor had by its last point (12 s): no drop, but its
+    # points were logged after the run's last resume (an H100 decomposition trial, 2026-12-07)
+    run.metrics["train/compile_s"] = [(500, 10.0), (1000, 12.0), (2000, 14.0), (3000, 14.0)]
+    run.metrics["val/elapsed_s"] = [(1000, 32.0), (2000, 56.0), (3000, 66.0)]
+    resumed = 1_796_616_270_000  # 2026-12-07T04:04:30Z
+    run.tags["yxanul.last_resume"] = "2026-12-07T04:04:30Z"
+    run.logged_ms["train/compile_s"] = [resumed - 60_000, resumed - 30_000, resumed + 40_000, resumed + 50_000]
+    assert training_clock(run) == [(1000, 20.0), (2000, 30.0), (3000, 40.0)]
+    run.logged_ms.clear()  # a store that gave no times: only a drop can tell (here it cannot)
+    assert training_clock(run) == [(1000, 20.0), (2000, 42.0), (3000, 52.0)]
+    # runs that checkpoint the counter log the run's total: a resume starts no segment
+    run.logged_ms["train/compile_s"] = [resumed - 60_000, resumed - 30_000, resumed + 40_000, resumed + 50_000]
+    run.tags["yxanul.compile_s_scope"] = "run"
+    run.metrics["train/compile_s"] = [(500, 10.0), (1000, 12.0), (2000, 26.0), (3000, 26.0)]
     assert training_clock(run) == [(1000, 20.0), (2000, 30.0), (3000, 40.0)]
 
 
@@ -178,6 +193,9 @@ def test_headline_names_the_fp8_layers_that_ran_not_the_ones_asked():
                            "2 matched seeds: final val/bpb -0.0450 (95% CI -0.1085 to +0.0185): no difference "
                            "detected; tokens/s 0.849x (95% CI ")
     assert title(report) == "fp8-vs-bf16: FP8 vs BF16, 1x NVIDIA H100 80GB HBM3, 2026-12-01, 3k tokens per run"
+    later = sweep_runs()
+    later[-1].start_time_ms += 86_400_000  # a later part of the comparison, run the next day
+    assert "2026-12-01 to 2026-12-02, 3k tokens per run" in title(build_report(later, "sweep fp8-vs-bf16"))
     # a measured plan that kept no FP8 group did not train in FP8, whatever precision.mode says
     none = build_report(sweep_runs({"yxanul.precision_plan": "fp8 (delayed; auto -> no layer pays: all GEMMs bf16)"}),
                         "sweep fp8-vs-bf16")

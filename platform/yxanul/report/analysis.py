@@ -58,7 +58,13 @@ from yxanul.stats import (
     paired_ratio,
     verdict,
 )
-from yxanul.tags import ATTENTION_SHARE_METRIC, BF16_EVAL_BPB_METRIC, UNIGRAM_BPB_METRIC
+from yxanul.tags import (
+    ATTENTION_SHARE_METRIC,
+    BF16_EVAL_BPB_METRIC,
+    COMPILE_SCOPE_TAG,
+    LAST_RESUME_TAG,
+    UNIGRAM_BPB_METRIC,
+)
 
 if TYPE_CHECKING:
     from yxanul.metrics import FlopsSplit  # imports torch: only where FLOPs are computed
@@ -106,16 +112,37 @@ def value_at_tokens(points: Series, tokens: float) -> float | None:
 
 
 def _compile_cumulative(run: RunSeries) -> Series:
-    """``train/compile_s`` made cumulative over restarts: the loop's counter starts at 0 again when a run
-    resumes, so a drop begins a new segment that adds to what the earlier segments had reached."""
+    """``train/compile_s`` over the whole run. Runs tagged ``yxanul.compile_s_scope=run`` log it so (the counter is
+    checkpointed with the clock); earlier runs logged each process's own seconds from 0, so a restart begins a new
+    segment that adds to what the earlier ones had reached. Such a segment starts where the value drops, or at the
+    first point logged after the run's last resume (``yxanul.last_resume``): a resumed process that compiled longer
+    than its predecessor had by its last point shows no drop (a decomposition trial on an H100, 2026-12-07: 11.5 s
+    after 10.3 s, which left 10.3 s of compilation on its training clock)."""
     out: Series = []
     done, last = 0.0, 0.0
-    for tokens, value in run.series("train/compile_s"):
-        if value < last:
+    resumed_ms = None if run.tags.get(COMPILE_SCOPE_TAG) == "run" else _resumed_ms(run.tags.get(LAST_RESUME_TAG))
+    logged = run.logged_ms.get("train/compile_s") or []
+    for i, (tokens, value) in enumerate(run.series("train/compile_s")):
+        after_resume = resumed_ms is not None and i < len(logged) and logged[i] >= resumed_ms
+        if value < last or (after_resume and (i == 0 or logged[i - 1] < resumed_ms)):
             done += last
         last = value
         out.append((tokens, done + value))
     return out
+
+
+def _resumed_ms(text: str | None) -> int | None:
+    """``2026-12-07T04:04:30Z`` (:func:`yxanul.formatting.timestamp`) in ms since the epoch; None when absent or
+    unreadable. The tag has whole seconds and the resumed process logs its first point after it took it."""
+    import calendar
+    import time
+
+    if not text:
+        return None
+    try:
+        return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")) * 1000
+    except ValueError:
+        return None
 
 
 def _step_value(points: Series, tokens: int) -> float:

@@ -132,12 +132,14 @@ def _sweep_record(run: Any) -> SweepRecord:
 def _run_series(client: Any, run: Any, parent: SweepRecord | None) -> RunSeries:
     tags, params = run.data.tags, run.data.params
     wanted = [k for k in run.data.metrics if k.startswith("val/") or k in _TRAIN_METRICS or k == UNIGRAM_BPB_METRIC]
-    metrics = {}
+    metrics, logged_ms = {}, {}
     for key in wanted:
-        points: dict[int, float] = {}
+        points: dict[int, tuple[float, int]] = {}
         for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp)):
-            points[int(m.step)] = float(m.value)  # a step logged twice (after a restart): the latest wins
-        metrics[key] = sorted(points.items())
+            points[int(m.step)] = (float(m.value), int(m.timestamp))  # logged twice (a restart): the latest wins
+        metrics[key] = [(step, value) for step, (value, _) in sorted(points.items())]
+        if key == "train/compile_s":  # when each point was logged: a restart's segment is found by it
+            logged_ms[key] = [ms for _, (_, ms) in sorted(points.items())]
     variant = tags.get(VARIANT_TAG) or run.info.run_name or run.info.run_id
     arm, axes = arm_and_axes(tags, variant)
     seed_text = params.get("run.seed", "")
@@ -147,7 +149,8 @@ def _run_series(client: Any, run: Any, parent: SweepRecord | None) -> RunSeries:
         run_id=run.info.run_id, name=run.info.run_name or run.info.run_id, variant=variant, arm=arm,
         pair=tags.get(PAIR_TAG), axes=axes, seed=seed, status=status, reason=reason, metrics=metrics,
         tags={k: v for k, v in tags.items() if k.startswith(("yxanul.", "mlflow."))}, params=dict(params),
-        start_time_ms=run.info.start_time, end_time_ms=run.info.end_time, experiment_id=run.info.experiment_id)
+        start_time_ms=run.info.start_time, end_time_ms=run.info.end_time, experiment_id=run.info.experiment_id,
+        logged_ms=logged_ms)
 
 
 DID_NOT_FINISH = "did_not_finish"

@@ -69,6 +69,9 @@ class RunSeries:
     start_time_ms: int | None = None
     end_time_ms: int | None = None
     experiment_id: str = ""
+    logged_ms: dict[str, list[int]] = field(default_factory=dict)
+    """When each point of a series was logged (ms since the epoch, aligned with :meth:`series`), for the series
+    whose reading needs it (``train/compile_s`` of runs before ``yxanul.compile_s_scope``)."""
 
     def series(self, key: str) -> Series:
         return self.metrics.get(key, [])

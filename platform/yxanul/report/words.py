@@ -217,8 +217,9 @@ def _dates(runs: list[RunSeries], short: bool = False) -> str:
     if not starts:
         return ""
     first, last = min(starts), max(starts)
-    if short:
-        return time.strftime("%Y-%m-%d", time.gmtime(first))
+    if short:  # the day, or the first and last days of runs that spanned several
+        days = [time.strftime("%Y-%m-%d", time.gmtime(t)) for t in (first, last)]
+        return days[0] if days[0] == days[1] else f"{days[0]} to {days[1]}"
     fmt = "%Y-%m-%d %H:%M"
     return time.strftime(fmt, time.gmtime(first)) + (
         f" to {time.strftime(fmt, time.gmtime(last))}" if last - first >= 60 else "") + " UTC (run starts)"
@@ -674,7 +675,8 @@ METHOD = """\
 - noise floor: the seed standard deviation of the reference arm's final val/bpb over every seed it finished.
 - {target}. Tokens and seconds to target: the first validation point at or below it, linearly interpolated with
   the point before; seconds are the training clock (val/elapsed_s, validation excluded) minus the compilation and
-  warm-up seconds up to that point (train/compile_s), which tokens/s leaves out too. A run that does not reach
+  warm-up seconds up to that point (train/compile_s, summed over the run's processes: a restarted run compiles
+  again), which tokens/s leaves out too. A run that does not reach
   the target is censored at its budget: "reached k/n" counts seeds, means are over those that reached it, and a
   seed where only one arm reached it bounds the speedup by the other arm's whole training time.
 - tokens/s and MFU: medians of a run's logged intervals, per GPU; peak memory: the maximum logged.

@@ -78,6 +78,10 @@ class TrainState:
     """Curriculum stage of the next step."""
     elapsed_s: float = 0.0
     """Training wall-clock so far (validation and checkpointing excluded)."""
+    compile_s: float = 0.0
+    """Of ``elapsed_s``, the seconds of each process's first step of a batch shape (compilation and warm-up): a
+    resumed process adds its own, so the run's clock less this is its training time whatever restarts it had (0 in
+    checkpoints written before it existed)."""
     skipped_steps: int = 0
     """Optimizer steps skipped for a non-finite gradient (train.on_nan=skip)."""
     run_id: str | None = None

@@ -47,6 +47,7 @@ from yxanul.tags import (
     ATTENTION_SHARE_METRIC,
     BF16_EVAL_SUFFIX,
     COMPILE_CACHE_TAG,
+    COMPILE_SCOPE_TAG,
     COMPILED_TAG,
     CURRICULUM_STAGES_TAG,
     EXECUTION_TAG,
@@ -356,7 +357,8 @@ class _Loop:
                                    send_every_s=self.cfg.tracking.send_every_s)
         simulated = self.cfg.scaling.simulate_accelerators
         tags = {**device_tags(self.cfg.scaling.use_gpu and not simulated, self.world), **node_tags(),
-                EXECUTION_TAG: self.session.kind, WORKER_PID_TAG: str(os.getpid())}
+                EXECUTION_TAG: self.session.kind, WORKER_PID_TAG: str(os.getpid()),
+                COMPILE_SCOPE_TAG: "run"}
         if simulated:
             ran = self.precision.mode
             tags.update({SIMULATED_TAG: "true", PRECISION_RAN_TAG: ran,
@@ -442,7 +444,6 @@ class _Loop:
         shapes_seen: set[tuple[int, int]] = set()
         profiled_stages: set[int] = set()  # per process: a resumed run profiles the stage it resumes in again
         self.profile_attention = self.cfg.train.profile_attention and self.rank == 0
-        self.compile_s = 0.0
         stream: TrainStream | None = None
         stage: Stage | None = None
         loss_sum = torch.zeros((), device=self.device)
@@ -491,7 +492,7 @@ class _Loop:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)  # deliberate sync: once per batch shape
                 seconds = time.perf_counter() - started
-                self.compile_s += seconds
+                self.state.compile_s += seconds
                 self.timeline.took("compile", seconds)
                 meter.add_untimed(seconds)
                 if self.rank == 0:
@@ -634,7 +635,7 @@ class _Loop:
             grad_norm = grad_norm.full_tensor()
         metrics = {"train/lr": lr, "train/grad_norm": float(grad_norm), "train/seq_len": float(stage.seq_len),
                    "train/stage": float(stage.index), "train/elapsed_s": self.state.elapsed_s,
-                   "train/compile_s": self.compile_s}
+                   "train/compile_s": self.state.compile_s}
         if throughput.tokens_per_s > 0:  # a window of only first-of-shape steps has no rate
             metrics["train/tokens_per_s"] = throughput.tokens_per_s
             metrics["train/tokens_per_s_per_gpu"] = throughput.tokens_per_s_per_gpu
