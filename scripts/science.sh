@@ -28,7 +28,8 @@
 # Everything runs from the repository root with the default relative paths of experiments/runs/science.yaml
 # (./outputs/...); on the GPU machine ./outputs is a link into $WORK (default /tmp/yxanul-science), which
 # outlives one call on a warm machine. Results go to $OUT (default ./outputs/science): prepare.jsonl, the
-# calibration rows, logs and a copy of the MLflow store. Needs no network. CPU machines can run `prepare`;
+# calibration rows, logs, a copy of the MLflow store and fatal.tgz (any training process's fatal error with every
+# thread's stack, yxanul.fatal: the run folders stay on the machine). Needs no network. CPU machines can run `prepare`;
 # SCIENCE_OVERRIDES="key=value ..." is added to every job and SCIENCE_SWEEP_OVERRIDES to the sweeps only. A CPU
 # rehearsal of every stage but tests (2026-12-05, ~12 min on 2 cores):
 #   SCIENCE_OVERRIDES="data.builtin_max_bytes=20M tokenizer.train_sample_bytes=2M tokenizer.vocab_size=2048
@@ -109,7 +110,14 @@ sweep_of() {  # $1 = sweep file, $2 = log name, rest = jobs.sweep arguments; its
     local status=${PIPESTATUS[0]}
     echo "{\"sweep\": \"$name\", \"name\": \"$called\", \"wall_s\": $(( $(date +%s) - start )), \"rc\": $status," \
          "\"date\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\"}" >> "$out/sweeps.jsonl"
+    fatal_stacks
     return "$status"
+}
+fatal_stacks() {  # every training process's fatal error with all its threads' stacks (yxanul.fatal), into $out/fatal.tgz
+    local -a found
+    mapfile -t found < <(find -L outputs -name '*.fatal' -size +0 2>/dev/null)
+    [ ${#found[@]} -gt 0 ] || return 0
+    tar czf "$out/fatal.tgz" "${found[@]}" && echo "science.sh: ${#found[@]} fatal error(s) with their stacks in $out/fatal.tgz"
 }
 sweep() { sweep_of science-calibration "$@"; }  # $1 = log name, rest = jobs.sweep arguments
 seeds() {
