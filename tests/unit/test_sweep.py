@@ -356,3 +356,23 @@ def test_in_process_trials_load_transformer_engine_first_only_in_a_sweep_with_fp
 
     consts = sweep_consts(plan_sweep(*load_sweep(name), cluster=MIXED), "parent-id")
     assert consts["fp8"] is fp8 and consts["parent_run_id"] == "parent-id" and consts["name"] == name
+
+
+def test_a_failed_trial_s_line_is_read_from_tune_s_own_error_file_before_it_is_synced(tmp_path):
+    """Tune appends the error to the driver's copy (trial.error_file) just before the callbacks run and syncs it to
+    the storage later (get_error then returns None): the restart line says the error, not "see the error file"."""
+    from yxanul.sweep.records import _error_line
+
+    class Trial:
+        def __init__(self, error_file: str | None, stored: str | None = None) -> None:
+            self.error_file, self.stored = error_file, stored
+
+        def get_error(self) -> str | None:
+            return self.stored
+
+    error = tmp_path / "error.txt"
+    error.write_text("Failure # 1 (occurred at 2026-12-07_04-00-06)\nray::_trial_fn() (pid=4242, ip=10.0.0.7)\n"
+                     "  File \"x.py\", line 1, in f\nFileNotFoundError: [Errno 2] No such file: 'a.bin'\n")
+    assert _error_line(Trial(str(error))) == "FileNotFoundError: [Errno 2] No such file: 'a.bin'"
+    assert _error_line(Trial(None, "RuntimeError: from the storage\n")) == "RuntimeError: from the storage"
+    assert _error_line(Trial(str(tmp_path / "gone.txt"))) == "failed (see the trial's error file in the Ray Tune folder)"

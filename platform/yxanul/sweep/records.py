@@ -8,6 +8,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from yxanul.errors import ConfigError
@@ -288,10 +289,7 @@ def _last_line(text: str) -> str:
 def _error_line(trial: Any) -> str:
     """The last line of a trial's error as Tune stored it; for a process that died (Ray's "The actor died
     unexpectedly ..." paragraph), "its process died: " and Ray's exit detail."""
-    try:
-        text = str(trial.get_error() or "")
-    except Exception:  # the error file may be gone; the status still says failed
-        text = ""
+    text = _error_text(trial)
     if "actor died unexpectedly" in text or "The actor is dead" in text:
         import re
 
@@ -300,6 +298,23 @@ def _error_line(trial: Any) -> str:
                 + " (no fatal error was recorded: killed by a signal Python cannot catch, e.g. SIGKILL or the OOM "
                 "killer, or before its training started)")
     return _last_line(text) or "failed (see the trial's error file in the Ray Tune folder)"
+
+
+def _error_text(trial: Any) -> str:
+    """Tune's text of the trial's errors: the driver's own copy (``trial.error_file``, which Tune appends to just
+    before it calls the callbacks), else the copy in the sweep's storage (``get_error``, synced later: empty when a
+    callback asks, which left a restarted trial's line saying only "see the trial's error file"); "" if neither."""
+    try:
+        if trial.error_file:
+            text = Path(trial.error_file).read_text(errors="replace")
+            if text.strip():
+                return text
+    except Exception:  # noqa: BLE001 - no such file, an older Tune without the property: the storage's copy
+        pass
+    try:
+        return str(trial.get_error() or "")
+    except Exception:  # the error file may be gone; the status still says failed
+        return ""
 
 
 def _record_failed(uri: str, experiment_id: str, parent_id: str, trial: Any) -> None:
