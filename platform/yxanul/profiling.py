@@ -79,6 +79,11 @@ class AttentionShare:
     """The step's device time on a GPU (kernels, communication excluded), its CPU time in ops on CPU."""
     device: str
     """``cuda`` (device time) or ``cpu`` (CPU time)."""
+    kernels: tuple[str, ...] = ()
+    """What computed the attention, sorted: on a GPU the kernels counted as attention, on CPU the innermost
+    attention ops (:func:`short_name`). It says which backend PyTorch's attention picked (FlashAttention's
+    ``pytorch_flash::flash_fwd_kernel``, cuDNN's ``*sdpa*``, the memory-efficient ``fmha_cutlass*``), which can
+    differ between two runs of one config (on an H100 it moved attention's time by ~30%, 2026-12-07)."""
 
     @property
     def share(self) -> float:
@@ -95,6 +100,17 @@ def recorded_events(prof: Any) -> Iterable[Any]:
     """The events a finished ``torch.profiler.profile`` recorded, unparsed (``_KinetoEvent`` s), for
     :func:`attention_share`."""
     return prof.profiler.kineto_results.events()
+
+
+def short_name(name: str) -> str:
+    """A kernel's or op's name without its return type, template and argument lists:
+    ``void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<...>>(Flash_fwd_params)`` ->
+    ``pytorch_flash::flash_fwd_kernel``."""
+    name = name.strip()
+    if name.startswith("void "):
+        name = name[5:]
+    cut = min((i for i in (name.find("<"), name.find("(")) if i > 0), default=len(name))
+    return name[:cut].strip()
 
 
 def _outermost(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -120,7 +136,8 @@ def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare |
     spans: dict[int, list[tuple[int, int]]] = {}  # CPU: thread -> every event's span (the step)
     attention: dict[int, list[tuple[int, int]]] = {}  # thread -> the attention events' spans
     ops: dict[int, tuple[int, int]] = {}  # GPU: correlation id -> (thread, start) of the op that launched kernels
-    kernels: list[tuple[int, int]] = []  # GPU: (the launching op's correlation id, ns) of every device activity
+    kernels: list[tuple[int, int, str]] = []  # GPU: (the launching op's correlation id, ns, name) of each activity
+    names: dict[int, list[tuple[int, int, str]]] = {}  # CPU: thread -> the attention events' (start, end, name)
     for event in events:
         name = event.name()
         if name in _LEFT_OUT or getattr(event, "is_hidden_event", lambda: False)():
@@ -132,27 +149,38 @@ def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare |
         if event.device_type() == torch.autograd.DeviceType.CPU:
             if is_attention_op(name):
                 attention.setdefault(thread, []).append((start, end))
+                if not cuda:
+                    names.setdefault(thread, []).append((start, end, name))
             if not cuda:
                 spans.setdefault(thread, []).append((start, end))
             elif event.linked_correlation_id() == 0:  # an op, not a runtime call made for one
                 ops[event.correlation_id()] = (thread, start)
         elif cuda and not event.is_user_annotation() and not any(part in name.lower() for part in _COMMUNICATION):
-            kernels.append((event.linked_correlation_id(), end - start))
+            kernels.append((event.linked_correlation_id(), end - start, name))
     outer = {thread: _outermost(found) for thread, found in attention.items()}
     if cuda:
         starts = {thread: [span[0] for span in found] for thread, found in outer.items()}
-        step_ns = sum(ns for _, ns in kernels)
-        attention_ns = 0
-        for launched_by, ns in kernels:
+        step_ns = sum(ns for _, ns, _ in kernels)
+        attention_ns, ran = 0, set()
+        for launched_by, ns, name in kernels:
             op = ops.get(launched_by)
             if op is not None and op[0] in outer and _inside(outer[op[0]], starts[op[0]], op[1]):
                 attention_ns += ns
+                ran.add(short_name(name))
     else:
         step_ns = sum(end - start for found in spans.values() for start, end in _outermost(found))
         attention_ns = sum(end - start for found in outer.values() for start, end in found)
+        ran = {short_name(name) for found in names.values() for name in _innermost(found)}
     if step_ns <= 0:
         return None
-    return AttentionShare(attention_ns / 1e6, step_ns / 1e6, "cuda" if cuda else "cpu")
+    return AttentionShare(attention_ns / 1e6, step_ns / 1e6, "cuda" if cuda else "cpu", tuple(sorted(ran)))
+
+
+def _innermost(spans: list[tuple[int, int, str]]) -> list[str]:
+    """The names of the (start, end, name) spans of one thread that contain no other span of the list."""
+    ordered = sorted(spans, key=lambda span: (span[0], -span[1]))
+    return [name for i, (start, end, name) in enumerate(ordered)
+            if not (i + 1 < len(ordered) and ordered[i + 1][0] < end)]
 
 
 @contextlib.contextmanager

@@ -200,6 +200,9 @@ on a GPU, CPU time on CPU. Logged at that step's tokens with ``train/attention_m
 (share = attention_ms / profiled_step_ms); the report's per-stage table reads it."""
 ATTENTION_MS_METRIC = "train/attention_ms"
 PROFILED_STEP_MS_METRIC = "train/profiled_step_ms"
+ATTENTION_KERNELS_TAG = "yxanul.attention_kernels"
+"""What computed attention in the run's profiled steps, comma-separated (``AttentionShare.kernels``: the kernels on a
+GPU, the ops on CPU): which backend PyTorch's scaled-dot-product attention picked, shown by the report."""
 BF16_EVAL_SUFFIX = "_bf16_eval"
 """Appended to every val/* metric of a run's final validation when it runs again through the BF16 path
 (``eval.bf16_eval``): ``val/<domain>/loss_bf16_eval``, ``val/<domain>/bpb_bf16_eval``, ``val/bpb_bf16_eval``."""

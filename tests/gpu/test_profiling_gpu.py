@@ -58,6 +58,10 @@ def test_every_fused_attention_kernel_is_counted_and_the_share_grows_with_the_se
               f"{read_s:.3f} s (PyTorch's tree: {tree_s:.3f} s); kernels: "
               f"{sorted({e.name[:60] for e in kernels if any(k in e.name.lower() for k in FUSED)})}")
         assert measured.attention_ms == pytest.approx(tree_attention, rel=1e-9)
+        # which backend ran, as the run's yxanul.attention_kernels tag says it: fused kernels, named without templates
+        print(f"seq_len {seq_len}: attention kernels {measured.kernels}")
+        assert any(k in name.lower() for name in measured.kernels for k in FUSED)
+        assert all("<" not in name and "(" not in name for name in measured.kernels)
         assert measured.step_ms == pytest.approx(table_total, rel=1e-9)  # one GPU: no NCCL kernel to leave out
         assert fused > 0, "no fused attention kernel ran"
         assert fused <= measured.attention_ms * (1 + 1e-9), "a fused attention kernel ran outside the attention ops"

@@ -125,6 +125,9 @@ def test_two_worker_run_logs_metrics_params_provenance_and_checkpoints(env, unin
     for step, value in share:
         assert 0 < attention_ms[step] < step_ms[step] and value == pytest.approx(attention_ms[step] / step_ms[step],
                                                                                  rel=1e-12)
+    # what computed attention (on CPU the flash ops for CPU, forward and backward)
+    assert tags["yxanul.attention_kernels"] == ("aten::_scaled_dot_product_flash_attention_for_cpu, "
+                                                "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
     assert json.loads(tags["yxanul.curriculum_stages"]) == [[0, 32, 0, 6144], [1, 64, 6144, STEPS * TPS]]
     # the timeline: exclusive phases that add up to the wall-clock of the train() call, logged at the last step
     timeline = {k: v for k, v in run.data.metrics.items() if k.startswith("timeline/")}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.autograd import DeviceType
 
-from yxanul.profiling import attention_share, is_attention_op, profiled, recorded_events
+from yxanul.profiling import attention_share, is_attention_op, profiled, recorded_events, short_name
 
 
 def test_attention_ops_and_autograd_nodes_are_named_but_not_their_wrappers_or_neighbours():
@@ -124,6 +124,7 @@ def test_gpu_device_time_counts_each_kernel_once_without_communication_or_annota
     # and the annotation's GPU range (15).
     assert (measured.attention_ms, measured.step_ms, measured.device) == (0.12, 0.165, "cuda")
     assert measured.share == pytest.approx(120 / 165, rel=1e-15)  # the microseconds are divided by 1000 first
+    assert measured.kernels == ("flash_bwd_kernel", "flash_fwd_kernel")  # which backend ran: not the GEMM or the add
 
 
 def test_cpu_time_counts_outermost_attention_ops_and_every_microsecond_in_ops_once():
@@ -132,6 +133,20 @@ def test_cpu_time_counts_outermost_attention_ops_and_every_microsecond_in_ops_on
     # step: the top-level ops' spans, 100 + 50 + 200 + 100 + 10 (each nested op's time is inside its parent's; the
     # enter/exit op and the asynchronous attention op are not counted)
     assert (measured.attention_ms, measured.step_ms, measured.device) == (0.28, 0.46, "cpu")
+    # what computed it: the innermost attention ops, not the composite op or the autograd node around them
+    assert measured.kernels == ("aten::_scaled_dot_product_flash_attention",
+                                "aten::_scaled_dot_product_flash_attention_backward")
+
+
+def test_kernel_names_lose_their_return_type_templates_and_arguments():
+    assert short_name("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 64, 4, false, "
+                      "cutlass::bfloat16_t>, false, true>(Flash_fwd_params)") == "pytorch_flash::flash_fwd_kernel"
+    assert short_name("fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel<...>::Params)"
+                      ) == "fmha_cutlassF_bf16_aligned_64x64_rf_sm80"
+    assert short_name("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128_4x1x1_kernel0_0"
+                      ) == "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128_4x1x1_kernel0_0"
+    assert short_name("aten::_scaled_dot_product_flash_attention_for_cpu") == (
+        "aten::_scaled_dot_product_flash_attention_for_cpu")
 
 
 def test_no_recorded_time_is_no_measurement():
@@ -167,6 +182,8 @@ def test_a_real_train_step_profiled_on_cpu():
     names = {e.name for e in events}
     assert {"aten::_scaled_dot_product_flash_attention_for_cpu",
             "aten::_scaled_dot_product_flash_attention_for_cpu_backward"} <= names
+    assert measured.kernels == ("aten::_scaled_dot_product_flash_attention_for_cpu",
+                                "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
     own = sum(e.self_cpu_time_total for e in events if is_attention_op(e.name)) / 1000
     assert own <= measured.attention_ms * (1 + 1e-9)
 

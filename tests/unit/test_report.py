@@ -236,6 +236,13 @@ def test_what_was_compared_comes_from_the_runs_params_and_tags():
     found = {f.name: f.values for f in facts(build_report(runs, "sweep fp8-vs-bf16"))}
     assert found["data"] == ["[builtin:wiki-en] (packed); data d47a5e700000; 1.5k training tokens, 2.00 epochs "
                              "trained"] * 2
+    assert "attention kernels" not in found  # no run profiled a step: nothing to say
+    # which attention backend ran, per arm; seeds of one arm that ran different kernels are flagged
+    flash, cudnn = "pytorch_flash::flash_bwd_kernel, pytorch_flash::flash_fwd_kernel", "cudnn_sdpa_fprop, cudnn_sdpa_bprop"
+    for run in runs:
+        run.tags["yxanul.attention_kernels"] = cudnn if (run.arm, run.replicate) == ("precision.mode=fp8", 0) else flash
+    found = {f.name: f.values for f in facts(build_report(runs, "sweep fp8-vs-bf16"))}
+    assert found["attention kernels"] == [flash, f"{cudnn} / {flash} (differs between seeds)"]
     said = " ".join(warnings(report))
     assert "the model's vocabulary (200,005) is 24x the tokenizer's (8,192) in every arm" in said
     assert "runs trained 2.00 epochs of their data" in said

@@ -16,6 +16,7 @@ from yxanul.report.fetch import SweepRecord
 from yxanul.report.runs import RunSeries, int_tag, model_config, ran_precision, run_spikes, spike_check, vocabularies
 from yxanul.stats import LEVEL, MOST_SEEDS, NO_DIFFERENCE, POWER, Estimate, seeds_needed, t_quantile
 from yxanul.tags import (
+    ATTENTION_KERNELS_TAG,
     DATA_SHA256_TAG,
     DATA_TRAIN_TOKENS_TAG,
     GIT_DIFF_SHA256_TAG,
@@ -503,6 +504,9 @@ def facts(report: ComparisonReport) -> list[Fact]:
         Fact("data", per_arm(lambda run, row: _data_text(run, row.final_tokens))),
         Fact("card", per_arm(lambda run, row: run.machine)),
     ]
+    if any(r.run.tags.get(ATTENTION_KERNELS_TAG) for a in arms for r in a.rows):  # runs that profiled a step
+        rows.append(Fact("attention kernels", per_arm(
+            lambda run, row: run.tags.get(ATTENTION_KERNELS_TAG) or "not recorded")))
     params: dict[str, list[set[str]]] = {}
     for i, a in enumerate(arms):
         for row in a.rows:

@@ -43,6 +43,7 @@ from yxanul.formatting import clock, human_count, percent
 from yxanul.profiling import AttentionShare
 from yxanul.spikes import SpikeDetector, format_spikes, spike_start_tokens
 from yxanul.tags import (
+    ATTENTION_KERNELS_TAG,
     ATTENTION_MS_METRIC,
     ATTENTION_SHARE_METRIC,
     BF16_EVAL_SUFFIX,
@@ -443,6 +444,7 @@ class _Loop:
         reset_peak_memory(self.device)
         shapes_seen: set[tuple[int, int]] = set()
         profiled_stages: set[int] = set()  # per process: a resumed run profiles the stage it resumes in again
+        self.attention_kernels: set[str] = set()  # what computed attention in this process's profiled steps
         self.profile_attention = self.cfg.train.profile_attention and self.rank == 0
         stream: TrainStream | None = None
         stage: Stage | None = None
@@ -587,6 +589,9 @@ class _Loop:
             return
         self.tracker.log_metrics({ATTENTION_SHARE_METRIC: measured.share, ATTENTION_MS_METRIC: measured.attention_ms,
                                   PROFILED_STEP_MS_METRIC: measured.step_ms}, step=self.state.tokens)
+        if not set(measured.kernels) <= self.attention_kernels:  # which backend ran: a tag, updated as stages add
+            self.attention_kernels |= set(measured.kernels)
+            self.tracker.set_tags({ATTENTION_KERNELS_TAG: ", ".join(sorted(self.attention_kernels))})
         clock_name = "device" if measured.device == "cuda" else "CPU"
         worker_print(self.cfg.run.name, f"{where}: attention {percent(measured.share)} of step time "
                      f"({measured.attention_ms:,.1f} of {measured.step_ms:,.1f} ms {clock_name} time; profiled step "
