@@ -6,7 +6,9 @@
 #       copies the repository (without .gk*, outputs, .venv) to /tmp/detached/NAME/repo and runs COMMAND there in
 #       a new process session (setsid), which outlives the call and ends when the machine goes back. A copy, so
 #       that the next call's refresh of the working tree cannot touch files the run is using. Log:
-#       /tmp/detached/NAME/log; exit status: /tmp/detached/NAME/rc once it ends.
+#       /tmp/detached/NAME/log; exit status: /tmp/detached/NAME/rc once it ends. COMMAND's $OUT is
+#       /tmp/detached/NAME/out, not the call's: the device empties the call's $OUT before the next call, and what a
+#       detached run wrote there between calls was lost (2026-12-07); a `wait` call copies from it into its own $OUT.
 #   scripts/detach.sh wait NAME [SECONDS]
 #       waits until NAME ends or SECONDS (default 540) pass, then prints the log's last $TAIL (default 30)
 #       lines. Exit status: NAME's own once it ended, 3 while it still runs, 2 if it was never started.
@@ -27,12 +29,12 @@ case $action in
             echo "detach.sh: $name is already running (pid $(cat "$dir/pid")); wait for it or pick another NAME" >&2
             exit 2
         fi
-        rm -rf "$dir" && mkdir -p "$dir/repo"
+        rm -rf "$dir" && mkdir -p "$dir/repo" "$dir/out"
         tar --exclude='./.gk*' --exclude=./outputs --exclude=./.venv -cf - . | tar -xf - -C "$dir/repo" || exit 1
         date +%s > "$dir/started"
-        (cd "$dir/repo" && setsid bash -c '"$@"; echo $? > "'"$dir"'/rc"' _ "$@" > "$dir/log" 2>&1 < /dev/null &
+        (cd "$dir/repo" && OUT="$dir/out" setsid bash -c '"$@"; echo $? > "'"$dir"'/rc"' _ "$@" > "$dir/log" 2>&1 < /dev/null &
          echo $! > "$dir/pid")
-        echo "started $name (pid $(cat "$dir/pid")) in $dir/repo: $*; log $dir/log"
+        echo "started $name (pid $(cat "$dir/pid")) in $dir/repo: $*; log $dir/log; its \$OUT $dir/out"
         ;;
     wait)
         [ -e "$dir/started" ] || { echo "detach.sh: $name was never started on this machine ($dir is missing)" >&2; exit 2; }
