@@ -113,16 +113,16 @@ def short_name(name: str) -> str:
     return name[:cut].strip()
 
 
-def _outermost(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The (start, end) spans of one thread that no other span of the list contains, in start order."""
-    out: list[tuple[int, int]] = []
-    for start, end in sorted(spans, key=lambda span: (span[0], -span[1])):
-        if not out or start >= out[-1][1]:
-            out.append((start, end))
+def _outermost(spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """The (start, end, name) spans of one thread that no other span of the list contains, in start order."""
+    out: list[tuple[int, int, str]] = []
+    for span in sorted(spans, key=lambda span: (span[0], -span[1])):
+        if not out or span[0] >= out[-1][1]:
+            out.append(span)
     return out
 
 
-def _inside(spans: list[tuple[int, int]], starts: list[int], at: int) -> bool:
+def _inside(spans: list[tuple[int, int, str]], starts: list[int], at: int) -> bool:
     """Whether ``at`` falls in one of the disjoint, start-ordered ``spans`` (``starts``: their starts)."""
     i = bisect.bisect_right(starts, at) - 1
     return i >= 0 and at < spans[i][1]
@@ -133,11 +133,10 @@ def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare |
     ``device_type`` ``cuda`` measures device time, anything else CPU time. None when the events hold no time at
     all (nothing was recorded)."""
     cuda = device_type == "cuda"
-    spans: dict[int, list[tuple[int, int]]] = {}  # CPU: thread -> every event's span (the step)
-    attention: dict[int, list[tuple[int, int]]] = {}  # thread -> the attention events' spans
+    spans: dict[int, list[tuple[int, int, str]]] = {}  # CPU: thread -> every event's (start, end, name): the step
+    attention: dict[int, list[tuple[int, int, str]]] = {}  # thread -> the attention events' (start, end, name)
     ops: dict[int, tuple[int, int]] = {}  # GPU: correlation id -> (thread, start) of the op that launched kernels
     kernels: list[tuple[int, int, str]] = []  # GPU: (the launching op's correlation id, ns, name) of each activity
-    names: dict[int, list[tuple[int, int, str]]] = {}  # CPU: thread -> the attention events' (start, end, name)
     for event in events:
         name = event.name()
         if name in _LEFT_OUT or getattr(event, "is_hidden_event", lambda: False)():
@@ -148,11 +147,9 @@ def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare |
         start, end = event.start_ns(), event.end_ns()
         if event.device_type() == torch.autograd.DeviceType.CPU:
             if is_attention_op(name):
-                attention.setdefault(thread, []).append((start, end))
-                if not cuda:
-                    names.setdefault(thread, []).append((start, end, name))
+                attention.setdefault(thread, []).append((start, end, name))
             if not cuda:
-                spans.setdefault(thread, []).append((start, end))
+                spans.setdefault(thread, []).append((start, end, name))
             elif event.linked_correlation_id() == 0:  # an op, not a runtime call made for one
                 ops[event.correlation_id()] = (thread, start)
         elif cuda and not event.is_user_annotation() and not any(part in name.lower() for part in _COMMUNICATION):
@@ -168,9 +165,9 @@ def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare |
                 attention_ns += ns
                 ran.add(short_name(name))
     else:
-        step_ns = sum(end - start for found in spans.values() for start, end in _outermost(found))
-        attention_ns = sum(end - start for found in outer.values() for start, end in found)
-        ran = {short_name(name) for found in names.values() for name in _innermost(found)}
+        step_ns = sum(end - start for found in spans.values() for start, end, _ in _outermost(found))
+        attention_ns = sum(end - start for found in outer.values() for start, end, _ in found)
+        ran = {short_name(name) for found in attention.values() for name in _innermost(found)}
     if step_ns <= 0:
         return None
     return AttentionShare(attention_ns / 1e6, step_ns / 1e6, "cuda" if cuda else "cpu", tuple(sorted(ran)))

@@ -137,9 +137,10 @@ def _run_series(client: Any, run: Any, parent: SweepRecord | None) -> RunSeries:
         points: dict[int, tuple[float, int]] = {}
         for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: (m.step, m.timestamp)):
             points[int(m.step)] = (float(m.value), int(m.timestamp))  # logged twice (a restart): the latest wins
-        metrics[key] = [(step, value) for step, (value, _) in sorted(points.items())]
+        ordered = sorted(points.items())
+        metrics[key] = [(step, value) for step, (value, _) in ordered]
         if key == "train/compile_s":  # when each point was logged: a restart's segment is found by it
-            logged_ms[key] = [ms for _, (_, ms) in sorted(points.items())]
+            logged_ms[key] = [ms for _, (_, ms) in ordered]
     variant = tags.get(VARIANT_TAG) or run.info.run_name or run.info.run_id
     arm, axes = arm_and_axes(tags, variant)
     seed_text = params.get("run.seed", "")
