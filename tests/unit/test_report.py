@@ -101,6 +101,11 @@ def test_the_training_clock_leaves_compilation_out_across_a_resume():
     run.tags["yxanul.compile_s_scope"] = "run"
     run.metrics["train/compile_s"] = [(500, 10.0), (1000, 12.0), (2000, 26.0), (3000, 26.0)]
     assert training_clock(run) == [(1000, 20.0), (2000, 30.0), (3000, 40.0)]
+    # ... and may drop: stopped at 2000 after compiling 30 s in all, resumed from its checkpoint at 1000 (12 s), the
+    # steps to 2000 keep the first process's points and the resumed one logs from 3000 on (12 + 6 s; a CI run)
+    run.metrics["train/compile_s"] = [(500, 10.0), (1000, 12.0), (2000, 30.0), (3000, 18.0)]
+    run.metrics["val/elapsed_s"] = [(1000, 32.0), (2000, 60.0), (3000, 58.0)]
+    assert training_clock(run) == [(1000, 20.0), (2000, 30.0), (3000, 40.0)]
 
 
 def test_arms_use_matched_seeds_and_unmatched_runs_are_listed_with_their_real_status():

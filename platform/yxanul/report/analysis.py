@@ -117,10 +117,15 @@ def _compile_cumulative(run: RunSeries) -> Series:
     segment that adds to what the earlier ones had reached. Such a segment starts where the value drops, or at the
     first point logged after the run's last resume (``yxanul.last_resume``): a resumed process that compiled longer
     than its predecessor had by its last point shows no drop (a decomposition trial on an H100, 2026-12-07: 11.5 s
-    after 10.3 s, which left 10.3 s of compilation on its training clock)."""
+    after 10.3 s, which left 10.3 s of compilation on its training clock). A run-scope series is taken as logged, a
+    drop included: a resume never logs a step twice, so the steps between its checkpoint and the stop keep the earlier
+    process's values, and the resumed process's first new point can be lower (it continues from the checkpoint's
+    counter, not from the earlier process's last)."""
+    if run.tags.get(COMPILE_SCOPE_TAG) == "run":
+        return list(run.series("train/compile_s"))
     out: Series = []
     done, last = 0.0, 0.0
-    resumed_ms = None if run.tags.get(COMPILE_SCOPE_TAG) == "run" else _resumed_ms(run.tags.get(LAST_RESUME_TAG))
+    resumed_ms = _resumed_ms(run.tags.get(LAST_RESUME_TAG))
     logged = run.logged_ms.get("train/compile_s") or []
     for i, (tokens, value) in enumerate(run.series("train/compile_s")):
         after_resume = resumed_ms is not None and i < len(logged) and logged[i] >= resumed_ms
