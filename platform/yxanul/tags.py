@@ -158,6 +158,9 @@ FP8_PLAN_TAG_PREFIX = "yxanul.fp8_plan."
 """``yxanul.fp8_plan.<group>`` = the measured BF16 and FP8 times and peak memory of a layer group
 (``fp8_layers: auto``)."""
 MICROBATCH_TOKENS_TAG = "yxanul.microbatch_tokens"
+BUILD_SECONDS_TAG = "yxanul.build_seconds"
+"""Where the timeline's ``build`` phase went, in the build's order (``init 1.204 s, to_device 0.310 s, ...``; the
+device synchronised at each boundary): a process's first trial builds in seconds where later ones take a fraction."""
 SIMULATED_TAG = "yxanul.simulated_accelerators"
 """``true`` when the run trained under ``scaling.simulate_accelerators`` (fp32 on CPU, logical GPUs)."""
 PRECISION_RAN_TAG = "yxanul.precision_ran"

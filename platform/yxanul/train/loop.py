@@ -47,6 +47,7 @@ from yxanul.tags import (
     ATTENTION_MS_METRIC,
     ATTENTION_SHARE_METRIC,
     BF16_EVAL_SUFFIX,
+    BUILD_SECONDS_TAG,
     COMPILE_CACHE_TAG,
     COMPILE_SCOPE_TAG,
     COMPILED_TAG,
@@ -261,7 +262,8 @@ class _Loop:
         cache = (self.setup.compile_cache_dir or "inductor default") if built.compiled else "not compiled"
         tags = {COMPILED_TAG: str(built.compiled).lower(), PRECISION_PLAN_TAG: built.precision.describe(),
                 COMPILE_CACHE_TAG: cache,
-                MICROBATCH_TOKENS_TAG: str(self.tokens_per_microbatch)}
+                MICROBATCH_TOKENS_TAG: str(self.tokens_per_microbatch),
+                BUILD_SECONDS_TAG: ", ".join(f"{name} {value:.3f} s" for name, value in built.seconds.items())}
         stages = json.dumps([[s.index, s.seq_len, s.start_tokens, s.end_tokens] for s in self.plan.stages])
         if len(stages) <= 6000:  # MLflow takes 8000 characters; the report falls back to the logged points
             tags[CURRICULUM_STAGES_TAG] = stages
