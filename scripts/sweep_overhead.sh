@@ -15,7 +15,15 @@
 # TOKENS per trial (default 13107200 = 200 steps, ~45 s of BF16 training on an H100; 39321600 = the science
 # setup's 600 steps, ~2-3 min trials, the issue's target regime: run one MODE per device call then). Results in
 # $OUT (default ./outputs/overhead): overhead.jsonl (one row per trial and one per sweep: every timeline/* metric,
-# the sweep efficiency, the card, the mode), the sweeps' logs and a copy of the MLflow store.
+# the sweep efficiency, the card, the mode), the sweeps' logs, a copy of the MLflow store and fatal.tgz (any training
+# process's fatal error with every thread's stack). OVERRIDES="key=value ..." is added to every sweep, e.g. a CPU
+# rehearsal (2 cores, ~4 min):
+#   ARMS='{a: {precision.mode: fp32}, b: {precision.mode: fp32, optim.lr: 3.0e-4}}' SEEDS='[0,1]' TOKENS=196608
+#   OVERRIDES="data.builtin_max_bytes=20M tokenizer.train_sample_bytes=2M tokenizer.vocab_size=2048 model.n_layers=2
+#     scaling.use_gpu=false sweep.resources.gpus_per_worker=0 train.tokens_per_step=16384
+#     train.max_tokens_per_microbatch=16384 optim.warmup_tokens=32768 eval.every_tokens=65536
+#     eval.max_tokens_per_domain=8192" SCIENCE_OVERRIDES="<the same less the sweep.* key>" OUT=/tmp/overhead \
+#   scripts/sweep_overhead.sh prepare inproc
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-./outputs/overhead}
@@ -23,6 +31,7 @@ source scripts/device_env.sh
 tokens=${TOKENS:-13107200}
 seeds=${SEEDS:-[0]}
 arms=${ARMS:-'{bf16: {precision.mode: bf16}, fp8-auto: {precision.mode: fp8, precision.fp8_layers: auto}}'}
+read -r -a extra <<< "${OVERRIDES:-}"
 uri="sqlite:///$PWD/outputs/overhead-mlflow.db"
 stamp=$(date -u +%Y%m%d-%H%M%S)
 rc=0
@@ -31,7 +40,7 @@ sweep() {  # $1 = mode label, $2 = storage folder, rest = extra overrides; one s
     local mode=$1 storage=$2 name="overhead-$1-$stamp"; shift 2
     echo "== $mode: sweep $name (storage $storage)"
     $py -m jobs.sweep fp8-vs-bf16 "sweep.name=$name" "sweep.seeds=$seeds" "sweep.axes={precision: {variants: $arms}}" \
-        "train.max_tokens=$tokens" "run.storage_path=$storage" "tracking.uri=$uri" "$@" 2>&1 \
+        "train.max_tokens=$tokens" "run.storage_path=$storage" "tracking.uri=$uri" "${extra[@]}" "$@" 2>&1 \
         | tee -a "$out/$name.log" | grep -E "timeline:|sweep efficiency|finished|failed|interrupted|error" | tail -20
     local status=${PIPESTATUS[0]}
     cp "$storage/sweeps/$name.log" "$out/" 2>/dev/null
@@ -89,4 +98,8 @@ for mode in "$@"; do
     esac
 done
 cp "${uri#sqlite:///}" "$out/overhead-mlflow.db" 2>/dev/null
+mapfile -t found < <(find -L outputs -name '*.fatal' -size +0 2>/dev/null)  # yxanul.fatal: stacks of dead processes
+if [ ${#found[@]} -gt 0 ]; then
+    tar czf "$out/fatal.tgz" "${found[@]}" && echo "sweep_overhead.sh: ${#found[@]} fatal error(s) in $out/fatal.tgz"
+fi
 exit "$rc"
