@@ -18,9 +18,9 @@
 # the sweep efficiency, the card, the mode), the sweeps' logs, a copy of the MLflow store and fatal.tgz (any training
 # process's fatal error with every thread's stack). OVERRIDES="key=value ..." is added to every sweep, e.g. a CPU
 # rehearsal (2 cores, ~4 min):
-#   ARMS='{a: {precision.mode: fp32}, b: {precision.mode: fp32, optim.lr: 3.0e-4}}' SEEDS='[0,1]' TOKENS=196608
+#   ARMS='{a: {precision.mode: fp32}, b: {precision.mode: fp32, precision.recipe: current}}' SEEDS='[0,1]' TOKENS=196608
 #   OVERRIDES="data.builtin_max_bytes=20M tokenizer.train_sample_bytes=2M tokenizer.vocab_size=2048 model.n_layers=2
-#     scaling.use_gpu=false sweep.resources.gpus_per_worker=0 train.tokens_per_step=16384
+#     scaling.use_gpu=false sweep.resources.gpus_per_worker=0 sweep.reference.precision=a train.tokens_per_step=16384
 #     train.max_tokens_per_microbatch=16384 optim.warmup_tokens=32768 eval.every_tokens=65536
 #     eval.max_tokens_per_domain=8192" SCIENCE_OVERRIDES="<the same less the sweep.* key>" OUT=/tmp/overhead \
 #   scripts/sweep_overhead.sh prepare inproc
@@ -51,9 +51,14 @@ from yxanul.tags import COMPILE_CACHE_TAG, GPU_NAME_TAG, ROLE_SWEEP, ROLE_TAG, R
 uri, name, mode, path = sys.argv[1:]
 client = MlflowClient(uri)
 exp = client.get_experiment_by_name("fp8-vs-bf16")
+if exp is None:
+    sys.exit(f"sweep_overhead.sh: no MLflow experiment fp8-vs-bf16 in {uri}: the sweep {name} logged no run")
 runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{name}'")
-smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"], capture_output=True,
-                     text=True).stdout.strip()
+try:
+    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+except FileNotFoundError:  # a CPU rehearsal
+    smi = "no GPU (nvidia-smi not found)"
 with open(path, "a") as fh:
     for run in sorted(runs, key=lambda r: r.info.start_time):
         timeline = {k: v for k, v in run.data.metrics.items() if k.startswith("timeline/")}
