@@ -17,12 +17,12 @@
 # $OUT (default ./outputs/overhead): overhead.jsonl (one row per trial and one per sweep: every timeline/* metric,
 # the sweep efficiency, the card, the mode), the sweeps' logs, a copy of the MLflow store and fatal.tgz (any training
 # process's fatal error with every thread's stack). OVERRIDES="key=value ..." is added to every sweep, e.g. a CPU
-# rehearsal (2 cores, ~4 min):
+# rehearsal (2 cores, 2 trials at once: ~10 min for these 4, prepare included):
 #   ARMS='{a: {precision.mode: fp32}, b: {precision.mode: fp32, precision.recipe: current}}' SEEDS='[0,1]' TOKENS=196608
 #   OVERRIDES="data.builtin_max_bytes=20M tokenizer.train_sample_bytes=2M tokenizer.vocab_size=2048 model.n_layers=2
 #     scaling.use_gpu=false sweep.resources.gpus_per_worker=0 sweep.reference.precision=a train.tokens_per_step=16384
 #     train.max_tokens_per_microbatch=16384 optim.warmup_tokens=32768 eval.every_tokens=65536
-#     eval.max_tokens_per_domain=8192" SCIENCE_OVERRIDES="<the same less the sweep.* key>" OUT=/tmp/overhead \
+#     eval.max_tokens_per_domain=8192" SCIENCE_OVERRIDES="<the same less the sweep.* keys>" OUT=/tmp/overhead \
 #   scripts/sweep_overhead.sh prepare inproc
 set -uo pipefail
 cd "$(dirname "$0")/.."
