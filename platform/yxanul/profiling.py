@@ -105,8 +105,9 @@ def recorded_events(prof: Any) -> Iterable[Any]:
 def short_name(name: str) -> str:
     """A kernel's or op's name without its return type, template and argument lists:
     ``void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<...>>(Flash_fwd_params)`` ->
-    ``pytorch_flash::flash_fwd_kernel``."""
-    name = name.strip()
+    ``pytorch_flash::flash_fwd_kernel``; ``(anonymous namespace)::`` is dropped, its parentheses are no argument
+    list."""
+    name = name.strip().replace("(anonymous namespace)::", "")
     if name.startswith("void "):
         name = name[5:]
     cut = min((i for i in (name.find("<"), name.find("(")) if i > 0), default=len(name))

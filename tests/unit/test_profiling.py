@@ -147,6 +147,9 @@ def test_kernel_names_lose_their_return_type_templates_and_arguments():
                       ) == "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128_4x1x1_kernel0_0"
     assert short_name("aten::_scaled_dot_product_flash_attention_for_cpu") == (
         "aten::_scaled_dot_product_flash_attention_for_cpu")
+    assert short_name("void at::native::(anonymous namespace)::fill_kernel<float>(float*, long)") == (
+        "at::native::fill_kernel")
+    assert short_name("Memset (Device)") == "Memset"
 
 
 def test_no_recorded_time_is_no_measurement():
