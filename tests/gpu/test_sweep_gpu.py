@@ -7,6 +7,7 @@ trial on a ``TorchTrainer`` (``sweep.in_process=false``, a fresh worker process)
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,12 +24,13 @@ pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _sweep(tmp_path: Path, name: str, body: str, *overrides: str) -> list:
+def _sweep(tmp_path: Path, name: str, body: str, *overrides: str, buckets: dict[int, int] | None = None) -> list:
     """Run ``jobs.sweep`` on a sweep file of the pulse run (Markov text, seq_len 64, compiled, 32 steps) in a fresh
-    process (its own Ray, which sees the GPU); the sweep's child runs, oldest first."""
+    process (its own Ray, which sees the GPU); the sweep's child runs, oldest first. ``buckets``: the dataset's rows
+    per sequence length (default 4,096 of 64)."""
     data = tmp_path / "data"
     if not data.exists():
-        make_dataset(data, {64: 4096}, validation={"english": 48, "code": 48}, successors=4)
+        make_dataset(data, buckets or {64: 4096}, validation={"english": 48, "code": 48}, successors=4)
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"""
 base:
@@ -65,7 +67,7 @@ max_concurrent_trials: 1
     runs = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
                               order_by=["attributes.start_time ASC"])
     return [(run, {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-                   for key in ("train/loss", "train/grad_norm", "val/bpb")}) for run in runs]
+                   for key in ("train/loss", "train/grad_norm", "val/bpb", "train/attention_share")}) for run in runs]
 
 
 def test_in_process_trials_share_one_process_and_a_later_trial_trains_as_an_earlier_one(tmp_path):
@@ -118,6 +120,39 @@ axes:
     reference = by_arm["fp8"][0][1]
     for key in ("train/loss", "val/bpb"):
         assert metrics[key] == reference[key], (key, metrics[key][:4], reference[key][:4])
+
+
+def test_a_curriculum_trial_follows_a_flat_one_in_its_process_and_profiles_every_stage(tmp_path):
+    """A BF16 sweep of a flat arm (seq_len 64) and a three-stage curriculum (16, 32, 64), seeds 0 and 1, one process:
+    the curriculum trial of seed 0 follows the flat one, the flat one of seed 1 follows the curriculum. Every trial
+    finishes in that process without a restart, and each profiled its stages (the curriculum three, the flat one),
+    on fused attention kernels. Why: on an H100 (2026-12-07) the curriculum-variants sweep's seed-ultra trial failed
+    at its start in the process that had just trained the flat arm and ran again in a new one (its error text was
+    not kept then; a failure here shows it in the assertion)."""
+    ramp = "[{seq_len: 16, until_fraction: 0.25}, {seq_len: 32, until_fraction: 0.5}, {seq_len: 64}]"
+    runs = _sweep(tmp_path, "curriculum-gpu", f"""
+seeds: [0, 1]
+axes:
+  curriculum:
+    variants:
+      flat: {{curriculum.stages: [{{seq_len: 64}}]}}
+      ramp: {{curriculum.stages: {ramp}}}
+""", "precision.mode=bf16", buckets={16: 4096, 32: 2048, 64: 4096})
+    assert len(runs) == 4
+    order = [run.data.params["curriculum.stages"].count("seq_len") for run, _ in runs]
+    assert order == [1, 3, 3, 1], order  # interleaved: flat s0, ramp s0, ramp s1, flat s1
+    for run, metrics in runs:
+        tags = run.data.tags
+        assert run.info.status == "FINISHED" and tags["yxanul.status"] == "finished", tags.get("yxanul.error")
+        assert "yxanul.restarts" not in tags, tags.get("yxanul.last_restart")
+        stages = json.loads(tags["yxanul.curriculum_stages"])
+        shares = metrics["train/attention_share"]
+        assert len(shares) == len(stages), (stages, shares)  # one profiled step per stage
+        for (_, _, start, end), (tokens, share) in zip(stages, shares):
+            assert start < tokens <= end and 0 < share < 1
+        kernels = tags["yxanul.attention_kernels"].lower()
+        assert any(k in kernels for k in ("flash", "fmha", "sdpa")), kernels
+    assert len({run.data.tags["yxanul.worker_pid"] for run, _ in runs}) == 1  # one process trained all four
 
 
 LOAD_ORDER = """
