@@ -122,7 +122,7 @@ def test_two_worker_run_logs_metrics_params_provenance_and_checkpoints(env, unin
     laps = [part.rsplit(" ", 2) for part in tags["yxanul.build_seconds"].split(", ")]
     assert [name for name, _, unit in laps] == ["init", "to_device", "precision", "parallel", "optimizer"]
     assert {unit for _, _, unit in laps} == {"s"}
-    assert sum(float(v) for _, v, _ in laps) <= run.data.metrics["timeline/build_s"] + 5 * 0.0005  # ms rounding
+    assert sum(float(v) for _, v, _ in laps) <= run.data.metrics["timeline/build_s"] + 5 * 0.0005 + 0.5e-4  # rounding
     # the attention share of one profiled step per stage (rank 0), logged at that step's tokens with its parts
     share = history(client, result.run_id, "train/attention_share")
     assert [s for s, _ in share] == [2 * TPS, 8 * TPS] and all(0 < v < 1 for _, v in share)
