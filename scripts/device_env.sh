@@ -5,6 +5,7 @@ work=${WORK:-/tmp/yxanul-science}
 if [ -n "${OUT:-}" ] && [ ! -e outputs ]; then mkdir -p "$work" && ln -s "$work" outputs; fi  # the GPU machine
 mkdir -p "$out" outputs
 export PYTHONPATH=/tmp/site:$PWD/platform:$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+source scripts/site_bytecode.sh
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false  # calibration.py reads artifacts: no progress bars in the logs
 py=${PYTHON:-python3}

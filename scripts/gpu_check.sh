@@ -23,7 +23,8 @@ out=${OUT:-./outputs/gpu}
 work=${WORK:-/tmp/yxanul-gpu}
 mkdir -p "$out" "$work"
 export PYTHONPATH=/tmp/site:$PWD/platform:$PWD${PYTHONPATH:+:$PYTHONPATH}
-export PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+source scripts/site_bytecode.sh
 py=${PYTHON:-python3}
 rc=0
 info() {

@@ -34,7 +34,8 @@ steps=${STEPS:-30}
 recipe=${RECIPE:-delayed}
 export PYTHONPATH=/tmp/site:$PWD/platform:$PWD${PYTHONPATH:+:$PYTHONPATH}
 # Ray token authentication on, as everywhere: the local Ray of each job makes ~/.ray/auth_token once.
-export PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false RAY_AUTH_MODE=token
+export TOKENIZERS_PARALLELISM=false RAY_AUTH_MODE=token
+source scripts/site_bytecode.sh
 stamp=$(date -u +%Y%m%dT%H%M%S)
 config=$out/multi-270m.yaml
 per_gpu_tokens=65536       # tokens per GPU per optimizer step (4 x 8 x 2048)
