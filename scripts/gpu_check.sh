@@ -34,7 +34,7 @@ info() {
     } 2>&1 | tee "$out/env.txt"
 }
 tests() {
-    $py -m pytest -m gpu tests/gpu -p no:cacheprovider -q -rA -s --timeout 500 2>&1 | tee "$out/gpu_tests.log" | grep -v "^$" | tail -60
+    $py -m pytest -m gpu tests/gpu -p no:cacheprovider -q -rA -s --timeout 500 --durations=40 2>&1 | tee "$out/gpu_tests.log" | grep -v "^$" | tail -60
     return "${PIPESTATUS[0]}"
 }
 prepare() { bash scripts/gpu_prepare.sh "$work"; }

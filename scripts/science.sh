@@ -175,7 +175,7 @@ comparison() {  # $1 = a shipped sweep: run it on the science setup, then its re
 tests() {
     local -a chosen
     read -r -a chosen <<< "${GPU_TESTS:-tests/gpu}"
-    $py -m pytest -m gpu "${chosen[@]}" -p no:cacheprovider -q -rA -s --timeout 500 2>&1 | tee "$out/gpu_tests.log" \
+    $py -m pytest -m gpu "${chosen[@]}" -p no:cacheprovider -q -rA -s --timeout 500 --durations=40 2>&1 | tee "$out/gpu_tests.log" \
         | grep -v "^$" | tail -40
     return "${PIPESTATUS[0]}"
 }
