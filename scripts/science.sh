@@ -113,12 +113,6 @@ sweep_of() {  # $1 = sweep file, $2 = log name, rest = jobs.sweep arguments; its
     fatal_stacks
     return "$status"
 }
-fatal_stacks() {  # every training process's fatal error with all its threads' stacks (yxanul.fatal), into $out/fatal.tgz
-    local -a found
-    mapfile -t found < <(find -L outputs -name '*.fatal' -size +0 2>/dev/null)
-    [ ${#found[@]} -gt 0 ] || return 0
-    tar czf "$out/fatal.tgz" "${found[@]}" && echo "science.sh: ${#found[@]} fatal error(s) with their stacks in $out/fatal.tgz"
-}
 sweep() { sweep_of science-calibration "$@"; }  # $1 = log name, rest = jobs.sweep arguments
 seeds() {
     local lr

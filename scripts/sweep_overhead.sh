@@ -103,8 +103,5 @@ for mode in "$@"; do
     esac
 done
 cp "${uri#sqlite:///}" "$out/overhead-mlflow.db" 2>/dev/null
-mapfile -t found < <(find -L outputs -name '*.fatal' -size +0 2>/dev/null)  # yxanul.fatal: stacks of dead processes
-if [ ${#found[@]} -gt 0 ]; then
-    tar czf "$out/fatal.tgz" "${found[@]}" && echo "sweep_overhead.sh: ${#found[@]} fatal error(s) in $out/fatal.tgz"
-fi
+fatal_stacks
 exit "$rc"
