@@ -14,7 +14,8 @@ import math
 import re
 from pathlib import Path
 
-__all__ = ["bpb", "clock", "count_or_blank", "gib", "human_count", "percent", "ratio", "seconds", "shown_paths", "signed"]
+__all__ = ["bpb", "clock", "count_or_blank", "gib", "human_count", "parse_timestamp", "percent", "ratio", "seconds",
+           "shown_paths", "signed", "timestamp"]
 
 _UNITS = (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3))
 
@@ -58,11 +59,27 @@ def clock(s: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+_TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def timestamp(t: float) -> str:
     """A moment in UTC, to the second (``2026-12-05T10:31:07Z``): tags that record when something happened."""
     import time
 
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+    return time.strftime(_TIMESTAMP, time.gmtime(t))
+
+
+def parse_timestamp(text: str | None) -> float | None:
+    """The seconds since the epoch of a :func:`timestamp`; None when absent or unreadable."""
+    import calendar
+    import time
+
+    if not text:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(text, _TIMESTAMP)))
+    except ValueError:
+        return None
 
 
 def bpb(v: float | None) -> str:

@@ -35,3 +35,11 @@ def test_paths_in_committed_text_are_relative_or_shortened(tmp_path, monkeypatch
             f"--out {tmp_path}/docs ['/srv/x/y/z.parquet'] docs/results/a.db http://127.0.0.1:5000/#/x")
     assert shown_paths(text) == ("tracking.uri=sqlite:///docs/mlflow.db data.output_dir=.../gpu-box/data --out docs "
                                  "['.../y/z.parquet'] docs/results/a.db http://127.0.0.1:5000/#/x")
+
+
+def test_a_timestamp_reads_back_to_its_second():
+    from yxanul.formatting import parse_timestamp, timestamp
+
+    assert timestamp(1_796_616_270.7) == "2026-12-07T04:04:30Z"
+    assert parse_timestamp("2026-12-07T04:04:30Z") == 1_796_616_270.0
+    assert parse_timestamp(None) is None and parse_timestamp("") is None and parse_timestamp("04:04:30") is None

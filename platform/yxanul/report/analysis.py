@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from yxanul.errors import TrackingError
-from yxanul.formatting import shown_paths
+from yxanul.formatting import parse_timestamp, shown_paths
 from yxanul.report.fetch import DID_NOT_FINISH, SweepRecord
 from yxanul.report.runs import (
     RanPrecision,
@@ -139,15 +139,8 @@ def _compile_cumulative(run: RunSeries) -> Series:
 def _resumed_ms(text: str | None) -> int | None:
     """``2026-12-07T04:04:30Z`` (:func:`yxanul.formatting.timestamp`) in ms since the epoch; None when absent or
     unreadable. The tag has whole seconds and the resumed process logs its first point after it took it."""
-    import calendar
-    import time
-
-    if not text:
-        return None
-    try:
-        return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")) * 1000
-    except ValueError:
-        return None
+    seconds = parse_timestamp(text)
+    return None if seconds is None else int(seconds) * 1000
 
 
 def _step_value(points: Series, tokens: int) -> float:
