@@ -6,6 +6,7 @@ Why: a worker killed by a signal raises nothing. Ray reports "The actor died une
 task" and the stack goes to the worker's stderr in Ray's session logs, on the machine that ran it, under a name
 nobody knows (a sweep trial's seed-ultra process on an H100, 2026-12-06: the report said only "failed (see the
 trial's error file)"). Here each training process writes ``<run dir>/workers/rank<r>-<pid>.fatal`` while it trains
+(an in-process sweep trial's process from the trial's start: one died opening its MLflow run on an H100, 2026-12-07)
 (:func:`recording`; empty and removed when it ends normally), and :func:`summary` makes the line::
 
     Fatal Python error: Segmentation fault in yxanul/profiling.py:120 (profiled) <- yxanul/train/loop.py:555
@@ -36,15 +37,24 @@ def fatal_log(marker_dir: str, rank: int, pid: int | None = None) -> Path:
     return Path(marker_dir) / f"rank{rank}-{os.getpid() if pid is None else pid}.fatal"
 
 
+_active: Path | None = None
+"""The file this process's fault handler writes to while inside :func:`recording`."""
+
+
 @contextlib.contextmanager
 def recording(marker_dir: str | None, rank: int) -> Iterator[Path | None]:
     """While inside: a fatal error of this process (every thread's stack) goes to :func:`fatal_log`; after, the fault
     handler writes to stderr again, as Ray's workers have it, and the file is removed if nothing was written. Without
-    a local ``marker_dir`` (a URI storage) nothing changes."""
+    a local ``marker_dir`` (a URI storage) nothing changes. Inside a recording to the same file (an in-process sweep
+    trial records from its start, its training loop again) it changes nothing: the outer one owns the file."""
+    global _active
     if not marker_dir:
         yield None
         return
     path = fatal_log(marker_dir, rank)
+    if _active == path:
+        yield path
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "w")  # noqa: SIM115 - must stay open for the signal handler while the run trains
@@ -52,9 +62,11 @@ def recording(marker_dir: str | None, rank: int) -> Iterator[Path | None]:
         yield None
         return
     faulthandler.enable(file=handle, all_threads=True)
+    _active = path
     try:
         yield path
     finally:
+        _active = None
         faulthandler.enable(file=sys.__stderr__ or sys.stderr, all_threads=True)
         handle.close()
         with contextlib.suppress(OSError):

@@ -472,3 +472,32 @@ axes:
                                   filter_string="tags.`yxanul.sweep` = 'segv-0' and tags.`yxanul.role` = 'sweep'")
     [run] = children(client, parent.info.run_id).values()
     assert run.info.status == "FAILED" and re.match(fault, run.data.tags["yxanul.reason"])
+
+
+def test_a_trial_whose_process_dies_before_its_run_opens_says_where(env):
+    """A real segmentation fault of an in-process trial's process before its MLflow run opens (test-only
+    YXANUL_TEST_FAILURE=segv@mlflow), as one struck a reused trial process on an H100 (2026-12-07): the trial records
+    faults from its start, so the sweep names the fault and where it struck (the dead process Ray names), not only
+    Ray's "Worker unexpectedly exits", and the failed run it records says the same."""
+    import os
+    import subprocess
+    import sys
+
+    path = write_sweep(env, "segv-mlflow", """
+axes:
+  optim.lr: [3.0e-3]
+""")
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"YXANUL_TEST_FAILURE": "segv@mlflow"}
+    fault = (r"its process died: Fatal Python error: Segmentation fault in train/launch\.py:\d+ "
+             r"\(_inject_test_failure_before_mlflow\) <- train/launch\.py:\d+ \(_prepare\); every thread's stack: \S+"
+             r"/segv-mlflow-t00/workers/rank0-\d+\.fatal")
+    done = subprocess.run([sys.executable, "-m", "jobs.sweep", str(path), "sweep.name=segv-mlflow",
+                           "sweep.trial_restarts=0"], cwd=ROOT, capture_output=True, text=True, env=environ,
+                          timeout=600)
+    assert done.returncode != 0
+    assert re.search(r"t00 optim.lr=0.003 \| failed: " + fault, done.stdout), done.stdout[-3000:]
+    client = MlflowClient(env["uri"])
+    [parent] = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id],
+                                  filter_string="tags.`yxanul.sweep` = 'segv-mlflow' and tags.`yxanul.role` = 'sweep'")
+    [run] = children(client, parent.info.run_id).values()
+    assert run.info.status == "FAILED" and re.match(fault, run.data.tags["yxanul.reason"])

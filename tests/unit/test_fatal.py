@@ -103,3 +103,30 @@ def test_latest_reads_the_rank_s_latest_process_only(tmp_path):
     assert summary(str(tmp_path), rank=0, latest=True) is None  # process 200 wrote nothing (e.g. SIGKILL)
     (tmp_path / "rank0.json").write_text('{"pid": 100, "rank": 0}')
     assert summary(str(tmp_path), rank=0, latest=True).startswith("Fatal Python error: Segmentation fault; ")
+
+
+def test_a_recording_inside_one_to_the_same_file_leaves_it_to_the_outer_one(tmp_path):
+    """An in-process sweep trial records from its start and its training loop again (same process, rank, file): a
+    fault after the loop's recording ended, still in the trial (opening the next MLflow run), lands in the file."""
+    done = run_child(tmp_path, f"""
+            with recording({str(tmp_path)!r}, 3):
+                pass
+            faulthandler._sigsegv()""")
+    assert done.returncode == -11
+    [log] = tmp_path.glob("rank3-*.fatal")
+    assert summary(str(tmp_path), rank=3) == ("Fatal Python error: Segmentation fault in <string>:11 (inner) <- "
+                                              f"<string>:13 (outer); every thread's stack: {log}")
+
+
+def test_the_dead_process_is_the_one_ray_names():
+    """Ray's ActorDiedError (as Ray 2.60 wrote it on an H100, 2026-12-07) names the dead process's pid; other errors
+    name none."""
+    from yxanul.sweep.records import dead_pid
+
+    text = ("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n"
+            "\tclass_name: ImplicitFunc\n\tactor_id: d7be65a278ce2d2c317d56b401000000\n\tpid: 7680\n"
+            "\tnamespace: 0d5b55b7-3372-4be9-a5c2-f5a73e32d7bc\n\tip: 127.0.0.1\n"
+            "The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR")
+    assert dead_pid(text) == 7680
+    assert dead_pid("ValueError: bad value\n\tpid: 12") is None and dead_pid("") is None
+    assert dead_pid("The actor died unexpectedly before finishing this task.\n\tclass_name: X") is None

@@ -50,9 +50,9 @@ from yxanul.tracking import (
     reopen_run,
 )
 
-__all__ = ["STOPPING_RULE_ARTIFACT", "child_run_ids", "end_parent", "end_running_children", "end_trial_run_callback",
-           "fingerprint", "finished_children", "log_parent_timeline", "open_parent", "record_not_runnable",
-           "set_parent_tags", "summarize", "trial_timelines"]
+__all__ = ["STOPPING_RULE_ARTIFACT", "child_run_ids", "dead_pid", "end_parent", "end_running_children",
+           "end_trial_run_callback", "fingerprint", "finished_children", "log_parent_timeline", "open_parent",
+           "record_not_runnable", "set_parent_tags", "summarize", "trial_timelines"]
 
 
 def _quote(value: str) -> str:
@@ -221,7 +221,7 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
                 if found:
                     end_run(uri, found[0].info.run_id, Status.FAILED, reason=reason)
                 else:  # failed before its run was created (bad data, config): record it anyway
-                    _record_failed(uri, experiment_id, parent_id, trial)
+                    _record_failed(uri, experiment_id, parent_id, trial, reason)
                 return Status.FAILED, reason
             total, own_stop = horizons.get(name, (0, 0))
             if total and tokens >= total:  # finished training; Tune may end the trial before the trial does
@@ -245,13 +245,14 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
         def _why(self, trial: Any, name: str, found: list) -> str:
             """Why the trial failed: the error its own run recorded (launch.train; Tune's copy of it may not be
             synced to storage yet when this callback runs), else its process's fatal error (a process that died
-            records nothing itself), else Tune's error."""
+            records nothing itself: the one Ray names as dead, else the trial's latest), else Tune's error."""
             from yxanul.fatal import summary
 
             recorded = _last_line(found[0].data.tags.get(ERROR_TAG, "")) if found else ""
             if recorded and found[0].data.tags.get(STATUS_TAG) == Status.FAILED:
                 return recorded
-            fatal = summary((markers or {}).get(name), rank=0, latest=True)  # the trial's own (latest) process
+            pid = dead_pid(_error_text(trial))
+            fatal = summary((markers or {}).get(name), rank=0, pid=pid, latest=pid is None)
             return f"its process died: {fatal}" if fatal else _error_line(trial)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -286,6 +287,19 @@ def _last_line(text: str) -> str:
     return lines[-1][:2000] if lines else ""
 
 
+def dead_pid(text: str) -> int | None:
+    """The pid of the process whose death Ray's error ``text`` reports ("The actor died unexpectedly before finishing
+    this task." and its ``pid: N`` line), or None: an in-process trial's process, which may have died before its
+    training loop wrote the marker that says which process was the trial's latest (H100, 2026-12-07: in the garbage
+    collector at a reused process's next trial)."""
+    import re
+
+    if "actor died unexpectedly" not in text:
+        return None
+    found = re.search(r"^\s*pid: (\d+)\s*$", text, re.M)
+    return int(found[1]) if found else None
+
+
 def _error_line(trial: Any) -> str:
     """The last line of a trial's error as Tune stored it; for a process that died (Ray's "The actor died
     unexpectedly ..." paragraph), "its process died: " and Ray's exit detail."""
@@ -296,7 +310,7 @@ def _error_line(trial: Any) -> str:
         detail = re.search(r"Worker exit detail: (.*?)(?:\. Some common causes|$)", text, re.S)
         return ("its process died" + (f": {' '.join(detail[1].split())}" if detail else "")
                 + " (no fatal error was recorded: killed by a signal Python cannot catch, e.g. SIGKILL or the OOM "
-                "killer, or before its training started)")
+                "killer, or before the trial began recording faults)")
     return _last_line(text) or "failed (see the trial's error file in the Ray Tune folder)"
 
 
@@ -317,11 +331,11 @@ def _error_text(trial: Any) -> str:
         return ""
 
 
-def _record_failed(uri: str, experiment_id: str, parent_id: str, trial: Any) -> None:
+def _record_failed(uri: str, experiment_id: str, parent_id: str, trial: Any, reason: str) -> None:
     params = trial.config["trial"]
     rid = create_run(uri, experiment_id, params["run_name"], tags={
         PARENT_RUN_ID_TAG: parent_id, SWEEP_TAG: trial.config["sweep"]["name"], **trial_tags(params)})
-    end_run(uri, rid, Status.FAILED, reason=_error_line(trial))
+    end_run(uri, rid, Status.FAILED, reason=reason)
 
 
 def finished_children(uri: str, experiment_id: str, parent_id: str, metric: str) -> list[tuple[str, int, float]]:

@@ -12,6 +12,7 @@ from typing import Any
 from yxanul import interrupt
 from yxanul.console import name_run, say
 from yxanul.errors import ConfigError, first_line
+from yxanul.fatal import recording
 from yxanul.formatting import human_count, percent, seconds
 from yxanul.layout import Layout
 from yxanul.ray_session import ensure_ray
@@ -125,10 +126,14 @@ def _trial_fn(config: dict[str, Any]) -> None:
     tags = {SWEEP_TAG: sweep["name"], **trial_tags(trial), TUNE_TRIAL_ID_TAG: tune.get_context().get_trial_id()}
     where: dict[str, Any] = ({"session": TuneSession()} if trial.get("in_process")
                              else {"run_config_callbacks": [_tune_report_callback()]})
-    # end_unfinished=False: a trial Tune stops is recorded by the driver's callback (records.end_trial_run_callback).
-    # print_timeline=False: the driver prints the trial's timeline line with its verdict (records.end_trial_run_callback)
-    train(cfg, extra_tags=tags, parent_run_id=sweep["parent_run_id"], end_unfinished=False, started_at=started_at,
-          before={"imports": imports_s}, print_timeline=False, **where)
+    # A fault that kills an in-process trial's process before its loop records one (opening the MLflow run: H100,
+    # 2026-12-07) leaves its stack where the driver reads it (yxanul.fatal); the loop's own recording is then a no-op.
+    marker_dir = Layout.of(cfg).worker_markers(cfg.run.name) if trial.get("in_process") else None
+    with recording(marker_dir, rank=0):
+        # end_unfinished=False: a trial Tune stops is recorded by the driver's callback (records.end_trial_run_callback).
+        # print_timeline=False: the driver prints the trial's timeline line with its verdict (the same callback).
+        train(cfg, extra_tags=tags, parent_run_id=sweep["parent_run_id"], end_unfinished=False,
+              started_at=started_at, before={"imports": imports_s}, print_timeline=False, **where)
 
 
 def tune_config(plan: SweepPlan, spec: SweepSpec) -> Any:

@@ -405,9 +405,22 @@ def _prepare(cfg: ExperimentConfig, extra_tags: Mapping[str, str] | None, parent
     with timeline.phase("data"):
         dataset, plan = _check(cfg)
     check_writable(run_dir(cfg), "run.storage_path")  # before the MLflow run exists: none is left RUNNING
+    _inject_test_failure_before_mlflow()
     with timeline.phase("mlflow"):
         tracking = _open_mlflow_run(cfg, plan, dataset, extra_tags, parent_run_id)
     return dataset, tracking
+
+
+def _inject_test_failure_before_mlflow() -> None:
+    """Test-only (:data:`yxanul.train.setup.TEST_FAILURE_ENV` ``segv@mlflow``): a real segmentation fault of the
+    process that opens the run, just before it does, where one struck an in-process sweep trial on an H100
+    (2026-12-07: its reused process died in the garbage collector at the next trial's start)."""
+    from yxanul.train.setup import TEST_FAILURE_ENV
+
+    if os.environ.get(TEST_FAILURE_ENV) == "segv@mlflow":
+        import faulthandler
+
+        faulthandler._sigsegv()
 
 
 def _trainer(cfg: ExperimentConfig, config: dict[str, Any], run_config_callbacks: Sequence[Any] | None) -> Any:

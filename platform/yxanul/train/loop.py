@@ -140,7 +140,7 @@ def _inject_test_failure(spec: str, step: int, resumed: bool) -> None:
     ``segv`` (a real segmentation fault of this process, only in a run that did not resume: its restart trains on),
     anything else a RuntimeError."""
     kind, _, at = spec.partition("@")
-    if step != int(at or 0):
+    if not (at or "0").isdigit() or step != int(at or 0):  # not a step (segv@mlflow: launch.py's)
         return
     if kind == "segv":
         if not resumed:

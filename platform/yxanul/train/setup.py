@@ -10,7 +10,9 @@ TEST_FAILURE_ENV = "YXANUL_TEST_FAILURE"
 """Test-only fault injection; never set it for a real run. ``<kind>@<step>`` (kind ``runtime`` or ``oom``) in the
 driver's environment makes every worker raise, just before that optimizer step, a ``RuntimeError`` or a
 ``torch.OutOfMemoryError`` with CUDA's message: the worker failures whose one-line report the tests check through
-real Ray Train (tests/integration/test_worker_failure.py). :func:`yxanul.train.launch.loop_config` copies it into
+real Ray Train (tests/integration/test_worker_failure.py). ``segv@<step>`` is a real segmentation fault there (a run
+that did not resume), ``segv@mlflow`` one of the process that opens the MLflow run, just before it does
+(tests/integration/test_sweep.py). :func:`yxanul.train.launch.loop_config` copies it into
 :attr:`WorkerSetup.test_failure` (workers do not see the driver's later environment)."""
 
 
