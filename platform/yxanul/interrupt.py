@@ -188,10 +188,10 @@ def record_resume(uri: str, run_id: str) -> None:
     _count_on_run(uri, run_id, RESUMES_TAG, LAST_RESUME_TAG, timestamp(time.time()))
 
 
-def record_restart(uri: str, run_id: str, what: str) -> None:
+def record_restart(uri: str, run_id: str, what: str, at: float | None = None) -> None:
     """Count a sweep's restart of a failed trial on its MLflow run: :data:`RESTARTS_TAG` + 1, and the last one's
-    time, place and cause in :data:`LAST_RESTART_TAG`."""
-    _count_on_run(uri, run_id, RESTARTS_TAG, LAST_RESTART_TAG, f"{timestamp(time.time())} {what}")
+    time (``at``, ``time.time()``; now by default), place and cause in :data:`LAST_RESTART_TAG`."""
+    _count_on_run(uri, run_id, RESTARTS_TAG, LAST_RESTART_TAG, f"{timestamp(time.time() if at is None else at)} {what}")
 
 
 def _count_on_run(uri: str, run_id: str, count_tag: str, last_tag: str, last: str) -> None:

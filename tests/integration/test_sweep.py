@@ -474,11 +474,12 @@ axes:
     assert run.info.status == "FAILED" and re.match(fault, run.data.tags["yxanul.reason"])
 
 
-def test_a_trial_whose_process_dies_before_its_run_opens_says_where(env):
+def test_a_trial_whose_process_dies_before_its_run_opens_says_where_and_counts_the_restart(env):
     """A real segmentation fault of an in-process trial's process before its MLflow run opens (test-only
-    YXANUL_TEST_FAILURE=segv@mlflow), as one struck a reused trial process on an H100 (2026-12-07): the trial records
-    faults from its start, so the sweep names the fault and where it struck (the dead process Ray names), not only
-    Ray's "Worker unexpectedly exits", and the failed run it records says the same."""
+    YXANUL_TEST_FAILURE=segv@mlflow: in the run's first process only), as one struck a reused trial process on an H100
+    (2026-12-07): the trial records faults from its start, so the sweep names the fault and where it struck (in the
+    file of the dead process Ray names), not only Ray's "Worker unexpectedly exits"; the run the restarted trial opens
+    counts the restart with that line. With trial_restarts=0 the failed run it records says the same."""
     import os
     import subprocess
     import sys
@@ -490,14 +491,30 @@ axes:
     environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"YXANUL_TEST_FAILURE": "segv@mlflow"}
     fault = (r"its process died: Fatal Python error: Segmentation fault in train/launch\.py:\d+ "
              r"\(_inject_test_failure_before_mlflow\) <- train/launch\.py:\d+ \(_prepare\); every thread's stack: \S+"
-             r"/segv-mlflow-t00/workers/rank0-\d+\.fatal")
-    done = subprocess.run([sys.executable, "-m", "jobs.sweep", str(path), "sweep.name=segv-mlflow",
+             r"/segv-mlflow(?:-0)?-t00/workers/rank0-\d+\.fatal")
+    client = MlflowClient(env["uri"])
+
+    def the_run(sweep: str):
+        [parent] = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id],
+                                      filter_string=f"tags.`yxanul.sweep` = '{sweep}' and tags.`yxanul.role` = 'sweep'")
+        [run] = children(client, parent.info.run_id).values()
+        return run
+
+    done = subprocess.run([sys.executable, "-m", "jobs.sweep", str(path), "sweep.name=segv-mlflow"], cwd=ROOT,
+                          capture_output=True, text=True, env=environ, timeout=600)
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    assert re.search(r"t00 optim.lr=0.003 \| restarting: from the start \(restart 1 of 1\), after: " + fault,
+                     done.stdout), done.stdout[-3000:]
+    assert "t00 optim.lr=0.003 | finished: at 8192 tokens" in done.stdout
+    run = the_run("segv-mlflow")
+    assert run.info.status == "FINISHED" and run.data.tags["yxanul.restarts"] == "1"
+    assert re.search(r"Z from the start \(restart 1 of 1\), after: " + fault, run.data.tags["yxanul.last_restart"])
+    assert steps(client, run.info.run_id, "train/loss") == [2048, 4096, 6144, 8192]
+
+    done = subprocess.run([sys.executable, "-m", "jobs.sweep", str(path), "sweep.name=segv-mlflow-0",
                            "sweep.trial_restarts=0"], cwd=ROOT, capture_output=True, text=True, env=environ,
                           timeout=600)
     assert done.returncode != 0
     assert re.search(r"t00 optim.lr=0.003 \| failed: " + fault, done.stdout), done.stdout[-3000:]
-    client = MlflowClient(env["uri"])
-    [parent] = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id],
-                                  filter_string="tags.`yxanul.sweep` = 'segv-mlflow' and tags.`yxanul.role` = 'sweep'")
-    [run] = children(client, parent.info.run_id).values()
+    run = the_run("segv-mlflow-0")
     assert run.info.status == "FAILED" and re.match(fault, run.data.tags["yxanul.reason"])

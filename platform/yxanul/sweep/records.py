@@ -202,6 +202,12 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
     from ray.tune import Callback
 
     class _EndTrialRuns(Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self._unrecorded: dict[str, list[tuple[float, str]]] = {}
+            """run name -> (when, what) of each restart of a trial whose process died before its run existed:
+            counted on the run when the trial ends (a restarted trial opens its run again)."""
+
         def _run_of(self, name: str) -> list:
             """The trial's MLflow run ([] before it exists)."""
             return client(uri).search_runs([experiment_id], max_results=1, filter_string=(
@@ -211,6 +217,10 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
             name = trial.config["trial"]["run_name"]
             found = self._run_of(name)
             status, reason = self._verdict(trial, name, error, found)
+            if name in self._unrecorded:
+                for run in found or self._run_of(name):  # a trial that failed again has the run _verdict recorded
+                    for at, what in self._unrecorded.pop(name):
+                        record_restart(uri, run.info.run_id, what, at=at)
             if announce is not None:
                 announce(name, status, reason, _timeline(found[0]) if found else {})
 
@@ -275,6 +285,8 @@ def end_trial_run_callback(uri: str, experiment_id: str, parent_id: str, horizon
             text = f"{where}{count}, after: {why}"
             if found:
                 record_restart(uri, found[0].info.run_id, text)
+            else:  # its process died before the run was opened (H100, 2026-12-07): counted once the run exists
+                self._unrecorded.setdefault(name, []).append((time.time(), text))
             if announce is not None:
                 announce(name, "restarting", text, {})
 

@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from yxanul import interrupt
@@ -405,19 +406,23 @@ def _prepare(cfg: ExperimentConfig, extra_tags: Mapping[str, str] | None, parent
     with timeline.phase("data"):
         dataset, plan = _check(cfg)
     check_writable(run_dir(cfg), "run.storage_path")  # before the MLflow run exists: none is left RUNNING
-    _inject_test_failure_before_mlflow()
+    _inject_test_failure_before_mlflow(cfg)
     with timeline.phase("mlflow"):
         tracking = _open_mlflow_run(cfg, plan, dataset, extra_tags, parent_run_id)
     return dataset, tracking
 
 
-def _inject_test_failure_before_mlflow() -> None:
+def _inject_test_failure_before_mlflow(cfg: ExperimentConfig) -> None:
     """Test-only (:data:`yxanul.train.setup.TEST_FAILURE_ENV` ``segv@mlflow``): a real segmentation fault of the
     process that opens the run, just before it does, where one struck an in-process sweep trial on an H100
-    (2026-12-07: its reused process died in the garbage collector at the next trial's start)."""
+    (2026-12-07: its reused process died in the garbage collector at the next trial's start); only while no process
+    of the run has left a fatal error (:mod:`yxanul.fatal`), so that a restarted trial trains."""
     from yxanul.train.setup import TEST_FAILURE_ENV
 
-    if os.environ.get(TEST_FAILURE_ENV) == "segv@mlflow":
+    if os.environ.get(TEST_FAILURE_ENV) != "segv@mlflow":
+        return
+    markers = Layout.of(cfg).worker_markers(cfg.run.name)
+    if not markers or not any(path.stat().st_size for path in Path(markers).glob("*.fatal")):
         import faulthandler
 
         faulthandler._sigsegv()
