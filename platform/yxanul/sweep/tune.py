@@ -130,8 +130,9 @@ def _trial_fn(config: dict[str, Any]) -> None:
     # 2026-12-07) leaves its stack where the driver reads it (yxanul.fatal); the loop's own recording is then a no-op.
     marker_dir = Layout.of(cfg).worker_markers(cfg.run.name) if trial.get("in_process") else None
     with recording(marker_dir, rank=0):
-        # end_unfinished=False: a trial Tune stops is recorded by the driver's callback (records.end_trial_run_callback).
-        # print_timeline=False: the driver prints the trial's timeline line with its verdict (the same callback).
+        # end_unfinished=False: a trial Tune stops is recorded by the driver's callback
+        # (records.end_trial_run_callback); print_timeline=False: that callback prints the trial's timeline line
+        # with its verdict.
         train(cfg, extra_tags=tags, parent_run_id=sweep["parent_run_id"], end_unfinished=False,
               started_at=started_at, before={"imports": imports_s}, print_timeline=False, **where)
 

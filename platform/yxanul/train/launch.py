@@ -25,7 +25,6 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from yxanul import interrupt
@@ -417,12 +416,12 @@ def _inject_test_failure_before_mlflow(cfg: ExperimentConfig) -> None:
     process that opens the run, just before it does, where one struck an in-process sweep trial on an H100
     (2026-12-07: its reused process died in the garbage collector at the next trial's start); only while no process
     of the run has left a fatal error (:mod:`yxanul.fatal`), so that a restarted trial trains."""
+    from yxanul.fatal import summary
     from yxanul.train.setup import TEST_FAILURE_ENV
 
-    if os.environ.get(TEST_FAILURE_ENV) != "segv@mlflow":
+    if os.environ.get(TEST_FAILURE_ENV) != "segv@mlflow":  # every real run
         return
-    markers = Layout.of(cfg).worker_markers(cfg.run.name)
-    if not markers or not any(path.stat().st_size for path in Path(markers).glob("*.fatal")):
+    if summary(Layout.of(cfg).worker_markers(cfg.run.name)) is None:
         import faulthandler
 
         faulthandler._sigsegv()
