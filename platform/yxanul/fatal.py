@@ -128,20 +128,25 @@ def summary(marker_dir: str | None, rank: int | None = None, pid: int | None = N
 def describe(text: str, frames: int = 2) -> str:
     """``Fatal Python error: Segmentation fault in a/b.py:120 (fn) <- c/d.py:555 (caller)`` from a fault handler's
     output: its first line and the innermost ``frames`` frames of the thread that faulted ("Current thread"), paths
-    shortened to their last two parts."""
+    shortened to their last two parts; ``... in the garbage collector, in a/b.py:120 ...`` where the fault struck
+    while that frame's allocation ran the collector (the handler's "Garbage-collecting" line)."""
     lines = text.splitlines()
     head = next((line.strip() for line in lines if line.strip()), "the process died")
     current = next((i for i, line in enumerate(lines) if line.startswith("Current thread")), None)
     if current is None:
         return head
-    where = []
+    where, collecting = [], False
     for line in lines[current + 1:]:
+        if not where and not collecting and line.strip() == "Garbage-collecting":  # Python 3.12's marker
+            collecting = True
+            continue
         match = _FRAME.match(line)
         if not match:
             break
         where.append(f"{'/'.join(Path(match['path']).parts[-2:])}:{match['line']} ({match['name']})")
         if len(where) == frames:
             break
+    gc = " in the garbage collector," if collecting else ""
     if not where:
-        return f"{head} in a thread with no Python frame"
-    return f"{head} in {' <- '.join(where)}"
+        return f"{head}{gc} in a thread with no Python frame"
+    return f"{head}{gc} in {' <- '.join(where)}"

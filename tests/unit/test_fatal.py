@@ -63,6 +63,18 @@ def test_describe_without_a_python_frame_or_a_current_thread():
             '  File "/repo/platform/yxanul/train/loop.py", line 555 in _profiled_step\n')
     assert describe(long) == ("Fatal Python error: Segmentation fault in profiler/profiler.py:812 (stop) <- "
                               "yxanul/profiling.py:121 (profiled)")
+    # Python 3.12 marks a fault inside the garbage collector above the frame whose allocation ran it (GPU, 2026-12-07)
+    collecting = ('Fatal Python error: Segmentation fault\n\nCurrent thread 0x7f8d548fd6c0 (most recent call first):\n'
+                  '  Garbage-collecting\n'
+                  '  File "/tmp/repo/platform/yxanul/data/loader.py", line 161 in units\n'
+                  '  File "/tmp/repo/platform/yxanul/data/loader.py", line 166 in _bucket_rows\n'
+                  '  File "/tmp/repo/platform/yxanul/data/loader.py", line 144 in <genexpr>\n\n'
+                  'Thread 0x00007f89fbfff6c0 (most recent call first):\n  <no Python frame>\n')
+    assert describe(collecting) == ("Fatal Python error: Segmentation fault in the garbage collector, in "
+                                    "data/loader.py:161 (units) <- data/loader.py:166 (_bucket_rows)")
+    assert describe("Fatal Python error: Segmentation fault\n\nCurrent thread 0x1 (most recent call first):\n"
+                    "  Garbage-collecting\n  <no Python frame>\n") == (
+        "Fatal Python error: Segmentation fault in the garbage collector, in a thread with no Python frame")
 
 
 def test_a_dead_training_worker_line_gets_its_fatal_error(tmp_path):
