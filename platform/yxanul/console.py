@@ -75,8 +75,9 @@ def _flush_held_ray_lines() -> None:
 
 def worker_line(run_name: str, text: str) -> str:
     """A line a training worker prints for the console: marked with its run, so the driver shows it under the
-    trial's name (and with the run's name where no console filters, e.g. a library caller)."""
-    return f"yxanul[{run_name}] {text}"
+    trial's name (and with the run's name where no console filters, e.g. a library caller). Every line of a
+    multi-line ``text`` is marked (the FP8 plan's table): Ray forwards, and the console filters, line by line."""
+    return "\n".join(f"yxanul[{run_name}] {line}" for line in (text.splitlines() or [""]))
 
 
 def worker_print(run_name: str, text: str, *, err: bool = False) -> None:

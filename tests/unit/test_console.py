@@ -20,6 +20,8 @@ def test_console_shows_events_and_sends_ray_output_to_the_log(tmp_path, capsys):
             say("sweep grid: 4 trials")
             print("(RayTrainWorker pid=123, ip=10.0.0.1) " + worker_line("grid-t01", "step 2/16 loss 4.1 1,234 tok/s eta 0m09s"))
             print("\x1b[36m(TrainController pid=7)\x1b[0m " + worker_line("grid-t02", "validation at 4.1k tokens: bpb 2.1"))
+            for line in worker_line("grid-t02", "FP8 plan on a card:\n  group  decision\n  head   fp8").splitlines():
+                print("(RayTrainWorker pid=123, ip=10.0.0.1) " + line)  # Ray prefixes every line it forwards
             print("(RayTrainWorker pid=124, ip=10.0.0.1) rank 1 chatter")
             print("== Status ==\nCurrent time: ...", file=sys.stderr)
             noisy.warning("Failed to query Ray Train Controller actor state.")
@@ -30,7 +32,9 @@ def test_console_shows_events_and_sends_ray_output_to_the_log(tmp_path, capsys):
     shown = capsys.readouterr()
     assert shown.out.splitlines() == ["sweep grid: 4 trials",
                                       "t01 curriculum=none | step 2/16 loss 4.1 1,234 tok/s eta 0m09s",
-                                      "grid-t02 | validation at 4.1k tokens: bpb 2.1"]
+                                      "grid-t02 | validation at 4.1k tokens: bpb 2.1",
+                                      "grid-t02 | FP8 plan on a card:", "grid-t02 |   group  decision",
+                                      "grid-t02 |   head   fp8"]
     assert shown.err == ""
     text = log.read_text()
     for line in ("sweep grid: 4 trials", "rank 1 chatter", "== Status ==", "Failed to query Ray Train Controller",
