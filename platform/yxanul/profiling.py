@@ -1,4 +1,4 @@
-"""The attention core's share of a training step, measured: one step under ``torch.profiler``.
+"""The attention core's share of a training step, measured: one step under PyTorch's (Kineto) profiler.
 
 Why: a sequence-length curriculum trains its early tokens on short sequences. Per token, the attention scores
 cost ``12 * n_layers * hidden * seq_len`` FLOPs and everything else a constant (:func:`yxanul.metrics.flops_split`),
@@ -19,7 +19,7 @@ matmuls, so only its forward is found; the platform's causal SDPA runs a fused k
 How the time is summed without counting anything twice. The profiler records CPU events (ops, and on a GPU the
 runtime calls that launch kernels) with their thread and time span, and device events (kernels, copies) each linked
 to the op that launched it (its correlation id). On one thread the CPU events nest by time (an op contains the ops
-it calls), which is the tree PyTorch's ``prof.events()`` builds from the same records:
+it calls), which is the tree PyTorch's ``prof.function_events`` builds from the same records:
 
 - attention = the time of every *outermost* attention event (not inside another attention event of its thread), so
   ``aten::scaled_dot_product_attention`` is counted once with the flash op inside it; the autograd engine's wrapper
@@ -34,8 +34,8 @@ it calls), which is the tree PyTorch's ``prof.events()`` builds from the same re
   events no other event of their thread contains, which is PyTorch's "Self CPU time total" (each microsecond inside
   some op counted once).
 
-The events are read as the profiler recorded them (``prof.profiler.kineto_results``, :func:`recorded_events`), not
-through ``prof.events()``: for a 19k-event CPU step on the 2-core development VM (2026-12-07, 6 profiles, one-off
+The events are read as the profiler recorded them (``prof.kineto_results``, :func:`recorded_events`), not
+through PyTorch's ``prof.function_events``: for a 19k-event CPU step on the 2-core development VM (2026-12-07, 6 profiles, one-off
 timing) building PyTorch's :class:`FunctionEvent` tree took 0.8-1.8 s (43-95 us an event), the spans here 0.07-0.12 s.
 The tests check both give the same sums (on a GPU too: ``tests/gpu/test_profiling_gpu.py`` prints both times).
 Events PyTorch's own tables leave out (its ``_filter_name`` list: memory records, the ``record_function``
@@ -43,6 +43,11 @@ enter/exit ops, ``aten::is_leaf`` and such) are left out here too.
 
 Costs: the profiled step runs with the profiler's per-op bookkeeping and the events are read afterwards; the loop
 keeps both out of tokens/s and times them as the ``profile`` phase of the run's timeline.
+
+The profiler object is ``torch.autograd.profiler.profile``, which ``torch.profiler.profile`` wraps: the wrapper
+refers to itself (its action table holds its own bound methods), so it and the recorded results it owns outlive the
+step as garbage in a reference cycle, freed by whichever later allocation in the process runs the collector (another
+thread, another trial of a sweep). The inner object has no cycle: its results go when the caller drops it.
 """
 
 from __future__ import annotations
@@ -97,9 +102,8 @@ _LEFT_OUT = frozenset(("[memory]", "[OutOfMemory]", "profiler::_record_function_
 
 
 def recorded_events(prof: Any) -> Iterable[Any]:
-    """The events a finished ``torch.profiler.profile`` recorded, unparsed (``_KinetoEvent`` s), for
-    :func:`attention_share`."""
-    return prof.profiler.kineto_results.events()
+    """The events a finished :func:`profiled` recorded, unparsed (``_KinetoEvent`` s), for :func:`attention_share`."""
+    return prof.kineto_results.events()
 
 
 def short_name(name: str) -> str:
@@ -183,13 +187,14 @@ def _innermost(spans: list[tuple[int, int, str]]) -> list[str]:
 
 @contextlib.contextmanager
 def profiled(device: torch.device) -> Iterator[Any]:
-    """``torch.profiler.profile`` of what runs inside, with CPU activity and, on a CUDA device, CUDA activity;
-    nothing else recorded (no shapes, stacks or memory: the cheapest profile that has the times). On exit the
-    device is synchronised first, so every kernel of the step is in the profile."""
-    from torch.profiler import ProfilerActivity, profile
+    """``torch.autograd.profiler.profile`` (Kineto) of what runs inside, with CPU activity and, on a CUDA device,
+    CUDA activity; nothing else recorded (no shapes, stacks or memory: the cheapest profile that has the times). On
+    exit the device is synchronised first, so every kernel of the step is in the profile. Its results are freed when
+    the caller drops the object it yields (no reference cycle: the module's docstring says why that matters)."""
+    from torch.autograd.profiler import profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities, record_shapes=False, profile_memory=False, with_stack=False) as prof:
+    with profile(use_kineto=True, use_device="cuda" if device.type == "cuda" else None, record_shapes=False,
+                 profile_memory=False, with_stack=False) as prof:
         yield prof
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # deliberate sync: the profiled step's kernels must have run

@@ -1,6 +1,6 @@
 """GPU proof of the attention share (yxanul.profiling) on the one build path (yxanul-270m, BF16, compiled by blocks):
 every fused attention kernel (flash / memory-efficient / cuDNN SDPA, forward and backward) is found inside the
-attention ops, even under torch.compile; the sums equal those of PyTorch's own event tree (``prof.events()``) and the
+attention ops, even under torch.compile; the sums equal those of PyTorch's own event tree (``prof.function_events``) and the
 step's device time the total PyTorch's own table prints; and the share grows with the sequence length, as the FLOPs
 say it must. The seconds each way of reading the events takes are printed (the loop's ``profile`` phase). Run: ``pytest -m gpu tests/gpu``; the printed shares
 are the numbers the curriculum comparison reads."""
@@ -43,7 +43,7 @@ def test_every_fused_attention_kernel_is_counted_and_the_share_grows_with_the_se
         began = time.perf_counter()
         measured = attention_share(recorded_events(prof), "cuda")
         read_s = time.perf_counter() - began
-        events = prof.events()  # PyTorch's own tree of the same records: the reference sums
+        events = prof.function_events  # PyTorch's own tree of the same records: the reference sums
         tree_s = time.perf_counter() - began - read_s
         kernels = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
         fused = sum(e.device_time_total for e in kernels if any(k in e.name.lower() for k in FUSED)) / 1000

@@ -193,3 +193,31 @@ def test_release_built_resets_transformer_engines_fp8_state_where_te_ran(monkeyp
                         types.SimpleNamespace(FP8GlobalStateManager=manager))
     release_built()
     assert resets == ["reset"]
+
+
+def test_release_built_leaves_no_compiled_graph_to_the_garbage_collector():
+    """Dynamo's reset turns a compiled model's graphs into garbage in reference cycles; release_built collects them
+    then, so that the next trial's allocations do not run the collector over them (in another thread, among that
+    trial's compiled code). ``gc.get_objects()`` lists tracked objects, garbage not yet collected included."""
+    import gc
+
+    from torch._inductor.output_code import CompiledFxGraph
+
+    from yxanul.train.build import release_built
+
+    def compiled_graphs() -> int:
+        return sum(type(o) is CompiledFxGraph for o in gc.get_objects())  # type(): proxies among them
+
+    def train_a_compiled_model() -> None:
+        model = torch.compile(torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU(), torch.nn.Linear(16, 1)))
+        model(torch.randn(4, 16)).sum().backward()
+
+    release_built()
+    gc.disable()  # only release_built may collect
+    try:
+        train_a_compiled_model()
+        assert compiled_graphs() >= 2  # forward and backward, alive while Dynamo holds them
+        release_built()
+        assert compiled_graphs() == 0
+    finally:
+        gc.enable()

@@ -1,6 +1,6 @@
 """The attention share of a profiled step (yxanul.profiling): which events are attention, summed without counting a
 microsecond twice, on synthetic recorded events (exact sums: whole nanoseconds) and on real profiles of the tiny
-model's train step on CPU, checked against PyTorch's own event tree (``prof.events()``: the sums it gives by
+model's train step on CPU, checked against PyTorch's own event tree (``prof.function_events``: the sums it gives by
 ``cpu_parent`` and ``cpu_time_total``) and against the total PyTorch's own table prints (timings themselves are never
 compared)."""
 
@@ -175,7 +175,7 @@ def test_a_real_train_step_profiled_on_cpu():
     assert 0 < measured.share < 1
     # the same sums from PyTorch's own event tree: the outermost attention events' inclusive CPU time, every event's
     # self CPU time, the total PyTorch's own table prints ("Self CPU time total"); up to summation order
-    events = prof.events()
+    events = prof.function_events
     outermost = [e for e in events if is_attention_op(e.name) and not _has_attention_parent(e)]
     assert measured.attention_ms == pytest.approx(sum(e.cpu_time_total for e in outermost) / 1000, rel=1e-9)
     assert measured.step_ms == pytest.approx(sum(e.self_cpu_time_total for e in events if not e.is_async) / 1000,
@@ -189,6 +189,26 @@ def test_a_real_train_step_profiled_on_cpu():
                                 "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
     own = sum(e.self_cpu_time_total for e in events if is_attention_op(e.name)) / 1000
     assert own <= measured.attention_ms * (1 + 1e-9)
+
+
+def test_a_profile_and_its_results_are_freed_when_dropped_not_left_to_the_garbage_collector():
+    """A sweep's trials run one after the other in one process: a profile left in a reference cycle (as
+    ``torch.profiler.profile`` leaves itself) would be freed by whichever later allocation runs the collector, in
+    another thread or trial. Dropping the object :func:`profiled` yields frees it at once."""
+    import gc
+    import weakref
+
+    gc.collect()
+    gc.disable()
+    try:
+        with profiled(torch.device("cpu")) as prof:
+            torch.ones(64, requires_grad=True).square().sum().backward()
+        assert any(e.name() for e in recorded_events(prof))
+        dropped = weakref.ref(prof)
+        del prof
+        assert dropped() is None  # freed now, with the collector off
+    finally:
+        gc.enable()
 
 
 def _has_attention_parent(event) -> bool:

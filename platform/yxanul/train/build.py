@@ -260,16 +260,22 @@ def build_training(model_cfg: ModelConfig, precision_cfg: PrecisionConfig, optim
 
 def release_built() -> None:
     """Free what the models built so far in this process left behind, before another is built in it (the
-    benchmark's matrix; a sweep's in-process trials): unreferenced tensors and the CUDA allocator's cache, and
-    Dynamo's state, whose recompile limit counts across models, so that later models' graphs are not refused
-    (Inductor's on-disk caches keep their recompiles warm), and Transformer Engine's process-global FP8 state
-    (:func:`yxanul.precision.reset_te_state`). Drop the references to the last model first."""
+    benchmark's matrix; a sweep's in-process trials): Transformer Engine's process-global FP8 state
+    (:func:`yxanul.precision.reset_te_state`), Dynamo's state, whose recompile limit counts across models, so that
+    later models' graphs are not refused (Inductor's on-disk caches keep their recompiles warm), unreferenced
+    tensors and the CUDA allocator's cache. Drop the references to the last model first.
+
+    The collector runs after Dynamo's reset: the reset turns the compiled graphs (Inductor's ``CompiledFxGraph`` s
+    with their kernels, AOT Autograd's metadata) into garbage in reference cycles, which would otherwise be freed by
+    whichever allocation of the next trial ran the collector, in another thread and among that trial's compiled
+    code: two reused GPU trial processes died of a segmentation fault in the collector at the next trial's start
+    (2026-12-07; docs/sweeps.md, "A trial whose process dies")."""
     import gc
     import sys
 
     reset_te_state()
+    if "torch._dynamo" in sys.modules:  # a process that never compiled does not pay for importing Dynamo
+        torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-    if "torch._dynamo" in sys.modules:  # a process that never compiled does not pay for importing Dynamo
-        torch._dynamo.reset()
