@@ -9,7 +9,7 @@ optimizer steps after warm-up. The training job's rate is the median of its logg
 windows (the first step, compilation, is never in a window). Writes, under ``--out``:
 
 - ``train-vs-bench-<card>.jsonl``: one JSON object per row (card, runner, precision, fp8_layers, tokens_per_s per
-  GPU, mfu_bf16, peak_gib, date, versions);
+  GPU, mfu_bf16, peak_gib, the FP8 plan each FP8 auto run measured, date, versions);
 - ``train-vs-bench-<card>.md``: the table with the ratios the issue's targets are stated in.
 
 ``--data`` is a packed 2048-token dataset (scripts/gpu_check.sh prepares one).
@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +54,16 @@ def bench_rows(preset: str, micro_batch: int, steps: int, peer: bool) -> list[di
                      "peak_gib": r.peak_mem_gib, "warmup_s": r.warmup_s, "error": r.error,
                      "fp8_plan": r.extra.get("fp8_plan")})
     return rows
+
+
+def measured_plan(client: Any, run_id: str, scratch: Path) -> dict | None:
+    """The timings of the FP8 plan the run measured (its ``fp8_plan.json`` artifact: group -> bf16/fp8 ms and MiB,
+    ratio), as the bench rows carry theirs; None for a run without one (BF16, or FP8 with fixed layers)."""
+    if not any(a.path == "fp8_plan.json" for a in client.list_artifacts(run_id)):
+        return None
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = client.download_artifacts(run_id, "fp8_plan.json", str(scratch))
+    return json.loads(Path(path).read_text())["timings"]
 
 
 def train_row(preset: str, precision: str, micro_batch: int, steps: int, data: Path, out: Path) -> dict:
@@ -94,7 +105,8 @@ def train_row(preset: str, precision: str, micro_batch: int, steps: int, data: P
                 "mfu_bf16": statistics.median(values("train/mfu_bf16")[1:] or [float("nan")]),
                 "peak_gib": max(values("train/peak_mem_gib") or [float("nan")]),
                 "compile_s": (values("train/compile_s") or [None])[-1], "windows": len(rates),
-                "compiled": tags.get(COMPILED_TAG), "run_id": run_id})
+                "compiled": tags.get(COMPILED_TAG), "run_id": run_id,
+                "fp8_plan": measured_plan(client, run_id, out / "plans" / run_id)})
     return row
 
 

@@ -326,6 +326,27 @@ def test_a_train_vs_bench_row_carries_the_jobs_one_line_error_not_rays_last_log_
     assert script.failure_line("") == "no output"
 
 
+def test_a_train_vs_bench_row_carries_the_fp8_plan_its_run_measured(tmp_path):
+    """A jobs.train FP8 auto row has the plan its own process measured (the run's fp8_plan.json), as a bench row
+    has its own: at width 2048 on 2026-12-07 the two processes chose different groups and the row could not say
+    why. Through a real MLflow SQLite store."""
+    import importlib.util
+    import json
+
+    from mlflow import MlflowClient
+
+    spec = importlib.util.spec_from_file_location("train_vs_bench", REPO / "scripts" / "train_vs_bench.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("tvb", artifact_location=str(tmp_path / "artifacts"))
+    fp8, bf16 = (client.create_run(experiment).info.run_id for _ in range(2))
+    timings = {"attention": {"bf16_ms": 38.5, "fp8_ms": 37.9, "ratio": 1.016, "bf16_mib": 344.0, "fp8_mib": 600.0}}
+    client.log_text(fp8, json.dumps({"layers": [], "timings": timings, "key": {}}), "fp8_plan.json")
+    assert script.measured_plan(client, fp8, tmp_path / "plans" / fp8) == timings
+    assert script.measured_plan(client, bf16, tmp_path / "plans" / bf16) is None
+
+
 def test_the_out_of_memory_fix_names_what_does_not_fit():
     from yxanul.config import load_config
     from yxanul.train.loop import out_of_memory_fix
