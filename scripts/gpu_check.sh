@@ -9,6 +9,10 @@
 #   train-vs-bench-2048  the same for the width-2048 preset, bench and train (FP8 auto vs BF16 at width 2048)
 #   bench-270m | bench-270m-recipes | bench-ladder | bench-270m-mb16 | bench-270m-head   the jobs.bench matrices
 #                    (experiments/bench; -head: the fused chunked head vs the plain head, BF16 and FP8)
+#   bench-rev        our BF16 speed at this commit (plain and fused head) and at an older one, alternating twice on
+#                    one card (experiments/bench/h100-270m-bf16.yaml): REV_DIR=<that commit's platform, jobs and
+#                    experiments>, laid out here by `git archive REV platform jobs experiments | tar -x -C .rev`
+#                    (a folder .git/info/exclude ignores, named in the call's carry)
 #
 # Every stage fits the device tool's 10-minute command limit; give several in one call when they fit together.
 # Work (tokenizer, dataset, MLflow store, Ray storage) stays in $WORK (default /tmp/yxanul-gpu), which outlives
@@ -22,6 +26,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-./outputs/gpu}
 work=${WORK:-/tmp/yxanul-gpu}
 mkdir -p "$out" "$work"
+out=$(cd "$out" && pwd)  # absolute: a stage may run from another directory
 export PYTHONPATH=/tmp/site:$PWD/platform:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 source scripts/site_bytecode.sh
@@ -50,7 +55,19 @@ bench() {  # $1 = config name, rest = overrides
     $py -m jobs.bench "experiments/bench/$name.yaml" "output=$out/bench-$name.jsonl" "$@" 2>&1 | tee "$out/bench-$name.log" | grep -v "^$" | tail -40
     return "${PIPESTATUS[0]}"
 }
-[ $# -gt 0 ] || { sed -n '3,13p' "$0"; exit 2; }
+bench_rev() {  # HEAD, REV, HEAD, REV: drift on the card lands on both. $REV_ARGS: overrides for both (a CPU check)
+    local rev=${REV_DIR:-} round
+    [ -d "$rev/platform/yxanul" ] || { echo "bench-rev: set REV_DIR to an older commit's tree (usage above)" >&2; return 2; }
+    for round in 1 2; do
+        bench h100-270m-bf16 "head_chunk_tokens=[0,auto]" ${REV_ARGS:-} || return
+        mv "$out/bench-h100-270m-bf16.jsonl" "$out/bench-rev-head-$round.jsonl"
+        (cd "$rev" && PYTHONPATH=/tmp/site:$PWD/platform:$PWD $py -m jobs.bench "$OLDPWD/experiments/bench/h100-270m-bf16.yaml" \
+            "output=$out/bench-rev-old-$round.jsonl" ${REV_ARGS:-} 2>&1 | tee "$out/bench-rev-old-$round.log" | grep -v "^$" | tail -8
+         exit "${PIPESTATUS[0]}") || return
+    done
+    rm -f "$out"/bench-*.md
+}
+[ $# -gt 0 ] || { sed -n '3,17p' "$0"; exit 2; }
 for stage in "$@"; do
     case $stage in
         info) info ;;
@@ -63,7 +80,8 @@ for stage in "$@"; do
         bench-ladder) bench h100-ladder || rc=$? ;;
         bench-270m-mb16) bench h100-270m-mb16 || rc=$? ;;
         bench-270m-head) bench h100-270m-head || rc=$? ;;
-        *) echo "unknown stage $stage; usage:" >&2; sed -n '3,13p' "$0" >&2; exit 2 ;;
+        bench-rev) bench_rev || rc=$? ;;
+        *) echo "unknown stage $stage; usage:" >&2; sed -n '3,17p' "$0" >&2; exit 2 ;;
     esac
 done
 exit $rc
