@@ -65,7 +65,7 @@ bench_rev() {  # HEAD, REV, HEAD, REV: drift on the card lands on both. $REV_ARG
             "output=$out/bench-rev-old-$round.jsonl" ${REV_ARGS:-} 2>&1 | tee "$out/bench-rev-old-$round.log" | grep -v "^$" | tail -8
          exit "${PIPESTATUS[0]}") || return
     done
-    rm -f "$out"/bench-*.md
+    rm -f "$out"/bench-h100-270m-bf16.md "$out"/bench-rev-old-*.md  # its own tables only: other stages keep theirs
 }
 [ $# -gt 0 ] || { sed -n '3,17p' "$0"; exit 2; }
 for stage in "$@"; do
