@@ -10,7 +10,7 @@
 #   bench-270m | bench-270m-recipes | bench-ladder | bench-270m-mb16 | bench-270m-head   the jobs.bench matrices
 #                    (experiments/bench; -head: the fused chunked head vs the plain head, BF16 and FP8)
 #   bench-rev        our BF16 speed at this commit (plain and fused head) and at an older one, alternating twice on
-#                    one card (experiments/bench/h100-270m-bf16.yaml): REV_DIR=<that commit's platform, jobs and
+#                    one card (experiments/bench/h100-270m-bf16.yaml; REV_ROUNDS=1 once each): REV_DIR=<that commit's platform, jobs and
 #                    experiments>, laid out here by `git archive REV platform jobs experiments | tar -x -C .rev`
 #                    (a folder .git/info/exclude ignores, named in the call's carry)
 #
@@ -58,7 +58,7 @@ bench() {  # $1 = config name, rest = overrides
 bench_rev() {  # HEAD, REV, HEAD, REV: drift on the card lands on both. $REV_ARGS: overrides for both (a CPU check)
     local rev=${REV_DIR:-} round
     [ -d "$rev/platform/yxanul" ] || { echo "bench-rev: set REV_DIR to an older commit's tree (usage above)" >&2; return 2; }
-    for round in 1 2; do
+    for round in $(seq "${REV_ROUNDS:-2}"); do
         bench h100-270m-bf16 "head_chunk_tokens=[0,auto]" ${REV_ARGS:-} || return
         mv "$out/bench-h100-270m-bf16.jsonl" "$out/bench-rev-head-$round.jsonl"
         (cd "$rev" && PYTHONPATH=/tmp/site:$PWD/platform:$PWD $py -m jobs.bench "$OLDPWD/experiments/bench/h100-270m-bf16.yaml" \

@@ -53,7 +53,7 @@ VOCAB_MULTIPLE = 128
 """The embedding and head have ``padded_vocab_size(vocab)`` rows, a multiple of this."""
 IGNORE_INDEX = -100
 """Target value that contributes nothing to the loss (the last position of every sequence)."""
-HEAD_CHUNK_AUTO_TOKENS = 4096
+HEAD_CHUNK_AUTO_TOKENS = 8192
 """``model.head_chunk_tokens: auto`` chunks the head by this many tokens (when it chunks at all)."""
 HEAD_CHUNK_AUTO_MIN_COLUMNS = 65536
 """``model.head_chunk_tokens: auto`` chunks heads with at least this many (padded) vocabulary columns: there the
@@ -449,24 +449,36 @@ _compiled_chunks: dict[str, Callable[..., object]] = {}
 
 def compile_chunk_fn(fn: Callable[..., object], backend: str | Callable[..., object] = "inductor"
                      ) -> Callable[..., object]:
-    """``fn`` (a chunk kernel) compiled once for every chunk it will see: every size symbolic (rows, padded
-    columns, the vocabulary), always called outside autocast (the kernels choose their own dtypes), without
-    gradient tracking and on detached tensors (the kernels compute gradients themselves; nothing differentiates
-    through them). Dynamo guards on each of these: compiled with static sizes, every remainder chunk, model
-    vocabulary and autocast state was a new graph, and so was every caller whose logits did or did not require
-    grad (the plain head in training, in validation, the fused head), and past Dynamo's recompile limit (8) the
-    kernel silently ran eagerly: an fp32 copy, softmax and gradient of the chunk, several times its BF16 logits
-    (H100 test sessions, 2026-12-06: the fused head of 32,768 tokens x 200k peaked at 5.1 GiB where its
-    arithmetic allows 3.6). One dtype of logits is one graph: BF16 runs see one, FP32 runs another."""
+    """``fn`` (a chunk kernel) compiled once per width of logits (a model's padded vocabulary) for every chunk it
+    will see: the rows and the vocabulary symbolic, the columns static, always called outside autocast (the
+    kernels choose their own dtypes), without gradient tracking and on detached tensors (the kernels compute
+    gradients themselves; nothing differentiates through them).
+
+    Dynamo guards on each of these: compiled with static sizes, every remainder chunk, model vocabulary and
+    autocast state was a new graph, and so was every caller whose logits did or did not require grad (the plain
+    head in training, in validation, the fused head), and past Dynamo's recompile limit (8) the kernel silently
+    ran eagerly: an fp32 copy, softmax and gradient of the chunk, several times its BF16 logits (H100 test
+    sessions, 2026-12-06: the fused head of 32,768 tokens x 200k peaked at 5.1 GiB where its arithmetic allows
+    3.6). The columns stay static (``torch._dynamo.mark_static``): they are the kernels' reduction, and with a
+    symbolic width (2026-12-06 to -07) Inductor's reductions over 200k columns cost jobs.bench BF16 9% of its
+    speed at yxanul-270m (scripts/bisect_speed.sh and scripts/ce_chunk_bench.py, H100, 2026-12-07). One graph
+    per padded vocabulary and dtype of logits: a process that builds many models of one tokenizer compiles once."""
     compiled = torch.compile(fn, dynamic=True, backend=backend)
 
     def call(*args: object) -> object:
         device = next(a for a in args if isinstance(a, torch.Tensor)).device
-        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        args = tuple(_static_columns(a.detach()) if isinstance(a, torch.Tensor) else a for a in args)
         with torch.autocast(device.type, enabled=False), torch.no_grad():
             return compiled(*args)
 
     return call
+
+
+def _static_columns(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` with every dimension after the first (the rows) marked static for Dynamo."""
+    for dim in range(1, tensor.dim()):
+        torch._dynamo.mark_static(tensor, dim)
+    return tensor
 
 
 def _chunk_fns(device: torch.device) -> tuple[Callable[..., object], Callable[..., object]]:
