@@ -81,18 +81,45 @@ def test_the_plan_keeps_fp8_where_it_is_at_least_min_gain_faster_and_logs_memory
     assert plan.group_line("head") == "bf16 10.00 ms 70 MiB, fp8 7.00 ms 140 MiB"
     table = lines[0]
     assert "bf16 MiB" in table and "fp8 MiB" in table and "fp8_layers auto -> head" in table
-    assert len(calls) == 2 * 5  # every distinct shape once per precision: qkv, proj, gate_up, down, head
+    assert len(calls) == 3 * 2 * 5  # 3 rounds of every distinct shape in both precisions: qkv, proj, gate_up, down, head
+    # side by side: each shape's BF16 and FP8 calls follow each other, FP8 first in the second round
+    assert [fp8 for _, fp8 in calls[:2]] == [False, True] and [fp8 for _, fp8 in calls[10:12]] == [True, False]
+    assert calls[0][0] == calls[1][0] and calls[10][0] == calls[11][0]
 
     saved = json.loads(next(tmp_path.glob("fp8-plan-*.json")).read_text())
     assert saved["layers"] == ["head"] and saved["key"]["shapes"]["head"] == [[CFG.hidden, 70_016, 1024, 1]]
     again = measure_fp8_plan(meta_model(), tokens_per_microbatch=1024, recipe="delayed", device=CPU,
                              cache_dir=tmp_path, measure=fake(ms, calls))
-    assert again.cached and again.layers == plan.layers and len(calls) == 10  # read, not measured
+    assert again.cached and again.layers == plan.layers and len(calls) == 30  # read, not measured
     # the head as it runs is part of the key: chunking it measures again
     chunked = meta_model(CFG.model_copy(update={"head_chunk_tokens": 512}))
     other = measure_fp8_plan(chunked, tokens_per_microbatch=1024, recipe="delayed", device=CPU, cache_dir=tmp_path,
                              measure=fake(ms, calls))
     assert not other.cached and other.timings["head"]["bf16_ms"] == pytest.approx(2 * 10.0)  # 2 chunks of 512
+
+
+def test_the_plan_takes_medians_of_rounds_so_a_cards_warm_up_does_not_decide_it():
+    """Every layer is equally fast in BF16 and FP8, but the first calls run slow (clocks ramping, first kernel
+    launches): measured once (even side by side), that warm-up made FP8 look 1.24x faster on attention."""
+    ms = {(kind, fp8): 1.0 for kind in ("attention", "mlp", "head") for fp8 in (False, True)}
+    calls: list = []
+    base = fake(ms, calls)
+
+    def warming(shape: LayerShape, fp8: bool) -> tuple[float, int]:
+        t, peak = base(shape, fp8)
+        return t * (1 + 0.5 ** (len(calls) - 1)), peak  # 2x on the first call, 1.5x on the second...
+
+    one = measure_fp8_plan(meta_model(), tokens_per_microbatch=1024, recipe="delayed", device=CPU,
+                           measure=warming, rounds=1)
+    assert "attention" in one.layers and one.timings["attention"]["ratio"] > 1.2  # the drift decided it
+    calls.clear()
+    plan = measure_fp8_plan(meta_model(), tokens_per_microbatch=1024, recipe="delayed", device=CPU, measure=warming)
+    assert plan.layers == ()  # nothing pays: the medians of three rounds are the settled times
+    for row in plan.timings.values():
+        assert row["ratio"] == pytest.approx(1.0, abs=0.01)
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        measure_fp8_plan(meta_model(), tokens_per_microbatch=1024, recipe="delayed", device=CPU, measure=warming,
+                         rounds=0)
 
 
 def test_the_plan_needs_a_gpu_unless_given_a_measurement():

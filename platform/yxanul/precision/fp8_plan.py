@@ -15,7 +15,8 @@ in FP8 (``te.Linear`` under ``te.autocast``), and keeps FP8 only where it is at 
 The layer shapes are read from the model as built (:func:`layer_shapes`: every linear of a group, counted by
 shape; the head as it runs, per chunk of ``model.head_chunk_tokens`` when the model chunks it), never
 recomputed from the config. A group's time is the sum over its shapes of calls x the median time of one call
-(CUDA events, median of ``iters`` after ``warmup``); its memory is the largest extra memory one call allocates
+(CUDA events, median of ``iters`` after ``warmup``; then the median of ``rounds`` such measurements, BF16 and FP8
+of a shape taken side by side in each round); its memory is the largest extra memory one call allocates
 during forward + backward (the inputs and weights it is given excluded): what FP8 adds or saves per layer,
 e.g. the FP8 copies of a 200k-wide head's gradient. Fresh random inputs, inside ``torch.random.fork_rng`` so
 the run's own random state is untouched (the FP8 and BF16 arms of a comparison initialise identically). The
@@ -48,8 +49,8 @@ GROUPS: tuple[str, ...] = LAYER_GROUPS
 MIN_GAIN = 0.02
 """A group goes to FP8 only when its FP8 time is at most (1 - MIN_GAIN) x its BF16 time: a gain smaller
 than that is within the timing noise seen between repeated measurements, and FP8 costs some accuracy."""
-_FORMAT = 2
-"""Version of the cached plan's content (2: memory per group, shapes read from the model)."""
+_FORMAT = 3
+"""Version of the cached plan's content (2: memory per group, shapes read from the model; 3: medians of rounds)."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ def layer_shapes(model: nn.Module, tokens_per_microbatch: int) -> dict[str, list
     return shapes
 
 
-def plan_key(model: nn.Module, tokens_per_microbatch: int, recipe: str, device: torch.device) -> dict[str, Any]:
+def plan_key(model: nn.Module, tokens_per_microbatch: int, recipe: str, device: torch.device, rounds: int = 3
+             ) -> dict[str, Any]:
     """What a plan depends on; its hash names the cache file."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -157,6 +159,7 @@ def plan_key(model: nn.Module, tokens_per_microbatch: int, recipe: str, device: 
         "transformer_engine": te_version,
         "torch": torch.__version__,
         "min_gain": MIN_GAIN,
+        "rounds": int(rounds),
     }
 
 
@@ -214,17 +217,24 @@ def _cuda_measure(recipe_obj: Any, device: torch.device, warmup: int, iters: int
 
 
 def measure_fp8_plan(model: nn.Module, *, tokens_per_microbatch: int, recipe: str, device: torch.device,
-                     cache_dir: Path | None = None, warmup: int = 3, iters: int = 10,
+                     cache_dir: Path | None = None, warmup: int = 3, iters: int = 10, rounds: int = 3,
                      log: Callable[[str], None] | None = None, measure: Measure | None = None) -> Fp8Plan:
     """Measure (or read from ``cache_dir``) which layer groups of ``model`` are faster in FP8 at this micro-batch,
-    and what one call of each costs in memory. ``model`` is the model as it will train, before the FP8 swap."""
+    and what one call of each costs in memory. ``model`` is the model as it will train, before the FP8 swap.
+
+    Every shape is measured ``rounds`` times in BF16 and FP8 side by side (their order flipped each round) and each
+    arm's median taken: measured one group and one precision after the other, a card's drift (clocks, caches, the
+    first calls of a kernel) landed on one arm, and one process's plan kept attention at width 2048 in BF16 where
+    the bench's had it 1.08x faster in FP8 (H100, 2026-12-07)."""
     from yxanul.errors import PrecisionError
     from yxanul.precision.policy import build_recipe
 
     if measure is None and device.type != "cuda":
         raise PrecisionError("precision.fp8_layers=auto measures FP8 against BF16 on the GPU; this process has no "
                              "CUDA device (FP8 needs one anyway)")
-    key = plan_key(model, tokens_per_microbatch, recipe, device)
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    key = plan_key(model, tokens_per_microbatch, recipe, device, rounds)
     path = cache_dir / f"fp8-plan-{_key_hash(key)}.json" if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
@@ -239,17 +249,25 @@ def measure_fp8_plan(model: nn.Module, *, tokens_per_microbatch: int, recipe: st
             pass  # a damaged cache file is measured again and rewritten
     t0 = time.perf_counter()
     run = measure or _cuda_measure(build_recipe(recipe), device, warmup, iters)
-    timings: dict[str, dict[str, float]] = {}
+    shapes_by_group = layer_shapes(model, tokens_per_microbatch)
+    samples: dict[tuple[str, int, bool], list[tuple[float, int]]] = {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's RNG stays as it was
         torch.manual_seed(0)
-        for group, shapes in layer_shapes(model, tokens_per_microbatch).items():
-            row: dict[str, float] = {}
-            for label, fp8 in (("bf16", False), ("fp8", True)):
-                measured = [run(shape, fp8) for shape in shapes]
-                row[f"{label}_ms"] = sum(shape.calls * ms for shape, (ms, _) in zip(shapes, measured))
-                row[f"{label}_mib"] = max(peak for _, peak in measured) / 2**20  # one call at a time
-            row["ratio"] = row["bf16_ms"] / row["fp8_ms"]
-            timings[group] = row
+        for round_ in range(rounds):  # BF16 and FP8 of a shape side by side, their order flipped each round
+            for group, shapes in shapes_by_group.items():
+                for i, shape in enumerate(shapes):
+                    for fp8 in ((False, True) if round_ % 2 == 0 else (True, False)):
+                        samples.setdefault((group, i, fp8), []).append(run(shape, fp8))
+    timings: dict[str, dict[str, float]] = {}
+    for group, shapes in shapes_by_group.items():
+        row: dict[str, float] = {}
+        for label, fp8 in (("bf16", False), ("fp8", True)):
+            measured = [samples[(group, i, fp8)] for i in range(len(shapes))]
+            row[f"{label}_ms"] = sum(shape.calls * statistics.median(ms for ms, _ in runs)
+                                     for shape, runs in zip(shapes, measured))
+            row[f"{label}_mib"] = max(peak for runs in measured for _, peak in runs) / 2**20  # one call at a time
+        row["ratio"] = row["bf16_ms"] / row["fp8_ms"]
+        timings[group] = row
     if device.type == "cuda":
         torch.cuda.empty_cache()
     layers_kept = tuple(g for g in GROUPS if g in timings and timings[g]["fp8_ms"] <= (1 - MIN_GAIN) * timings[g]["bf16_ms"])
