@@ -1,12 +1,12 @@
 """The cross-entropy chunk kernels (yxanul.model) under each way of compiling them, on one CUDA card.
 
-    python scripts/ce_chunk_bench.py [--rows 4096] [--columns 200064] [--vocab 200005] [--reps 30]
+    python scripts/ce_chunk_bench.py [--rows 4096] [--columns 200064] [--vocab 200005] [--reps 30] [--device cuda]
 
 Prints milliseconds per chunk of BF16 logits, forward (log-sum-exp and loss) and backward (the logits' gradient),
 and the graphs each way compiled while it also ran a remainder chunk and a second model's width. Ways:
 ``static`` (``dynamic=False``, the 2026-12-05 code), ``dynamic`` (every size symbolic, 2026-12-06 to -07),
 ``model`` (:func:`yxanul.model.compile_chunk_fn` as it is now) and ``eager``. Why: jobs.bench BF16 lost 9% between
-those two commits (scripts/bisect_speed.sh, H100, 2026-12-07).
+those two commits (scripts/bisect_speed.sh, H100, 2026-12-07). ``--device cpu`` (small sizes) checks the script.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import torch
 
@@ -24,12 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--columns", type=int, default=200064)
     parser.add_argument("--vocab", type=int, default=200005)
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--device", default="cuda")
     args = parser.parse_args(argv)
     from torch._dynamo.testing import CompileCounterWithBackend
 
     from yxanul.model import _ce_backward_chunk, _ce_forward_chunk, compile_chunk_fn
 
-    device = torch.device("cuda")
+    device = torch.device(args.device)
     g = torch.Generator(device=device).manual_seed(0)
 
     def inputs(rows: int, columns: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,20 +67,21 @@ def main(argv: list[str] | None = None) -> int:
             times = {"fwd": [], "bwd": []}
             for _ in range(args.reps):
                 for part in ("fwd", "bwd"):
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    t0 = time.perf_counter()
                     if part == "fwd":
                         lse, loss = fwd(logits, targets, args.vocab)
                     else:
                         bwd(logits, targets, lse, one, args.vocab)
-                    end.record()
-                    end.synchronize()
-                    times[part].append(start.elapsed_time(end))
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    times[part].append(1000 * (time.perf_counter() - t0))
         gbytes = logits.numel() * logits.element_size() / 1e9
         row = {"way": name, "fwd_ms": sorted(times["fwd"])[len(times["fwd"]) // 2],
                "bwd_ms": sorted(times["bwd"])[len(times["bwd"]) // 2],
                "graphs": [c.frame_count for c in counters], "logits_gb": round(gbytes, 3),
-               "card": torch.cuda.get_device_name(device), "rows": args.rows, "columns": args.columns}
+               "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "rows": args.rows, "columns": args.columns}
         rows.append(row)
         print(f"{name:<8} fwd {row['fwd_ms']:7.3f} ms  bwd {row['bwd_ms']:7.3f} ms  "
               f"({gbytes:.2f} GB of logits per chunk)  graphs fwd/bwd {row['graphs']}", flush=True)
