@@ -252,8 +252,8 @@ class ModelConfig(_Section):
     """Tokens per chunk of the fused output head + loss: chunk by chunk, the head's logits, their loss and their
     gradients are computed and freed, so the whole tokens x vocabulary logits never exist (13 GB of BF16 for a
     32k-token micro-batch at a 200k vocabulary). 0 = the plain head (all logits, then the chunked loss). auto =
-    4096 when the padded vocabulary has at least 65,536 columns, else 0 (docs/model.md; the GPU measurement in
-    docs/benchmarks.md decides the default). A multiple of 128, so FP8 GEMMs take every chunk."""
+    8192 when the padded vocabulary has at least 65,536 columns, else 0 (yxanul.model.HEAD_CHUNK_AUTO_TOKENS; the
+    GPU measurement in docs/benchmarks.md decided it). A multiple of 128, so FP8 GEMMs take every chunk."""
     init_std: float = Field(0.02, gt=0)
     """Standard deviation of the normal initialisation of linear and embedding weights."""
 
