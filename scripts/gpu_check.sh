@@ -10,9 +10,9 @@
 #   bench-270m | bench-270m-recipes | bench-ladder | bench-270m-mb16 | bench-270m-head   the jobs.bench matrices
 #                    (experiments/bench; -head: the fused chunked head vs the plain head, BF16 and FP8)
 #   bench-rev        our BF16 speed at this commit (plain and fused head) and at an older one, alternating twice on
-#                    one card (experiments/bench/h100-270m-bf16.yaml; REV_ROUNDS=1 once each): REV_DIR=<that commit's platform, jobs and
-#                    experiments>, laid out here by `git archive REV platform jobs experiments | tar -x -C .rev`
-#                    (a folder .git/info/exclude ignores, named in the call's carry)
+#                    one card (experiments/bench/h100-270m-bf16.yaml; REV_ROUNDS=1: once each): REV_DIR=<that
+#                    commit's platform, jobs and experiments>, laid out here by `git archive REV platform jobs
+#                    experiments | tar -x -C .rev` (a folder .git/info/exclude ignores, named in the call's carry)
 #
 # Every stage fits the device tool's 10-minute command limit; give several in one call when they fit together.
 # Work (tokenizer, dataset, MLflow store, Ray storage) stays in $WORK (default /tmp/yxanul-gpu), which outlives
