@@ -2,10 +2,12 @@
 
     python scripts/ce_chunk_bench.py [--rows 4096] [--columns 200064] [--vocab 200005] [--reps 30] [--device cuda]
 
-Prints milliseconds per chunk of BF16 logits, forward (log-sum-exp and loss) and backward (the logits' gradient),
-and the graphs each way compiled while it also ran a remainder chunk and a second model's width. Ways:
-``static`` (``dynamic=False``, the 2026-12-05 code), ``dynamic`` (every size symbolic, 2026-12-06 to -07),
-``model`` (:func:`yxanul.model.compile_chunk_fn` as it is now) and ``eager``. Why: jobs.bench BF16 lost 9% between
+Prints the median milliseconds of one chunk's loss and gradient (the forward kernel's log-sum-exp and loss, then
+the backward kernel's gradient of the BF16 logits, as the fused head runs them) and the graphs each way compiled
+while it also ran a remainder chunk and a second model's width. Ways: ``static`` (``dynamic=False``, the
+2026-12-05 code), ``dynamic`` (every size symbolic, 2026-12-06 to -07), ``model``
+(:func:`yxanul.model.compile_chunk_fn` as it is now), ``fused`` (both kernels in one function, compiled as the
+model's are: a candidate the model does not use) and ``eager``. Why: jobs.bench BF16 lost 9% between
 those two commits (scripts/bisect_speed.sh, H100, 2026-12-07). ``--device cpu`` (small sizes) checks the script.
 """
 
@@ -38,53 +40,62 @@ def main(argv: list[str] | None = None) -> int:
         logits = torch.randn(rows, columns, device=device, generator=g).to(torch.bfloat16)
         return logits, torch.randint(0, vocab, (rows,), device=device, generator=g)
 
-    def ways() -> dict[str, tuple[object, object, list[CompileCounterWithBackend]]]:
-        def plain(dynamic: bool | None):
-            counters = [CompileCounterWithBackend("inductor"), CompileCounterWithBackend("inductor")]
-            fwd = torch.compile(_ce_forward_chunk, dynamic=dynamic, backend=counters[0])
-            bwd = torch.compile(_ce_backward_chunk, dynamic=dynamic, backend=counters[1])
-            return (lambda *a: fwd(*a)), (lambda *a: bwd(*a)), counters
+    def ways() -> dict[str, tuple[object, list[CompileCounterWithBackend]]]:
+        """name -> (pass(logits, targets, vocab) -> gradient of the logits, the graph counters)."""
+        def two(fwd: object, bwd: object) -> object:
+            def run(logits: torch.Tensor, targets: torch.Tensor, vocab: int) -> torch.Tensor:
+                lse, _ = fwd(logits, targets, vocab)
+                return bwd(logits, targets, lse, one, vocab)
+            return run
 
-        counters = [CompileCounterWithBackend("inductor"), CompileCounterWithBackend("inductor")]
+        def plain(dynamic: bool | None) -> tuple[object, list[CompileCounterWithBackend]]:
+            counters = [CompileCounterWithBackend("inductor"), CompileCounterWithBackend("inductor")]
+            return two(torch.compile(_ce_forward_chunk, dynamic=dynamic, backend=counters[0]),
+                       torch.compile(_ce_backward_chunk, dynamic=dynamic, backend=counters[1])), counters
+
+        def loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, vocab: int, scale: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+            lse, loss = _ce_forward_chunk(logits, targets, vocab)
+            return loss, _ce_backward_chunk(logits, targets, lse, scale, vocab)
+
+        model = [CompileCounterWithBackend("inductor"), CompileCounterWithBackend("inductor")]
+        fused = [CompileCounterWithBackend("inductor")]
+        fused_fn = compile_chunk_fn(loss_and_grad, backend=fused[0])
         return {"static": plain(False), "dynamic": plain(True),
-                "model": (compile_chunk_fn(_ce_forward_chunk, backend=counters[0]),
-                          compile_chunk_fn(_ce_backward_chunk, backend=counters[1]), counters),
-                "eager": (_ce_forward_chunk, _ce_backward_chunk, [])}
+                "model": (two(compile_chunk_fn(_ce_forward_chunk, backend=model[0]),
+                              compile_chunk_fn(_ce_backward_chunk, backend=model[1])), model),
+                "fused": (lambda logits, targets, vocab: fused_fn(logits, targets, vocab, one)[1], fused),
+                "eager": (two(_ce_forward_chunk, _ce_backward_chunk), [])}
 
     rows = []
     one = torch.ones((), device=device)
-    for name in ("static", "dynamic", "model", "eager"):
+    for name in ("static", "dynamic", "model", "fused", "eager"):
         torch._dynamo.reset()  # ways compile the same functions: each starts from an empty cache
-        fwd, bwd, counters = ways()[name]
+        run, counters = ways()[name]
         with torch.no_grad():
             # the shapes a run sees: full chunks, a remainder, a second model's width
             for r, c, v in ((args.rows, args.columns, args.vocab), (args.rows // 3, args.columns, args.vocab),
                             (args.rows, 8192, 8000)):
-                logits, targets = inputs(r, c, v)
-                lse, _ = fwd(logits, targets, v)
-                bwd(logits, targets, lse, one, args.vocab if c == args.columns else v)
+                run(*inputs(r, c, v), v)
             logits, targets = inputs(args.rows, args.columns, args.vocab)
-            times = {"fwd": [], "bwd": []}
+            times = []
             for _ in range(args.reps):
-                for part in ("fwd", "bwd"):
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    t0 = time.perf_counter()
-                    if part == "fwd":
-                        lse, loss = fwd(logits, targets, args.vocab)
-                    else:
-                        bwd(logits, targets, lse, one, args.vocab)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    times[part].append(1000 * (time.perf_counter() - t0))
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                run(logits, targets, args.vocab)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times.append(1000 * (time.perf_counter() - t0))
         gbytes = logits.numel() * logits.element_size() / 1e9
-        row = {"way": name, "fwd_ms": sorted(times["fwd"])[len(times["fwd"]) // 2],
-               "bwd_ms": sorted(times["bwd"])[len(times["bwd"]) // 2],
-               "graphs": [c.frame_count for c in counters], "logits_gb": round(gbytes, 3),
-               "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "rows": args.rows, "columns": args.columns}
+        ms = sorted(times)[len(times) // 2]
+        row = {"way": name, "ms": ms, "logits_gb": round(gbytes, 3), "gb_per_s": round(gbytes / ms * 1e3, 1),
+               "graphs": [c.frame_count for c in counters],
+               "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "rows": args.rows,
+               "columns": args.columns}
         rows.append(row)
-        print(f"{name:<8} fwd {row['fwd_ms']:7.3f} ms  bwd {row['bwd_ms']:7.3f} ms  "
-              f"({gbytes:.2f} GB of logits per chunk)  graphs fwd/bwd {row['graphs']}", flush=True)
+        print(f"{name:<8} {ms:7.3f} ms for loss + gradient of {gbytes:.2f} GB of BF16 logits "
+              f"({row['gb_per_s']:,.0f} GB/s of logits)  graphs {row['graphs']}", flush=True)
     for row in rows:
         print(json.dumps(row))
     return 0
