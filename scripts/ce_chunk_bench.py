@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 
@@ -40,38 +41,42 @@ def main(argv: list[str] | None = None) -> int:
         logits = torch.randn(rows, columns, device=device, generator=g).to(torch.bfloat16)
         return logits, torch.randint(0, vocab, (rows,), device=device, generator=g)
 
-    def ways() -> dict[str, tuple[object, list[CompileCounterWithBackend]]]:
-        """name -> (pass(logits, targets, vocab) -> gradient of the logits, the graph counters)."""
-        def two(fwd: object, bwd: object) -> object:
-            def run(logits: torch.Tensor, targets: torch.Tensor, vocab: int) -> torch.Tensor:
-                lse, _ = fwd(logits, targets, vocab)
-                return bwd(logits, targets, lse, one, vocab)
-            return run
+    def two(fwd: object, bwd: object) -> object:
+        """One chunk's pass as the fused head runs it: the forward kernel, then the backward kernel's gradient."""
+        def run(logits: torch.Tensor, targets: torch.Tensor, vocab: int) -> torch.Tensor:
+            lse, _ = fwd(logits, targets, vocab)
+            return bwd(logits, targets, lse, one, vocab)
+        return run
 
-        def plain(dynamic: bool | None) -> tuple[object, list[CompileCounterWithBackend]]:
-            counters = [CompileCounterWithBackend("inductor"), CompileCounterWithBackend("inductor")]
-            return two(torch.compile(_ce_forward_chunk, dynamic=dynamic, backend=counters[0]),
-                       torch.compile(_ce_backward_chunk, dynamic=dynamic, backend=counters[1])), counters
+    def plain(dynamic: bool) -> tuple[object, list[CompileCounterWithBackend]]:
+        counters = [CompileCounterWithBackend("inductor"), CompileCounterWithBackend("inductor")]
+        return two(torch.compile(_ce_forward_chunk, dynamic=dynamic, backend=counters[0]),
+                   torch.compile(_ce_backward_chunk, dynamic=dynamic, backend=counters[1])), counters
 
-        def loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, vocab: int, scale: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-            lse, loss = _ce_forward_chunk(logits, targets, vocab)
-            return loss, _ce_backward_chunk(logits, targets, lse, scale, vocab)
+    def model() -> tuple[object, list[CompileCounterWithBackend]]:
+        counters = [CompileCounterWithBackend("inductor"), CompileCounterWithBackend("inductor")]
+        return two(compile_chunk_fn(_ce_forward_chunk, backend=counters[0]),
+                   compile_chunk_fn(_ce_backward_chunk, backend=counters[1])), counters
 
-        model = [CompileCounterWithBackend("inductor"), CompileCounterWithBackend("inductor")]
-        fused = [CompileCounterWithBackend("inductor")]
-        fused_fn = compile_chunk_fn(loss_and_grad, backend=fused[0])
-        return {"static": plain(False), "dynamic": plain(True),
-                "model": (two(compile_chunk_fn(_ce_forward_chunk, backend=model[0]),
-                              compile_chunk_fn(_ce_backward_chunk, backend=model[1])), model),
-                "fused": (lambda logits, targets, vocab: fused_fn(logits, targets, vocab, one)[1], fused),
-                "eager": (two(_ce_forward_chunk, _ce_backward_chunk), [])}
+    def loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, vocab: int, scale: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        lse, loss = _ce_forward_chunk(logits, targets, vocab)
+        return loss, _ce_backward_chunk(logits, targets, lse, scale, vocab)
+
+    def fused() -> tuple[object, list[CompileCounterWithBackend]]:
+        counters = [CompileCounterWithBackend("inductor")]
+        fn = compile_chunk_fn(loss_and_grad, backend=counters[0])
+        return (lambda logits, targets, vocab: fn(logits, targets, vocab, one)[1]), counters
+
+    # name -> a fresh (pass(logits, targets, vocab) -> gradient of the logits, its graph counters)
+    ways = {"static": lambda: plain(False), "dynamic": lambda: plain(True), "model": model, "fused": fused,
+            "eager": lambda: (two(_ce_forward_chunk, _ce_backward_chunk), [])}
 
     rows = []
     one = torch.ones((), device=device)
-    for name in ("static", "dynamic", "model", "fused", "eager"):
+    for name, make in ways.items():
         torch._dynamo.reset()  # ways compile the same functions: each starts from an empty cache
-        run, counters = ways()[name]
+        run, counters = make()
         with torch.no_grad():
             # the shapes a run sees: full chunks, a remainder, a second model's width
             for r, c, v in ((args.rows, args.columns, args.vocab), (args.rows // 3, args.columns, args.vocab),
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                     torch.cuda.synchronize(device)
                 times.append(1000 * (time.perf_counter() - t0))
         gbytes = logits.numel() * logits.element_size() / 1e9
-        ms = sorted(times)[len(times) // 2]
+        ms = statistics.median(times)
         row = {"way": name, "ms": ms, "logits_gb": round(gbytes, 3), "gb_per_s": round(gbytes / ms * 1e3, 1),
                "graphs": [c.frame_count for c in counters],
                "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "rows": args.rows,
