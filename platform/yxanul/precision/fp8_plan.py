@@ -140,7 +140,7 @@ def layer_shapes(model: nn.Module, tokens_per_microbatch: int) -> dict[str, list
     return shapes
 
 
-def plan_key(model: nn.Module, tokens_per_microbatch: int, recipe: str, device: torch.device, rounds: int = 3
+def plan_key(model: nn.Module, tokens_per_microbatch: int, recipe: str, device: torch.device, rounds: int
              ) -> dict[str, Any]:
     """What a plan depends on; its hash names the cache file."""
     from importlib.metadata import PackageNotFoundError, version
