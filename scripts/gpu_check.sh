@@ -9,6 +9,8 @@
 #   train-vs-bench-2048  the same for the width-2048 preset, bench and train (FP8 auto vs BF16 at width 2048)
 #   bench-270m | bench-270m-recipes | bench-ladder | bench-270m-mb16 | bench-270m-head   the jobs.bench matrices
 #                    (experiments/bench; -head: the fused chunked head vs the plain head, BF16 and FP8)
+#   bench-attention  model.attention_backend flash vs cudnn, BF16 and FP8 auto, yxanul-270m and width-2048
+#                    (experiments/bench/h100-attention.yaml), after scripts/sdpa_bench.py (the kernels alone)
 #   bench-rev        our BF16 speed at this commit (plain and fused head) and at an older one, alternating twice on
 #                    one card (experiments/bench/h100-270m-bf16.yaml; REV_ROUNDS=1: once each): REV_DIR=<that
 #                    commit's platform, jobs and experiments>, laid out here by `git archive REV platform jobs
@@ -67,7 +69,7 @@ bench_rev() {  # HEAD, REV, HEAD, REV: drift on the card lands on both. $REV_ARG
     done
     rm -f "$out"/bench-h100-270m-bf16.md "$out"/bench-rev-old-*.md  # its own tables only: other stages keep theirs
 }
-[ $# -gt 0 ] || { sed -n '3,17p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '3,19p' "$0"; exit 2; }
 for stage in "$@"; do
     case $stage in
         info) info ;;
@@ -80,8 +82,10 @@ for stage in "$@"; do
         bench-ladder) bench h100-ladder || rc=$? ;;
         bench-270m-mb16) bench h100-270m-mb16 || rc=$? ;;
         bench-270m-head) bench h100-270m-head || rc=$? ;;
+        bench-attention) $py scripts/sdpa_bench.py > "$out/sdpa_bench.jsonl" 2> "$out/sdpa_bench.log"; tail -12 "$out/sdpa_bench.jsonl"
+                         bench h100-attention || rc=$? ;;
         bench-rev) bench_rev || rc=$? ;;
-        *) echo "unknown stage $stage; usage:" >&2; sed -n '3,17p' "$0" >&2; exit 2 ;;
+        *) echo "unknown stage $stage; usage:" >&2; sed -n '3,19p' "$0" >&2; exit 2 ;;
     esac
 done
 exit $rc

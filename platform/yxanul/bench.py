@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from yxanul.config import LayerGroup, ModelConfig, OptimConfig, PrecisionConfig
+from yxanul.config import AttentionBackend, LayerGroup, ModelConfig, OptimConfig, PrecisionConfig
 from yxanul.errors import first_line
 from yxanul.files import atomic_write
 from yxanul.metrics import device_spec, flops_per_token, mfu, peak_memory_gib, reset_peak_memory
@@ -52,6 +52,9 @@ class BenchConfig(BaseModel):
     head_chunk_tokens: list[int | Literal["auto"]] = ["auto"]
     """Head paths of our model (``model.head_chunk_tokens``: 0 = the whole logits, N = the fused head in chunks of
     N tokens, auto = the model's default); every precision is run with every head path."""
+    attention_backends: list[AttentionBackend] = ["auto"]
+    """Attention kernels of our model (``model.attention_backend``: auto, torch, cudnn, flash, efficient, math);
+    every precision and head path is run with each."""
     fp8_layer_sets: list[list[LayerGroup] | Literal["auto"]] = ["auto"]
     """FP8 layer selections (fp8 runs only), each a list of groups or auto (the plan measured on this card,
     as training measures it); every recipe is run with every selection."""
@@ -105,6 +108,10 @@ class BenchResult:
     """Our model's head path as built (``plain`` or ``chunk 4096``); None for the peer."""
     head_in_label: bool = False
     """The matrix varies the head path, so the label names it."""
+    attention: str | None = None
+    """Our model's ``model.attention_backend`` (None for the peer: torch's own choice)."""
+    attention_in_label: bool = False
+    """The matrix varies the attention backend, so the label names it."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -117,11 +124,13 @@ class BenchResult:
 
     @property
     def _head_label(self) -> str:
-        return f", {self.head} head" if self.head_in_label and self.head else ""
+        head = f", {self.head} head" if self.head_in_label and self.head else ""
+        return head + (f", {self.attention} attention" if self.attention_in_label and self.attention else "")
 
 
-def _model_cfg(cfg: BenchConfig, preset: str, head_chunk_tokens: int | str = "auto") -> ModelConfig:
-    data: dict[str, Any] = {"preset": preset, "head_chunk_tokens": head_chunk_tokens}
+def _model_cfg(cfg: BenchConfig, preset: str, head_chunk_tokens: int | str = "auto", attention: str = "auto"
+               ) -> ModelConfig:
+    data: dict[str, Any] = {"preset": preset, "head_chunk_tokens": head_chunk_tokens, "attention_backend": attention}
     if cfg.n_layers is not None:
         data["n_layers"] = cfg.n_layers
     if cfg.vocab_size is not None:
@@ -129,19 +138,21 @@ def _model_cfg(cfg: BenchConfig, preset: str, head_chunk_tokens: int | str = "au
     return ModelConfig.model_validate(data)
 
 
-def plan(cfg: BenchConfig) -> list[tuple[str, PrecisionConfig | None, int | str]]:
-    """(preset, precision, head_chunk_tokens) for every run; None precision = the peer (its own head)."""
-    runs: list[tuple[str, PrecisionConfig | None, int | str]] = []
+def plan(cfg: BenchConfig) -> list[tuple[str, PrecisionConfig | None, int | str, str]]:
+    """(preset, precision, head_chunk_tokens, attention_backend) for every run; None precision = the peer (its own
+    head and torch's own attention)."""
+    runs: list[tuple[str, PrecisionConfig | None, int | str, str]] = []
     for preset in cfg.presets:
         if cfg.peer:
-            runs.append((preset, None, "auto"))
-        for mode, head in itertools.product(cfg.precisions, cfg.head_chunk_tokens):
+            runs.append((preset, None, "auto", "auto"))
+        for mode, head, attention in itertools.product(cfg.precisions, cfg.head_chunk_tokens, cfg.attention_backends):
             if mode != "fp8":
-                runs.append((preset, PrecisionConfig(mode=mode), head))
+                runs.append((preset, PrecisionConfig(mode=mode), head, attention))
                 continue
             for recipe, layers in itertools.product(cfg.recipes, cfg.fp8_layer_sets):
                 runs.append((preset, PrecisionConfig(mode="fp8", recipe=recipe,
-                                                     fp8_layers=layers if layers == "auto" else list(layers)), head))
+                                                     fp8_layers=layers if layers == "auto" else list(layers)),
+                             head, attention))
     return runs
 
 
@@ -154,12 +165,13 @@ def _head(mcfg: ModelConfig) -> str:
 
 def describe_plan(cfg: BenchConfig) -> str:
     lines = []
-    for preset, prec, head in plan(cfg):
-        mcfg = _model_cfg(cfg, preset, head)
+    for preset, prec, head, attention in plan(cfg):
+        mcfg = _model_cfg(cfg, preset, head, attention)
         count = parameter_count(mcfg).total
         what = "HF LlamaForCausalLM peer, bf16" if prec is None else (
             f"yxanul {prec.mode}" + (f" recipe={prec.recipe} fp8_layers={_layers_label(prec.fp8_layers)}"
-                                     if prec.mode == "fp8" else "") + f", {_head(mcfg)} head")
+                                     if prec.mode == "fp8" else "") + f", {_head(mcfg)} head"
+            + (f", {attention} attention" if len(cfg.attention_backends) > 1 else ""))
         lines.append(f"{preset:<14} {count:>14,d} params  {flops_per_token(mcfg, cfg.seq_len) / 1e9:7.3f} "
                      f"GFLOP/token  {what}")
     return "\n".join(lines)
@@ -277,8 +289,8 @@ def run_bench(cfg: BenchConfig, log: Any = print) -> list[BenchResult]:
     if device.type == "cuda" and "fp8" in cfg.precisions:
         preload_te()  # before the peer's attention loads torch's cuDNN
     results: list[BenchResult] = []
-    for preset, prec, head in plan(cfg):
-        mcfg = _model_cfg(cfg, preset, head)
+    for preset, prec, head, attention in plan(cfg):
+        mcfg = _model_cfg(cfg, preset, head, attention)
         result = BenchResult(
             preset=preset, impl="hf-peer" if prec is None else "yxanul",
             precision="bf16" if prec is None else prec.mode,
@@ -286,7 +298,8 @@ def run_bench(cfg: BenchConfig, log: Any = print) -> list[BenchResult]:
             fp8_layers=_layers_label(prec.fp8_layers) if prec is not None and prec.mode == "fp8" else None,
             micro_batch=cfg.micro_batch, seq_len=cfg.seq_len, params=parameter_count(mcfg).total,
             flops_per_token=flops_per_token(mcfg, cfg.seq_len), card=card,
-            head=None if prec is None else _head(mcfg), head_in_label=len(cfg.head_chunk_tokens) > 1)
+            head=None if prec is None else _head(mcfg), head_in_label=len(cfg.head_chunk_tokens) > 1,
+            attention=None if prec is None else attention, attention_in_label=len(cfg.attention_backends) > 1)
         log(f"[bench] {preset}: {result.label} ...")
         try:
             if prec is None:
@@ -319,8 +332,9 @@ def _ratios(results: list[BenchResult]) -> None:
         for r in rows:
             if peer is not None and r is not peer:
                 r.vs_peer = r.tokens_per_s / peer.tokens_per_s
-            # against our BF16 with the same head path, else the first BF16 row
-            bf16 = next((b for b in rows if b.impl == "yxanul" and b.precision == "bf16" and b.head == r.head),
+            # against our BF16 with the same head path and attention, else the first BF16 row
+            bf16 = next((b for b in rows if b.impl == "yxanul" and b.precision == "bf16" and b.head == r.head
+                         and b.attention == r.attention),
                         next((b for b in rows if b.impl == "yxanul" and b.precision == "bf16"), None))
             if bf16 is not None and r.impl == "yxanul":
                 r.vs_bf16 = r.tokens_per_s / bf16.tokens_per_s

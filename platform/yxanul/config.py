@@ -31,6 +31,8 @@ LayerGroup = Literal["attention", "mlp", "head"]
 mlp = gate|up + down, head = the output head."""
 LAYER_GROUPS: tuple[str, ...] = get_args(LayerGroup)
 """Every :data:`LayerGroup`, in the order the model runs them."""
+AttentionBackend = Literal["auto", "torch", "cudnn", "flash", "efficient", "math"]
+"""``model.attention_backend``: which fused attention kernels SDPA tries first (yxanul.model.attention_priority)."""
 
 
 def experiments_dir() -> Path:
@@ -254,6 +256,12 @@ class ModelConfig(_Section):
     32k-token micro-batch at a 200k vocabulary). 0 = the plain head (all logits, then the chunked loss). auto =
     8192 when the padded vocabulary has at least 65,536 columns, else 0 (yxanul.model.HEAD_CHUNK_AUTO_TOKENS; the
     GPU measurement in docs/benchmarks.md decided it). A multiple of 128, so FP8 GEMMs take every chunk."""
+    attention_backend: AttentionBackend = "auto"
+    """Which fused attention kernels ``scaled_dot_product_attention`` tries first (the others stay behind it, so a
+    shape one cannot serve falls back): torch = torch's own order (FlashAttention-2 first, cuDNN last); cudnn,
+    flash, efficient, math = that backend first; auto = cudnn on compute capability 9.x (H100, H200), torch's
+    order elsewhere (yxanul.model.attention_priority; measurement: docs/benchmarks.md). The same attention either
+    way, to rounding: it chooses kernels, not the model."""
     init_std: float = Field(0.02, gt=0)
     """Standard deviation of the normal initialisation of linear and embedding weights."""
 

@@ -21,6 +21,7 @@ measurement all take it.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from yxanul.config import LAYER_GROUPS, ModelConfig
 from yxanul.errors import ConfigError
@@ -39,6 +41,7 @@ __all__ = [
     "ParameterCount",
     "RMSNorm",
     "Yxanul",
+    "attention_priority",
     "bits_per_byte",
     "cross_entropy",
     "linear_cross_entropy",
@@ -158,6 +161,34 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + _rotate_half(x) * sin
 
 
+_SDPA_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                  "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+_TORCH_ORDER = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH,
+                SDPBackend.CUDNN_ATTENTION)
+"""torch's own priority among the backends (``torch._C._get_sdp_priority_order()`` of torch 2.11 to 2.13)."""
+
+
+def attention_priority(choice: str, device: torch.device) -> list[SDPBackend] | None:
+    """The order in which ``scaled_dot_product_attention`` should try its backends for ``model.attention_backend =
+    choice`` on ``device``; None: torch's own order. Every backend stays in the list, the chosen one first, so a
+    shape it cannot serve falls back to the next.
+
+    auto = cuDNN first on compute capability 9.x (H100, H200), torch's order elsewhere. Why: torch tries
+    FlashAttention-2 first wherever it runs, and on Hopper cuDNN's fused attention was 1.7-2.3x faster for training
+    shapes at the same accuracy, while slower on Ampere and Blackwell and even on Ada (Hugging Face transformers
+    PR 48163, six cards, 2026-08); our own measurement is in docs/benchmarks.md."""
+    if choice == "auto":
+        hopper = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] == 9
+        choice = "cudnn" if hopper else "torch"
+    if choice == "torch":
+        return None
+    if choice not in _SDPA_BACKENDS:
+        raise ConfigError(f"model.attention_backend={choice!r} is not one of auto, torch, "
+                          f"{', '.join(_SDPA_BACKENDS)}")
+    first = _SDPA_BACKENDS[choice]
+    return [first, *(b for b in _TORCH_ORDER if b != first)]
+
+
 class CausalSelfAttention(nn.Module):
     """RoPE + grouped-query causal scaled-dot-product attention on a fused (B, T, q|k|v) input.
 
@@ -181,7 +212,7 @@ class CausalSelfAttention(nn.Module):
             group = nh // nkv
             k = k[:, :, None].expand(b, nkv, group, t, hd).reshape(b, nh, t, hd)
             v = v[:, :, None].expand(b, nkv, group, t, hd).reshape(b, nh, t, hd)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # flash / cuDNN kernels on GPU
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # kernels: model.attention_backend (hidden_states)
         return y.transpose(1, 2).reshape(b, t, nh * hd)
 
 
@@ -280,6 +311,8 @@ class Yxanul(nn.Module):
         self.final_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden, self.padded_vocab, bias=False)
         self.head_chunk_tokens = resolve_head_chunk_tokens(cfg, self.padded_vocab)
+        self._attention_orders: dict[torch.device, list[SDPBackend] | None] = {}
+        """device -> the SDPA priority of ``cfg.attention_backend`` there (resolved on the first forward)."""
         """Tokens per chunk of the fused head + loss (:func:`linear_cross_entropy`); 0: the plain head."""
         cos, sin = _rope_tables(cfg.max_positions, self.head_dim, cfg.rope_theta)
         # Not in the state dict: derived from the config, identical in every checkpoint.
@@ -336,12 +369,25 @@ class Yxanul(nn.Module):
         return _rope_tables(seq_len, self.head_dim, self.cfg.rope_theta, self.rope_cos.device)
 
     def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, hidden) after the final norm."""
+        """(B, T) token ids -> (B, T, hidden) after the final norm.
+
+        The blocks run under ``model.attention_backend``'s SDPA priority (:func:`attention_priority`), entered here,
+        outside the regionally compiled blocks: a compiled block is traced under it, so the chosen attention
+        kernels are baked into its graph, and no ``sdpa_kernel`` node lands inside a graph (one there makes
+        AOTAutograd bypass its cache: pytorch/pytorch issue 194007). Backward runs the backward of the forward's
+        kernel whatever the priority then."""
         cos, sin = self.rope(tokens.shape[1])
         x = self.embed(tokens)
-        for block in self.blocks:
-            x = block(x, cos, sin)
+        with self._attention_kernels(tokens.device):
+            for block in self.blocks:
+                x = block(x, cos, sin)
         return self.final_norm(x)
+
+    def _attention_kernels(self, device: torch.device) -> contextlib.AbstractContextManager[object]:
+        order = self._attention_orders.get(device)
+        if device not in self._attention_orders:
+            order = self._attention_orders[device] = attention_priority(self.cfg.attention_backend, device)
+        return contextlib.nullcontext() if order is None else sdpa_kernel(order, set_priority=True)
 
     def forward(self, tokens: torch.Tensor, mask_padding: bool = True, targets: torch.Tensor | None = None
                 ) -> torch.Tensor:

@@ -100,6 +100,25 @@ def test_bench_runs_on_cpu_with_the_peer(capsys, tmp_path):
     assert "| tiny | bf16 |" in out.with_suffix(".md").read_text() and "| tiny | bf16 |" in stdout
 
 
+def test_bench_measures_each_attention_backend_against_bf16_with_the_same_backend(capsys, tmp_path):
+    out = tmp_path / "bench.jsonl"
+    code, stdout, err = _job(capsys, str(ROOT / "experiments/bench/cpu-smoke.yaml"), f"output={out}", "steps=1",
+                             "peer=false", "precisions=[fp32,bf16]", "attention_backends=[torch,cudnn]")
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["label"] for row in rows] == ["fp32, torch attention", "fp32, cudnn attention",
+                                              "bf16, torch attention", "bf16, cudnn attention"]
+    assert [row["attention"] for row in rows] == ["torch", "cudnn", "torch", "cudnn"]
+    # each against the BF16 row of its own backend
+    assert rows[2]["vs_bf16"] == rows[3]["vs_bf16"] == 1.0
+    assert rows[1]["vs_bf16"] == pytest.approx(rows[1]["tokens_per_s"] / rows[3]["tokens_per_s"])
+    # the CPU runs the same attention kernel whatever the priority: the same seeded loss to the bit
+    assert rows[0]["loss_first"] == rows[1]["loss_first"] and rows[2]["loss_first"] == rows[3]["loss_first"]
+    code, stdout, _ = _job(capsys, str(ROOT / "experiments/bench/cpu-smoke.yaml"), "--dry-run",
+                           "attention_backends=[torch,cudnn]")
+    assert code == 0 and "bf16, plain head, torch attention" in stdout and "cudnn attention" in stdout
+
+
 def test_bench_measures_each_head_path_against_bf16_with_the_same_head(capsys, tmp_path):
     out = tmp_path / "bench.jsonl"
     code, stdout, err = _job(capsys, str(ROOT / "experiments/bench/cpu-smoke.yaml"), f"output={out}", "steps=1",

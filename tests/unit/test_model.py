@@ -10,7 +10,7 @@ import torch
 from yxanul.config import ModelConfig, experiments_dir
 from yxanul.errors import ConfigError
 from yxanul.export import hf_config, to_hf_state_dict
-from yxanul.model import Yxanul, _rope_tables, apply_rope, padded_vocab_size, parameter_count
+from yxanul.model import Yxanul, _rope_tables, apply_rope, attention_priority, padded_vocab_size, parameter_count
 
 VOCAB = 1000  # padded to 1024
 
@@ -133,6 +133,67 @@ def test_gqa_equals_full_attention_with_repeated_kv_heads():
     x = torch.randint(0, VOCAB, (2, 33))
     with torch.no_grad():
         assert torch.allclose(gqa(x), mha(x), atol=1e-5)
+
+
+def test_attention_backend_auto_puts_cudnn_first_on_hopper_only(monkeypatch):
+    from torch.nn.attention import SDPBackend as B
+
+    cuda = torch.device("cuda", 0)
+    for capability, first in (((9, 0), B.CUDNN_ATTENTION), ((8, 0), None), ((8, 9), None), ((10, 0), None)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        order = attention_priority("auto", cuda)
+        assert (order[0] if order else None) == first, capability
+    assert attention_priority("auto", torch.device("cpu")) is None
+    assert attention_priority("torch", cuda) is None
+    # an explicit choice goes first and every other backend stays behind it, so a shape it cannot serve falls back
+    assert attention_priority("flash", torch.device("cpu")) == [B.FLASH_ATTENTION, B.EFFICIENT_ATTENTION, B.MATH,
+                                                                B.CUDNN_ATTENTION]
+    assert attention_priority("cudnn", cuda) == [B.CUDNN_ATTENTION, B.FLASH_ATTENTION, B.EFFICIENT_ATTENTION, B.MATH]
+    with pytest.raises(Exception, match="attention_backend"):
+        cfg(attention_backend="flash3")
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_blocks_attend_under_the_chosen_priority_and_it_is_restored_after(monkeypatch, compiled):
+    """Eager, SDPA sees the chosen priority at every call; compiled, every block graph is compiled under it (a
+    compiled graph keeps the kernels it was traced with). The process's own priority is back after the forward:
+    nothing leaks into another model (the bench's peer). (torch's CPU attention ignores the priority, so the
+    kernels themselves are checked on the GPU: tests/gpu/test_attention_gpu.py.)"""
+    import yxanul.model as model_module
+    from yxanul.precision import compile_model
+
+    default = torch._C._get_sdp_priority_order()
+    seen: list[list[int]] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(list(torch._C._get_sdp_priority_order()))
+        return real(*args, **kwargs)
+
+    def recording_backend(gm, example_inputs):  # Dynamo calls it once per graph, while compiling
+        if any(n.target is real for n in gm.graph.nodes):  # a block's graph (not the final norm's)
+            seen.append(list(torch._C._get_sdp_priority_order()))
+        return gm.forward
+
+    if not compiled:
+        monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
+    x = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    losses = {}
+    for backend in ("torch", "cudnn"):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = Yxanul(cfg(attention_backend=backend))
+        if compiled:
+            compile_model(model, backend=recording_backend)
+        seen.clear()
+        losses[backend] = model(x, targets=x).item()
+        assert seen, "no attention call or compilation was seen"
+        want = default if backend == "torch" else [int(b) for b in attention_priority("cudnn", torch.device("cuda"))]
+        assert all(order[:len(want)] == want for order in seen), (backend, seen)  # torch appends what is not named
+        assert torch._C._get_sdp_priority_order() == default
+    # the CPU runs the same kernel either way: the same loss to the bit
+    assert losses["cudnn"] == losses["torch"]
+    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("shape", [dict(embed_rank=16), dict(embed_rank=0), dict(embed_rank=0, tie_embeddings=True),
