@@ -122,6 +122,36 @@ def test_the_plan_takes_medians_of_rounds_so_a_cards_warm_up_does_not_decide_it(
                          rounds=0)
 
 
+def test_a_call_is_timed_back_to_back_with_the_others_not_synchronised_one_by_one(monkeypatch):
+    """As training runs its layers: the host queues call after call while the GPU works, so a call's host work
+    (heavier in FP8) is not added to every measured call. One pair of events around all timed calls, one sync."""
+    from yxanul.precision import fp8_plan
+
+    log: list[str] = []
+
+    class Event:
+        count = 0
+
+        def __init__(self, enable_timing: bool) -> None:
+            assert enable_timing
+            Event.count += 1
+            self.name = "start" if Event.count % 2 else "end"
+
+        def record(self) -> None:
+            log.append(f"{self.name}.record")
+
+        def synchronize(self) -> None:
+            log.append(f"{self.name}.synchronize")
+
+        def elapsed_time(self, other: Event) -> float:
+            return 30.0
+
+    monkeypatch.setattr(fp8_plan.torch.cuda, "Event", Event)
+    ms = fp8_plan._per_call_ms(lambda: log.append("call"), warmup=2, iters=3)
+    assert log == ["call", "call", "start.record", "call", "call", "call", "end.record", "end.synchronize"]
+    assert ms == 10.0  # 30 ms over 3 calls
+
+
 def test_the_plan_needs_a_gpu_unless_given_a_measurement():
     with pytest.raises(PrecisionError, match="no CUDA device"):
         measure_fp8_plan(meta_model(), tokens_per_microbatch=1024, recipe="delayed", device=CPU)

@@ -14,11 +14,11 @@ in FP8 (``te.Linear`` under ``te.autocast``), and keeps FP8 only where it is at 
 
 The layer shapes are read from the model as built (:func:`layer_shapes`: every linear of a group, counted by
 shape; the head as it runs, per chunk of ``model.head_chunk_tokens`` when the model chunks it), never
-recomputed from the config. A group's time is the sum over its shapes of calls x the median time of one call
-(CUDA events, median of ``iters`` after ``warmup``; then the median of ``rounds`` such measurements, BF16 and FP8
-of a shape taken side by side in each round); its memory is the largest extra memory one call allocates
-during forward + backward (the inputs and weights it is given excluded): what FP8 adds or saves per layer,
-e.g. the FP8 copies of a 200k-wide head's gradient. Fresh random inputs, inside ``torch.random.fork_rng`` so
+recomputed from the config. A group's time is the sum over its shapes of calls x the time of one call (CUDA
+events around ``iters`` calls run back to back after ``warmup``, as training runs them; then the median of
+``rounds`` such measurements, BF16 and FP8 of a shape taken side by side in each round); its memory is the
+largest extra memory one call allocates during forward + backward (the inputs and weights it is given excluded):
+what FP8 adds or saves per layer, e.g. the FP8 copies of a 200k-wide head's gradient. Fresh random inputs, inside ``torch.random.fork_rng`` so
 the run's own random state is untouched (the FP8 and BF16 arms of a comparison initialise identically). The
 result is cached as JSON per (card, shapes, micro-batch, recipe, Transformer Engine and torch versions), so
 trials of a sweep measure once. ``measure`` replaces the CUDA measurement (tests drive the plan with a fake
@@ -49,8 +49,9 @@ GROUPS: tuple[str, ...] = LAYER_GROUPS
 MIN_GAIN = 0.02
 """A group goes to FP8 only when its FP8 time is at most (1 - MIN_GAIN) x its BF16 time: a gain smaller
 than that is within the timing noise seen between repeated measurements, and FP8 costs some accuracy."""
-_FORMAT = 3
-"""Version of the cached plan's content (2: memory per group, shapes read from the model; 3: medians of rounds)."""
+_FORMAT = 4
+"""Version of the cached plan's content (2: memory per group, shapes read from the model; 3: medians of rounds;
+4: the time of calls run back to back)."""
 
 
 @dataclass(frozen=True)
@@ -167,23 +168,27 @@ def _key_hash(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _median_ms(fn: Callable[[], None], warmup: int, iters: int) -> float:
+def _per_call_ms(fn: Callable[[], None], warmup: int, iters: int) -> float:
+    """Milliseconds per call of ``fn``: ``iters`` calls back to back between two CUDA events (after ``warmup``
+    calls), their mean. Back to back, as training runs its layers: the host queues the next call while the GPU
+    runs this one, so a call's Python and launch work counts where it outlasts its GPU work and not on top of
+    it. Timed one synchronised call at a time (until 2026-12-07), FP8 varied between processes where BF16 did
+    not: attention at width 2048, FP8 37.6 ms in the bench's plan and 47.1 ms in the job's, BF16 40.4 and 40.6
+    (one H100); FP8 calls carry more host work (Transformer Engine's quantization bookkeeping), a likely cause."""
     for _ in range(warmup):
         fn()
-    times = []
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
     for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
         fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / iters
 
 
 def _cuda_measure(recipe_obj: Any, device: torch.device, warmup: int, iters: int) -> Measure:
     """The real measurement: one linear of the shape, forward + backward on fresh inputs, BF16 autocast or
-    ``te.Linear`` under ``te.autocast``; its median time, then the peak memory of one more call above what was
+    ``te.Linear`` under ``te.autocast``; its time per call (:func:`_per_call_ms`), then the peak memory of one more call above what was
     allocated before it (inputs, weights and their gradients of the earlier calls)."""
     import transformer_engine.pytorch as te
 
@@ -205,7 +210,7 @@ def _cuda_measure(recipe_obj: Any, device: torch.device, warmup: int, iters: int
                     y = mod(x)
             y.backward(grad)
 
-        ms = _median_ms(once, warmup, iters)
+        ms = _per_call_ms(once, warmup, iters)
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
