@@ -147,7 +147,7 @@ def test_a_call_is_timed_back_to_back_with_the_others_not_synchronised_one_by_on
             return 30.0
 
     monkeypatch.setattr(fp8_plan.torch.cuda, "Event", Event)
-    ms = fp8_plan._per_call_ms(lambda: log.append("call"), warmup=2, iters=3)
+    ms = fp8_plan.per_call_ms(lambda: log.append("call"), warmup=2, iters=3)
     assert log == ["call", "call", "start.record", "call", "call", "call", "end.record", "end.synchronize"]
     assert ms == 10.0  # 30 ms over 3 calls
 

@@ -442,3 +442,24 @@ def test_the_calibration_compares_seeds_on_the_same_batches_only_where_they_shar
     orders = [row(0, 0.0, order_seed=None), row(1, 0.05, order_seed=None)]
     assert script.by_rate(orders)[0]["train_loss_sd_end"] is None
     assert "do not share a data order" in script.gaps(orders)
+
+
+def test_sdpa_bench_runs_each_backend_on_the_cpu_and_compares_it_with_the_first(capsys):
+    """scripts/sdpa_bench.py (the attention kernels alone, for the GPU machine) runs on the CPU, names the backends
+    the CPU lacks instead of failing, and its math attention agrees with the fused CPU kernel to BF16 rounding."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("sdpa_bench", REPO / "scripts" / "sdpa_bench.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--device", "cpu", "--batch", "1", "--seq", "32"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by = {(r["preset"], r["backend"]): r for r in rows}
+    assert {p for p, _ in by} == {"yxanul-270m", "width-2048"}
+    assert "No viable backend" in by[("yxanul-270m", "cudnn")]["error"]  # the CPU has no cuDNN attention
+    for preset in ("yxanul-270m", "width-2048"):
+        diffs = by[(preset, "math")]["max_rel_diff_vs_first"]
+        # relative to each tensor's largest element: a few BF16 roundings (2^-8 each) of it apart at most
+        assert 0 <= max(diffs.values()) <= 4 * 2**-8, diffs
+        assert by[(preset, "compiled, cudnn first")]["max_rel_diff_vs_first"]["out"] <= 4 * 2**-8

@@ -43,7 +43,8 @@ from torch import nn
 from yxanul.config import LAYER_GROUPS
 from yxanul.files import atomic_write
 
-__all__ = ["GROUPS", "MIN_GAIN", "Fp8Plan", "LayerShape", "Measure", "layer_shapes", "measure_fp8_plan", "plan_key"]
+__all__ = ["GROUPS", "MIN_GAIN", "Fp8Plan", "LayerShape", "Measure", "layer_shapes", "measure_fp8_plan", "per_call_ms",
+           "plan_key"]
 
 GROUPS: tuple[str, ...] = LAYER_GROUPS
 MIN_GAIN = 0.02
@@ -168,7 +169,7 @@ def _key_hash(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _per_call_ms(fn: Callable[[], None], warmup: int, iters: int) -> float:
+def per_call_ms(fn: Callable[[], None], warmup: int, iters: int) -> float:
     """Milliseconds per call of ``fn``: ``iters`` calls back to back between two CUDA events (after ``warmup``
     calls), their mean. Back to back, as training runs its layers: the host queues the next call while the GPU
     runs this one, so a call's Python and launch work counts where it outlasts its GPU work and not on top of
@@ -188,8 +189,8 @@ def _per_call_ms(fn: Callable[[], None], warmup: int, iters: int) -> float:
 
 def _cuda_measure(recipe_obj: Any, device: torch.device, warmup: int, iters: int) -> Measure:
     """The real measurement: one linear of the shape, forward + backward on fresh inputs, BF16 autocast or
-    ``te.Linear`` under ``te.autocast``; its time per call (:func:`_per_call_ms`), then the peak memory of one more call above what was
-    allocated before it (inputs, weights and their gradients of the earlier calls)."""
+    ``te.Linear`` under ``te.autocast``; its time per call (:func:`per_call_ms`), then the peak memory of one more
+    call above what was allocated before it (inputs, weights and their gradients of the earlier calls)."""
     import transformer_engine.pytorch as te
 
     def measure(shape: LayerShape, fp8: bool) -> tuple[float, int]:
@@ -210,7 +211,7 @@ def _cuda_measure(recipe_obj: Any, device: torch.device, warmup: int, iters: int
                     y = mod(x)
             y.backward(grad)
 
-        ms = _per_call_ms(once, warmup, iters)
+        ms = per_call_ms(once, warmup, iters)
         torch.cuda.synchronize(device)
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
