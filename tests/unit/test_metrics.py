@@ -100,12 +100,17 @@ def test_bench_runs_on_cpu_with_the_peer(capsys, tmp_path):
     assert "| tiny | bf16 |" in out.with_suffix(".md").read_text() and "| tiny | bf16 |" in stdout
 
 
-def test_bench_measures_each_attention_backend_against_bf16_with_the_same_backend(capsys, tmp_path):
+def _smoke_rows(capsys, tmp_path, *overrides: str) -> list[dict]:
+    """The rows of experiments/bench/cpu-smoke.yaml, one step, no peer, with ``overrides``."""
     out = tmp_path / "bench.jsonl"
-    code, stdout, err = _job(capsys, str(ROOT / "experiments/bench/cpu-smoke.yaml"), f"output={out}", "steps=1",
-                             "peer=false", "precisions=[fp32,bf16]", "attention_backends=[torch,cudnn]")
+    code, _, err = _job(capsys, str(ROOT / "experiments/bench/cpu-smoke.yaml"), f"output={out}", "steps=1",
+                        "peer=false", *overrides)
     assert code == 0, err
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_bench_measures_each_attention_backend_against_bf16_with_the_same_backend(capsys, tmp_path):
+    rows = _smoke_rows(capsys, tmp_path, "precisions=[fp32,bf16]", "attention_backends=[torch,cudnn]")
     assert [row["label"] for row in rows] == ["fp32, torch attention", "fp32, cudnn attention",
                                               "bf16, torch attention", "bf16, cudnn attention"]
     assert [row["attention"] for row in rows] == ["torch", "cudnn", "torch", "cudnn"]
@@ -120,11 +125,7 @@ def test_bench_measures_each_attention_backend_against_bf16_with_the_same_backen
 
 
 def test_bench_measures_each_head_path_against_bf16_with_the_same_head(capsys, tmp_path):
-    out = tmp_path / "bench.jsonl"
-    code, stdout, err = _job(capsys, str(ROOT / "experiments/bench/cpu-smoke.yaml"), f"output={out}", "steps=1",
-                             "peer=false", "precisions=[bf16]", "head_chunk_tokens=[0,128]")
-    assert code == 0, err
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = _smoke_rows(capsys, tmp_path, "precisions=[bf16]", "head_chunk_tokens=[0,128]")
     assert [row["label"] for row in rows] == ["bf16, plain head", "bf16, chunk 128 head"]
     assert [row["head"] for row in rows] == ["plain", "chunk 128"]
     assert [row["vs_bf16"] for row in rows] == [1.0, 1.0]  # each against the BF16 row of its own head path
