@@ -55,7 +55,9 @@ def test_the_chosen_attention_kernels_run_and_agree(compiled):
     flash_kernels, cudnn_kernels, auto_kernels = (runs[b][0] for b in ("flash", "cudnn", "auto"))
     assert any(FLASH in k for k in flash_kernels) and not any(CUDNN in k for k in flash_kernels)
     assert any(CUDNN in k for k in cudnn_kernels) and not any(FLASH in k for k in cudnn_kernels)
-    assert auto_kernels == (cudnn_kernels if CC[0] == 9 else flash_kernels)
+    auto_runs = CUDNN if CC[0] == 9 else FLASH  # auto: cuDNN on Hopper, torch's own choice elsewhere
+    assert any(auto_runs in k for k in auto_kernels)
+    assert not any((FLASH if CC[0] == 9 else CUDNN) in k for k in auto_kernels)
     # the same attention in other kernels: the loss within BF16's rounding of it (2^-8 relative), the gradients
     # pointing the same way (a relative error e in every element keeps the cosine above 1 - e^2 / 2: 1 - 2^-10
     # allows e = 2^-4.5, BF16 rounding (2^-8) compounded through 4 layers and the backward with room to spare)
