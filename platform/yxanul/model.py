@@ -311,8 +311,6 @@ class Yxanul(nn.Module):
         self.final_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.hidden, self.padded_vocab, bias=False)
         self.head_chunk_tokens = resolve_head_chunk_tokens(cfg, self.padded_vocab)
-        self._attention_orders: dict[torch.device, list[SDPBackend] | None] = {}
-        """device -> the SDPA priority of ``cfg.attention_backend`` there (resolved on the first forward)."""
         """Tokens per chunk of the fused head + loss (:func:`linear_cross_entropy`); 0: the plain head."""
         cos, sin = _rope_tables(cfg.max_positions, self.head_dim, cfg.rope_theta)
         # Not in the state dict: derived from the config, identical in every checkpoint.
@@ -378,16 +376,11 @@ class Yxanul(nn.Module):
         kernel whatever the priority then."""
         cos, sin = self.rope(tokens.shape[1])
         x = self.embed(tokens)
-        with self._attention_kernels(tokens.device):
+        order = attention_priority(self.cfg.attention_backend, tokens.device)
+        with contextlib.nullcontext() if order is None else sdpa_kernel(order, set_priority=True):
             for block in self.blocks:
                 x = block(x, cos, sin)
         return self.final_norm(x)
-
-    def _attention_kernels(self, device: torch.device) -> contextlib.AbstractContextManager[object]:
-        order = self._attention_orders.get(device)
-        if device not in self._attention_orders:
-            order = self._attention_orders[device] = attention_priority(self.cfg.attention_backend, device)
-        return contextlib.nullcontext() if order is None else sdpa_kernel(order, set_priority=True)
 
     def forward(self, tokens: torch.Tensor, mask_padding: bool = True, targets: torch.Tensor | None = None
                 ) -> torch.Tensor:
