@@ -82,8 +82,8 @@ for stage in "$@"; do
         bench-ladder) bench h100-ladder || rc=$? ;;
         bench-270m-mb16) bench h100-270m-mb16 || rc=$? ;;
         bench-270m-head) bench h100-270m-head || rc=$? ;;
-        bench-attention) $py scripts/sdpa_bench.py > "$out/sdpa_bench.jsonl" 2> "$out/sdpa_bench.log"; tail -12 "$out/sdpa_bench.jsonl"
-                         bench h100-attention || rc=$? ;;
+        bench-attention) $py scripts/sdpa_bench.py > "$out/sdpa_bench.jsonl" 2> "$out/sdpa_bench.log" || rc=$?
+                         tail -12 "$out/sdpa_bench.jsonl"; bench h100-attention || rc=$? ;;
         bench-rev) bench_rev || rc=$? ;;
         *) echo "unknown stage $stage; usage:" >&2; sed -n '3,19p' "$0" >&2; exit 2 ;;
     esac
