@@ -18,11 +18,11 @@ recomputed from the config. A group's time is the sum over its shapes of calls x
 events around ``iters`` calls run back to back after ``warmup``, as training runs them; then the median of
 ``rounds`` such measurements, BF16 and FP8 of a shape taken side by side in each round); its memory is the
 largest extra memory one call allocates during forward + backward (the inputs and weights it is given excluded):
-what FP8 adds or saves per layer, e.g. the FP8 copies of a 200k-wide head's gradient. Fresh random inputs, inside ``torch.random.fork_rng`` so
-the run's own random state is untouched (the FP8 and BF16 arms of a comparison initialise identically). The
-result is cached as JSON per (card, shapes, micro-batch, recipe, Transformer Engine and torch versions), so
-trials of a sweep measure once. ``measure`` replaces the CUDA measurement (tests drive the plan with a fake
-one on CPU).
+what FP8 adds or saves per layer, e.g. the FP8 copies of a 200k-wide head's gradient. Fresh random inputs,
+inside ``torch.random.fork_rng`` so the run's own random state is untouched (the FP8 and BF16 arms of a
+comparison initialise identically). The result is cached as JSON per (card, shapes, micro-batch, recipe,
+Transformer Engine and torch versions), so trials of a sweep measure once. ``measure`` replaces the CUDA
+measurement (tests drive the plan with a fake one on CPU).
 """
 
 from __future__ import annotations
