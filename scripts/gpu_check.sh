@@ -9,8 +9,9 @@
 #   train-vs-bench-2048  the same for the width-2048 preset, bench and train (FP8 auto vs BF16 at width 2048)
 #   bench-270m | bench-270m-recipes | bench-ladder | bench-270m-mb16 | bench-270m-head   the jobs.bench matrices
 #                    (experiments/bench; -head: the fused chunked head vs the plain head, BF16 and FP8)
+#   sdpa             scripts/sdpa_bench.py: the attention kernels alone (FlashAttention-2, cuDNN, ...) at the models' shapes
 #   bench-attention  model.attention_backend flash vs cudnn, BF16 and FP8 auto, yxanul-270m and width-2048
-#                    (experiments/bench/h100-attention.yaml), after scripts/sdpa_bench.py (the kernels alone)
+#                    (experiments/bench/h100-attention.yaml), after the sdpa stage
 #   bench-rev        our BF16 speed at this commit (plain and fused head) and at an older one, alternating twice on
 #                    one card (experiments/bench/h100-270m-bf16.yaml; REV_ROUNDS=1: once each): REV_DIR=<that
 #                    commit's platform, jobs and experiments>, laid out here by `git archive REV platform jobs
@@ -52,6 +53,12 @@ tvb() {  # $@ = train_vs_bench.py arguments
     cp "$work"/tvb/train-vs-bench-*.jsonl "$work"/tvb/train-vs-bench-*.md "$out/" 2>/dev/null
     return "$status"
 }
+sdpa() {  # the attention kernels alone, one row per shape and backend
+    $py scripts/sdpa_bench.py > "$out/sdpa_bench.jsonl" 2> "$out/sdpa_bench.log"
+    local status=$?
+    tail -12 "$out/sdpa_bench.jsonl"
+    return "$status"
+}
 bench() {  # $1 = config name, rest = overrides
     local name=$1; shift
     $py -m jobs.bench "experiments/bench/$name.yaml" "output=$out/bench-$name.jsonl" "$@" 2>&1 | tee "$out/bench-$name.log" | grep -v "^$" | tail -40
@@ -82,8 +89,8 @@ for stage in "$@"; do
         bench-ladder) bench h100-ladder || rc=$? ;;
         bench-270m-mb16) bench h100-270m-mb16 || rc=$? ;;
         bench-270m-head) bench h100-270m-head || rc=$? ;;
-        bench-attention) $py scripts/sdpa_bench.py > "$out/sdpa_bench.jsonl" 2> "$out/sdpa_bench.log" || rc=$?
-                         tail -12 "$out/sdpa_bench.jsonl"; bench h100-attention || rc=$? ;;
+        sdpa) sdpa || rc=$? ;;
+        bench-attention) sdpa || rc=$?; bench h100-attention || rc=$? ;;
         bench-rev) bench_rev || rc=$? ;;
         *) echo "unknown stage $stage; usage:" >&2; sed -n '3,19p' "$0" >&2; exit 2 ;;
     esac
