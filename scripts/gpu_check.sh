@@ -3,7 +3,7 @@
 #   scripts/gpu_check.sh STAGE [STAGE ...]
 #
 #   info             card, driver, torch / TE / Ray / MLflow versions
-#   tests            pytest -m gpu tests/gpu (FP8 proof, compiled == eager, FP8 plan, auto micro-batch, null A/A, attention share, BF16 eval path, fused head, in-process sweep trials)
+#   tests            pytest -m gpu ${GPU_TESTS:-tests/gpu} (FP8 proof, compiled == eager, FP8 plan, auto micro-batch, null A/A, attention share, BF16 eval path, fused head, in-process sweep trials)
 #   prepare          8k BPE tokenizer + packed 2048-token dataset of the built-in corpora (humaneval validation)
 #   train-vs-bench   yxanul-270m at 16 x 2048: HF peer, jobs.bench bf16 / fp8 auto, jobs.train bf16 / fp8 auto
 #   train-vs-bench-2048  the same for the width-2048 preset, bench and train (FP8 auto vs BF16 at width 2048)
@@ -42,7 +42,7 @@ info() {
     } 2>&1 | tee "$out/env.txt"
 }
 tests() {
-    $py -m pytest -m gpu tests/gpu -p no:cacheprovider -q -rA -s --timeout 500 --durations=40 2>&1 | tee "$out/gpu_tests.log" | grep -v "^$" | tail -60
+    $py -m pytest -m gpu ${GPU_TESTS:-tests/gpu} -p no:cacheprovider -q -rA -s --timeout 500 --durations=40 2>&1 | tee "$out/gpu_tests.log" | grep -v "^$" | tail -60
     return "${PIPESTATUS[0]}"
 }
 prepare() { bash scripts/gpu_prepare.sh "$work"; }
