@@ -458,8 +458,11 @@ def test_sdpa_bench_runs_each_backend_on_the_cpu_and_compares_it_with_the_first(
     by = {(r["preset"], r["backend"]): r for r in rows}
     assert {p for p, _ in by} == {"yxanul-270m", "width-2048"}
     assert "No viable backend" in by[("yxanul-270m", "cudnn")]["error"]  # the CPU has no cuDNN attention
+    assert {r["kv_heads"] for r in rows} == {2, 8}  # K/V have the presets' GQA heads
     for preset in ("yxanul-270m", "width-2048"):
-        diffs = by[(preset, "math")]["max_rel_diff_vs_first"]
-        # relative to each tensor's largest element: a few BF16 roundings (2^-8 each) of it apart at most
-        assert 0 <= max(diffs.values()) <= 4 * 2**-8, diffs
+        # math, and flash / math with enable_gqa (the shared K/V heads read in place, their gradients summed in
+        # another order), relative to each tensor's largest element: a few BF16 roundings (2^-8 each) apart at most
+        for backend in ("math", "flash, enable_gqa", "math, enable_gqa"):
+            diffs = by[(preset, backend)]["max_rel_diff_vs_first"]
+            assert 0 <= max(diffs.values()) <= 4 * 2**-8, (backend, diffs)
         assert by[(preset, "compiled, cudnn first")]["max_rel_diff_vs_first"]["out"] <= 4 * 2**-8
