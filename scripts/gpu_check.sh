@@ -7,6 +7,7 @@
 #   prepare          8k BPE tokenizer + packed 2048-token dataset of the built-in corpora (humaneval validation)
 #   train-vs-bench   yxanul-270m at 16 x 2048: HF peer, jobs.bench bf16 / fp8 auto, jobs.train bf16 / fp8 auto
 #   train-vs-bench-2048  the same for the width-2048 preset, bench and train (FP8 auto vs BF16 at width 2048)
+#                    (TVB_RUNNERS / TVB_RUNNERS_2048 = another list of runners, e.g. peer,train / train when time is short)
 #   bench-270m | bench-270m-recipes | bench-ladder | bench-270m-mb16 | bench-270m-head   the jobs.bench matrices
 #                    (experiments/bench; -head: the fused chunked head vs the plain head, BF16 and FP8)
 #   sdpa             scripts/sdpa_bench.py: the attention kernels alone (FlashAttention-2, cuDNN, ...) at the models' shapes
@@ -82,8 +83,10 @@ for stage in "$@"; do
         info) info ;;
         tests) tests || rc=$? ;;
         prepare) prepare || rc=$? ;;
-        train-vs-bench) prepare && tvb --preset yxanul-270m --micro-batch 16 --steps 40 || rc=$? ;;
-        train-vs-bench-2048) prepare && tvb --preset width-2048 --runners bench,train --micro-batch 16 --steps 30 || rc=$? ;;
+        train-vs-bench) prepare && tvb --preset yxanul-270m --runners "${TVB_RUNNERS:-peer,bench,train}" --micro-batch 16 \
+                            --steps 40 || rc=$? ;;
+        train-vs-bench-2048) prepare && tvb --preset width-2048 --runners "${TVB_RUNNERS_2048:-bench,train}" \
+                                 --micro-batch 16 --steps 30 || rc=$? ;;
         bench-270m) bench h100-270m || rc=$? ;;
         bench-270m-recipes) bench h100-270m-recipes || rc=$? ;;
         bench-ladder) bench h100-ladder || rc=$? ;;
