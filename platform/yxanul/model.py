@@ -189,18 +189,34 @@ def attention_priority(choice: str, device: torch.device) -> list[SDPBackend] | 
     return [first, *(b for b in _TORCH_ORDER if b != first)]
 
 
+AttentionOrder = tuple[SDPBackend, ...] | None
+"""The SDPA backends in the order to try them (:func:`attention_priority`, as a tuple); None: torch's own order."""
+
+
 class CausalSelfAttention(nn.Module):
     """RoPE + grouped-query causal scaled-dot-product attention on a fused (B, T, q|k|v) input.
 
     No parameters: the projections live in :class:`Attention`, so this whole module can be compiled
     even when the projections are Transformer Engine modules.
+
+    ``order`` (from ``model.attention_backend``, resolved per device by :meth:`Yxanul.hidden_states`) is entered
+    here, around the SDPA call and inside the compiled region, so that it is part of what is compiled: Dynamo
+    guards on it (a model with another backend compiles its own graph instead of reusing one traced under another
+    priority) and the graph sets it itself. Entered outside a compiled region, the priority only steers the first
+    trace: Dynamo does not guard on it and AOTAutograd's on-disk cache does not key on it, so a later model or
+    process compiling the same graph under another priority silently got the first one's kernels
+    (pytorch/pytorch#185449; reproduced on the CPU with the math and flash backends, torch 2.13). The price: a
+    graph that sets the priority bypasses AOTAutograd's cache (pytorch/pytorch#194007) and retraces in each
+    process (seconds); Inductor's own cache still serves its kernels, keyed by the lowered graph, which names the
+    backend's op. With ``order`` None (torch's order, the default off Hopper) nothing is entered.
     """
 
     def __init__(self, n_heads: int, n_kv_heads: int, head_dim: int) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
 
-    def forward(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, order: AttentionOrder = None
+                ) -> torch.Tensor:
         b, t, _ = qkv.shape
         nh, nkv, hd = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = qkv.split((nh * hd, nkv * hd, nkv * hd), dim=-1)
@@ -212,7 +228,8 @@ class CausalSelfAttention(nn.Module):
             group = nh // nkv
             k = k[:, :, None].expand(b, nkv, group, t, hd).reshape(b, nh, t, hd)
             v = v[:, :, None].expand(b, nkv, group, t, hd).reshape(b, nh, t, hd)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # kernels: model.attention_backend (hidden_states)
+        with contextlib.nullcontext() if order is None else sdpa_kernel(list(order), set_priority=True):
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return y.transpose(1, 2).reshape(b, t, nh * hd)
 
 
@@ -224,8 +241,9 @@ class Attention(nn.Module):
         self.core = CausalSelfAttention(cfg.n_heads, cfg.n_kv_heads, hd)
         self.proj = nn.Linear(cfg.n_heads * hd, cfg.hidden, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.core(self.qkv(x), cos, sin))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, order: AttentionOrder = None
+                ) -> torch.Tensor:
+        return self.proj(self.core(self.qkv(x), cos, sin, order))
 
 
 class SwiGLU(nn.Module):
@@ -255,8 +273,9 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, order: AttentionOrder = None
+                ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, order)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -369,17 +388,16 @@ class Yxanul(nn.Module):
     def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T, hidden) after the final norm.
 
-        The blocks run under ``model.attention_backend``'s SDPA priority (:func:`attention_priority`), entered here,
-        outside the regionally compiled blocks: a compiled block is traced under it, so the chosen attention
-        kernels are baked into its graph, and no ``sdpa_kernel`` node lands inside a graph (one there makes
-        AOTAutograd bypass its cache: pytorch/pytorch issue 194007). Backward runs the backward of the forward's
-        kernel whatever the priority then."""
+        ``model.attention_backend`` is resolved for the tokens' device here, in eager code (:func:`attention_priority`
+        reads the card's compute capability), and handed to every block: each attention call enters it itself,
+        inside the compiled region (:class:`CausalSelfAttention` says why). Backward runs the backward of the
+        forward's kernel."""
         cos, sin = self.rope(tokens.shape[1])
         x = self.embed(tokens)
-        order = attention_priority(self.cfg.attention_backend, tokens.device)
-        with contextlib.nullcontext() if order is None else sdpa_kernel(order, set_priority=True):
-            for block in self.blocks:
-                x = block(x, cos, sin)
+        priority = attention_priority(self.cfg.attention_backend, tokens.device)
+        order = None if priority is None else tuple(priority)
+        for block in self.blocks:
+            x = block(x, cos, sin, order)
         return self.final_norm(x)
 
     def forward(self, tokens: torch.Tensor, mask_padding: bool = True, targets: torch.Tensor | None = None

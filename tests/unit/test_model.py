@@ -155,10 +155,12 @@ def test_attention_backend_auto_puts_cudnn_first_on_hopper_only(monkeypatch):
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_the_blocks_attend_under_the_chosen_priority_and_it_is_restored_after(monkeypatch, compiled):
-    """Eager, SDPA sees the chosen priority at every call; compiled, every block graph is compiled under it (a
-    compiled graph keeps the kernels it was traced with). The process's own priority is back after the forward:
-    nothing leaks into another model (the bench's peer). (torch's CPU attention ignores the priority, so the
-    kernels themselves are checked on the GPU: tests/gpu/test_attention_gpu.py.)"""
+    """Every attention call runs under the chosen priority, eager and compiled; compiled, a model with another
+    backend compiles its own block graph in the same process, with no Dynamo reset between (before 2026-12-07 it
+    reused the first model's graph, traced under the first priority: the H100's compiled models all ran
+    FlashAttention). The process's own priority is back after every forward: nothing leaks into another model (the
+    bench's peer). (torch's CPU attention ignores the priority, so the kernels themselves are checked on the GPU:
+    tests/gpu/test_attention_gpu.py.)"""
     import yxanul.model as model_module
     from yxanul.precision import compile_model
 
@@ -166,33 +168,41 @@ def test_the_blocks_attend_under_the_chosen_priority_and_it_is_restored_after(mo
     seen: list[list[int]] = []
     real = torch.nn.functional.scaled_dot_product_attention
 
-    def spy(*args, **kwargs):
+    def spy(*args, **kwargs):  # the priority in force when an attention call runs
         seen.append(list(torch._C._get_sdp_priority_order()))
         return real(*args, **kwargs)
 
-    def recording_backend(gm, example_inputs):  # Dynamo calls it once per graph, while compiling
-        if any(n.target is real for n in gm.graph.nodes):  # a block's graph (not the final norm's)
-            seen.append(list(torch._C._get_sdp_priority_order()))
+    graphs: list[int] = []
+
+    def spying_backend(gm, example_inputs):  # Dynamo calls it once per graph; the graph then runs as traced
+        for node in gm.graph.nodes:
+            if node.target is real:
+                node.target = spy
+                graphs.append(1)
+        gm.recompile()
         return gm.forward
 
     if not compiled:
         monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
+    torch._dynamo.reset()
     x = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
     losses = {}
-    for backend in ("torch", "cudnn"):
-        torch._dynamo.reset()
+    for backend in ("torch", "cudnn", "flash"):
         torch.manual_seed(0)
         model = Yxanul(cfg(attention_backend=backend))
         if compiled:
-            compile_model(model, backend=recording_backend)
+            compile_model(model, backend=spying_backend)
         seen.clear()
+        graphs.clear()
         losses[backend] = model(x, targets=x).item()
-        assert seen, "no attention call or compilation was seen"
-        want = default if backend == "torch" else [int(b) for b in attention_priority("cudnn", torch.device("cuda"))]
+        assert len(seen) == model.cfg.n_layers, (backend, seen)
+        if compiled:
+            assert graphs, f"{backend}: no block graph of its own was compiled"
+        want = default if backend == "torch" else [int(b) for b in attention_priority(backend, torch.device("cuda"))]
         assert all(order[:len(want)] == want for order in seen), (backend, seen)  # torch appends what is not named
         assert torch._C._get_sdp_priority_order() == default
-    # the CPU runs the same kernel either way: the same loss to the bit
-    assert losses["cudnn"] == losses["torch"]
+    # the CPU runs the same kernel whatever the priority: the same loss to the bit
+    assert losses["cudnn"] == losses["torch"] == losses["flash"]
     torch._dynamo.reset()
 
 
