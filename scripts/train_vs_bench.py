@@ -9,7 +9,8 @@ optimizer steps after warm-up. The training job's rate is the median of its logg
 windows (the first step, compilation, is never in a window). Writes, under ``--out``:
 
 - ``train-vs-bench-<card>.jsonl``: one JSON object per row (card, runner, precision, fp8_layers, tokens_per_s per
-  GPU, mfu_bf16, peak_gib, the FP8 plan each FP8 auto run measured, date, versions);
+  GPU, mfu_bf16, peak_gib, the FP8 plan each FP8 auto run measured, the job's attention kernels as its profiled
+  step saw them, date, versions);
 - ``train-vs-bench-<card>.md``: the table with the ratios the issue's targets are stated in.
 
 ``--data`` is a packed 2048-token dataset (scripts/gpu_check.sh prepares one).
@@ -66,10 +67,28 @@ def measured_plan(client: Any, run_id: str, scratch: Path) -> dict | None:
     return json.loads(Path(path).read_text())["timings"]
 
 
+def run_row(client: Any, run_id: str, plans: Path) -> dict:
+    """What a finished jobs.train run measured, from its MLflow run: the median of its speed windows (the first one,
+    which still warms the allocator up, left out), MFU, peak memory, compile seconds, the FP8 layers, whether it
+    compiled, the attention kernels its profiled step ran, and the FP8 plan it measured (None where it had none)."""
+    from yxanul.tags import ATTENTION_KERNELS_TAG, COMPILED_TAG, FP8_LAYERS_TAG
+
+    tags = client.get_run(run_id).data.tags
+
+    def values(key: str) -> list[float]:
+        return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+    rates = values("train/tokens_per_s_per_gpu")[1:]
+    return {"fp8_layers": tags.get(FP8_LAYERS_TAG), "tokens_per_s": statistics.median(rates) if rates else None,
+            "mfu_bf16": statistics.median(values("train/mfu_bf16")[1:] or [float("nan")]),
+            "peak_gib": max(values("train/peak_mem_gib") or [float("nan")]),
+            "compile_s": (values("train/compile_s") or [None])[-1], "windows": len(rates),
+            "compiled": tags.get(COMPILED_TAG), "attention_kernels": tags.get(ATTENTION_KERNELS_TAG),
+            "run_id": run_id, "fp8_plan": measured_plan(client, run_id, plans / run_id)}
+
+
 def train_row(preset: str, precision: str, micro_batch: int, steps: int, data: Path, out: Path) -> dict:
     from mlflow import MlflowClient
-
-    from yxanul.tags import COMPILED_TAG, FP8_LAYERS_TAG
 
     tokens_per_step = micro_batch * 2048
     uri = f"sqlite:///{out / 'mlflow.db'}"
@@ -93,20 +112,7 @@ def train_row(preset: str, precision: str, micro_batch: int, steps: int, data: P
     if rc != 0 or not match:
         row["error"] = f"jobs.train exited {rc}: {failure_line(text)}"[:500]
         return row
-    client = MlflowClient(uri)
-    run_id = match.group(1)
-    tags = client.get_run(run_id).data.tags
-
-    def values(key: str) -> list[float]:
-        return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
-
-    rates = values("train/tokens_per_s_per_gpu")[1:]  # the first window still warms the allocator up
-    row.update({"fp8_layers": tags.get(FP8_LAYERS_TAG), "tokens_per_s": statistics.median(rates) if rates else None,
-                "mfu_bf16": statistics.median(values("train/mfu_bf16")[1:] or [float("nan")]),
-                "peak_gib": max(values("train/peak_mem_gib") or [float("nan")]),
-                "compile_s": (values("train/compile_s") or [None])[-1], "windows": len(rates),
-                "compiled": tags.get(COMPILED_TAG), "run_id": run_id,
-                "fp8_plan": measured_plan(client, run_id, out / "plans" / run_id)})
+    row.update(run_row(MlflowClient(uri), match.group(1), out / "plans"))
     return row
 
 

@@ -347,6 +347,36 @@ def test_a_train_vs_bench_row_carries_the_fp8_plan_its_run_measured(tmp_path):
     assert script.measured_plan(client, bf16, tmp_path / "plans" / bf16) is None
 
 
+def test_a_train_vs_bench_row_says_what_the_job_measured_and_which_attention_kernels_it_ran(tmp_path):
+    """A jobs.train row is read from the run itself: the median of its speed windows without the first (allocator
+    warm-up), the peak memory, and the attention kernels its profiled step ran (the yxanul.attention_kernels tag):
+    on 2026-12-07 the job at yxanul-270m gained 0.8% where cuDNN's kernels predicted 9%, and no row said which
+    kernels it ran. Through a real MLflow SQLite store."""
+    import importlib.util
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from yxanul.tags import ATTENTION_KERNELS_TAG, COMPILED_TAG
+
+    spec = importlib.util.spec_from_file_location("train_vs_bench", REPO / "scripts" / "train_vs_bench.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("tvb", artifact_location=str(tmp_path / "artifacts"))).info.run_id
+    kernels = "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16, cudnn::fusion::convert_dq_to_16bits"
+    client.set_tag(run, ATTENTION_KERNELS_TAG, kernels)
+    client.set_tag(run, COMPILED_TAG, "true")
+    rates = [90_000.0, 201_000.0, 203_000.0, 202_000.0]  # the first window warms up: left out
+    client.log_batch(run, metrics=[Metric("train/tokens_per_s_per_gpu", r, 0, step) for step, r in enumerate(rates)]
+                     + [Metric("train/peak_mem_gib", g, 0, step) for step, g in enumerate((29.1, 29.3))])
+    row = script.run_row(client, run, tmp_path / "plans")
+    assert row["attention_kernels"] == kernels
+    assert row["tokens_per_s"] == 202_000.0 and row["windows"] == 3
+    assert row["peak_gib"] == 29.3 and row["compiled"] == "true"
+    assert row["fp8_layers"] is None and row["fp8_plan"] is None  # a BF16 run: no plan
+
+
 def test_the_out_of_memory_fix_names_what_does_not_fit():
     from yxanul.config import load_config
     from yxanul.train.loop import out_of_memory_fix
