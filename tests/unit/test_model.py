@@ -206,6 +206,40 @@ def test_the_blocks_attend_under_the_chosen_priority_and_it_is_restored_after(mo
     torch._dynamo.reset()
 
 
+def test_with_cudnn_first_kv_heads_go_to_sdpa_unexpanded_and_train_the_same(monkeypatch):
+    """cuDNN first: K/V reach SDPA at their own n_kv_heads with enable_gqa (no copy to every query head); torch's
+    order keeps the copy. The attention is the same: equal loss and gradients, fp32 on the CPU, to a few roundings
+    of a sum over the head group (2 heads here: 1e-5 relative leaves a wide margin over fp32's 6e-8)."""
+    import yxanul.model as model_module
+
+    calls: list[tuple[int, bool]] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        calls.append((k.shape[1], kwargs.get("enable_gqa", False)))
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
+    x = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
+    grads, losses, seen = {}, {}, {}
+    for backend in ("torch", "cudnn"):
+        torch.manual_seed(0)
+        model = Yxanul(cfg(attention_backend=backend))
+        calls.clear()
+        loss = model(x, targets=x)
+        loss.backward()
+        losses[backend], seen[backend] = loss.item(), set(calls)
+        grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    heads, kv_heads = model.cfg.n_heads, model.cfg.n_kv_heads
+    assert kv_heads < heads
+    assert seen == {"torch": {(heads, False)}, "cudnn": {(kv_heads, True)}}
+    assert losses["cudnn"] == pytest.approx(losses["torch"], rel=1e-5)
+    assert grads["cudnn"].keys() == grads["torch"].keys()
+    for name, g in grads["torch"].items():
+        scale = g.abs().max().item()
+        assert (grads["cudnn"][name] - g).abs().max().item() <= 1e-5 * scale + 1e-12, name
+
+
 @pytest.mark.parametrize("shape", [dict(embed_rank=16), dict(embed_rank=0), dict(embed_rank=0, tie_embeddings=True),
                                    dict(n_kv_heads=1, rope_theta=500.0)])
 def test_logits_match_hf_llama_in_fp32(shape):
