@@ -119,11 +119,12 @@ class BenchResult:
         if self.impl == "hf-peer":
             return "HF Llama peer (bf16" + (", compiled)" if self.extra.get("compiled") else ")")
         if self.precision == "fp8":
-            return f"fp8 {self.recipe} [{self.fp8_layers}]{self._head_label}"
-        return f"{self.precision}{self._head_label}"
+            return f"fp8 {self.recipe} [{self.fp8_layers}]{self._variant_label}"
+        return f"{self.precision}{self._variant_label}"
 
     @property
-    def _head_label(self) -> str:
+    def _variant_label(self) -> str:
+        """The head path and the attention backend, each where the matrix varies it."""
         head = f", {self.head} head" if self.head_in_label and self.head else ""
         return head + (f", {self.attention} attention" if self.attention_in_label and self.attention else "")
 
