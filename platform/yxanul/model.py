@@ -167,10 +167,14 @@ _TORCH_ORDER = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPB
                 SDPBackend.CUDNN_ATTENTION)
 """torch's own priority among the backends (``torch._C._get_sdp_priority_order()`` of torch 2.11 to 2.13)."""
 
+AttentionOrder = tuple[SDPBackend, ...] | None
+"""The SDPA backends in the order to try them (:func:`attention_priority`); None: torch's own order. A tuple, so
+that Dynamo can guard on it where the model hands it into its compiled blocks."""
 
-def attention_priority(choice: str, device: torch.device) -> list[SDPBackend] | None:
+
+def attention_priority(choice: str, device: torch.device) -> AttentionOrder:
     """The order in which ``scaled_dot_product_attention`` should try its backends for ``model.attention_backend =
-    choice`` on ``device``; None: torch's own order. Every backend stays in the list, the chosen one first, so a
+    choice`` on ``device``; None: torch's own order. Every backend stays in the order, the chosen one first, so a
     shape it cannot serve falls back to the next.
 
     auto = cuDNN first on compute capability 9.x (H100, H200), torch's order elsewhere. Why: torch tries
@@ -186,11 +190,7 @@ def attention_priority(choice: str, device: torch.device) -> list[SDPBackend] | 
         raise ConfigError(f"model.attention_backend={choice!r} is not one of auto, torch, "
                           f"{', '.join(_SDPA_BACKENDS)}")
     first = _SDPA_BACKENDS[choice]
-    return [first, *(b for b in _TORCH_ORDER if b != first)]
-
-
-AttentionOrder = tuple[SDPBackend, ...] | None
-"""The SDPA backends in the order to try them (:func:`attention_priority`, as a tuple); None: torch's own order."""
+    return (first, *(b for b in _TORCH_ORDER if b != first))
 
 
 class CausalSelfAttention(nn.Module):
@@ -235,6 +235,7 @@ class CausalSelfAttention(nn.Module):
             group = nh // nkv
             k = k[:, :, None].expand(b, nkv, group, t, hd).reshape(b, nh, t, hd)
             v = v[:, :, None].expand(b, nkv, group, t, hd).reshape(b, nh, t, hd)
+        # sdpa_kernel takes a list, not the tuple Dynamo guards on
         with contextlib.nullcontext() if order is None else sdpa_kernel(list(order), set_priority=True):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         return y.transpose(1, 2).reshape(b, t, nh * hd)
@@ -401,8 +402,7 @@ class Yxanul(nn.Module):
         forward's kernel."""
         cos, sin = self.rope(tokens.shape[1])
         x = self.embed(tokens)
-        priority = attention_priority(self.cfg.attention_backend, tokens.device)
-        order = None if priority is None else tuple(priority)
+        order = attention_priority(self.cfg.attention_backend, tokens.device)
         for block in self.blocks:
             x = block(x, cos, sin, order)
         return self.final_norm(x)

@@ -146,9 +146,9 @@ def test_attention_backend_auto_puts_cudnn_first_on_hopper_only(monkeypatch):
     assert attention_priority("auto", torch.device("cpu")) is None
     assert attention_priority("torch", cuda) is None
     # an explicit choice goes first and every other backend stays behind it, so a shape it cannot serve falls back
-    assert attention_priority("flash", torch.device("cpu")) == [B.FLASH_ATTENTION, B.EFFICIENT_ATTENTION, B.MATH,
-                                                                B.CUDNN_ATTENTION]
-    assert attention_priority("cudnn", cuda) == [B.CUDNN_ATTENTION, B.FLASH_ATTENTION, B.EFFICIENT_ATTENTION, B.MATH]
+    assert attention_priority("flash", torch.device("cpu")) == (B.FLASH_ATTENTION, B.EFFICIENT_ATTENTION, B.MATH,
+                                                                B.CUDNN_ATTENTION)
+    assert attention_priority("cudnn", cuda) == (B.CUDNN_ATTENTION, B.FLASH_ATTENTION, B.EFFICIENT_ATTENTION, B.MATH)
     with pytest.raises(Exception, match="attention_backend"):
         cfg(attention_backend="flash3")
 
