@@ -70,10 +70,15 @@ def measured_plan(client: Any, run_id: str, scratch: Path) -> dict | None:
 def run_row(client: Any, run_id: str, plans: Path) -> dict:
     """What a finished jobs.train run measured, from its MLflow run: the median of its speed windows (the first one,
     which still warms the allocator up, left out), MFU, peak memory, compile seconds, the FP8 layers, whether it
-    compiled, the attention kernels its profiled step ran, and the FP8 plan it measured (None where it had none)."""
-    from yxanul.tags import ATTENTION_KERNELS_TAG, COMPILED_TAG, FP8_LAYERS_TAG
+    compiled, the attention kernels its profiled step ran, that step's device time by kind (``device_ms``: gemm,
+    attention, cross_entropy, optimizer, other; None off a GPU), and the FP8 plan it measured (None where it had
+    none)."""
+    from yxanul.tags import ATTENTION_KERNELS_TAG, COMPILED_TAG, DEVICE_MS_METRIC_PREFIX, FP8_LAYERS_TAG
 
-    tags = client.get_run(run_id).data.tags
+    data = client.get_run(run_id).data
+    tags = data.tags
+    device_ms = {key[len(DEVICE_MS_METRIC_PREFIX):]: round(value, 3) for key, value in sorted(data.metrics.items())
+                 if key.startswith(DEVICE_MS_METRIC_PREFIX)}
 
     def values(key: str) -> list[float]:
         return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
@@ -84,7 +89,7 @@ def run_row(client: Any, run_id: str, plans: Path) -> dict:
             "peak_gib": max(values("train/peak_mem_gib") or [float("nan")]),
             "compile_s": (values("train/compile_s") or [None])[-1], "windows": len(rates),
             "compiled": tags.get(COMPILED_TAG), "attention_kernels": tags.get(ATTENTION_KERNELS_TAG),
-            "run_id": run_id, "fp8_plan": measured_plan(client, run_id, plans / run_id)}
+            "device_ms": device_ms or None, "run_id": run_id, "fp8_plan": measured_plan(client, run_id, plans / run_id)}
 
 
 def train_row(preset: str, precision: str, micro_batch: int, steps: int, data: Path, out: Path) -> dict:

@@ -34,6 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from yxanul.config import LAYER_GROUPS, ModelConfig
 from yxanul.errors import ConfigError
+from yxanul.profiling import LOSS_REGION
 
 __all__ = [
     "IGNORE_INDEX",
@@ -547,13 +548,23 @@ def _static_columns(tensor: torch.Tensor) -> torch.Tensor:
 
 def _chunk_fns(device: torch.device) -> tuple[Callable[..., object], Callable[..., object]]:
     """Eager on CPU; on CUDA, compiled so each chunk is one or two fused passes over the bf16 logits
-    instead of an fp32 copy plus several elementwise kernels."""
+    instead of an fp32 copy plus several elementwise kernels. Each call runs in the profiler's cross-entropy
+    region (:data:`yxanul.profiling.LOSS_REGION`), so a profiled step's device time names what the loss costs."""
     if device.type != "cuda":
-        return _ce_forward_chunk, _ce_backward_chunk
+        return _in_loss_region(_ce_forward_chunk), _in_loss_region(_ce_backward_chunk)
     if not _compiled_chunks:
-        _compiled_chunks["fwd"] = compile_chunk_fn(_ce_forward_chunk)
-        _compiled_chunks["bwd"] = compile_chunk_fn(_ce_backward_chunk)
+        _compiled_chunks["fwd"] = _in_loss_region(compile_chunk_fn(_ce_forward_chunk))
+        _compiled_chunks["bwd"] = _in_loss_region(compile_chunk_fn(_ce_backward_chunk))
     return _compiled_chunks["fwd"], _compiled_chunks["bwd"]
+
+
+def _in_loss_region(fn: Callable[..., object]) -> Callable[..., object]:
+    """``fn`` inside ``record_function(LOSS_REGION)`` (an op call of a few microseconds when nothing profiles)."""
+    def call(*args: object) -> object:
+        with torch.autograd.profiler.record_function(LOSS_REGION):
+            return fn(*args)
+
+    return call
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):

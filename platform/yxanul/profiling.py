@@ -34,6 +34,12 @@ it calls), which is the tree PyTorch's ``prof.function_events`` builds from the 
   events no other event of their thread contains, which is PyTorch's "Self CPU time total" (each microsecond inside
   some op counted once).
 
+On a GPU the same pass splits the step's device time by kind (:data:`DEVICE_KINDS`): a kernel launched inside an
+attention op, inside the cross-entropy region (:data:`LOSS_REGION`, the loss's chunk kernels) or inside the
+optimizer region (:data:`OPTIMIZER_REGION`, gradient clipping and the optimizer's step) is of that kind; any other
+is a GEMM by its name (:func:`is_gemm_kernel`) or "other". The kinds add up to the step: the run logs them as
+``train/device_ms/<kind>``, the first place to look when a step is slower than its arithmetic says.
+
 The events are read as the profiler recorded them (``prof.kineto_results``, :func:`recorded_events`), not
 through PyTorch's ``prof.function_events``: for a 19k-event CPU step on the 2-core development VM (2026-12-07, 6 profiles, one-off
 timing) building PyTorch's :class:`FunctionEvent` tree took 0.8-1.8 s (43-95 us an event), the spans here 0.07-0.12 s.
@@ -60,7 +66,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["AttentionShare", "attention_share", "is_attention_op", "profiled", "recorded_events"]
+__all__ = ["DEVICE_KINDS", "LOSS_REGION", "OPTIMIZER_REGION", "AttentionShare", "attention_share", "is_attention_op",
+           "is_gemm_kernel", "profiled", "recorded_events"]
 
 _ATTENTION_NAMES = ("scaled_dot_product", "scaleddotproduct", "flash_attention", "flashattention",
                     "efficient_attention", "efficientattention", "cudnn_attention", "cudnnattention")
@@ -68,11 +75,41 @@ _ATTENTION_NAMES = ("scaled_dot_product", "scaleddotproduct", "flash_attention",
 _WRAPPERS = ("autograd::engine::evaluate_function",)
 _COMMUNICATION = ("nccl",)
 
+LOSS_REGION = "yxanul::cross_entropy"
+"""``record_function`` name around the cross-entropy chunk kernels (``yxanul.model``): their kernels are the
+``cross_entropy`` kind of a step's device time."""
+OPTIMIZER_REGION = "yxanul::optimizer"
+"""``record_function`` name around gradient clipping and the optimizer's step (``yxanul.train.step.train_step``)."""
+DEVICE_KINDS = ("gemm", "attention", "cross_entropy", "optimizer", "other")
+"""What a GPU step's device time is split into (:attr:`AttentionShare.device_ms`): kernels launched inside the
+attention ops, inside :data:`LOSS_REGION`, inside :data:`OPTIMIZER_REGION`, else matrix multiplies by kernel name
+(:func:`is_gemm_kernel`: the linear layers, the head), else the rest (norms, RoPE, activations, residual adds,
+the embedding, copies and fills)."""
+_GEMM_NAMES = ("gemm", "gemv", "nvjet", "xmma", "cutlass", "splitkreduce", "triton_tem_")
+"""Lower-case fragments of matrix-multiply kernel names: cuBLAS / cuBLASLt (``nvjet_tst_*``, ``sm90_xmma_gemm_*``,
+``*s16816gemm*``, ``gemv2T_kernel``, ``splitKreduce_kernel``), CUTLASS (``cutlass3x_sm90_*gemm*``, Transformer
+Engine's), Inductor's Triton matmul templates (``triton_tem_fused_mm*``)."""
+
 
 def is_attention_op(name: str) -> bool:
     """Whether a profiler event of this name is an attention op or autograd node (its wrappers are not)."""
     lower = name.lower()
     return not lower.startswith(_WRAPPERS) and any(part in lower for part in _ATTENTION_NAMES)
+
+
+def is_gemm_kernel(name: str) -> bool:
+    """Whether a GPU kernel of this name is a matrix multiply (``_GEMM_NAMES``)."""
+    lower = name.lower()
+    return any(part in lower for part in _GEMM_NAMES)
+
+
+def _region(name: str) -> str | None:
+    """The kind of device time a CPU event of this name claims for the kernels launched inside it, if any."""
+    if is_attention_op(name):
+        return "attention"
+    if name == OPTIMIZER_REGION or name.startswith("Optimizer.step#"):  # torch's own annotation of any step()
+        return "optimizer"
+    return "cross_entropy" if name == LOSS_REGION else None
 
 
 @dataclass(frozen=True)
@@ -89,6 +126,10 @@ class AttentionShare:
     attention ops (:func:`short_name`). It says which backend PyTorch's attention picked (FlashAttention's
     ``pytorch_flash::flash_fwd_kernel``, cuDNN's ``*sdpa*``, the memory-efficient ``fmha_cutlass*``), which can
     differ between two runs of one config (on an H100 it moved attention's time by ~30%, 2026-12-07)."""
+
+    device_ms: tuple[tuple[str, float], ...] = ()
+    """On a GPU, the step's device time by kind, in :data:`DEVICE_KINDS` order, summing to ``step_ms``: where a step
+    goes (issue 22: what stands between the job and a speed target). Empty on CPU."""
 
     @property
     def share(self) -> float:
@@ -135,11 +176,11 @@ def _inside(spans: list[tuple[int, int, str]], starts: list[int], at: int) -> bo
 
 def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare | None:
     """The attention share of a profiled step from the events the profiler recorded (:func:`recorded_events`);
-    ``device_type`` ``cuda`` measures device time, anything else CPU time. None when the events hold no time at
-    all (nothing was recorded)."""
+    ``device_type`` ``cuda`` measures device time (and splits it by kind: :attr:`AttentionShare.device_ms`),
+    anything else CPU time. None when the events hold no time at all (nothing was recorded)."""
     cuda = device_type == "cuda"
     spans: dict[int, list[tuple[int, int, str]]] = {}  # CPU: thread -> every event's (start, end, name): the step
-    attention: dict[int, list[tuple[int, int, str]]] = {}  # thread -> the attention events' (start, end, name)
+    regions: dict[str, dict[int, list[tuple[int, int, str]]]] = {}  # kind -> thread -> its events' (start, end, name)
     ops: dict[int, tuple[int, int]] = {}  # GPU: correlation id -> (thread, start) of the op that launched kernels
     kernels: list[tuple[int, int, str]] = []  # GPU: (the launching op's correlation id, ns, name) of each activity
     for event in events:
@@ -151,31 +192,42 @@ def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare |
             continue
         start, end = event.start_ns(), event.end_ns()
         if event.device_type() == torch.autograd.DeviceType.CPU:
-            if is_attention_op(name):
-                attention.setdefault(thread, []).append((start, end, name))
+            kind = _region(name)
+            if kind is not None:
+                regions.setdefault(kind, {}).setdefault(thread, []).append((start, end, name))
             if not cuda:
                 spans.setdefault(thread, []).append((start, end, name))
             elif event.linked_correlation_id() == 0:  # an op, not a runtime call made for one
                 ops[event.correlation_id()] = (thread, start)
         elif cuda and not event.is_user_annotation() and not any(part in name.lower() for part in _COMMUNICATION):
             kernels.append((event.linked_correlation_id(), end - start, name))
-    outer = {thread: _outermost(found) for thread, found in attention.items()}
+    attention = regions.get("attention", {})
+    outer = {kind: {thread: _outermost(found) for thread, found in by_thread.items()}
+             for kind, by_thread in regions.items()}
+    device_ms: tuple[tuple[str, float], ...] = ()
     if cuda:
-        starts = {thread: [span[0] for span in found] for thread, found in outer.items()}
-        step_ns = sum(ns for _, ns, _ in kernels)
-        attention_ns, ran = 0, set()
+        starts = {kind: {thread: [span[0] for span in found] for thread, found in by_thread.items()}
+                  for kind, by_thread in outer.items()}
+        by_kind = dict.fromkeys(DEVICE_KINDS, 0)
+        ran = set()
         for launched_by, ns, name in kernels:
             op = ops.get(launched_by)
-            if op is not None and op[0] in outer and _inside(outer[op[0]], starts[op[0]], op[1]):
-                attention_ns += ns
+            kind = next((k for k in ("attention", "cross_entropy", "optimizer") if op is not None
+                         and op[0] in outer.get(k, {}) and _inside(outer[k][op[0]], starts[k][op[0]], op[1])), None)
+            if kind is None:
+                kind = "gemm" if is_gemm_kernel(name) else "other"
+            elif kind == "attention":
                 ran.add(short_name(name))
+            by_kind[kind] += ns
+        step_ns, attention_ns = sum(by_kind.values()), by_kind["attention"]
+        device_ms = tuple((kind, ns / 1e6) for kind, ns in by_kind.items())
     else:
         step_ns = sum(end - start for found in spans.values() for start, end, _ in _outermost(found))
-        attention_ns = sum(end - start for found in outer.values() for start, end, _ in found)
+        attention_ns = sum(end - start for found in outer.get("attention", {}).values() for start, end, _ in found)
         ran = {short_name(name) for found in attention.values() for name in _innermost(found)}
     if step_ns <= 0:
         return None
-    return AttentionShare(attention_ns / 1e6, step_ns / 1e6, "cuda" if cuda else "cpu", tuple(sorted(ran)))
+    return AttentionShare(attention_ns / 1e6, step_ns / 1e6, "cuda" if cuda else "cpu", tuple(sorted(ran)), device_ms)
 
 
 def _innermost(spans: list[tuple[int, int, str]]) -> list[str]:

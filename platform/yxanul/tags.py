@@ -203,6 +203,10 @@ on a GPU, CPU time on CPU. Logged at that step's tokens with ``train/attention_m
 (share = attention_ms / profiled_step_ms); the report's per-stage table reads it."""
 ATTENTION_MS_METRIC = "train/attention_ms"
 PROFILED_STEP_MS_METRIC = "train/profiled_step_ms"
+DEVICE_MS_METRIC_PREFIX = "train/device_ms/"
+"""On a GPU, the profiled step's device time by kind (``train/device_ms/gemm``, ``.../attention``,
+``.../cross_entropy``, ``.../optimizer``, ``.../other``: :data:`yxanul.profiling.DEVICE_KINDS`), logged beside
+``train/profiled_step_ms``, which they add up to; ``scripts/train_vs_bench.py`` rows carry them."""
 ATTENTION_KERNELS_TAG = "yxanul.attention_kernels"
 """What computed attention in the run's profiled steps, comma-separated (``AttentionShare.kernels``: the kernels on a
 GPU, the ops on CPU): which backend PyTorch's scaled-dot-product attention picked, shown by the report."""

@@ -16,7 +16,15 @@ from torch.autograd import DeviceType
 from tests.gpu.test_fp8 import DEV
 from yxanul.config import ModelConfig, OptimConfig, PrecisionConfig
 from yxanul.metrics import flops_split
-from yxanul.profiling import attention_share, is_attention_op, profiled, recorded_events
+from yxanul.profiling import (
+    DEVICE_KINDS,
+    LOSS_REGION,
+    OPTIMIZER_REGION,
+    attention_share,
+    is_attention_op,
+    profiled,
+    recorded_events,
+)
 from yxanul.train.build import build_training
 from yxanul.train.step import train_step
 
@@ -66,6 +74,17 @@ def test_every_fused_attention_kernel_is_counted_and_the_share_grows_with_the_se
         assert fused > 0, "no fused attention kernel ran"
         assert fused <= measured.attention_ms * (1 + 1e-9), "a fused attention kernel ran outside the attention ops"
         assert 0 < measured.share < 1
+        # where the step went, by kind: every kind ran, they add up to the step, and the loss's and the optimizer's
+        # regions hold what PyTorch's own tree puts under them
+        by_kind = dict(measured.device_ms)
+        print(f"seq_len {seq_len}: device ms by kind " + ", ".join(f"{k} {v:.2f}" for k, v in measured.device_ms))
+        assert list(by_kind) == list(DEVICE_KINDS) and all(ms > 0 for ms in by_kind.values()), by_kind
+        assert sum(by_kind.values()) == pytest.approx(measured.step_ms, rel=1e-9)
+        assert by_kind["attention"] == measured.attention_ms
+        for kind, region in (("cross_entropy", LOSS_REGION), ("optimizer", OPTIMIZER_REGION)):
+            tree = sum(e.device_time_total for e in events if e.device_type == DeviceType.CPU and e.name == region)
+            assert by_kind[kind] == pytest.approx(tree / 1000, rel=1e-9), kind
+        assert by_kind["gemm"] > by_kind["other"]  # a 270M-wide model at 16k tokens: the linear layers dominate
         shares[seq_len] = measured.share
         del built
         torch.cuda.empty_cache()

@@ -18,6 +18,8 @@ import torch
 
 from tests.gpu.test_fp8 import ALL_LAYERS
 from tests.train_helpers import make_dataset
+from yxanul.profiling import DEVICE_KINDS
+from yxanul.tags import DEVICE_MS_METRIC_PREFIX
 
 pytestmark = pytest.mark.gpu
 
@@ -152,6 +154,11 @@ axes:
             assert start < tokens <= end and 0 < share < 1
         kernels = tags["yxanul.attention_kernels"].lower()
         assert any(k in kernels for k in ("flash", "fmha", "sdpa")), kernels
+        # the last profiled step's device time by kind, logged beside the step's total, which it adds up to
+        by_kind = {k.removeprefix(DEVICE_MS_METRIC_PREFIX): v for k, v in run.data.metrics.items()
+                   if k.startswith(DEVICE_MS_METRIC_PREFIX)}
+        assert set(by_kind) == set(DEVICE_KINDS), by_kind
+        assert sum(by_kind.values()) == pytest.approx(run.data.metrics["train/profiled_step_ms"], rel=1e-9)
     assert len({run.data.tags["yxanul.worker_pid"] for run, _ in runs}) == 1  # one process trained all four
 
 

@@ -131,6 +131,7 @@ def test_two_worker_run_logs_metrics_params_provenance_and_checkpoints(env, unin
     for step, value in share:
         assert 0 < attention_ms[step] < step_ms[step] and value == pytest.approx(attention_ms[step] / step_ms[step],
                                                                                  rel=1e-12)
+    assert not any(k.startswith("train/device_ms/") for k in run.data.metrics)  # CPU time is not split by kind
     # what computed attention (on CPU the flash ops for CPU, forward and backward)
     assert tags["yxanul.attention_kernels"] == ("aten::_scaled_dot_product_flash_attention_for_cpu, "
                                                 "aten::_scaled_dot_product_flash_attention_for_cpu_backward")

@@ -357,7 +357,7 @@ def test_a_train_vs_bench_row_says_what_the_job_measured_and_which_attention_ker
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from yxanul.tags import ATTENTION_KERNELS_TAG, COMPILED_TAG
+    from yxanul.tags import ATTENTION_KERNELS_TAG, COMPILED_TAG, DEVICE_MS_METRIC_PREFIX
 
     spec = importlib.util.spec_from_file_location("train_vs_bench", REPO / "scripts" / "train_vs_bench.py")
     script = importlib.util.module_from_spec(spec)
@@ -369,9 +369,14 @@ def test_a_train_vs_bench_row_says_what_the_job_measured_and_which_attention_ker
     client.set_tag(run, COMPILED_TAG, "true")
     rates = [90_000.0, 201_000.0, 203_000.0, 202_000.0]  # the first window warms up: left out
     client.log_batch(run, metrics=[Metric("train/tokens_per_s_per_gpu", r, 0, step) for step, r in enumerate(rates)]
-                     + [Metric("train/peak_mem_gib", g, 0, step) for step, g in enumerate((29.1, 29.3))])
+                     + [Metric("train/peak_mem_gib", g, 0, step) for step, g in enumerate((29.1, 29.3))]
+                     + [Metric(DEVICE_MS_METRIC_PREFIX + kind, ms, 0, 40) for kind, ms in
+                        (("gemm", 98.25), ("attention", 27.5), ("cross_entropy", 19.125), ("optimizer", 4.0),
+                         ("other", 12.5))])
     row = script.run_row(client, run, tmp_path / "plans")
     assert row["attention_kernels"] == kernels
+    assert row["device_ms"] == {"attention": 27.5, "cross_entropy": 19.125, "gemm": 98.25, "optimizer": 4.0,
+                                "other": 12.5}  # where the profiled step went, by kind
     assert row["tokens_per_s"] == 202_000.0 and row["windows"] == 3
     assert row["peak_gib"] == 29.3 and row["compiled"] == "true"
     assert row["fp8_layers"] is None and row["fp8_plan"] is None  # a BF16 run: no plan

@@ -12,7 +12,17 @@ import pytest
 import torch
 from torch.autograd import DeviceType
 
-from yxanul.profiling import attention_share, is_attention_op, profiled, recorded_events, short_name
+from yxanul.profiling import (
+    DEVICE_KINDS,
+    LOSS_REGION,
+    OPTIMIZER_REGION,
+    attention_share,
+    is_attention_op,
+    is_gemm_kernel,
+    profiled,
+    recorded_events,
+    short_name,
+)
 
 
 def test_attention_ops_and_autograd_nodes_are_named_but_not_their_wrappers_or_neighbours():
@@ -127,6 +137,60 @@ def test_gpu_device_time_counts_each_kernel_once_without_communication_or_annota
     assert measured.kernels == ("flash_bwd_kernel", "flash_fwd_kernel")  # which backend ran: not the GEMM or the add
 
 
+def test_gpu_device_time_is_split_by_kind_and_the_kinds_add_up_to_the_step():
+    """Where a GPU step goes (issue 22): each kernel is of the kind of the region that launched it (attention op,
+    the cross-entropy region, the optimizer region or torch's ``Optimizer.step#`` annotation), else a GEMM by its
+    name, else other; the kinds sum to the step's device time. Kernels of a region are found whether they link to
+    an op inside it or to the region's own event (a compiled function's kernels have no op of their own)."""
+    measured = attention_share(_tree(True) + _regions(), "cuda")
+    # _tree: attention 40 + 80, gemm 30 (aten::mm's "gemm"), other 5 (the add), optimizer 10 (the foreach kernel in
+    # torch's Optimizer.step# annotation); _regions: cross_entropy 20 + 7, optimizer 3 + 4, gemm 9 + 11 + 13, other 2
+    assert dict(measured.device_ms) == pytest.approx(
+        {"gemm": 0.063, "attention": 0.12, "cross_entropy": 0.027, "optimizer": 0.017, "other": 0.007}, abs=1e-12)
+    assert [kind for kind, _ in measured.device_ms] == list(DEVICE_KINDS)
+    assert sum(ms for _, ms in measured.device_ms) == pytest.approx(measured.step_ms, rel=1e-12)
+    assert measured.step_ms == pytest.approx(0.234, abs=1e-12) and measured.attention_ms == pytest.approx(0.12)
+    assert attention_share(_tree(False) + _regions(), "cpu").device_ms == ()  # CPU time: no split by kind
+
+
+def _regions() -> list[_Recorded]:
+    """The loss's and the optimizer's regions on thread 3 (after _tree's events, at 800-990 us), with kernels that
+    link to the region's own event or to an op inside it; GEMM kernels as cuBLAS, CUTLASS and Inductor name them."""
+    us = 1000
+    loss = _Recorded(LOSS_REGION, 800 * us, 850 * us, 3, correlation=501, annotation=True)
+    inner = _Recorded("aten::exp", 810 * us, 820 * us, 3, correlation=502)
+    head = _Recorded("aten::mm", 860 * us, 880 * us, 3, correlation=503)
+    step = _Recorded(OPTIMIZER_REGION, 900 * us, 990 * us, 3, correlation=504, annotation=True)
+    clip = _Recorded("aten::_foreach_norm", 905 * us, 915 * us, 3, correlation=505)
+    compiled = _Recorded("CompiledFunction", 700 * us, 790 * us, 3, correlation=506)
+
+    def kernel(name: str, start: int, took: int, launched_by: _Recorded) -> _Recorded:
+        return _Recorded(name, start * us, (start + took) * us, 7, DeviceType.CUDA, correlation=600 + start,
+                         linked=launched_by.correlation)
+
+    return [loss, inner, head, step, clip, compiled,
+            kernel("triton_red_fused__to_copy_logsumexp_0", 2000, 20, loss),  # linked to the region itself
+            kernel("triton_poi_fused_exp_sub_1", 2020, 7, inner),
+            kernel("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNT", 2030, 9, head),
+            kernel("void cutlass::Kernel2<cutlass3x_sm90_tensorop_gemm_bf16>(Params)", 2040, 11, head),
+            kernel("triton_tem_fused_mm_2", 2060, 13, compiled),
+            kernel("triton_red_fused_add_mean_mul_rsqrt_3", 2080, 2, compiled),
+            kernel("multi_tensor_apply_kernel", 2090, 3, clip),
+            kernel("fused_adamw_kernel", 2100, 4, step)]
+
+
+def test_gemm_kernels_are_known_by_name():
+    for name in ("nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNT", "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64",
+                 "ampere_bf16_s16816gemm_bf16_128x128_ldg8_f2f_stages_32x5_nn", "void gemv2T_kernel_val<int, int>()",
+                 "void splitKreduce_kernel<32, 16, int, float>()", "cutlass3x_sm90_tensorop_s64x128x16gemm_bf16",
+                 "sm90_xmma_gemm_e4m3e4m3_e4m3f32_f32_tn_n_tilesize128x128x128", "triton_tem_fused_addmm_0"):
+        assert is_gemm_kernel(name), name
+    for name in ("triton_red_fused_add_mean_mul_rsqrt_0", "fused_adamw_kernel", "multi_tensor_apply_kernel",
+                 "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7", "pytorch_flash::flash_fwd_kernel",
+                 "at::native::vectorized_elementwise_kernel", "Memcpy DtoD (Device -> Device)"):
+        assert not is_gemm_kernel(name), name
+
+
 def test_cpu_time_counts_outermost_attention_ops_and_every_microsecond_in_ops_once():
     measured = attention_share(_tree(False), "cpu")
     # attention: the composite forward op (100) + the backward node (180), not the wrapper around it (200)
@@ -189,6 +253,10 @@ def test_a_real_train_step_profiled_on_cpu():
                                 "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
     own = sum(e.self_cpu_time_total for e in events if is_attention_op(e.name)) / 1000
     assert own <= measured.attention_ms * (1 + 1e-9)
+    # the regions a GPU step's device time is split by are there in the real step: the loss's chunk kernels and the
+    # optimizer (clipping and step); on CPU the step is not split
+    assert {LOSS_REGION, OPTIMIZER_REGION} <= names
+    assert measured.device_ms == ()
 
 
 def test_a_profile_and_its_results_are_freed_when_dropped_not_left_to_the_garbage_collector():

@@ -52,6 +52,7 @@ from yxanul.tags import (
     COMPILE_SCOPE_TAG,
     COMPILED_TAG,
     CURRICULUM_STAGES_TAG,
+    DEVICE_MS_METRIC_PREFIX,
     EXECUTION_TAG,
     FP8_LAYERS_TAG,
     FP8_PLAN_TAG_PREFIX,
@@ -590,14 +591,18 @@ class _Loop:
                          f"{self.state.step}; attention share not measured", err=True)
             return
         self.tracker.log_metrics({ATTENTION_SHARE_METRIC: measured.share, ATTENTION_MS_METRIC: measured.attention_ms,
-                                  PROFILED_STEP_MS_METRIC: measured.step_ms}, step=self.state.tokens)
+                                  PROFILED_STEP_MS_METRIC: measured.step_ms,
+                                  **{DEVICE_MS_METRIC_PREFIX + kind: ms for kind, ms in measured.device_ms}},
+                                 step=self.state.tokens)
         if not set(measured.kernels) <= self.attention_kernels:  # which backend ran: a tag, updated as stages add
             self.attention_kernels |= set(measured.kernels)
             self.tracker.set_tags({ATTENTION_KERNELS_TAG: ", ".join(sorted(self.attention_kernels))})
         clock_name = "device" if measured.device == "cuda" else "CPU"
+        split = "; by kind: " + ", ".join(f"{kind} {ms:,.1f}" for kind, ms in measured.device_ms) + " ms" \
+            if measured.device_ms else ""
         worker_print(self.cfg.run.name, f"{where}: attention {percent(measured.share)} of step time "
                      f"({measured.attention_ms:,.1f} of {measured.step_ms:,.1f} ms {clock_name} time; profiled step "
-                     f"{self.state.step})")
+                     f"{self.state.step}{split})")
 
     def _stream(self, stage: Stage) -> TrainStream:
         where = f"stage {stage.index} (seq_len {stage.seq_len})"

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from yxanul.config import OptimConfig
 from yxanul.model import IGNORE_INDEX, RMSNorm, next_token_targets
 from yxanul.precision import Precision
+from yxanul.profiling import OPTIMIZER_REGION
 
 __all__ = ["MicroBatch", "ParamRow", "StepResult", "build_optimizer", "param_group_table", "param_groups", "train_step"]
 
@@ -148,14 +149,15 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
         loss_sum += loss.detach()
 
     params = [p for p in model.parameters() if p.grad is not None]
-    if grad_clip > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=device.type == "cuda")
-    else:
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=device.type == "cuda")
-    skipped = False
-    if skip_nonfinite and not bool(torch.isfinite(grad_norm)):  # deliberate host sync
-        skipped = True
-        optimizer.zero_grad(set_to_none=True)
-    else:
-        optimizer.step()
+    with torch.autograd.profiler.record_function(OPTIMIZER_REGION):  # a profiled step's "optimizer" device time
+        if grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=device.type == "cuda")
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=device.type == "cuda")
+        skipped = False
+        if skip_nonfinite and not bool(torch.isfinite(grad_norm)):  # deliberate host sync
+            skipped = True
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            optimizer.step()
     return StepResult(loss=loss_sum / count, grad_norm=grad_norm.detach().float(), tokens=tokens, skipped=skipped)
