@@ -6,8 +6,10 @@ Prints the median milliseconds of one chunk's loss and gradient (the forward ker
 the backward kernel's gradient of the BF16 logits, as the fused head runs them) and the graphs each way compiled
 while it also ran a remainder chunk and a second model's width. Ways: ``static`` (``dynamic=False``, the
 2026-12-05 code), ``dynamic`` (every size symbolic, 2026-12-06 to -07), ``model``
-(:func:`yxanul.model.compile_chunk_fn` as it is now), ``fused`` (both kernels in one function, compiled as the
-model's are: a candidate the model does not use) and ``eager``. Why: jobs.bench BF16 lost 9% between
+(:func:`yxanul.model.compile_chunk_fn` as it is now), ``logsumexp`` (the model's way with the forward kernel as it
+was until 2026-12-07, ``torch.logsumexp``: two passes over the logits where the model's spelling is Inductor's
+one-pass online softmax), ``fused`` (both kernels in one function, compiled as the model's are: a candidate the
+model does not use) and ``eager``. Why: jobs.bench BF16 lost 9% between
 those two commits (scripts/bisect_speed.sh, H100, 2026-12-07). ``--device cpu`` (small sizes) checks the script.
 """
 
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from torch._dynamo.testing import CompileCounterWithBackend
 
-    from yxanul.model import _ce_backward_chunk, _ce_forward_chunk, compile_chunk_fn
+    from yxanul.model import IGNORE_INDEX, _ce_backward_chunk, _ce_forward_chunk, compile_chunk_fn
 
     device = torch.device(args.device)
     g = torch.Generator(device=device).manual_seed(0)
@@ -63,14 +65,28 @@ def main(argv: list[str] | None = None) -> int:
         lse, loss = _ce_forward_chunk(logits, targets, vocab)
         return loss, _ce_backward_chunk(logits, targets, lse, scale, vocab)
 
+    def logsumexp_forward(logits: torch.Tensor, targets: torch.Tensor, vocab: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward kernel as it was until 2026-12-07: torch.logsumexp, which Inductor runs as two passes."""
+        x = logits.float()
+        x = x.masked_fill(torch.arange(x.shape[1], device=x.device) >= vocab, float("-inf"))
+        lse = torch.logsumexp(x, dim=-1)
+        picked = x.gather(1, targets.clamp(min=0)[:, None]).squeeze(1)
+        return lse, torch.where(targets != IGNORE_INDEX, lse - picked, 0.0).sum()
+
+    def logsumexp() -> tuple[object, list[CompileCounterWithBackend]]:
+        counters = [CompileCounterWithBackend("inductor"), CompileCounterWithBackend("inductor")]
+        return two(compile_chunk_fn(logsumexp_forward, backend=counters[0]),
+                   compile_chunk_fn(_ce_backward_chunk, backend=counters[1])), counters
+
     def fused() -> tuple[object, list[CompileCounterWithBackend]]:
         counters = [CompileCounterWithBackend("inductor")]
         fn = compile_chunk_fn(loss_and_grad, backend=counters[0])
         return (lambda logits, targets, vocab: fn(logits, targets, vocab, one)[1]), counters
 
     # name -> a fresh (pass(logits, targets, vocab) -> gradient of the logits, its graph counters)
-    ways = {"static": lambda: plain(False), "dynamic": lambda: plain(True), "model": model, "fused": fused,
-            "eager": lambda: (two(_ce_forward_chunk, _ce_backward_chunk), [])}
+    ways = {"static": lambda: plain(False), "dynamic": lambda: plain(True), "model": model, "logsumexp": logsumexp,
+            "fused": fused, "eager": lambda: (two(_ce_forward_chunk, _ce_backward_chunk), [])}
 
     rows = []
     one = torch.ones((), device=device)
@@ -99,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "rows": args.rows,
                "columns": args.columns}
         rows.append(row)
-        print(f"{name:<8} {ms:7.3f} ms for loss + gradient of {gbytes:.2f} GB of BF16 logits "
+        print(f"{name:<9} {ms:7.3f} ms for loss + gradient of {gbytes:.2f} GB of BF16 logits "
               f"({row['gb_per_s']:,.0f} GB/s of logits)  graphs {row['graphs']}", flush=True)
     for row in rows:
         print(json.dumps(row))

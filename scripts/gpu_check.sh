@@ -11,6 +11,7 @@
 #   bench-270m | bench-270m-recipes | bench-ladder | bench-270m-mb16 | bench-270m-head   the jobs.bench matrices
 #                    (experiments/bench; -head: the fused chunked head vs the plain head, BF16 and FP8)
 #   sdpa             scripts/sdpa_bench.py: the attention kernels alone (FlashAttention-2, cuDNN, ...) at the models' shapes
+#   ce-chunk         scripts/ce_chunk_bench.py: the cross-entropy chunk kernels alone, each way of writing and compiling them
 #   bench-attention  model.attention_backend flash vs cudnn, BF16 and FP8 auto, yxanul-270m and width-2048
 #                    (experiments/bench/h100-attention.yaml), after the sdpa stage
 #   bench-rev        our BF16 speed at this commit (plain and fused head) and at an older one, alternating twice on
@@ -60,6 +61,13 @@ sdpa() {  # the attention kernels alone, one row per shape and backend
     tail -12 "$out/sdpa_bench.jsonl"
     return "$status"
 }
+ce_chunk() {  # one chunk's loss + gradient, 4,096 x 200k BF16 logits, each way (rows in ce_chunk.jsonl)
+    $py scripts/ce_chunk_bench.py 2>&1 | tee "$out/ce_chunk.log" | grep -v '^{' | tail -8
+    local status=${PIPESTATUS[0]}
+    grep '^{' "$out/ce_chunk.log" > "$out/ce_chunk.jsonl"
+    return "$status"
+}
+usage() { awk 'NR >= 3 { if ($0 == "#" && ++blank == 2) exit; print }' "$0"; }  # the header, to its 2nd empty line
 bench() {  # $1 = config name, rest = overrides
     local name=$1; shift
     $py -m jobs.bench "experiments/bench/$name.yaml" "output=$out/bench-$name.jsonl" "$@" 2>&1 | tee "$out/bench-$name.log" | grep -v "^$" | tail -40
@@ -77,7 +85,7 @@ bench_rev() {  # HEAD, REV, HEAD, REV: drift on the card lands on both. $REV_ARG
     done
     rm -f "$out"/bench-h100-270m-bf16.md "$out"/bench-rev-old-*.md  # its own tables only: other stages keep theirs
 }
-[ $# -gt 0 ] || { sed -n '3,19p' "$0"; exit 2; }
+[ $# -gt 0 ] || { usage; exit 2; }
 for stage in "$@"; do
     case $stage in
         info) info ;;
@@ -95,7 +103,8 @@ for stage in "$@"; do
         sdpa) sdpa || rc=$? ;;
         bench-attention) sdpa || rc=$?; bench h100-attention || rc=$? ;;
         bench-rev) bench_rev || rc=$? ;;
-        *) echo "unknown stage $stage; usage:" >&2; sed -n '3,19p' "$0" >&2; exit 2 ;;
+        ce-chunk) ce_chunk || rc=$? ;;
+        *) echo "unknown stage $stage; usage:" >&2; usage >&2; exit 2 ;;
     esac
 done
 exit $rc

@@ -304,3 +304,41 @@ def test_compiled_chunk_kernels_compile_once_per_width_for_every_chunk_size_voca
         assert counters["fwd"].frame_count == 3 and counters["bwd"].frame_count == 3
     finally:
         torch._dynamo.reset()
+
+
+def test_the_forward_chunk_kernel_is_one_pass_over_the_logits_where_inductor_has_online_softmax(monkeypatch):
+    """On a GPU Inductor rewrites amax -> subtract -> exp -> sum (kept dims) into one online-softmax reduction (the
+    max and the sum in one pass over the row; ``prepare_softmax_online``); ``torch.logsumexp`` decomposes with a
+    masked max between the two and is left as two passes, so the forward chunk kernel read the 200k-column logits
+    twice (one extra read of 3.3 GB a chunk of 8,192 tokens at yxanul-270m). Checked on Inductor's own post-grad
+    graph of the kernel: the pattern's device check is opened to this CPU (online softmax is generated for Triton
+    only) and the graph is read before code generation, which stops there."""
+    import torch._inductor.fx_passes.post_grad as post_grad
+    from torch._inductor import config, inductor_prims
+    from torch._inductor.exc import InductorError
+
+    from yxanul.model import _ce_forward_chunk
+
+    monkeypatch.setattr(post_grad.prepare_softmax_extra_check, "__code__", (lambda match: True).__code__)
+    online: list[bool] = []
+
+    class _Seen(Exception):
+        pass
+
+    def post_pass(graph: torch.fx.Graph) -> None:
+        online.append(any(n.target is inductor_prims.prepare_softmax_online for n in graph.nodes))
+        raise _Seen
+
+    def reference(logits: torch.Tensor, targets: torch.Tensor, vocab: int):  # the kernel as it was (2026-12-07)
+        x = logits.float().masked_fill(torch.arange(logits.shape[1]) >= vocab, float("-inf"))
+        return torch.logsumexp(x, dim=-1)
+
+    logits, targets = torch.randn(8, 96, dtype=torch.bfloat16), torch.randint(0, 90, (8,))
+    for fn in (_ce_forward_chunk, reference):
+        torch._dynamo.reset()
+        with config.patch(post_grad_custom_post_pass=post_pass, fx_graph_cache=False), \
+                pytest.raises(InductorError) as got:
+            torch.compile(fn, backend="inductor")(logits, targets, 90)
+        assert isinstance(got.value.inner_exception, _Seen)  # stopped by the pass that read the graph, nothing else
+    torch._dynamo.reset()
+    assert online == [True, False]
