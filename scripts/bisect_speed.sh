@@ -9,7 +9,7 @@
 # Prints and writes $OUT/bisect.txt: every probe (commit, tokens/s) and the first slow commit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 3 ] || { sed -n '2,9p' "$0"; exit 2; }
+[ $# -ge 3 ] || { awk 'NR > 1 { if (!/^#/) exit; print }' "$0"; exit 2; }
 good=$1 bad=$2 threshold=$3 config=${4:-experiments/bench/h100-270m-bf16.yaml}
 out=${OUT:-./outputs/gpu} work=${WORK:-/tmp/yxanul-gpu}
 mkdir -p "$out" "$work/rev"

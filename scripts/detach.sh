@@ -19,7 +19,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 action=${1:-}; name=${2:-}
-[ -n "$action" ] && [ -n "$name" ] || { sed -n '2,15p' "$0"; exit 2; }
+[ -n "$action" ] && [ -n "$name" ] || { awk 'NR > 1 { if (!/^#/) exit; print }' "$0"; exit 2; }
 dir=/tmp/detached/$name
 case $action in
     start)

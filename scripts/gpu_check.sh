@@ -67,7 +67,7 @@ ce_chunk() {  # one chunk's loss + gradient, 4,096 x 200k BF16 logits, each way 
     grep '^{' "$out/ce_chunk.log" > "$out/ce_chunk.jsonl"
     return "$status"
 }
-usage() { awk 'NR >= 3 { if ($0 == "#" && ++blank == 2) exit; print }' "$0"; }  # the header, to its 2nd empty line
+usage() { awk 'NR > 1 { if (!/^#/) exit; print }' "$0"; }  # the header comment: no line range to keep up to date
 bench() {  # $1 = config name, rest = overrides
     local name=$1; shift
     $py -m jobs.bench "experiments/bench/$name.yaml" "output=$out/bench-$name.jsonl" "$@" 2>&1 | tee "$out/bench-$name.log" | grep -v "^$" | tail -40

@@ -173,7 +173,7 @@ tests() {
         | grep -v "^$" | tail -40
     return "${PIPESTATUS[0]}"
 }
-[ $# -gt 0 ] || { sed -n '3,19p' "$0"; exit 2; }
+[ $# -gt 0 ] || { awk 'NR > 1 { if (!/^#/) exit; print }' "$0"; exit 2; }
 { date -u +%FT%TZ; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null; } \
     >> "$out/env.txt"
 for stage in "$@"; do

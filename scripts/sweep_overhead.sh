@@ -88,7 +88,7 @@ after() {
     sweep after-cold "$storage" precision.compile_cache=true || return 1
     sweep after-warm "$storage" precision.compile_cache=true
 }
-[ $# -gt 0 ] || { sed -n '3,17p' "$0"; exit 2; }
+[ $# -gt 0 ] || { awk 'NR > 1 { if (!/^#/) exit; print }' "$0"; exit 2; }
 { date -u +%FT%TZ; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null; } \
     >> "$out/env.txt"
 for mode in "$@"; do
