@@ -1,16 +1,17 @@
 """The cross-entropy chunk kernels (yxanul.model) under each way of compiling them, on one CUDA card.
 
     python scripts/ce_chunk_bench.py [--rows 4096] [--columns 200064] [--vocab 200005] [--reps 30] [--device cuda]
+                                     [--ways model,online]
 
 Prints the median milliseconds of one chunk's loss and gradient (the forward kernel's log-sum-exp and loss, then
 the backward kernel's gradient of the BF16 logits, as the fused head runs them) and the graphs each way compiled
 while it also ran a remainder chunk and a second model's width. Ways: ``static`` (``dynamic=False``, the
 2026-12-05 code), ``dynamic`` (every size symbolic, 2026-12-06 to -07), ``model``
-(:func:`yxanul.model.compile_chunk_fn` as it is now), ``logsumexp`` (the model's way with the forward kernel as it
-was until 2026-12-07, ``torch.logsumexp``: two passes over the logits where the model's spelling is Inductor's
-one-pass online softmax), ``fused`` (both kernels in one function, compiled as the model's are: a candidate the
-model does not use) and ``eager``. Why: jobs.bench BF16 lost 9% between
-those two commits (scripts/bisect_speed.sh, H100, 2026-12-07). ``--device cpu`` (small sizes) checks the script.
+(:func:`yxanul.model.compile_chunk_fn` as it is now), ``online`` (the model's way with the forward kernel spelled
+as Inductor's online-softmax pattern: one pass over the row instead of two, measured 2.7% slower), ``fused`` (both
+kernels in one function, compiled as the model's are: a candidate the model does not use) and ``eager``. Why:
+jobs.bench BF16 lost 9% between the static and dynamic commits (scripts/bisect_speed.sh, H100, 2026-12-07).
+``--device cpu`` (small sizes) checks the script.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=200005)
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--ways", default="", help="comma-separated ways to run (default: all)")
     args = parser.parse_args(argv)
     from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -65,18 +67,21 @@ def main(argv: list[str] | None = None) -> int:
         lse, loss = _ce_forward_chunk(logits, targets, vocab)
         return loss, _ce_backward_chunk(logits, targets, lse, scale, vocab)
 
-    def logsumexp_forward(logits: torch.Tensor, targets: torch.Tensor, vocab: int
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The forward kernel as it was until 2026-12-07: torch.logsumexp, which Inductor runs as two passes."""
+    def online_forward(logits: torch.Tensor, targets: torch.Tensor, vocab: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward kernel spelled as Inductor's online-softmax pattern (amax -> subtract -> exp -> sum, kept
+        dims), which a GPU compiles as one pass over the row where torch.logsumexp is two (the model's kernel
+        between db136f2 and its revert, 2026-12-07: 2.7% slower on an H100)."""
         x = logits.float()
         x = x.masked_fill(torch.arange(x.shape[1], device=x.device) >= vocab, float("-inf"))
-        lse = torch.logsumexp(x, dim=-1)
+        row_max = x.amax(dim=-1, keepdim=True)
+        lse = ((x - row_max).exp().sum(dim=-1, keepdim=True).log() + row_max).squeeze(1)
         picked = x.gather(1, targets.clamp(min=0)[:, None]).squeeze(1)
         return lse, torch.where(targets != IGNORE_INDEX, lse - picked, 0.0).sum()
 
-    def logsumexp() -> tuple[object, list[CompileCounterWithBackend]]:
+    def online() -> tuple[object, list[CompileCounterWithBackend]]:
         counters = [CompileCounterWithBackend("inductor"), CompileCounterWithBackend("inductor")]
-        return two(compile_chunk_fn(logsumexp_forward, backend=counters[0]),
+        return two(compile_chunk_fn(online_forward, backend=counters[0]),
                    compile_chunk_fn(_ce_backward_chunk, backend=counters[1])), counters
 
     def fused() -> tuple[object, list[CompileCounterWithBackend]]:
@@ -85,12 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         return (lambda logits, targets, vocab: fn(logits, targets, vocab, one)[1]), counters
 
     # name -> a fresh (pass(logits, targets, vocab) -> gradient of the logits, its graph counters)
-    ways = {"static": lambda: plain(False), "dynamic": lambda: plain(True), "model": model, "logsumexp": logsumexp,
+    ways = {"static": lambda: plain(False), "dynamic": lambda: plain(True), "model": model, "online": online,
             "fused": fused, "eager": lambda: (two(_ce_forward_chunk, _ce_backward_chunk), [])}
 
+    chosen = [w for w in args.ways.split(",") if w] or list(ways)
+    unknown = sorted(set(chosen) - set(ways))
+    if unknown:
+        parser.error(f"--ways: unknown {', '.join(unknown)}; the ways are {', '.join(ways)}")
     rows = []
     one = torch.ones((), device=device)
-    for name, make in ways.items():
+    for name in chosen:
+        make = ways[name]
         torch._dynamo.reset()  # ways compile the same functions: each starts from an empty cache
         run, counters = make()
         with torch.no_grad():
