@@ -7,11 +7,15 @@ Prints the median milliseconds of one chunk's loss and gradient (the forward ker
 the backward kernel's gradient of the BF16 logits, as the fused head runs them) and the graphs each way compiled
 while it also ran a remainder chunk and a second model's width. Ways: ``static`` (``dynamic=False``, the
 2026-12-05 code), ``dynamic`` (every size symbolic, 2026-12-06 to -07), ``model``
-(:func:`yxanul.model.compile_chunk_fn` as it is now), ``online`` (the model's way with the forward kernel spelled
-as Inductor's online-softmax pattern: one pass over the row instead of two, measured 2.7% slower), ``fused`` (both
-kernels in one function, compiled as the model's are: a candidate the model does not use) and ``eager``. Why:
-jobs.bench BF16 lost 9% between the static and dynamic commits (scripts/bisect_speed.sh, H100, 2026-12-07).
-``--device cpu`` (small sizes) checks the script.
+(:func:`yxanul.model.compile_chunk_fn` as it is now: the plain head's loss and validation; the fused head's until
+2026-12-08), ``online`` (the model's way with the forward kernel spelled as Inductor's online-softmax pattern: one
+pass over the row instead of two, measured 2.7% slower), ``fused`` (both kernels in one function, compiled as the
+model's are: a candidate the model does not use), ``triton`` (:mod:`yxanul.loss_kernel`, the fused head's kernel on
+a GPU since 2026-12-08: the gradient written over the logits; ``triton:BLOCKxWARPS`` launches it with another
+shape, e.g. ``triton:8192x16``) and ``eager``. Each row also gives the largest difference of the way's gradient from
+the eager reference kernels' on the same logits. Why: jobs.bench BF16 lost 9% between the static and dynamic commits
+(scripts/bisect_speed.sh, H100, 2026-12-07). ``--device cpu`` (small sizes) checks the script; the ``triton`` ways
+need a GPU, or Triton's interpreter (``TRITON_INTERPRET=1``) on the CPU.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from torch._dynamo.testing import CompileCounterWithBackend
 
+    from yxanul.loss_kernel import BLOCK_COLUMNS, NUM_WARPS, chunk_loss_and_grad_
     from yxanul.model import IGNORE_INDEX, _ce_backward_chunk, _ce_forward_chunk, compile_chunk_fn
 
     device = torch.device(args.device)
@@ -89,14 +94,28 @@ def main(argv: list[str] | None = None) -> int:
         fn = compile_chunk_fn(loss_and_grad, backend=counters[0])
         return (lambda logits, targets, vocab: fn(logits, targets, vocab, one)[1]), counters
 
+    def triton(block: int, num_warps: int) -> tuple[object, list[CompileCounterWithBackend]]:
+        def run(logits: torch.Tensor, targets: torch.Tensor, vocab: int) -> torch.Tensor:
+            chunk_loss_and_grad_(logits, targets, vocab, one, IGNORE_INDEX, block=block, num_warps=num_warps)
+            return logits  # the gradient, written over the logits
+        return run, []
+
     # name -> a fresh (pass(logits, targets, vocab) -> gradient of the logits, its graph counters)
     ways = {"static": lambda: plain(False), "dynamic": lambda: plain(True), "model": model, "online": online,
-            "fused": fused, "eager": lambda: (two(_ce_forward_chunk, _ce_backward_chunk), [])}
+            "fused": fused, "triton": lambda: triton(BLOCK_COLUMNS, NUM_WARPS),
+            "eager": lambda: (two(_ce_forward_chunk, _ce_backward_chunk), [])}
 
     chosen = [w for w in args.ways.split(",") if w] or list(ways)
+    for name in chosen:  # triton:BLOCKxWARPS, another launch shape of the Triton kernel
+        if name.startswith("triton:"):
+            block, _, warps = name.removeprefix("triton:").partition("x")
+            if not (block.isdigit() and warps.isdigit()):
+                parser.error(f"--ways: {name!r} is not triton:BLOCKxWARPS (e.g. triton:8192x16)")
+            ways[name] = lambda b=int(block), w=int(warps): triton(b, w)
     unknown = sorted(set(chosen) - set(ways))
     if unknown:
-        parser.error(f"--ways: unknown {', '.join(unknown)}; the ways are {', '.join(ways)}")
+        parser.error(f"--ways: unknown {', '.join(unknown)}; the ways are {', '.join(ways)}, triton:BLOCKxWARPS")
+    reference = None
     rows = []
     one = torch.ones((), device=device)
     for name in chosen:
@@ -108,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
             for r, c, v in ((args.rows, args.columns, args.vocab), (args.rows // 3, args.columns, args.vocab),
                             (args.rows, 8192, 8000)):
                 run(*inputs(r, c, v), v)
-            logits, targets = inputs(args.rows, args.columns, args.vocab)
+            if reference is None:  # every way times the same logits (a fresh copy: the triton ways write over them)
+                base, targets = inputs(args.rows, args.columns, args.vocab)
+                reference = two(_ce_forward_chunk, _ce_backward_chunk)(base, targets, args.vocab).float()
+            grad_diff = (run(base.clone(), targets, args.vocab).float() - reference).abs().max().item()
+            logits = base.clone()
             times = []
             for _ in range(args.reps):
                 if device.type == "cuda":
@@ -123,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         row = {"way": name, "ms": ms, "logits_gb": round(gbytes, 3), "gb_per_s": round(gbytes / ms * 1e3, 1),
                "graphs": [c.frame_count for c in counters],
                "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "rows": args.rows,
-               "columns": args.columns}
+               "columns": args.columns, "vocab": args.vocab, "max_grad_diff": grad_diff}
         rows.append(row)
         print(f"{name:<9} {ms:7.3f} ms for loss + gradient of {gbytes:.2f} GB of BF16 logits "
-              f"({row['gb_per_s']:,.0f} GB/s of logits)  graphs {row['graphs']}", flush=True)
+              f"({row['gb_per_s']:,.0f} GB/s of logits)  graphs {row['graphs']}  max |grad - reference| {grad_diff:.2e}",
+              flush=True)
     for row in rows:
         print(json.dumps(row))
     return 0

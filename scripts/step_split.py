@@ -1,12 +1,12 @@
 """Where one training step of our model goes on a GPU: its device time by kind, its idle time, its wall-clock.
 
-    python scripts/step_split.py [--preset yxanul-270m] [--micro-batch 16] [--seq-len 2048] [--device cuda]
+    python scripts/step_split.py [--preset yxanul-270m] [--micro-batch 16] [--seq-len 2048] [--device cuda] [--top N]
 
 Builds the model as the training job does (``build_training``, BF16, compiled by regions), runs 6 warm-up steps of
 random tokens, then prints:
 
 1. one step profiled after a synchronisation: its device time by kind (:data:`yxanul.profiling.DEVICE_KINDS`, as the
-   job logs ``train/device_ms/<kind>``);
+   job logs ``train/device_ms/<kind>``); with ``--top N``, also the N kernels with the most device time in it;
 2. 6 steps profiled back to back (steady state): kernel time per step, the span of device activity, the idle
    difference, and the largest gaps between kernels;
 3. the wall-clock per step over 8 steps with the batch on the host, in pinned host memory and on the device.
@@ -31,9 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--top", type=int, default=0, help="also list the N kernels with the most device time")
     args = parser.parse_args(argv)
     from yxanul.config import ModelConfig, OptimConfig, PrecisionConfig
-    from yxanul.profiling import attention_share, profiled, recorded_events
+    from yxanul.profiling import attention_share, is_gemm_kernel, profiled, recorded_events, short_name
     from yxanul.train.build import build_training
     from yxanul.train.step import train_step
 
@@ -63,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     one = attention_share(recorded_events(prof), dev.type)
     split = ", ".join(f"{kind} {ms:.2f}" for kind, ms in one.device_ms) or "(CPU time: not split)"
     print(f"one step after a sync: {one.step_ms:.2f} ms {'device' if cuda else 'CPU'} time; {split}", flush=True)
+    if cuda and args.top:
+        by_name: dict[str, list[float]] = {}
+        for e in recorded_events(prof):
+            if e.device_type() != torch.autograd.DeviceType.CPU and not e.is_user_annotation():
+                by_name.setdefault(short_name(e.name())[:90], []).append((e.end_ns() - e.start_ns()) / 1e6)
+        print(f"the {args.top} kernels with the most device time in that step (ms in all, launches):")
+        for name, ms in sorted(by_name.items(), key=lambda item: -sum(item[1]))[:args.top]:
+            print(f"  {sum(ms):7.2f}  {len(ms):4d}  {'gemm ' if is_gemm_kernel(name) else ''}{name}")
     del prof
     if cuda:
         with profiled(dev) as prof:

@@ -560,6 +560,30 @@ def _chunk_fns(device: torch.device) -> tuple[Callable[..., object], Callable[..
     return _compiled_chunks["fwd"], _compiled_chunks["bwd"]
 
 
+def _chunk_loss_and_grad_fn(device: torch.device) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """``(logits, targets, vocab, scale) -> (summed loss, d loss / d logits * scale)`` for one chunk of the fused
+    head, whose logits are not needed afterwards. On CUDA one Triton kernel that writes the gradient over the logits
+    (:mod:`yxanul.loss_kernel`: three passes over the chunk instead of the compiled kernels' four, and no second
+    chunk-sized buffer); elsewhere the reference, :func:`_ce_forward_chunk` then :func:`_ce_backward_chunk`."""
+    if device.type == "cuda":
+        return _in_loss_region(_triton_loss_and_grad)  # type: ignore[return-value]
+    fwd, bwd = _chunk_fns(device)
+
+    def reference(logits: torch.Tensor, targets: torch.Tensor, vocab: int, scale: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        lse, loss = fwd(logits, targets, vocab)  # type: ignore[misc]
+        return loss, bwd(logits, targets, lse, scale, vocab)  # type: ignore[return-value]
+
+    return reference
+
+
+def _triton_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, vocab: int, scale: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    from yxanul.loss_kernel import chunk_loss_and_grad_
+
+    return chunk_loss_and_grad_(logits, targets, vocab, scale, IGNORE_INDEX), logits
+
+
 def _in_loss_region(fn: Callable[..., object]) -> Callable[..., object]:
     """``fn`` inside ``record_function(LOSS_REGION)`` (an op call of a few microseconds when nothing profiles)."""
     def call(*args: object) -> object:
@@ -633,9 +657,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Summed next-token loss of ``head(hidden)``, ``chunk`` tokens at a time, never holding all the logits.
 
     Per chunk, in the forward: the chunk's logits (the head as the model runs it: BF16 autocast, or a Transformer
-    Engine FP8 module under the caller's ``te.autocast``), its log-sum-exp and loss, and, when gradients are
-    wanted, its gradients: d loss / d logits (softmax - one-hot, the same chunk kernels as
-    :class:`_ChunkedCrossEntropy`) taken through the head's own backward to the hidden chunk and the head's
+    Engine FP8 module under the caller's ``te.autocast``), its loss and d loss / d logits (softmax - one-hot:
+    on a GPU one kernel that writes it over the logits, :func:`_chunk_loss_and_grad_fn`), then the gradients
+    taken through the head's own backward to the hidden chunk and the head's
     parameters (``torch.autograd.grad``: nothing is accumulated into ``.grad`` here, so DDP and FSDP hooks fire
     once, in the real backward). Then the chunk's logits are freed. Saved: d loss_sum / d hidden (tokens x
     hidden) and d loss_sum / d parameters (vocab x hidden, fp32); the backward only multiplies them by the
@@ -652,7 +676,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 chunk: int, *params: torch.Tensor) -> torch.Tensor:
         want_hidden = ctx.needs_input_grad[0]  # (linear_cross_entropy calls this only when some gradient is wanted)
         want_params = list(ctx.needs_input_grad[5:])
-        fwd, bwd = _chunk_fns(hidden.device)
+        loss_and_grad = _chunk_loss_and_grad_fn(hidden.device)
         total = hidden.new_zeros((), dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_params: list[torch.Tensor | None] = [None] * len(params)
@@ -662,9 +686,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             with torch.enable_grad():
                 h = hidden[rows].detach().requires_grad_(want_hidden)
                 logits = head(h, index)  # (n, V_padded)
-            lse, loss = fwd(logits.detach(), targets[rows], vocab)
+            loss, grad_logits = loss_and_grad(logits.detach(), targets[rows], vocab, one)
             total = total + loss
-            grad_logits = bwd(logits.detach(), targets[rows], lse, one, vocab)
             wanted = ([h] if want_hidden else []) + [p for p, w in zip(params, want_params) if w]
             # Backward ops in the dtypes the forward chose, as a backward outside autocast runs them.
             with torch.autocast(hidden.device.type, enabled=False):

@@ -4,6 +4,10 @@ head (linear_cross_entropy) = the plain head within fp32 error bounds, never hol
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +15,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from yxanul.model import IGNORE_INDEX, bits_per_byte, cross_entropy, linear_cross_entropy, next_token_targets
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_targets_are_the_next_token_and_the_last_position_has_none():
@@ -305,3 +311,54 @@ def test_compiled_chunk_kernels_compile_once_per_width_for_every_chunk_size_voca
     finally:
         torch._dynamo.reset()
 
+
+
+
+def test_the_triton_chunk_kernel_gives_the_exact_loss_and_gradient_in_place():
+    """The fused head's GPU kernel (yxanul.loss_kernel), run by Triton's interpreter on the CPU, in FP32 and BF16,
+    with blocks shorter and longer than a row. A subprocess: the interpreter is chosen when Triton is imported,
+    and this process may have imported it for the GPU already (Inductor does)."""
+    pytest.importorskip("triton", reason="Triton's interpreter runs the kernel on the CPU (installed with the dev "
+                        "extra on Linux x86_64)")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "platform"), str(REPO)])}
+    code = "from tests.unit.test_loss import check_triton_kernel as c; [c(d, b) for d in ('float32', 'bfloat16') " \
+           "for b in (64, 512)]; print('checked')"
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "checked", done.stderr[-3000:]
+
+
+def check_triton_kernel(dtype_name: str, block: int) -> None:
+    """One case of the test above, in a process whose Triton interprets: rows longer than a block (the online
+    log-sum-exp carries its max and sum across blocks) or shorter, padded columns (never counted, gradient zero),
+    an ignored row (loss and gradient zero) and an upstream scale, against the loss and gradient in float64."""
+    from yxanul import loss_kernel
+
+    dtype = getattr(torch, dtype_name)
+    torch.manual_seed(0)
+    rows, cols, vocab, scale = 6, 300, 290, 0.25
+    x = (torch.randn(rows, cols) * 4).to(dtype)
+    x[:, vocab:] = 60.0  # padding that would dominate the softmax if it were counted
+    targets = torch.randint(0, vocab, (rows,))
+    targets[3] = IGNORE_INDEX
+    exact = x.double()[:, :vocab]
+    lse = exact.logsumexp(-1)
+    valid = targets != IGNORE_INDEX
+    loss = (lse - exact.gather(1, targets.clamp(min=0)[:, None]).squeeze(1))[valid].sum()
+    grad = torch.zeros(rows, cols, dtype=torch.float64)
+    grad[:, :vocab] = (exact - lse[:, None]).exp()
+    grad[torch.arange(rows), targets.clamp(min=0)] -= 1
+    grad = grad * valid[:, None] * scale
+    logits = x.clone()
+    got = loss_kernel.chunk_loss_and_grad_(logits, targets, vocab, torch.tensor(scale), IGNORE_INDEX, block=block,
+                                           num_warps=4)
+    # fp32 arithmetic (u = 2^-24): a row's log-sum-exp is off by at most ~(columns + 2 |x|max) u, its loss as
+    # much again; a gradient element then by that, relatively, and by its rounding to the logits' dtype when BF16:
+    # under one BF16 ulp, 2^-7 relative (the interpreter truncates fp32 to BF16; a GPU rounds to nearest, under
+    # 2^-8, which tests/gpu/test_loss_kernel_gpu.py holds it to).
+    u, xmax = 2.0**-24, float(x.abs().max())
+    row_error = u * (vocab + 4 * xmax + 16)
+    assert abs(float(got) - float(loss)) <= rows * row_error + u * abs(float(loss)), (float(got), float(loss))
+    rounding = 2.0**-7 if dtype == torch.bfloat16 else u
+    assert ((logits.double() - grad).abs() <= (row_error + rounding) * grad.abs() + scale * row_error).all()
+    assert logits.dtype == dtype and (logits[3] == 0).all() and (logits[:, vocab:] == 0).all()

@@ -1,0 +1,42 @@
+"""GPU proof of the fused head's loss kernel (yxanul.loss_kernel), compiled by Triton for the card: on a chunk of
+yxanul-270m's logits (4,096 x 200,064 BF16, 200,005 real columns) its loss and the gradient it writes over the
+logits equal the reference kernels' within fp32 error and BF16 rounding to nearest (run: ``pytest -m gpu
+tests/gpu``). The fused head that launches it is held to the plain head in tests/gpu/test_head_gpu.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.gpu.test_fp8 import DEV
+from yxanul.loss_kernel import chunk_loss_and_grad_
+from yxanul.model import IGNORE_INDEX, _ce_backward_chunk, _ce_forward_chunk
+
+pytestmark = pytest.mark.gpu
+
+ROWS, COLUMNS, VOCAB = 4096, 200_064, 200_005
+
+
+@pytest.mark.parametrize("block,num_warps", [(32768, 32), (4096, 8)])
+def test_the_loss_kernel_equals_the_reference_kernels_on_a_chunk_of_200k_logits(block, num_warps):
+    g = torch.Generator(device=DEV).manual_seed(0)
+    logits = (torch.randn(ROWS, COLUMNS, device=DEV, generator=g) * 3).to(torch.bfloat16)
+    targets = torch.randint(0, VOCAB, (ROWS,), device=DEV, generator=g)
+    targets[::7] = IGNORE_INDEX
+    scale = torch.tensor(0.125, device=DEV)
+    # The reference in fp64 on the same BF16 logits (the eager kernels' arithmetic, exactly).
+    lse, ref_loss = _ce_forward_chunk(logits.double(), targets, VOCAB)
+    ref_grad = _ce_backward_chunk(logits.double(), targets, lse, scale.double(), VOCAB)
+    got = logits.clone()
+    loss = chunk_loss_and_grad_(got, targets, VOCAB, scale, IGNORE_INDEX, block=block, num_warps=num_warps)
+    torch.cuda.synchronize()
+    # fp32 (u = 2^-24): a row's log-sum-exp is off by at most ~(columns + 2 |x|max) u, its loss as much again; the
+    # rows' sum adds u per row of the total. A gradient element: that, relatively, then half a BF16 ulp (2^-8
+    # relative) from rounding to nearest.
+    u, xmax = 2.0**-24, float(logits.abs().max())
+    row_error = u * (VOCAB + 4 * xmax + 16)
+    assert abs(float(loss) - float(ref_loss)) <= ROWS * row_error + ROWS * u * abs(float(ref_loss))
+    bound = (row_error + 2.0**-8) * ref_grad.abs() + 0.125 * row_error
+    assert ((got.double() - ref_grad).abs() <= bound).all()
+    ignored = targets == IGNORE_INDEX
+    assert (got[ignored] == 0).all() and (got[:, VOCAB:] == 0).all()
