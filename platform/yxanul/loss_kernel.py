@@ -23,11 +23,13 @@ import torch
 
 __all__ = ["BLOCK_COLUMNS", "NUM_WARPS", "chunk_loss_and_grad_"]
 
-BLOCK_COLUMNS = 32768
+BLOCK_COLUMNS = 4096
 """Columns a program reads per step of its loops (a power of two; fewer for narrower rows)."""
-NUM_WARPS = 32
-"""Warps per program (one row): 1,024 threads, 32 columns each per block. With this many registers a program
-fills an SM, so ~132 rows are in flight on an H100 and the second read of a row can come from L2."""
+NUM_WARPS = 8
+"""Warps per program (one row). The launch shape measured fastest of five on an H100 for 4,096 x 200,064 BF16
+logits (scripts/ce_chunk_bench.py, 2026-12-08, docs/benchmarks.md): 4096 x 8 1.77 ms, 8192 x 16 1.83, 16384 x 16
+1.88, 32768 x 32 (Liger-Kernel's) 2.10-2.14, 32768 x 16 2.25; the compiled kernels 2.41-2.52. Small programs, many
+rows in flight: the loads, not the arithmetic, bound it."""
 
 _kernel: list[Callable[..., object]] = []
 

@@ -461,7 +461,8 @@ class Yxanul(nn.Module):
         the fused chunked head when ``head_chunk_tokens`` > 0, else the whole logits and :func:`cross_entropy`."""
         if self.head_chunk_tokens:
             return linear_cross_entropy(hidden, self.logits, self.head_parameters(), targets, self.vocab_size,
-                                        chunk_tokens=self.head_chunk_tokens)
+                                        chunk_tokens=self.head_chunk_tokens,
+                                        plain=self.head is None or type(self.head) is nn.Linear)
         return cross_entropy(self.logits(hidden), targets, self.vocab_size)
 
     def num_parameters(self) -> int:
@@ -660,8 +661,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     Engine FP8 module under the caller's ``te.autocast``), its loss and d loss / d logits (softmax - one-hot:
     on a GPU one kernel that writes it over the logits, :func:`_chunk_loss_and_grad_fn`), then the gradients
     taken through the head's own backward to the hidden chunk and the head's
-    parameters (``torch.autograd.grad``: nothing is accumulated into ``.grad`` here, so DDP and FSDP hooks fire
-    once, in the real backward). Then the chunk's logits are freed. Saved: d loss_sum / d hidden (tokens x
+    parameters (``torch.autograd.grad``; for a plain weight, the two GEMMs run directly, :func:`_plain_head_loss`:
+    nothing is accumulated into ``.grad`` here, so DDP and FSDP hooks fire once, in the real backward). Then the chunk's logits are freed. Saved: d loss_sum / d hidden (tokens x
     hidden) and d loss_sum / d parameters (vocab x hidden, fp32); the backward only multiplies them by the
     upstream gradient.
 
@@ -673,14 +674,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, targets: torch.Tensor, head: Head, vocab: int,  # type: ignore[override]
-                chunk: int, *params: torch.Tensor) -> torch.Tensor:
+                chunk: int, plain: bool, *params: torch.Tensor) -> torch.Tensor:
         want_hidden = ctx.needs_input_grad[0]  # (linear_cross_entropy calls this only when some gradient is wanted)
-        want_params = list(ctx.needs_input_grad[5:])
+        want_params = list(ctx.needs_input_grad[6:])
         loss_and_grad = _chunk_loss_and_grad_fn(hidden.device)
         total = hidden.new_zeros((), dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_params: list[torch.Tensor | None] = [None] * len(params)
         one = torch.ones((), device=hidden.device)
+        ctx.param_dtypes = [p.dtype for p in params]
+        if plain:
+            total, grad_params[0] = _plain_head_loss(hidden, targets, params[0], vocab, chunk, loss_and_grad,
+                                                     grad_hidden, want_params[0])
+            ctx.save_for_backward(grad_hidden, *grad_params)
+            return total
         for index, start in enumerate(range(0, hidden.shape[0], chunk)):
             rows = slice(start, start + chunk)
             with torch.enable_grad():
@@ -702,7 +709,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if g is not None:
                     grad_params[i] = g.float() if grad_params[i] is None else grad_params[i].add_(g)
         ctx.save_for_backward(grad_hidden, *grad_params)
-        ctx.param_dtypes = [p.dtype for p in params]
         return total
 
     @staticmethod
@@ -710,11 +716,48 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, *grad_params = ctx.saved_tensors
         scale = grad_out.float()
         return (None if grad_hidden is None else (grad_hidden * scale).to(grad_hidden.dtype), None, None, None, None,
-                *(None if g is None else (g * scale).to(dtype) for g, dtype in zip(grad_params, ctx.param_dtypes)))
+                None, *(None if g is None else (g * scale).to(dtype) for g, dtype in zip(grad_params, ctx.param_dtypes)))
+
+
+def _plain_head_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, vocab: int, chunk: int,
+                     loss_and_grad: Callable[..., tuple[torch.Tensor, torch.Tensor]], grad_hidden: torch.Tensor | None,
+                     want_weight: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:class:`_LinearCrossEntropy`'s forward for a head that is ``F.linear(h, weight)``: the summed loss, and d loss
+    / d weight in fp32 (when ``want_weight``); d loss / d hidden goes into ``grad_hidden`` (when given).
+
+    The GEMMs autocast and autograd would run, run here: the weight and each chunk cast once to the autocast dtype,
+    the logits, then d hidden = g @ W and d weight = g^T @ h. On CUDA in BF16 or FP16, the weight's gradient is
+    summed over the chunks by the GEMM itself, in fp32 (``addmm(..., out_dtype=float32)``: cuBLAS adds into its fp32
+    output), where autograd's returned each chunk's in BF16, then cast it to fp32 and added it in two more passes
+    over the 200k x hidden matrix."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    one = torch.ones((), device=hidden.device)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    grad_weight: torch.Tensor | None = None
+    in_gemm = hidden.is_cuda and dtype in (torch.bfloat16, torch.float16)
+    with torch.autocast(device, enabled=False), torch.no_grad():
+        w = weight.detach().to(dtype)
+        for start in range(0, hidden.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            h = hidden[rows].detach().to(dtype)
+            loss, g = loss_and_grad(h @ w.t(), targets[rows], vocab, one)  # (n, V_padded) logits, then gradient
+            total = total + loss
+            if grad_hidden is not None:
+                grad_hidden[rows] = g @ w
+            if want_weight and in_gemm:
+                grad_weight = (torch.mm(g.t(), h, out_dtype=torch.float32) if grad_weight is None
+                               else torch.addmm(grad_weight, g.t(), h, out_dtype=torch.float32))
+            elif want_weight:
+                part = (g.t() @ h).float()
+                grad_weight = part if grad_weight is None else grad_weight.add_(part)
+            del g
+    return total, grad_weight
 
 
 def linear_cross_entropy(hidden: torch.Tensor, head: Head, params: Sequence[torch.Tensor], targets: torch.Tensor,
-                         vocab_size: int, *, chunk_tokens: int, reduction: str = "sum") -> torch.Tensor:
+                         vocab_size: int, *, chunk_tokens: int, reduction: str = "sum",
+                         plain: bool = False) -> torch.Tensor:
     """Next-token cross-entropy of the output head on ``hidden``, fused and chunked: at most ``chunk_tokens``
     rows of logits exist at any time, in the forward and in the backward (:class:`_LinearCrossEntropy`). The
     same value and gradients as ``cross_entropy(head(hidden), targets, vocab_size)``, up to the rounding of
@@ -723,11 +766,16 @@ def linear_cross_entropy(hidden: torch.Tensor, head: Head, params: Sequence[torc
     ``hidden`` (..., hidden); ``head(h, chunk_index)`` -> logits (n, V_padded), computed with ``params`` (every
     tensor the head differentiates: its weight, and bias if any); ``targets`` (...) with IGNORE_INDEX where
     there is no target; columns >= ``vocab_size`` are excluded. ``reduction`` as in :func:`cross_entropy`.
+    ``plain``: the head is exactly ``F.linear(h, params[0])`` (no bias, no module of its own, such as a Transformer
+    Engine layer): its gradients are then two GEMMs run here (:func:`_plain_head_loss`) instead of the head's
+    backward through autograd.
     """
+    if plain and len(params) != 1:
+        raise ValueError(f"plain=True takes the head's one weight as params, got {len(params)} tensors")
     flat, flat_targets, vocab, chunk = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1).long(), int(
         vocab_size), int(chunk_tokens)
     if torch.is_grad_enabled() and (flat.requires_grad or any(p.requires_grad for p in params)):
-        total = _LinearCrossEntropy.apply(flat, flat_targets, head, vocab, chunk, *params)
+        total = _LinearCrossEntropy.apply(flat, flat_targets, head, vocab, chunk, plain, *params)
     else:  # no gradients wanted (validation): the loss only, chunk by chunk
         fwd, _ = _chunk_fns(flat.device)
         total = flat.new_zeros((), dtype=torch.float32)

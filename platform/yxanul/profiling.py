@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,10 @@ _GEMM_NAMES = ("gemm", "gemv", "nvjet", "xmma", "cutlass", "splitkreduce", "trit
 """Lower-case fragments of matrix-multiply kernel names: cuBLAS / cuBLASLt (``nvjet_tst_*``, ``sm90_xmma_gemm_*``,
 ``*s16816gemm*``, ``gemv2T_kernel``, ``splitKreduce_kernel``), CUTLASS (``cutlass3x_sm90_*gemm*``, Transformer
 Engine's), Inductor's Triton matmul templates (``triton_tem_fused_mm*``)."""
+
+
+_CUDA_API = re.compile(r"cu(da)?[A-Z]")
+"""Names of CUDA runtime and driver calls as the profiler records them (``cudaLaunchKernel``, ``cuLaunchKernelEx``)."""
 
 
 def is_attention_op(name: str) -> bool:
@@ -182,7 +187,8 @@ def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare |
     spans: dict[int, list[tuple[int, int, str]]] = {}  # CPU: thread -> every event's (start, end, name): the step
     regions: dict[str, dict[int, list[tuple[int, int, str]]]] = {}  # kind -> thread -> its events' (start, end, name)
     ops: dict[int, tuple[int, int]] = {}  # GPU: correlation id -> (thread, start) of the op that launched kernels
-    kernels: list[tuple[int, int, str]] = []  # GPU: (the launching op's correlation id, ns, name) of each activity
+    launches: dict[int, tuple[int, int]] = {}  # GPU: CUPTI correlation id -> (thread, start) of a CUDA API call
+    kernels: list[tuple[int, int, int, str]] = []  # GPU: (launching op's id, own CUPTI id, ns, name) of each activity
     for event in events:
         name = event.name()
         if name in _LEFT_OUT or getattr(event, "is_hidden_event", lambda: False)():
@@ -197,10 +203,12 @@ def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare |
                 regions.setdefault(kind, {}).setdefault(thread, []).append((start, end, name))
             if not cuda:
                 spans.setdefault(thread, []).append((start, end, name))
-            elif event.linked_correlation_id() == 0:  # an op, not a runtime call made for one
+            elif _CUDA_API.match(name):  # a runtime or driver call: the kernel it launched has its correlation id
+                launches[event.correlation_id()] = (thread, start)
+            elif event.linked_correlation_id() == 0:  # an op or a region
                 ops[event.correlation_id()] = (thread, start)
         elif cuda and not event.is_user_annotation() and not any(part in name.lower() for part in _COMMUNICATION):
-            kernels.append((event.linked_correlation_id(), end - start, name))
+            kernels.append((event.linked_correlation_id(), event.correlation_id(), end - start, name))
     attention = regions.get("attention", {})
     outer = {kind: {thread: _outermost(found) for thread, found in by_thread.items()}
              for kind, by_thread in regions.items()}
@@ -210,8 +218,10 @@ def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare |
                   for kind, by_thread in outer.items()}
         by_kind = dict.fromkeys(DEVICE_KINDS, 0)
         ran = set()
-        for launched_by, ns, name in kernels:
-            op = ops.get(launched_by)
+        for launched_by, correlation, ns, name in kernels:
+            # A kernel launched outside any op (a Triton kernel launched from Python, as yxanul.loss_kernel's) links
+            # to no op: where its launch call was made says which region it belongs to.
+            op = ops[launched_by] if launched_by in ops else launches.get(correlation)
             kind = next((k for k in ("attention", "cross_entropy", "optimizer") if op is not None
                          and op[0] in outer.get(k, {}) and _inside(outer[k][op[0]], starts[k][op[0]], op[1])), None)
             if kind is None:

@@ -259,6 +259,35 @@ def test_the_model_loss_is_the_same_through_either_head_path(tied):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-5 * a.grad.abs().max().item(), msg=name)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_a_plain_weight_head_gives_what_its_backward_through_autograd_gives(autocast):
+    """``plain=True`` (the model's own nn.Linear or tied head) runs the head's GEMMs itself; the same head as an opaque
+    callable goes through autograd (how a Transformer Engine head runs). Same loss and gradients: in fp32 to a few
+    ulps, under BF16 autocast to BF16 rounding of the same products (the CPU sums the weight's gradient of BF16
+    chunks in fp32 on both paths)."""
+    torch.manual_seed(0)
+    weight = (torch.randn(384, 32) * 0.2).requires_grad_()
+    hidden = torch.randn(70, 32)
+    targets = torch.randint(0, 300, (70,))
+    targets[5] = IGNORE_INDEX
+    out = {}
+    for plain in (True, False):
+        h = hidden.clone().requires_grad_()
+        weight.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = linear_cross_entropy(h, lambda x, _: F.linear(x, weight), [weight], targets, 300, chunk_tokens=16,
+                                        plain=plain)
+        (loss / 69).backward()
+        out[plain] = (loss.detach(), h.grad, weight.grad.clone())
+    assert out[True][2].dtype == torch.float32 and out[True][1].dtype == torch.float32
+    tol = {"rtol": 2e-2, "atol": 1e-3} if autocast else {"rtol": 1e-5, "atol": 1e-7}
+    for ours, theirs in zip(out[True], out[False]):
+        torch.testing.assert_close(ours, theirs, **tol)
+    with pytest.raises(ValueError, match="plain=True takes the head's one weight"):
+        linear_cross_entropy(hidden, lambda x, _: F.linear(x, weight), [weight, weight], targets, 300,
+                             chunk_tokens=16, plain=True)
+
+
 def test_head_chunk_tokens_auto_chunks_only_wide_heads():
     from yxanul.config import ModelConfig
     from yxanul.model import HEAD_CHUNK_AUTO_TOKENS, resolve_head_chunk_tokens
