@@ -728,8 +728,8 @@ def _plain_head_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.
     The GEMMs autocast and autograd would run, run here: the weight and each chunk cast once to the autocast dtype,
     the logits, then d hidden = g @ W and d weight = g^T @ h. On CUDA in BF16 or FP16, the weight's gradient is
     summed over the chunks by the GEMM itself, in fp32 (``addmm(..., out_dtype=float32)``: cuBLAS adds into its fp32
-    output), where autograd's returned each chunk's in BF16, then cast it to fp32 and added it in two more passes
-    over the 200k x hidden matrix."""
+    output; :func:`_addmm_adds_into_fp32`), where autograd's returned each chunk's in BF16, then cast it to fp32 and
+    added it in two more passes over the 200k x hidden matrix."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     one = torch.ones((), device=hidden.device)
@@ -746,13 +746,34 @@ def _plain_head_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.
             if grad_hidden is not None:
                 grad_hidden[rows] = g @ w
             if want_weight and in_gemm:
-                grad_weight = (torch.mm(g.t(), h, out_dtype=torch.float32) if grad_weight is None
-                               else torch.addmm(grad_weight, g.t(), h, out_dtype=torch.float32))
+                if grad_weight is None:
+                    grad_weight = torch.mm(g.t(), h, out_dtype=torch.float32)
+                elif _addmm_adds_into_fp32(hidden.device):
+                    grad_weight = torch.addmm(grad_weight, g.t(), h, out_dtype=torch.float32)
+                else:
+                    grad_weight.add_(torch.mm(g.t(), h, out_dtype=torch.float32))
             elif want_weight:
                 part = (g.t() @ h).float()
                 grad_weight = part if grad_weight is None else grad_weight.add_(part)
             del g
     return total, grad_weight
+
+
+def _addmm_adds_into_fp32(device: torch.device) -> bool:
+    """Whether this torch's CUDA ``addmm(fp32 input, bf16, bf16, out_dtype=float32)`` runs: newer releases add the
+    BF16 product into an fp32 input inside the GEMM; older ones refuse an input whose dtype is not the matrices'.
+    Either way the sum is fp32 (refused: an fp32 GEMM output added in one more pass). Tried once per device."""
+    if device not in _ADDMM_INTO_FP32:
+        m = torch.zeros(2, 2, dtype=torch.bfloat16, device=device)
+        try:
+            torch.addmm(torch.zeros(2, 2, device=device), m, m, out_dtype=torch.float32)
+            _ADDMM_INTO_FP32[device] = True
+        except RuntimeError:
+            _ADDMM_INTO_FP32[device] = False
+    return _ADDMM_INTO_FP32[device]
+
+
+_ADDMM_INTO_FP32: dict[torch.device, bool] = {}
 
 
 def linear_cross_entropy(hidden: torch.Tensor, head: Head, params: Sequence[torch.Tensor], targets: torch.Tensor,

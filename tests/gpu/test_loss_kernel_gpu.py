@@ -40,3 +40,37 @@ def test_the_loss_kernel_equals_the_reference_kernels_on_a_chunk_of_200k_logits(
     assert ((got.double() - ref_grad).abs() <= bound).all()
     ignored = targets == IGNORE_INDEX
     assert (got[ignored] == 0).all() and (got[:, VOCAB:] == 0).all()
+
+
+
+def test_the_plain_head_sums_its_weight_gradient_in_fp32_either_way(monkeypatch):
+    """The plain head's weight gradient summed over chunks in fp32, by the GEMM itself where this torch's addmm
+    takes an fp32 input, else by an fp32 GEMM output added after it (forced here as well): the same sum either way,
+    and the head's backward through autograd's to BF16 rounding of each chunk's product."""
+    from torch.nn import functional as F
+
+    from yxanul import model as model_module
+    from yxanul.model import linear_cross_entropy
+
+    g = torch.Generator(device=DEV).manual_seed(2)
+    weight = (torch.randn(4096, 256, device=DEV, generator=g) * 0.05).requires_grad_()
+    hidden = torch.randn(2048, 256, device=DEV, generator=g)
+    targets = torch.randint(0, 4000, (2048,), device=DEV, generator=g)
+
+    def weight_grad(plain: bool) -> torch.Tensor:
+        weight.grad = None
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = linear_cross_entropy(hidden, lambda x, _: F.linear(x, weight), [weight], targets, 4000,
+                                        chunk_tokens=512, plain=plain)
+        loss.backward()
+        return weight.grad.clone()
+
+    native = model_module._addmm_adds_into_fp32(DEV)
+    print(f"this torch's addmm adds BF16 products into an fp32 input: {native}")
+    ours, autograd = weight_grad(True), weight_grad(False)
+    monkeypatch.setitem(model_module._ADDMM_INTO_FP32, DEV, False)
+    added_after = weight_grad(True)
+    # fp32 sums of the same fp32-accumulated chunk products, in another order of additions
+    assert (ours - added_after).norm() <= 2**-20 * ours.norm()
+    # autograd sums four BF16-rounded chunk products (2^-8 relative each) where the plain head sums them unrounded
+    assert (ours - autograd).norm() <= 2**-7 * autograd.norm()
