@@ -205,7 +205,7 @@ def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare |
                 spans.setdefault(thread, []).append((start, end, name))
             elif _CUDA_API.match(name):  # a runtime or driver call: the kernel it launched has its correlation id
                 launches[event.correlation_id()] = (thread, start)
-            elif event.linked_correlation_id() == 0:  # an op or a region
+            elif event.linked_correlation_id() == 0 and event.correlation_id():  # an op or a region
                 ops[event.correlation_id()] = (thread, start)
         elif cuda and not event.is_user_annotation() and not any(part in name.lower() for part in _COMMUNICATION):
             kernels.append((event.linked_correlation_id(), event.correlation_id(), end - start, name))
@@ -221,7 +221,9 @@ def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare |
         for launched_by, correlation, ns, name in kernels:
             # A kernel launched outside any op (a Triton kernel launched from Python, as yxanul.loss_kernel's) links
             # to no op: where its launch call was made says which region it belongs to.
-            op = ops[launched_by] if launched_by in ops else launches.get(correlation)
+            op = ops.get(launched_by) if launched_by else None  # 0: linked to no op
+            if op is None:
+                op = launches.get(correlation)
             kind = next((k for k in ("attention", "cross_entropy", "optimizer") if op is not None
                          and op[0] in outer.get(k, {}) and _inside(outer[k][op[0]], starts[k][op[0]], op[1])), None)
             if kind is None:

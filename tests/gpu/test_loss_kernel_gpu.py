@@ -74,3 +74,38 @@ def test_the_plain_head_sums_its_weight_gradient_in_fp32_either_way(monkeypatch)
     assert (ours - added_after).norm() <= 2**-20 * ours.norm()
     # autograd sums four BF16-rounded chunk products (2^-8 relative each) where the plain head sums them unrounded
     assert (ours - autograd).norm() <= 2**-7 * autograd.norm()
+
+
+def test_a_profiled_fused_head_puts_the_loss_kernel_in_the_loss_s_time():
+    """The Triton kernel is launched from Python, outside any op, so the profiler links it to no op (on an H100,
+    2026-12-08: its driver call and the kernel share a correlation id, linked to none). The step's split by kind
+    (yxanul.profiling) still counts it as the loss's time, by where its launch call was made."""
+    from torch.nn import functional as F
+
+    from yxanul.model import linear_cross_entropy
+    from yxanul.profiling import attention_share, profiled, recorded_events
+
+    g = torch.Generator(device=DEV).manual_seed(3)
+    weight = (torch.randn(COLUMNS, 640, device=DEV, generator=g) * 0.02).requires_grad_()
+    hidden = torch.randn(8192, 640, device=DEV, generator=g, requires_grad=True)
+    targets = torch.randint(0, VOCAB, (8192,), device=DEV, generator=g)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = linear_cross_entropy(hidden, lambda x, _: F.linear(x, weight), [weight], targets, VOCAB,
+                                        chunk_tokens=4096, plain=True)
+        loss.backward()
+
+    step()
+    torch.cuda.synchronize()
+    with profiled(DEV) as prof:
+        step()
+        torch.cuda.synchronize()
+    events = list(recorded_events(prof))
+    kernel_ms = sum(e.end_ns() - e.start_ns() for e in events
+                    if e.device_type() != torch.autograd.DeviceType.CPU and "_ce_chunk_kernel" in e.name()) / 1e6
+    by_kind = dict(attention_share(events, "cuda").device_ms)
+    print(f"loss kernel {kernel_ms:.3f} ms; by kind {by_kind}")
+    assert kernel_ms > 0
+    assert by_kind["cross_entropy"] >= kernel_ms  # the kernel and the loss's own small ops (the rows' sum)
+    assert by_kind["other"] < kernel_ms  # not counted as "other", where the job put it on 2026-12-08

@@ -81,10 +81,10 @@ def test_every_fused_attention_kernel_is_counted_and_the_share_grows_with_the_se
         assert list(by_kind) == list(DEVICE_KINDS) and all(ms > 0 for ms in by_kind.values()), by_kind
         assert sum(by_kind.values()) == pytest.approx(measured.step_ms, rel=1e-9)
         assert by_kind["attention"] == measured.attention_ms
-        # The fused head's Triton kernel (yxanul.loss_kernel) is launched from Python, outside any op: PyTorch's tree
-        # may hang it under no event at all; ours finds it by its launch call, inside the loss's region.
+        # This vocabulary takes the plain head (its compiled chunk kernels); where the fused head's Triton kernel runs
+        # (yxanul.loss_kernel), PyTorch's tree hangs it under no event (it links to no op; tests/gpu/
+        # test_loss_kernel_gpu.py holds our split to it), so it is added to the tree's sum here.
         loss_kernel = sum(e.device_time_total for e in kernels if "_ce_chunk_kernel" in e.name)
-        assert loss_kernel > 0, "the fused head's loss kernel did not run"
         for kind, region in (("cross_entropy", LOSS_REGION), ("optimizer", OPTIMIZER_REGION)):
             found = [e for e in events if e.device_type == DeviceType.CPU and e.name == region]
             tree = sum(e.device_time_total for e in found)
