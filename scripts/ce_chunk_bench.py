@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                "columns": args.columns, "vocab": args.vocab, "max_grad_diff": grad_diff}
         rows.append(row)
         print(f"{name:<9} {ms:7.3f} ms for loss + gradient of {gbytes:.2f} GB of BF16 logits "
-              f"({row['gb_per_s']:,.0f} GB/s of logits)  graphs {row['graphs']}  max |grad - reference| {grad_diff:.2e}",
+              f"({row['gb_per_s']:,.0f} GB/s of logits)  graphs {row['graphs']}  "
+              f"max |grad - reference| {grad_diff:.2e}",
               flush=True)
     for row in rows:
         print(json.dumps(row))

@@ -658,13 +658,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Summed next-token loss of ``head(hidden)``, ``chunk`` tokens at a time, never holding all the logits.
 
     Per chunk, in the forward: the chunk's logits (the head as the model runs it: BF16 autocast, or a Transformer
-    Engine FP8 module under the caller's ``te.autocast``), its loss and d loss / d logits (softmax - one-hot:
-    on a GPU one kernel that writes it over the logits, :func:`_chunk_loss_and_grad_fn`), then the gradients
-    taken through the head's own backward to the hidden chunk and the head's
-    parameters (``torch.autograd.grad``; for a plain weight, the two GEMMs run directly, :func:`_plain_head_loss`:
-    nothing is accumulated into ``.grad`` here, so DDP and FSDP hooks fire once, in the real backward). Then the chunk's logits are freed. Saved: d loss_sum / d hidden (tokens x
-    hidden) and d loss_sum / d parameters (vocab x hidden, fp32); the backward only multiplies them by the
-    upstream gradient.
+    Engine FP8 module under the caller's ``te.autocast``), its loss and d loss / d logits (softmax - one-hot: on a
+    GPU one kernel that writes it over the logits, :func:`_chunk_loss_and_grad_fn`), then the gradients taken
+    through the head's own backward to the hidden chunk and the head's parameters (``torch.autograd.grad``; for a
+    plain weight, the two GEMMs run directly, :func:`_plain_head_loss`). Nothing is accumulated into ``.grad``
+    here, so DDP and FSDP hooks fire once, in the real backward. Then the chunk's logits are freed. Saved:
+    d loss_sum / d hidden (tokens x hidden) and d loss_sum / d parameters (vocab x hidden, fp32); the backward only
+    multiplies them by the upstream gradient.
 
     Why gradients in the forward and not a recomputation in the backward: the same three GEMMs as the plain
     head (no second forward GEMM, which would add a third of the head's FLOPs: at yxanul-270m the head is ~40%
@@ -716,7 +716,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, *grad_params = ctx.saved_tensors
         scale = grad_out.float()
         return (None if grad_hidden is None else (grad_hidden * scale).to(grad_hidden.dtype), None, None, None, None,
-                None, *(None if g is None else (g * scale).to(dtype) for g, dtype in zip(grad_params, ctx.param_dtypes)))
+                None, *(None if g is None else (g * scale).to(dtype)
+                        for g, dtype in zip(grad_params, ctx.param_dtypes)))
 
 
 def _plain_head_loss(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, vocab: int, chunk: int,
