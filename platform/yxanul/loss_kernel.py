@@ -11,8 +11,8 @@ arithmetic is the reference's, in fp32: ``lse = logsumexp(x[:vocab])``, loss ``l
 ``(exp(x - lse) - onehot) * scale`` rounded to the logits' dtype, zero on padded columns and on ignored rows.
 
 Triton ships with CUDA builds of PyTorch and is imported on first use; CPU tensors take the reference kernels
-(tests/unit/test_loss.py runs this kernel in Triton's interpreter against them when Triton is installed; the GPU
-tests in tests/gpu/test_loss_gpu.py compile it).
+(tests/unit/test_loss.py runs this kernel in Triton's interpreter against fp64 when Triton is installed; the GPU
+tests in tests/gpu/test_loss_kernel_gpu.py compile it).
 """
 
 from __future__ import annotations

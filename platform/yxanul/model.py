@@ -681,13 +681,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = hidden.new_zeros((), dtype=torch.float32)
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_params: list[torch.Tensor | None] = [None] * len(params)
-        one = torch.ones((), device=hidden.device)
         ctx.param_dtypes = [p.dtype for p in params]
         if plain:
             total, grad_params[0] = _plain_head_loss(hidden, targets, params[0], vocab, chunk, loss_and_grad,
                                                      grad_hidden, want_params[0])
             ctx.save_for_backward(grad_hidden, *grad_params)
             return total
+        one = torch.ones((), device=hidden.device)
         for index, start in enumerate(range(0, hidden.shape[0], chunk)):
             rows = slice(start, start + chunk)
             with torch.enable_grad():

@@ -221,9 +221,7 @@ def attention_share(events: Iterable[Any], device_type: str) -> AttentionShare |
         for launched_by, correlation, ns, name in kernels:
             # A kernel launched outside any op (a Triton kernel launched from Python, as yxanul.loss_kernel's) links
             # to no op: where its launch call was made says which region it belongs to.
-            op = ops.get(launched_by) if launched_by else None  # 0: linked to no op
-            if op is None:
-                op = launches.get(correlation)
+            op = ops.get(launched_by) or launches.get(correlation)  # (no op is registered under id 0)
             kind = next((k for k in ("attention", "cross_entropy", "optimizer") if op is not None
                          and op[0] in outer.get(k, {}) and _inside(outer[k][op[0]], starts[k][op[0]], op[1])), None)
             if kind is None:
